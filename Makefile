@@ -35,6 +35,7 @@ deps: $(INSTALLED) ## create .venv and install every dependency and server binar
 $(GENERATED): $(PROTOS) $(INSTALLED)
 	rm -rf $(GEN) && mkdir -p $(GEN)
 	$(PY) -m grpc_tools.protoc -Iproto --python_out=$(GEN) --pyi_out=$(GEN) --grpc_python_out=$(GEN) $(PROTOS)
+	$(PY) -m mesh schema -o gen/livebet.binpb
 	touch $@
 
 .PHONY: gen

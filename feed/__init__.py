@@ -1,0 +1,1 @@
+"""feed: provider adapters that normalise every provider's messages into livebet.feed.v1 events."""

@@ -1,0 +1,145 @@
+"""``python -m mesh``: run and inspect the local livebet platform.
+
+up             start NATS, Valkey, PostgreSQL, every service and Envoy; Ctrl-C stops all
+status         health, pid and restart count of every process of a running `up`
+wipe           delete the platform's data (refused while `up` runs)
+envoy-config   print the Envoy configuration generated from the topology
+schema         write a Buf image of the contracts, for `buf curl --schema` without reflection
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import fcntl
+import json
+import logging
+import os
+import shutil
+import sys
+from pathlib import Path
+
+from mesh import envoy, topology
+from mesh.supervisor import STATE_FILE, Supervisor, grpc_health
+
+
+def _alive(pid: int | None) -> bool:
+    if not pid:
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def _running(data_dir: Path) -> bool:
+    lock = data_dir / "run" / "mesh.lock"
+    if not lock.exists():
+        return False
+    fd = os.open(lock, os.O_RDWR)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        return True
+    finally:
+        os.close(fd)
+    return False
+
+
+async def _status(data_dir: Path, as_json: bool) -> int:
+    path = data_dir / "run" / STATE_FILE
+    if not path.exists():
+        print(f"no livebet state in {data_dir} (start it with `make run`)", file=sys.stderr)
+        return 2
+    state = json.loads(path.read_text())
+    up = _running(data_dir) and _alive(state.get("supervisor_pid"))
+    rows = []
+    ok = up
+    for p in state["processes"]:
+        alive = _alive(p["pid"])
+        if p["kind"] == "service" and alive:
+            health = await grpc_health(p["health_target"], 1.0)
+        else:
+            health = p["status"].upper() if alive else "DOWN"
+        ok = ok and alive and health in ("SERVING", "READY")
+        rows.append({**p, "alive": alive, "health": health})
+    if as_json:
+        print(json.dumps({"running": up, "edge": state["edge"], "processes": rows}, indent=2))
+    else:
+        print(
+            f"supervisor: {'running' if up else 'NOT running'} (pid {state['supervisor_pid']}), "
+            f"edge http://{state['edge']}"
+        )
+        table = [("process", "pid", "port", "health", "restarts")]
+        table += [(r["name"], str(r["pid"] or "-"), str(r["port"]), r["health"], str(r["restarts"])) for r in rows]
+        width = [max(len(r[i]) for r in table) for i in range(5)]
+        for r in table:
+            print("  ".join(c.ljust(w) for c, w in zip(r, width, strict=True)))
+    return 0 if ok else 1
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        prog="python -m mesh", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    sub = parser.add_subparsers(dest="command", required=True)
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("--data-dir", type=Path, default=Path("var"), help="data folder (default ./var)")
+    common.add_argument("--topology", type=Path, default=topology.DEFAULT_PATH, help="topology TOML file")
+    up = sub.add_parser("up", parents=[common], help="run the whole platform")
+    up.add_argument("--fast", action="store_true", help="no fsync in PostgreSQL (tests, demos)")
+    up.add_argument("--grace", type=float, default=5.0, help="seconds a service gets to drain on stop")
+    st = sub.add_parser("status", parents=[common], help="health of a running platform")
+    st.add_argument("--json", action="store_true")
+    wipe = sub.add_parser("wipe", parents=[common], help="delete the platform's data")
+    wipe.add_argument("--yes", action="store_true", help="do not ask")
+    sub.add_parser("envoy-config", parents=[common], help="print the generated Envoy config")
+    sch = sub.add_parser("schema", help="write a Buf image of the contracts (for buf curl --schema)")
+    sch.add_argument("-o", "--output", type=Path, required=True)
+    args = parser.parse_args(argv)
+
+    if args.command == "up":
+        logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+        sup = Supervisor(
+            topology.load(args.topology),
+            args.data_dir,
+            durable=not args.fast,
+            grace_seconds=args.grace,
+            out=lambda s: print(s, flush=True),
+        )
+        try:
+            asyncio.run(sup.up())
+        except RuntimeError as exc:
+            print(f"mesh up failed: {exc}", file=sys.stderr)
+            return 1
+        return 0
+    if args.command == "status":
+        return asyncio.run(_status(args.data_dir, args.json))
+    if args.command == "wipe":
+        if _running(args.data_dir):
+            print("refusing to wipe: `mesh up` is running on this data folder; stop it first", file=sys.stderr)
+            return 1
+        if not args.data_dir.exists():
+            print(f"nothing to wipe at {args.data_dir}")
+            return 0
+        if not args.yes and input(f"delete {args.data_dir.resolve()}? [y/N] ").strip().lower() != "y":
+            return 1
+        shutil.rmtree(args.data_dir)
+        print(f"wiped {args.data_dir}")
+        return 0
+    if args.command == "schema":
+        from mesh.contracts import schema_image
+
+        args.output.write_bytes(schema_image())
+        print(f"wrote {args.output}")
+        return 0
+    t = topology.load(args.topology)
+    print(envoy.render(t), end="")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,174 @@
+"""Prometheus metrics of one process and the gRPC server interceptor that records every RPC."""
+
+from __future__ import annotations
+
+import inspect
+import logging
+import time
+import uuid
+from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import Any
+
+import grpc
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server
+
+from mesh import logs
+
+log = logging.getLogger("mesh.rpc")
+
+#: Buckets in seconds, fine at the low end where the SLOs live (ms) and up to long calls.
+LATENCY_BUCKETS = (0.0005, 0.001, 0.002, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
+
+
+class Metrics:
+    """The metrics every livebet process exposes on its own ``/metrics`` endpoint."""
+
+    def __init__(self, service: str) -> None:
+        self.registry = CollectorRegistry()
+        self.rpc_latency = Histogram(
+            "livebet_rpc_duration_seconds",
+            "Server-side RPC latency (for streams: the stream's lifetime).",
+            ["service", "method", "code"],
+            buckets=LATENCY_BUCKETS,
+            registry=self.registry,
+        )
+        self.rpc_errors = Counter(
+            "livebet_rpc_errors_total",
+            "RPCs that ended with a status other than OK.",
+            ["service", "method", "code"],
+            registry=self.registry,
+        )
+        self.rpc_in_flight = Gauge(
+            "livebet_rpc_in_flight", "RPCs and streams being served.", ["service"], registry=self.registry
+        )
+        self.dependency_up = Gauge(
+            "livebet_dependency_up",
+            "1 while a dependency (nats, redis, postgres) is connected.",
+            ["service", "dependency"],
+            registry=self.registry,
+        )
+        self.serving = Gauge(
+            "livebet_health_serving",
+            "1 while the gRPC health status is SERVING.",
+            ["service"],
+            registry=self.registry,
+        )
+        self.service = service
+        self.port = 0
+
+    def serve(self, host: str, port: int) -> int:
+        """Start the ``/metrics`` HTTP endpoint in a thread; returns the bound port."""
+        server, _thread = start_http_server(port, addr=host, registry=self.registry)
+        self.port = int(server.server_port)
+        return self.port
+
+
+def _request_id(context: grpc.aio.ServicerContext) -> str:
+    for key, value in context.invocation_metadata() or ():
+        if key == "x-request-id" and isinstance(value, str) and value:
+            return value
+    return uuid.uuid4().hex
+
+
+def _code_name(context: grpc.aio.ServicerContext, default: grpc.StatusCode) -> str:
+    code = context.code()
+    if code is None:
+        return default.name
+    if isinstance(code, grpc.StatusCode):
+        return code.name
+    # grpc.aio reports the code as the integer of the wire status.
+    for status in grpc.StatusCode:
+        if status.value[0] == code:
+            return status.name
+    return str(code)
+
+
+class ObservabilityInterceptor(grpc.aio.ServerInterceptor):
+    """Times every RPC per method and status code, counts errors, sets the request id for logs."""
+
+    def __init__(self, metrics: Metrics) -> None:
+        self.metrics = metrics
+
+    async def intercept_service(
+        self,
+        continuation: Callable[[grpc.HandlerCallDetails], Awaitable[grpc.RpcMethodHandler]],
+        handler_call_details: grpc.HandlerCallDetails,
+    ) -> grpc.RpcMethodHandler:
+        handler = await continuation(handler_call_details)
+        if handler is None:
+            return handler
+        method: str = handler_call_details.method
+        if handler.unary_unary:
+            return grpc.unary_unary_rpc_method_handler(
+                self._wrap(method, handler.unary_unary),
+                request_deserializer=handler.request_deserializer,
+                response_serializer=handler.response_serializer,
+            )
+        if handler.unary_stream:
+            return grpc.unary_stream_rpc_method_handler(
+                self._wrap(method, handler.unary_stream),
+                request_deserializer=handler.request_deserializer,
+                response_serializer=handler.response_serializer,
+            )
+        if handler.stream_unary:
+            return grpc.stream_unary_rpc_method_handler(
+                self._wrap(method, handler.stream_unary),
+                request_deserializer=handler.request_deserializer,
+                response_serializer=handler.response_serializer,
+            )
+        return grpc.stream_stream_rpc_method_handler(
+            self._wrap(method, handler.stream_stream),
+            request_deserializer=handler.request_deserializer,
+            response_serializer=handler.response_serializer,
+        )
+
+    def _observe(self, method: str, code: str, started: float) -> None:
+        m = self.metrics
+        m.rpc_latency.labels(m.service, method, code).observe(time.perf_counter() - started)
+        m.rpc_in_flight.labels(m.service).dec()
+        if code != "OK":
+            m.rpc_errors.labels(m.service, method, code).inc()
+
+    def _wrap(self, method: str, behavior: Callable[..., Any]) -> Callable[..., Any]:
+        if inspect.isasyncgenfunction(behavior):
+
+            async def gen_wrapper(request: Any, context: grpc.aio.ServicerContext) -> AsyncIterator[Any]:
+                token = logs.request_id.set(_request_id(context))
+                self.metrics.rpc_in_flight.labels(self.metrics.service).inc()
+                started, default = time.perf_counter(), grpc.StatusCode.OK
+                try:
+                    async for item in behavior(request, context):
+                        yield item
+                except grpc.aio.AbortError:
+                    raise
+                except BaseException:
+                    default = grpc.StatusCode.CANCELLED
+                    raise
+                finally:
+                    self._observe(method, _code_name(context, default), started)
+                    logs.request_id.reset(token)
+
+            return gen_wrapper
+
+        async def wrapper(request: Any, context: grpc.aio.ServicerContext) -> Any:
+            token = logs.request_id.set(_request_id(context))
+            self.metrics.rpc_in_flight.labels(self.metrics.service).inc()
+            started, default = time.perf_counter(), grpc.StatusCode.OK
+            try:
+                result = behavior(request, context)
+                return (await result) if inspect.isawaitable(result) else result
+            except grpc.aio.AbortError:
+                raise
+            except Exception:
+                default = grpc.StatusCode.UNKNOWN
+                if context.code() is None:  # a handler that set a status already said what went wrong
+                    log.exception("unhandled error in %s", method)
+                raise
+            except BaseException:
+                default = grpc.StatusCode.CANCELLED
+                raise
+            finally:
+                self._observe(method, _code_name(context, default), started)
+                logs.request_id.reset(token)
+
+        return wrapper

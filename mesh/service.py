@@ -1,0 +1,227 @@
+"""The grpc.aio server bootstrap every livebet service runs on.
+
+It wires, once, at start-up: the standard ``grpc.health.v1`` service (SERVING only while every
+dependency is up), server reflection, the observability interceptor, the ``/metrics`` endpoint,
+JSON logs, and graceful shutdown on SIGTERM/SIGINT:
+
+1. health goes NOT_SERVING (``enter_graceful_shutdown``) so Envoy and clients stop sending;
+2. ``stopping`` is set: long-lived streams built with :meth:`ServiceApp.until_stopping` end
+   cleanly with status OK, so clients resume elsewhere;
+3. ``server.stop(grace)`` lets in-flight calls finish within the grace period;
+4. dependencies are drained and closed.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import signal
+from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import Any, TypeVar
+
+import grpc
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+from grpc_health.v1.health import aio as health_aio
+from grpc_reflection.v1alpha import reflection
+
+from mesh import contracts, logs
+from mesh.deps import Dependency
+from mesh.metrics import Metrics, ObservabilityInterceptor
+from mesh.settings import Settings
+
+log = logging.getLogger("mesh.service")
+
+T = TypeVar("T")
+D = TypeVar("D", bound=Dependency)
+Register = Callable[[grpc.aio.Server], None]
+Hook = Callable[[], Awaitable[None]]
+
+SERVING = health_pb2.HealthCheckResponse.SERVING
+NOT_SERVING = health_pb2.HealthCheckResponse.NOT_SERVING
+
+#: Channel/server options shared by every service: keepalive so dead peers are noticed, and no
+#: SO_REUSEPORT so that two processes can never silently share a port.
+SERVER_OPTIONS = [
+    ("grpc.so_reuseport", 0),
+    ("grpc.keepalive_time_ms", 20_000),
+    ("grpc.keepalive_timeout_ms", 10_000),
+    ("grpc.http2.min_ping_interval_without_data_ms", 5_000),
+    ("grpc.max_receive_message_length", 8 * 1024 * 1024),
+]
+
+
+class ServiceApp:
+    """One service process: a gRPC server, its dependencies and their health."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self.dependencies: list[Dependency] = []
+        self.metrics = Metrics(settings.service)
+        self.health = health_aio.HealthServicer()
+        self.stopping = asyncio.Event()
+        self.grpc_port = 0
+        self._service_names: list[str] = []
+        self._registrations: list[Register] = []
+        self._on_start: list[Hook] = []
+        self._on_stop: list[Hook] = []
+        self._server: grpc.aio.Server | None = None
+        self._stopped = asyncio.Event()
+        self._serving: bool | None = None
+        self._health_dirty = asyncio.Event()
+
+    # --- wiring ------------------------------------------------------------------------------
+    def add_dependency(self, dependency: D) -> D:
+        """Declare a dependency: health is SERVING only while all of them are up."""
+        self.dependencies.append(dependency)
+        return dependency
+
+    def add_service(self, full_name: str, register: Register) -> None:
+        """Register a servicer, e.g. ``add_service("livebet.feed.v1.FeedService", lambda s: ...)``."""
+        self._service_names.append(full_name)
+        self._registrations.append(register)
+
+    def on_start(self, hook: Hook) -> None:
+        """Run ``hook`` after the server started (e.g. start consumers)."""
+        self._on_start.append(hook)
+
+    def on_stop(self, hook: Hook) -> None:
+        """Run ``hook`` during shutdown, after the server stopped accepting calls."""
+        self._on_stop.append(hook)
+
+    # --- health ------------------------------------------------------------------------------
+    @property
+    def healthy(self) -> bool:
+        return all(d.up for d in self.dependencies)
+
+    def _dependency_changed(self) -> None:
+        self._health_dirty.set()
+
+    async def _refresh_health(self) -> None:
+        m = self.metrics
+        for d in self.dependencies:
+            m.dependency_up.labels(m.service, d.name).set(1 if d.up else 0)
+        if self.stopping.is_set():
+            return
+        serving = self.healthy
+        if serving == self._serving:
+            return
+        self._serving = serving
+        status = SERVING if serving else NOT_SERVING
+        for name in ["", *self._service_names]:
+            await self.health.set(name, status)
+        m.serving.labels(m.service).set(1 if serving else 0)
+        log.info("health %s", "SERVING" if serving else "NOT_SERVING")
+
+    async def _health_loop(self) -> None:
+        """Re-evaluate health at once when a dependency changes, and every interval anyway."""
+        while not self.stopping.is_set():
+            await self._refresh_health()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._health_dirty.wait(), self.settings.health_interval_seconds)
+            self._health_dirty.clear()
+
+    # --- streams -----------------------------------------------------------------------------
+    async def until_stopping(self, source: AsyncIterator[T]) -> AsyncIterator[T]:
+        """Yield from ``source`` until shutdown starts, then end the stream cleanly (status OK)."""
+        stop = asyncio.ensure_future(self.stopping.wait())
+        try:
+            while True:
+                nxt = asyncio.ensure_future(anext(source))
+                done, _ = await asyncio.wait({nxt, stop}, return_when=asyncio.FIRST_COMPLETED)
+                if nxt not in done:
+                    nxt.cancel()
+                    with contextlib.suppress(asyncio.CancelledError, StopAsyncIteration):
+                        await nxt
+                    return
+                try:
+                    yield nxt.result()
+                except StopAsyncIteration:  # pragma: no cover - result() raises, not yield
+                    return
+        except StopAsyncIteration:
+            return
+        finally:
+            stop.cancel()
+            aclose = getattr(source, "aclose", None)
+            if aclose is not None:
+                with contextlib.suppress(Exception):
+                    await aclose()
+
+    # --- lifecycle ---------------------------------------------------------------------------
+    async def start(self) -> None:
+        s = self.settings
+        contracts.load_all()
+        server = grpc.aio.server(interceptors=[ObservabilityInterceptor(self.metrics)], options=SERVER_OPTIONS)
+        for register in self._registrations:
+            register(server)
+        # Health starts NOT_SERVING: nothing is connected yet.
+        for name in ["", *self._service_names]:
+            await self.health.set(name, NOT_SERVING)
+        self.metrics.serving.labels(self.metrics.service).set(0)
+        self._serving = False
+        health_pb2_grpc.add_HealthServicer_to_server(self.health, server)
+        reflection.enable_server_reflection(
+            [
+                *self._service_names,
+                health_pb2.DESCRIPTOR.services_by_name["Health"].full_name,
+                reflection.SERVICE_NAME,
+            ],
+            server,
+        )
+        self.grpc_port = server.add_insecure_port(f"{s.grpc_host}:{s.grpc_port}")
+        if self.grpc_port == 0:
+            raise RuntimeError(f"could not bind gRPC port {s.grpc_host}:{s.grpc_port}")
+        metrics_port = self.metrics.serve(s.metrics_host, s.metrics_port)
+        await server.start()
+        self._server = server
+        for d in self.dependencies:
+            d.on_change(self._dependency_changed)
+            await d.start()
+        self._health_task = asyncio.create_task(self._health_loop(), name="health")
+        for hook in self._on_start:
+            await hook()
+        log.info(
+            "listening",
+            extra={"grpc_port": self.grpc_port, "metrics_port": metrics_port, "replica": s.replica},
+        )
+
+    async def stop(self) -> None:
+        """Graceful shutdown (idempotent)."""
+        if self.stopping.is_set():
+            await self._stopped.wait()
+            return
+        log.info("shutting down", extra={"grace_seconds": self.settings.grace_seconds})
+        await self.health.enter_graceful_shutdown()
+        self.metrics.serving.labels(self.metrics.service).set(0)
+        self.stopping.set()
+        if self._server is not None:
+            await self._server.stop(self.settings.grace_seconds)
+        for hook in self._on_stop:
+            with contextlib.suppress(Exception):
+                await hook()
+        for d in reversed(self.dependencies):
+            await d.close()
+        self._health_task.cancel()
+        self._stopped.set()
+        log.info("stopped")
+
+    async def serve(self) -> None:
+        """Start, then run until SIGTERM or SIGINT, then shut down gracefully."""
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, lambda: asyncio.ensure_future(self.stop()))
+        await self.start()
+        await self._stopped.wait()
+
+
+def run(service: str, build: Callable[[ServiceApp], Any]) -> None:
+    """Entry point of a service process: settings, logs, wiring via ``build(app)``, serve."""
+    settings = Settings.from_env(service)
+    logs.configure(settings.instance, settings.log_level)
+
+    async def main() -> None:
+        app = ServiceApp(settings)
+        build(app)
+        await app.serve()
+
+    asyncio.run(main())

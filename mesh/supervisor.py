@@ -1,0 +1,348 @@
+"""The local supervisor behind ``python -m mesh up``.
+
+Starts NATS, Valkey and PostgreSQL, then every service replica as its own process, then Envoy;
+waits until each is ready (services: gRPC health SERVING); restarts whatever exits with
+exponential backoff; writes its state to ``<data>/run/mesh.json`` for ``mesh status``; on
+SIGINT/SIGTERM stops Envoy, then the services (gracefully), then the servers, leaving no orphan.
+
+Children run in their own process group (a Ctrl-C reaches only the supervisor, which stops them in
+order) and get ``PR_SET_PDEATHSIG`` so that they die with the supervisor even if it is killed.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import ctypes
+import fcntl
+import json
+import logging
+import os
+import signal
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import IO, Any
+
+import grpc
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+from mesh import envoy as envoy_config
+from mesh import infra
+from mesh.backoff import Backoff
+from mesh.infra import ProcessSpec
+from mesh.topology import Topology
+
+log = logging.getLogger("mesh.supervisor")
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+GEN_ROOT = REPO_ROOT / "gen" / "python"
+STATE_FILE = "mesh.json"
+_PR_SET_PDEATHSIG = 1
+
+
+def _die_with_parent() -> None:  # runs in the child between fork and exec
+    with contextlib.suppress(Exception):
+        ctypes.CDLL(None, use_errno=True).prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)
+
+
+@dataclass
+class Managed:
+    """A supervised process and what we know of it."""
+
+    spec: ProcessSpec
+    log_path: Path
+    proc: asyncio.subprocess.Process | None = None
+    restarts: int = 0
+    status: str = "stopped"  # starting | ready | serving | not_serving | backoff | exited | stopped
+    started_at: float = 0.0
+    backoff: Backoff = field(default_factory=lambda: Backoff(0.1, 10.0, jitter=False))
+    log_file: IO[bytes] | None = None
+
+    @property
+    def pid(self) -> int | None:
+        return self.proc.pid if self.proc and self.proc.returncode is None else None
+
+
+async def grpc_health(target: str, timeout: float = 1.0, service: str = "") -> str:
+    """``SERVING`` / ``NOT_SERVING`` / ``UNREACHABLE`` for the gRPC server at ``target``."""
+    async with grpc.aio.insecure_channel(target) as channel:
+        try:
+            resp = await health_pb2_grpc.HealthStub(channel).Check(
+                health_pb2.HealthCheckRequest(service=service), timeout=timeout
+            )
+        except grpc.aio.AioRpcError:
+            return "UNREACHABLE"
+    return str(health_pb2.HealthCheckResponse.ServingStatus.Name(resp.status))
+
+
+class Supervisor:
+    def __init__(
+        self,
+        topology: Topology,
+        data_dir: Path,
+        *,
+        durable: bool = True,
+        grace_seconds: float = 5.0,
+        out: Callable[[str], None] = print,
+    ) -> None:
+        self.t = topology.resolve_ports()
+        self.data_dir = data_dir.resolve()
+        self.run_dir = self.data_dir / "run"
+        self.log_dir = self.data_dir / "logs"
+        self.durable = durable
+        self.grace = grace_seconds
+        self.out = out
+        self.stopping = asyncio.Event()
+        self.procs: list[Managed] = []
+        self._watchers: list[asyncio.Task[None]] = []
+        self._lock_fd: int | None = None
+
+    # --- what to run -------------------------------------------------------------------------
+    def infra_specs(self) -> list[ProcessSpec]:
+        t, d = self.t, self.data_dir
+        return [
+            infra.nats(d / "nats", t.nats_port, t.nats_monitor_port, t.host),
+            infra.valkey(d / "redis", t.redis_port, t.host, persist=self.durable),
+            infra.postgres(d / "postgres", t.postgres_port, t.host, durable=self.durable),
+        ]
+
+    def service_env(self) -> dict[str, str]:
+        t = self.t
+        return {
+            "LIVEBET_NATS_URL": f"nats://{t.host}:{t.nats_port}",
+            "LIVEBET_REDIS_URL": f"redis://{t.host}:{t.redis_port}/0",
+            "LIVEBET_POSTGRES_DSN": infra.postgres_dsn(t.postgres_port, t.host),
+            "LIVEBET_GRACE_SECONDS": str(self.grace),
+        }
+
+    def service_specs(self) -> list[ProcessSpec]:
+        specs = []
+        pythonpath = os.pathsep.join([str(REPO_ROOT), str(GEN_ROOT)])
+        for s in self.t.services:
+            for i, (port, mport) in enumerate(zip(s.grpc_ports, s.metrics_ports, strict=True)):
+                target = f"{self.t.host}:{port}"
+                env = {
+                    **self.service_env(),
+                    "PYTHONPATH": pythonpath,
+                    "LIVEBET_REPLICA": str(i),
+                    "LIVEBET_GRPC_HOST": self.t.host,
+                    "LIVEBET_GRPC_PORT": str(port),
+                    "LIVEBET_METRICS_HOST": self.t.host,
+                    "LIVEBET_METRICS_PORT": str(mport),
+                }
+                specs.append(
+                    ProcessSpec(
+                        name=f"{s.name}-{i}",
+                        kind="service",
+                        argv=[sys.executable, "-m", s.module],
+                        ready=lambda: False,
+                        port=port,
+                        env=env,
+                        cwd=REPO_ROOT,
+                        health_target=target,
+                        replica=i,
+                        service=s.name,
+                    )
+                )
+        return specs
+
+    def envoy_spec(self) -> ProcessSpec:
+        path = self.run_dir / "envoy.json"
+        path.write_text(envoy_config.render(self.t))
+        return infra.envoy(path, self.t.host, self.t.admin_port, self.t.edge_port)
+
+    # --- process control ---------------------------------------------------------------------
+    async def _spawn(self, m: Managed) -> None:
+        spec = m.spec
+        if m.log_file is None:
+            m.log_file = open(m.log_path, "ab")  # noqa: SIM115, ASYNC230 - lives as long as the process
+        env = {**os.environ, **spec.env}
+        m.proc = await asyncio.create_subprocess_exec(
+            *spec.argv,
+            stdin=asyncio.subprocess.DEVNULL,
+            stdout=m.log_file,
+            stderr=asyncio.subprocess.STDOUT,
+            env=env,
+            cwd=spec.cwd,
+            user=spec.user,
+            process_group=0,
+            preexec_fn=_die_with_parent,
+        )
+        m.started_at = time.monotonic()
+        m.status = "starting"
+        self.write_state()
+
+    async def _ready(self, m: Managed, timeout: float) -> bool:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline and not self.stopping.is_set():
+            if m.proc is None or m.proc.returncode is not None:
+                return False
+            if m.spec.kind == "service":
+                if await grpc_health(m.spec.health_target, 0.5) == "SERVING":
+                    m.status = "serving"
+                    self.write_state()
+                    return True
+            elif await asyncio.to_thread(m.spec.ready):
+                m.status = "ready"
+                self.write_state()
+                return True
+            await asyncio.sleep(0.05)
+        return False
+
+    async def _start(self, spec: ProcessSpec, timeout: float) -> Managed:
+        m = Managed(spec, self.log_dir / f"{spec.name}.log")
+        self.procs.append(m)
+        await asyncio.to_thread(spec.prepare)
+        await self._spawn(m)
+        if not await self._ready(m, timeout):
+            raise RuntimeError(f"{spec.name} did not become ready in {timeout:.0f}s; see {m.log_path}")
+        await asyncio.to_thread(spec.after_ready)
+        self._watchers.append(asyncio.create_task(self._watch(m), name=f"watch-{spec.name}"))
+        return m
+
+    async def _watch(self, m: Managed) -> None:
+        """Restart ``m`` whenever it exits, with backoff; keep its health status current."""
+        while not self.stopping.is_set():
+            assert m.proc is not None
+            health = asyncio.create_task(self._track_health(m))
+            rc = await m.proc.wait()
+            health.cancel()
+            if self.stopping.is_set():
+                return
+            uptime = time.monotonic() - m.started_at
+            if uptime > 30:
+                m.backoff.reset()
+            delay = m.backoff.next()
+            m.status = "backoff"
+            m.restarts += 1
+            self.write_state()
+            log.warning(
+                "%s exited with %s after %.1fs; restart #%d in %.2fs",
+                m.spec.name,
+                rc,
+                uptime,
+                m.restarts,
+                delay,
+            )
+            self.out(f"! {m.spec.name} exited ({rc}); restarting in {delay:.1f}s (restart #{m.restarts})")
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self.stopping.wait(), delay)
+            if self.stopping.is_set():
+                return
+            await self._spawn(m)
+            if await self._ready(m, 60):
+                self.out(f"  {m.spec.name} is back ({m.status}) in {time.monotonic() - m.started_at:.2f}s")
+
+    async def _track_health(self, m: Managed) -> None:
+        if m.spec.kind != "service":
+            return
+        while True:
+            await asyncio.sleep(1.0)
+            if m.status in ("serving", "not_serving"):
+                h = await grpc_health(m.spec.health_target, 0.5)
+                new = "serving" if h == "SERVING" else "not_serving"
+                if new != m.status:
+                    m.status = new
+                    self.write_state()
+
+    async def _stop(self, m: Managed) -> None:
+        if m.proc is None or m.proc.returncode is not None:
+            m.status = "stopped"
+            return
+        with contextlib.suppress(ProcessLookupError):
+            m.proc.send_signal(m.spec.stop_signal)
+        try:
+            await asyncio.wait_for(m.proc.wait(), self.grace + 5)
+        except TimeoutError:
+            log.warning("%s did not stop in time; killing its process group", m.spec.name)
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(m.proc.pid, signal.SIGKILL)
+            await m.proc.wait()
+        m.status = "stopped"
+        if m.log_file is not None:
+            m.log_file.close()
+            m.log_file = None
+
+    # --- state -------------------------------------------------------------------------------
+    def state(self) -> dict[str, Any]:
+        t = self.t
+        return {
+            "supervisor_pid": os.getpid(),
+            "edge": f"{t.host}:{t.edge_port}",
+            "envoy_admin": f"{t.host}:{t.admin_port}",
+            "processes": [
+                {
+                    "name": m.spec.name,
+                    "kind": m.spec.kind,
+                    "service": m.spec.service,
+                    "pid": m.pid,
+                    "port": m.spec.port,
+                    "health_target": m.spec.health_target,
+                    "restarts": m.restarts,
+                    "status": m.status,
+                    "log": str(m.log_path),
+                }
+                for m in self.procs
+            ],
+        }
+
+    def write_state(self) -> None:
+        tmp = self.run_dir / (STATE_FILE + ".tmp")
+        tmp.write_text(json.dumps(self.state(), indent=2))
+        tmp.replace(self.run_dir / STATE_FILE)
+
+    def _lock(self) -> None:
+        self.run_dir.mkdir(parents=True, exist_ok=True)
+        self.log_dir.mkdir(parents=True, exist_ok=True)
+        fd = os.open(self.run_dir / "mesh.lock", os.O_CREAT | os.O_RDWR, 0o644)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            os.close(fd)
+            raise RuntimeError(f"another `mesh up` is running on {self.data_dir}") from None
+        self._lock_fd = fd
+
+    # --- the whole thing ---------------------------------------------------------------------
+    async def up(self) -> None:
+        started = time.monotonic()
+        self._lock()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(sig, self.stopping.set)
+        try:
+            self.out(f"livebet: starting from {self.data_dir}")
+            await asyncio.gather(*(self._start(s, 60) for s in self.infra_specs()))
+            self.out(f"  servers ready in {time.monotonic() - started:.1f}s: NATS, Valkey, PostgreSQL")
+            await asyncio.gather(*(self._start(s, 60) for s in self.service_specs()))
+            self.out(f"  services SERVING in {time.monotonic() - started:.1f}s")
+            await self._start(self.envoy_spec(), 30)
+            self.out(f"livebet is up in {time.monotonic() - started:.1f}s\n")
+            self.out(self.table())
+            self.out(
+                f"\nEnvoy (gRPC + gRPC-web): http://{self.t.host}:{self.t.edge_port}   "
+                f"logs: {self.log_dir}   Ctrl-C stops everything"
+            )
+            await self.stopping.wait()
+        finally:
+            await self.down()
+
+    async def down(self) -> None:
+        self.stopping.set()
+        for task in self._watchers:
+            task.cancel()
+        self.out("livebet: stopping")
+        order = [[m for m in self.procs if m.spec.kind == k] for k in ("edge", "service", "infra")]
+        for group in order:
+            await asyncio.gather(*(self._stop(m) for m in group))
+        self.write_state()
+        self.out("livebet: stopped")
+
+    def table(self) -> str:
+        rows = [("process", "address", "pid", "status")]
+        for m in self.procs:
+            rows.append((m.spec.name, f"{self.t.host}:{m.spec.port}", str(m.pid or "-"), m.status))
+        width = [max(len(r[i]) for r in rows) for i in range(4)]
+        return "\n".join("  ".join(c.ljust(w) for c, w in zip(r, width, strict=True)) for r in rows)

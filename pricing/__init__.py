@@ -1,0 +1,1 @@
+"""pricing: in-play pricing models (pure), the pricing engine and the odds streaming tier."""

@@ -1,0 +1,1 @@
+"""settlement: results into money exactly once, rollbacks by compensating entries, reports."""
