@@ -26,6 +26,7 @@ import urllib.request
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import psycopg
 
@@ -53,6 +54,18 @@ class ProcessSpec:
     health_target: str = ""  # host:port of a gRPC health endpoint, for services
     replica: int = 0
     service: str = ""
+
+    def identity(self) -> dict[str, Any]:
+        """Popen keyword arguments that drop to ``user`` with its own group and no other group
+        (root's group would otherwise decide what it may read)."""
+        return _identity(self.user)
+
+
+def _identity(user: str | None) -> dict[str, Any]:
+    if user is None:
+        return {}
+    pw = pwd.getpwnam(user)
+    return {"user": pw.pw_uid, "group": pw.pw_gid, "extra_groups": []}
 
 
 # --- ports and probes --------------------------------------------------------------------------
@@ -213,22 +226,12 @@ def postgres(data_dir: Path, port: int, host: str = "127.0.0.1", durable: bool =
             if pgdata.exists():
                 os.chown(pgdata, pw.pw_uid, pw.pw_gid)
         if not (pgdata / "PG_VERSION").exists():
-            subprocess.run(
-                [
-                    pg_bin("initdb"),
-                    "-D",
-                    str(pgdata),
-                    "-U",
-                    PG_SUPERUSER,
-                    "--auth=trust",
-                    "--encoding=UTF8",
-                    "--locale=C",
-                    "--no-sync",
-                ],
-                check=True,
-                capture_output=True,
-                user=user,
+            initdb = [pg_bin("initdb"), "-D", str(pgdata), "-U", PG_SUPERUSER, "--auth=trust", "--encoding=UTF8"]
+            out = subprocess.run(
+                [*initdb, "--locale=C", "--no-sync"], capture_output=True, text=True, **_identity(user)
             )
+            if out.returncode != 0:
+                raise RuntimeError(f"initdb failed for {pgdata}: {out.stderr.strip() or out.stdout.strip()}")
 
     def ready() -> bool:
         try:

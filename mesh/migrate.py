@@ -17,6 +17,7 @@ from pathlib import Path
 import psycopg
 
 _NAME = re.compile(r"^(\d{4})_[a-z0-9_]+\.sql$")
+_TABLE_LOCK = zlib.crc32(b"livebet-migrate")
 
 
 class MigrationError(RuntimeError):
@@ -41,14 +42,17 @@ async def migrate(conn: psycopg.AsyncConnection, component: str, folder: Path) -
     """Apply the pending migrations of ``component``; returns the versions applied now."""
     lock_key = zlib.crc32(f"livebet-migrate:{component}".encode())
     await conn.set_autocommit(True)
-    await conn.execute(
-        """CREATE TABLE IF NOT EXISTS public.livebet_migrations (
-               component text NOT NULL,
-               version text NOT NULL,
-               checksum text NOT NULL,
-               applied_at timestamptz NOT NULL DEFAULT now(),
-               PRIMARY KEY (component, version))"""
-    )
+    async with conn.transaction():
+        # Concurrent CREATE TABLE IF NOT EXISTS can still collide in the catalog: serialise it.
+        await conn.execute("SELECT pg_advisory_xact_lock(%s)", (_TABLE_LOCK,))
+        await conn.execute(
+            """CREATE TABLE IF NOT EXISTS public.livebet_migrations (
+                   component text NOT NULL,
+                   version text NOT NULL,
+                   checksum text NOT NULL,
+                   applied_at timestamptz NOT NULL DEFAULT now(),
+                   PRIMARY KEY (component, version))"""
+        )
     applied_now: list[str] = []
     for version, path in discover(folder):
         sql = path.read_text()

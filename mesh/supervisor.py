@@ -167,9 +167,9 @@ class Supervisor:
             stderr=asyncio.subprocess.STDOUT,
             env=env,
             cwd=spec.cwd,
-            user=spec.user,
             process_group=0,
             preexec_fn=_die_with_parent,
+            **spec.identity(),
         )
         m.started_at = time.monotonic()
         m.status = "starting"
@@ -192,13 +192,26 @@ class Supervisor:
             await asyncio.sleep(0.05)
         return False
 
-    async def _start(self, spec: ProcessSpec, timeout: float) -> Managed:
+    async def _start(self, spec: ProcessSpec, timeout: float, attempts: int = 3) -> Managed:
+        """Start ``spec`` and wait until ready; a process that dies while starting is tried again
+        (``attempts`` in all), then start-up fails with the end of its log."""
         m = Managed(spec, self.log_dir / f"{spec.name}.log")
         self.procs.append(m)
         await asyncio.to_thread(spec.prepare)
-        await self._spawn(m)
-        if not await self._ready(m, timeout):
-            raise RuntimeError(f"{spec.name} did not become ready in {timeout:.0f}s; see {m.log_path}")
+        for attempt in range(1, attempts + 1):
+            await self._spawn(m)
+            if await self._ready(m, timeout):
+                break
+            if self.stopping.is_set():
+                raise RuntimeError("stopped while starting")
+            assert m.proc is not None
+            if m.proc.returncode is None:
+                raise RuntimeError(f"{spec.name} did not become ready in {timeout:.0f}s; see {m.log_path}")
+            tail = "\n    ".join(m.log_path.read_text(errors="replace").splitlines()[-8:])
+            if attempt == attempts:
+                raise RuntimeError(f"{spec.name} exited with {m.proc.returncode} while starting:\n    {tail}")
+            m.restarts += 1
+            await asyncio.sleep(m.backoff.next())
         await asyncio.to_thread(spec.after_ready)
         self._watchers.append(asyncio.create_task(self._watch(m), name=f"watch-{spec.name}"))
         return m

@@ -1,0 +1,54 @@
+"""Migrations on a real PostgreSQL: applied once, even by replicas starting together."""
+
+import asyncio
+import uuid
+from pathlib import Path
+
+import psycopg
+import pytest
+
+from mesh.migrate import MigrationError, migrate
+from tests.conftest import Server
+
+
+async def test_migrations_apply_exactly_once_when_replicas_start_together(
+    postgres_server: Server, tmp_path: Path
+) -> None:
+    schema = f"m_{uuid.uuid4().hex[:8]}"
+    (tmp_path / "0001_schema.sql").write_text(f"CREATE SCHEMA {schema};")
+    (tmp_path / "0002_table.sql").write_text(
+        f"CREATE TABLE {schema}.t (id int PRIMARY KEY); INSERT INTO {schema}.t VALUES (1);"
+    )
+    conns = [await psycopg.AsyncConnection.connect(postgres_server.url) for _ in range(3)]
+    try:
+        results = await asyncio.gather(*(migrate(c, schema, tmp_path) for c in conns))
+        assert sorted(v for r in results for v in r) == ["0001_schema", "0002_table"]
+        assert await migrate(conns[0], schema, tmp_path) == []
+        cur = await conns[0].execute(f"SELECT count(*) FROM {schema}.t")
+        assert await cur.fetchone() == (1,)
+    finally:
+        for c in conns:
+            await c.close()
+
+
+async def test_an_applied_migration_that_changed_is_refused(postgres_server: Server, tmp_path: Path) -> None:
+    schema = f"m_{uuid.uuid4().hex[:8]}"
+    path = tmp_path / "0001_schema.sql"
+    path.write_text(f"CREATE SCHEMA {schema};")
+    async with await psycopg.AsyncConnection.connect(postgres_server.url) as conn:
+        assert await migrate(conn, schema, tmp_path) == ["0001_schema"]
+        path.write_text(f"CREATE SCHEMA {schema}; -- edited")
+        with pytest.raises(MigrationError, match="changed after it was applied"):
+            await migrate(conn, schema, tmp_path)
+
+
+async def test_a_failing_migration_leaves_nothing_half_applied(postgres_server: Server, tmp_path: Path) -> None:
+    schema = f"m_{uuid.uuid4().hex[:8]}"
+    (tmp_path / "0001_bad.sql").write_text(f"CREATE SCHEMA {schema}; SELECT no_such_function();")
+    async with await psycopg.AsyncConnection.connect(postgres_server.url) as conn:
+        with pytest.raises(psycopg.errors.UndefinedFunction):
+            await migrate(conn, schema, tmp_path)
+        cur = await conn.execute("SELECT 1 FROM pg_namespace WHERE nspname = %s", (schema,))
+        assert await cur.fetchone() is None
+        cur = await conn.execute("SELECT 1 FROM public.livebet_migrations WHERE component = %s", (schema,))
+        assert await cur.fetchone() is None

@@ -1,0 +1,78 @@
+"""Per-RPC metrics, reflection and JSON logs of a real service process."""
+
+import json
+import urllib.request
+from collections.abc import Iterator
+from pathlib import Path
+
+import grpc
+import pytest
+from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
+from livebet.feed.v1 import feed_service_pb2, feed_service_pb2_grpc
+
+from mesh.infra import ProcessSpec
+from tests.conftest import Server
+from tests.helpers import Proc, health, service_spec
+
+
+@pytest.fixture(scope="module")
+def feed(servers_root: Path, nats_server: Server) -> Iterator[tuple[ProcessSpec, Proc]]:
+    spec = service_spec("feed", "feed.server", {"LIVEBET_NATS_URL": nats_server.url})
+    proc = Proc(spec, servers_root / "feed-obs.log").start()
+    yield spec, proc
+    proc.stop()
+
+
+def _metrics(spec: ProcessSpec) -> dict[str, float]:
+    port = spec.env["LIVEBET_METRICS_PORT"]
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=2) as resp:
+        text = resp.read().decode()
+    out = {}
+    for line in text.splitlines():
+        if line and not line.startswith("#"):
+            key, value = line.rsplit(" ", 1)
+            out[key] = float(value)
+    return out
+
+
+def test_rpc_latency_and_errors_are_counted_per_method_and_code(feed: tuple[ProcessSpec, Proc]) -> None:
+    spec, _ = feed
+    for _ in range(3):
+        assert health(spec.health_target) == "SERVING"
+    with grpc.insecure_channel(spec.health_target) as channel, pytest.raises(grpc.RpcError) as err:
+        feed_service_pb2_grpc.FeedServiceStub(channel).GetMatchState(
+            feed_service_pb2.GetMatchStateRequest(match_id="m"), timeout=2
+        )
+    assert err.value.code() == grpc.StatusCode.UNIMPLEMENTED
+    m = _metrics(spec)
+    ok = 'livebet_rpc_duration_seconds_count{code="OK",method="/grpc.health.v1.Health/Check",service="feed"}'
+    assert m[ok] >= 3
+    err_key = (
+        'livebet_rpc_errors_total{code="UNIMPLEMENTED",method="/livebet.feed.v1.FeedService/GetMatchState",'
+        'service="feed"}'
+    )
+    assert m[err_key] == 1
+    assert m['livebet_health_serving{service="feed"}'] == 1
+
+
+def test_reflection_lists_the_service_and_describes_any_livebet_contract(feed: tuple[ProcessSpec, Proc]) -> None:
+    spec, _ = feed
+    with grpc.insecure_channel(spec.health_target) as channel:
+        stub = reflection_pb2_grpc.ServerReflectionStub(channel)
+        reqs = [
+            reflection_pb2.ServerReflectionRequest(list_services=""),
+            reflection_pb2.ServerReflectionRequest(file_containing_symbol="livebet.betting.v1.BettingService"),
+        ]
+        listed, described = list(stub.ServerReflectionInfo(iter(reqs), timeout=5))
+    names = {s.name for s in listed.list_services_response.service}
+    assert {"livebet.feed.v1.FeedService", "grpc.health.v1.Health"} <= names
+    assert described.file_descriptor_response.file_descriptor_proto
+
+
+def test_logs_are_json_lines_with_the_service_name(feed: tuple[ProcessSpec, Proc]) -> None:
+    _, proc = feed
+    lines = [json.loads(line) for line in proc.log_path.read_text().splitlines() if line.startswith("{")]
+    listening = [entry for entry in lines if entry["msg"] == "listening"]
+    assert listening
+    assert listening[0]["service"] == "feed-0"
+    assert {"ts", "level", "logger"} <= listening[0].keys()

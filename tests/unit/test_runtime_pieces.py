@@ -1,0 +1,81 @@
+import json
+import logging
+from pathlib import Path
+
+import pytest
+
+from mesh import contracts, logs
+from mesh.backoff import Backoff
+from mesh.migrate import MigrationError, discover
+
+
+def test_backoff_doubles_then_caps() -> None:
+    b = Backoff(0.1, 1.0, jitter=False)
+    assert [round(b.next(), 3) for _ in range(6)] == [0.1, 0.2, 0.4, 0.8, 1.0, 1.0]
+    b.reset()
+    assert b.next() == 0.1
+
+
+def test_backoff_jitter_stays_within_half_and_cap() -> None:
+    b = Backoff(1.0, 3.0)
+    for _ in range(50):
+        b.reset()
+        assert 0.5 <= b.next() <= 1.5
+
+
+def test_json_log_line_carries_service_and_request_id() -> None:
+    fmt = logs.JsonFormatter("betting-0")
+    token = logs.request_id.set("req-42")
+    try:
+        record = logging.LogRecord("x", logging.INFO, __file__, 1, "bet %s", ("b1",), None)
+        record.bet_id = "b1"
+        line = json.loads(fmt.format(record))
+    finally:
+        logs.request_id.reset(token)
+    assert line["service"] == "betting-0"
+    assert line["request_id"] == "req-42"
+    assert line["msg"] == "bet b1"
+    assert line["bet_id"] == "b1"
+    assert line["level"] == "info"
+
+
+def test_migrations_are_discovered_in_order(tmp_path: Path) -> None:
+    (tmp_path / "0002_b.sql").write_text("select 1")
+    (tmp_path / "0001_a.sql").write_text("select 1")
+    assert [v for v, _ in discover(tmp_path)] == ["0001_a", "0002_b"]
+
+
+def test_badly_named_migration_is_refused(tmp_path: Path) -> None:
+    (tmp_path / "init.sql").write_text("select 1")
+    with pytest.raises(MigrationError, match=r"0001_name\.sql"):
+        discover(tmp_path)
+
+
+def test_two_migrations_with_one_number_are_refused(tmp_path: Path) -> None:
+    (tmp_path / "0001_a.sql").write_text("select 1")
+    (tmp_path / "0001_b.sql").write_text("select 1")
+    with pytest.raises(MigrationError, match="share a number"):
+        discover(tmp_path)
+
+
+def test_every_contract_is_loaded_for_reflection() -> None:
+    loaded = contracts.load_all()
+    assert "livebet.betting.v1.betting_service_pb2" in loaded
+    from google.protobuf import descriptor_pool
+
+    pool = descriptor_pool.Default()
+    for names in contracts.SERVICES.values():
+        for name in names:
+            assert pool.FindServiceByName(name).full_name == name
+
+
+def test_schema_image_holds_health_and_every_livebet_file() -> None:
+    from google.protobuf import descriptor_pb2
+
+    fds = descriptor_pb2.FileDescriptorSet.FromString(contracts.schema_image())
+    names = {f.name for f in fds.file}
+    assert "grpc_health/v1/health.proto" in names
+    assert "livebet/odds/v1/odds_service.proto" in names
+    # dependencies come before the files that import them
+    order = [f.name for f in fds.file]
+    assert order.index("livebet/common/v1/common.proto") < order.index("livebet/odds/v1/market.proto")
