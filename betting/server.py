@@ -24,12 +24,10 @@ def build(app: ServiceApp) -> None:
     bets = betting_service_pb2_grpc.BettingServiceServicer()
     wallet = wallet_service_pb2_grpc.WalletServiceServicer()
     app.add_service(
-        "livebet.betting.v1.BettingService",
-        lambda server: betting_service_pb2_grpc.add_BettingServiceServicer_to_server(bets, server),
+        "livebet.betting.v1.BettingService", bets, betting_service_pb2_grpc.add_BettingServiceServicer_to_server
     )
     app.add_service(
-        "livebet.betting.v1.WalletService",
-        lambda server: wallet_service_pb2_grpc.add_WalletServiceServicer_to_server(wallet, server),
+        "livebet.betting.v1.WalletService", wallet, wallet_service_pb2_grpc.add_WalletServiceServicer_to_server
     )
 
 

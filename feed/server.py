@@ -17,10 +17,7 @@ def build(app: ServiceApp) -> None:
         NatsDependency(app.settings.nats_url, app.settings.instance, app.settings.health_interval_seconds)
     )
     api = feed_service_pb2_grpc.FeedServiceServicer()
-    app.add_service(
-        "livebet.feed.v1.FeedService",
-        lambda server: feed_service_pb2_grpc.add_FeedServiceServicer_to_server(api, server),
-    )
+    app.add_service("livebet.feed.v1.FeedService", api, feed_service_pb2_grpc.add_FeedServiceServicer_to_server)
 
 
 if __name__ == "__main__":

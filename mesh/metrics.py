@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+import contextlib
 import inspect
 import logging
 import time
 import uuid
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from typing import Any
 
 import grpc
@@ -122,53 +123,48 @@ class ObservabilityInterceptor(grpc.aio.ServerInterceptor):
             response_serializer=handler.response_serializer,
         )
 
-    def _observe(self, method: str, code: str, started: float) -> None:
+    @contextlib.contextmanager
+    def _call(self, method: str, context: grpc.aio.ServicerContext) -> Iterator[None]:
+        """Everything around one call: request id for the logs, in-flight gauge, latency and
+        status-code accounting, and a log line for an unexpected exception."""
         m = self.metrics
-        m.rpc_latency.labels(m.service, method, code).observe(time.perf_counter() - started)
-        m.rpc_in_flight.labels(m.service).dec()
-        if code != "OK":
-            m.rpc_errors.labels(m.service, method, code).inc()
+        token = logs.request_id.set(_request_id(context))
+        m.rpc_in_flight.labels(m.service).inc()
+        started, default = time.perf_counter(), grpc.StatusCode.OK
+        try:
+            yield
+        except grpc.aio.AbortError:
+            raise
+        except Exception:
+            default = grpc.StatusCode.UNKNOWN
+            if context.code() is None:  # a handler that set a status already said what went wrong
+                log.exception("unhandled error in %s", method)
+            raise
+        except BaseException:  # cancelled by the client or by shutdown
+            default = grpc.StatusCode.CANCELLED
+            raise
+        finally:
+            code = _code_name(context, default)
+            m.rpc_latency.labels(m.service, method, code).observe(time.perf_counter() - started)
+            m.rpc_in_flight.labels(m.service).dec()
+            if code != "OK":
+                m.rpc_errors.labels(m.service, method, code).inc()
+            with contextlib.suppress(ValueError):  # a stream may end in another context
+                logs.request_id.reset(token)
 
     def _wrap(self, method: str, behavior: Callable[..., Any]) -> Callable[..., Any]:
         if inspect.isasyncgenfunction(behavior):
 
-            async def gen_wrapper(request: Any, context: grpc.aio.ServicerContext) -> AsyncIterator[Any]:
-                token = logs.request_id.set(_request_id(context))
-                self.metrics.rpc_in_flight.labels(self.metrics.service).inc()
-                started, default = time.perf_counter(), grpc.StatusCode.OK
-                try:
+            async def stream_wrapper(request: Any, context: grpc.aio.ServicerContext) -> AsyncIterator[Any]:
+                with self._call(method, context):
                     async for item in behavior(request, context):
                         yield item
-                except grpc.aio.AbortError:
-                    raise
-                except BaseException:
-                    default = grpc.StatusCode.CANCELLED
-                    raise
-                finally:
-                    self._observe(method, _code_name(context, default), started)
-                    logs.request_id.reset(token)
 
-            return gen_wrapper
+            return stream_wrapper
 
         async def wrapper(request: Any, context: grpc.aio.ServicerContext) -> Any:
-            token = logs.request_id.set(_request_id(context))
-            self.metrics.rpc_in_flight.labels(self.metrics.service).inc()
-            started, default = time.perf_counter(), grpc.StatusCode.OK
-            try:
+            with self._call(method, context):
                 result = behavior(request, context)
                 return (await result) if inspect.isawaitable(result) else result
-            except grpc.aio.AbortError:
-                raise
-            except Exception:
-                default = grpc.StatusCode.UNKNOWN
-                if context.code() is None:  # a handler that set a status already said what went wrong
-                    log.exception("unhandled error in %s", method)
-                raise
-            except BaseException:
-                default = grpc.StatusCode.CANCELLED
-                raise
-            finally:
-                self._observe(method, _code_name(context, default), started)
-                logs.request_id.reset(token)
 
         return wrapper

@@ -34,6 +34,7 @@ log = logging.getLogger("mesh.service")
 
 T = TypeVar("T")
 D = TypeVar("D", bound=Dependency)
+S = TypeVar("S")
 Register = Callable[[grpc.aio.Server], None]
 Hook = Callable[[], Awaitable[None]]
 
@@ -76,10 +77,11 @@ class ServiceApp:
         self.dependencies.append(dependency)
         return dependency
 
-    def add_service(self, full_name: str, register: Register) -> None:
-        """Register a servicer, e.g. ``add_service("livebet.feed.v1.FeedService", lambda s: ...)``."""
+    def add_service(self, full_name: str, servicer: S, add_to_server: Callable[[S, grpc.aio.Server], None]) -> None:
+        """Serve ``servicer`` as gRPC service ``full_name`` (its health follows the dependencies),
+        e.g. ``add_service("livebet.feed.v1.FeedService", api, add_FeedServiceServicer_to_server)``."""
         self._service_names.append(full_name)
-        self._registrations.append(register)
+        self._registrations.append(lambda server: add_to_server(servicer, server))
 
     def on_start(self, hook: Hook) -> None:
         """Run ``hook`` after the server started (e.g. start consumers)."""

@@ -18,10 +18,7 @@ def build(app: ServiceApp) -> None:
     )
     app.add_dependency(RedisDependency(app.settings.redis_url, app.settings.health_interval_seconds))
     api = trader_service_pb2_grpc.TraderServiceServicer()
-    app.add_service(
-        "livebet.odds.v1.TraderService",
-        lambda server: trader_service_pb2_grpc.add_TraderServiceServicer_to_server(api, server),
-    )
+    app.add_service("livebet.odds.v1.TraderService", api, trader_service_pb2_grpc.add_TraderServiceServicer_to_server)
 
 
 if __name__ == "__main__":

@@ -18,10 +18,7 @@ def build(app: ServiceApp) -> None:
     )
     app.add_dependency(RedisDependency(app.settings.redis_url, app.settings.health_interval_seconds))
     api = odds_service_pb2_grpc.OddsServiceServicer()
-    app.add_service(
-        "livebet.odds.v1.OddsService",
-        lambda server: odds_service_pb2_grpc.add_OddsServiceServicer_to_server(api, server),
-    )
+    app.add_service("livebet.odds.v1.OddsService", api, odds_service_pb2_grpc.add_OddsServiceServicer_to_server)
 
 
 if __name__ == "__main__":

@@ -25,11 +25,11 @@ def build(app: ServiceApp) -> None:
     reports = report_service_pb2_grpc.ReportServiceServicer()
     app.add_service(
         "livebet.settlement.v1.SettlementService",
-        lambda server: settlement_service_pb2_grpc.add_SettlementServiceServicer_to_server(settle, server),
+        settle,
+        settlement_service_pb2_grpc.add_SettlementServiceServicer_to_server,
     )
     app.add_service(
-        "livebet.settlement.v1.ReportService",
-        lambda server: report_service_pb2_grpc.add_ReportServiceServicer_to_server(reports, server),
+        "livebet.settlement.v1.ReportService", reports, report_service_pb2_grpc.add_ReportServiceServicer_to_server
     )
 
 

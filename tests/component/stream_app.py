@@ -39,10 +39,7 @@ class StreamingFeed(feed_service_pb2_grpc.FeedServiceServicer):
 
 def build(app: ServiceApp) -> None:
     api = StreamingFeed(app)
-    app.add_service(
-        "livebet.feed.v1.FeedService",
-        lambda server: feed_service_pb2_grpc.add_FeedServiceServicer_to_server(api, server),
-    )
+    app.add_service("livebet.feed.v1.FeedService", api, feed_service_pb2_grpc.add_FeedServiceServicer_to_server)
 
 
 if __name__ == "__main__":

@@ -80,3 +80,14 @@ def test_stop_leaves_no_orphans_and_data_survives_a_restart(tmp_path: Path) -> N
     wipe = _mesh_cli("wipe", "--yes", "--data-dir", str(data))
     assert wipe.returncode == 0, wipe.stderr
     assert not data.exists()
+
+
+def test_children_die_with_a_killed_supervisor(tmp_path: Path) -> None:
+    """Even SIGKILL, which the supervisor cannot handle, leaves no process behind (PDEATHSIG)."""
+    tmp_path.chmod(0o755)
+    m = start_mesh(tmp_path / "data", free_port_topology(tmp_path), tmp_path / "mesh.log")
+    pids = all_pids(m)
+    assert len(pids) == 10
+    m.popen.kill()
+    m.popen.wait(10)
+    wait_for(lambda: not any(pid_alive(p) for p in pids), 30, what="children gone after the supervisor died")
