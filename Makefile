@@ -59,7 +59,7 @@ breaking: $(INSTALLED) ## buf breaking (FILE) against the previous commit of mai
 lint: gen ## ruff, mypy, buf lint and buf breaking
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
-	$(BIN)/mypy mesh pricing feed betting settlement
+	$(BIN)/mypy mesh pricing feed betting settlement edge
 	$(MAKE) --no-print-directory buf-lint breaking
 
 .PHONY: test

@@ -19,7 +19,8 @@ import shutil
 import sys
 from pathlib import Path
 
-from mesh import envoy, topology
+from edge import envoy_config
+from mesh import topology
 from mesh.supervisor import STATE_FILE, Supervisor, grpc_health
 
 
@@ -137,7 +138,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"wrote {args.output}")
         return 0
     t = topology.load(args.topology)
-    print(envoy.render(t), end="")
+    print(envoy_config.render(t), end="")
     return 0
 
 

@@ -29,7 +29,7 @@ from typing import IO, Any
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-from mesh import envoy as envoy_config
+from edge import envoy_config
 from mesh import infra
 from mesh.backoff import Backoff
 from mesh.infra import ProcessSpec

@@ -4,7 +4,8 @@ import subprocess
 import sys
 from pathlib import Path
 
-from mesh import envoy, topology
+from edge import envoy_config as envoy
+from mesh import topology
 from mesh.infra import envoy_binary
 from mesh.supervisor import REPO_ROOT
 

@@ -1,6 +1,7 @@
 from typing import Any
 
-from mesh import envoy, topology
+from edge import envoy_config as envoy
+from mesh import topology
 
 
 def _config() -> dict[str, Any]:
