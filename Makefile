@@ -70,6 +70,18 @@ test: lint ## everything CI runs: lint, then unit, component and e2e tests on re
 unit: gen ## only the pure unit tests
 	$(BIN)/pytest tests/unit $(PYTEST_ARGS)
 
+# --- benchmarks and calibration ------------------------------------------------------------
+.PHONY: bench-pricing
+bench-pricing: gen ## median µs per full-match reprice, per margin method (goal <= 200 µs)
+	$(PY) -m pricing bench
+
+.PHONY: bench
+bench: bench-pricing ## every benchmark the platform has so far
+
+.PHONY: calibrate
+calibrate: gen ## fit the model to Pinnacle closing odds (EPL 2023-24) and score it
+	$(PY) -m pricing calibrate
+
 # --- run -----------------------------------------------------------------------------------
 .PHONY: run
 run: gen ## start the whole platform (NATS, Valkey, PostgreSQL, every service, Envoy on :8080)

@@ -1,9 +1,9 @@
 """``python -m pricing``: the pricing models from the command line.
 
-  fair        fair probabilities of every market for a match state (JSON)
-  price       offered odds of every open market (JSON)
-  calibrate   fit every match of a football-data.co.uk CSV and score the model against the market
-  bench       median µs per full-match reprice
+fair        fair probabilities of every market for a match state (JSON)
+price       offered odds of every open market (JSON)
+calibrate   fit every match of a football-data.co.uk CSV and score the model against the market
+bench       median µs per full-match reprice
 """
 
 from __future__ import annotations

@@ -23,8 +23,14 @@ def _states(n: int) -> list[MatchState]:
     out = []
     for i in range(n):
         minute = (i * 7) % 90
-        out.append(MatchState(minute=float(minute), home_goals=(i // 3) % 4, away_goals=(i // 5) % 3,
-                              home_red_cards=1 if i % 11 == 0 else 0))
+        out.append(
+            MatchState(
+                minute=float(minute),
+                home_goals=(i // 3) % 4,
+                away_goals=(i // 5) % 3,
+                home_red_cards=1 if i % 11 == 0 else 0,
+            )
+        )
     return out
 
 
@@ -59,12 +65,16 @@ def main(argv: list[str] | None = None) -> int:
     if args.json:
         print(json.dumps({"goal_us": GOAL_US, "default_method": DEFAULT_METHOD, "results": results}, indent=2))
         return 0
-    print(f"full-match reprice ({len(_states(1)) and 'all markets'}, margin {DEFAULT_MARGIN:.0%}, rounded), "
-          f"{args.runs} runs, one core")
+    print(
+        f"full-match reprice ({len(_states(1)) and 'all markets'}, margin {DEFAULT_MARGIN:.0%}, rounded), "
+        f"{args.runs} runs, one core"
+    )
     print(f"{'method':<16}{'median µs':>10}{'p90 µs':>9}{'p99 µs':>9}{'reprices/s':>12}  goal ≤ {GOAL_US:.0f} µs")
     for m, r in results.items():
         mark = "ok" if r["median_us"] <= GOAL_US else "MISSED"
         default = " (default)" if m == DEFAULT_METHOD else ""
-        print(f"{m:<16}{r['median_us']:>10.1f}{r['p90_us']:>9.1f}{r['p99_us']:>9.1f}{r['reprices_per_s']:>12}  "
-              f"{mark}{default}")
+        print(
+            f"{m:<16}{r['median_us']:>10.1f}{r['p90_us']:>9.1f}{r['p99_us']:>9.1f}{r['reprices_per_s']:>12}  "
+            f"{mark}{default}"
+        )
     return 0

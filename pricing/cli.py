@@ -28,12 +28,18 @@ def _pair(text: str) -> tuple[int, int]:
 
 
 def _parser(command: str) -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog=f"python -m pricing {command}", description=__doc__,
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = argparse.ArgumentParser(
+        prog=f"python -m pricing {command}", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     src = p.add_mutually_exclusive_group(required=True)
     src.add_argument("--home-xg", type=float, help="pre-match expected goals of the home side")
-    src.add_argument("--odds", type=float, nargs=3, metavar=("HOME", "DRAW", "AWAY"),
-                     help="pre-match 1X2 odds to fit the expected goals to")
+    src.add_argument(
+        "--odds",
+        type=float,
+        nargs=3,
+        metavar=("HOME", "DRAW", "AWAY"),
+        help="pre-match 1X2 odds to fit the expected goals to",
+    )
     p.add_argument("--away-xg", type=float, help="pre-match expected goals of the away side")
     p.add_argument("--over-under", type=float, nargs=2, metavar=("OVER", "UNDER"), help="pre-match total 2.5 odds")
     p.add_argument("--minute", type=float, default=0.0, help="match clock, 0-90 (default 0)")
@@ -54,14 +60,18 @@ def main(command: str, argv: list[str]) -> int:
     try:
         if args.odds is not None:
             over, under = args.over_under if args.over_under else (None, None)
-            home_xg, away_xg = fit_expected_goals(*args.odds, over, under, model=model)
+            h, d, a = args.odds
+            home_xg, away_xg = fit_expected_goals(h, d, a, over, under, model=model)
         else:
             if args.away_xg is None:
                 parser.error("--home-xg needs --away-xg")
             home_xg, away_xg = args.home_xg, args.away_xg
         state = MatchState(
-            minute=args.minute, home_goals=args.score[0], away_goals=args.score[1],
-            home_red_cards=args.red_cards[0], away_red_cards=args.red_cards[1],
+            minute=args.minute,
+            home_goals=args.score[0],
+            away_goals=args.score[1],
+            home_red_cards=args.red_cards[0],
+            away_red_cards=args.red_cards[1],
             period=Period(args.period) if args.period else None,
         )
         if command == "fair":

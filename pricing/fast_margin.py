@@ -4,7 +4,8 @@ Same definitions as :mod:`pricing.margin` (the scalar reference, solved with Bre
 pure Python). Every market is a row of one flat vector of fair probabilities; for each open row the
 kernel (numba-compiled, cached on disk) drops outcomes below the minimum probability, renormalises,
 solves the method's one-dimensional equation by a safeguarded Newton iteration (the root stays
-bracketed; a step that leaves the bracket bisects; it stops below 1e-14), holds near-certain
+bracketed; a step that leaves the bracket bisects; it stops below 1e-14), scales up a row the
+method cannot bring to the target (Shin's booksum is capped at ``(sum sqrt p)^2``), holds near-certain
 outcomes at 1.01 giving their excess inverse probability to the others, and rounds every price
 down to the ladder. The tests check agreement with the scalar reference.
 """
@@ -108,9 +109,18 @@ def solve_row(method: int, p: FloatArray, logp: FloatArray, a: int, b: int, book
 
 
 @numba.njit(cache=True)
-def price_rows(method: int, fair: FloatArray, row_start: IntArray, row_size: IntArray, live: BoolArray,
-               booksum: float, min_probability: float, ladder: IntArray, max_cents: int,
-               out_cents: IntArray) -> None:
+def price_rows(
+    method: int,
+    fair: FloatArray,
+    row_start: IntArray,
+    row_size: IntArray,
+    live: BoolArray,
+    booksum: float,
+    min_probability: float,
+    ladder: IntArray,
+    max_cents: int,
+    out_cents: IntArray,
+) -> None:
     """Odds (integer hundredths, 0 = not offered) of every live row of a flat book."""
     n = len(fair)
     p = np.zeros(n)
@@ -136,6 +146,14 @@ def price_rows(method: int, fair: FloatArray, row_start: IntArray, row_size: Int
             p[i] = fair[i] / total if fair[i] >= min_probability else 0.0
             logp[i] = math.log(p[i]) if p[i] > 0.0 else 0.0
         solve_row(method, p, logp, a, b, booksum, r)
+        # a method that cannot reach the target (Shin is capped at (sum sqrt p)^2 for very lopsided
+        # markets) gets the rest multiplicatively, so the book is never short of the target
+        got = 0.0
+        for i in range(a, b):
+            got += r[i]
+        if got < booksum * (1.0 - 1e-12):
+            for i in range(a, b):
+                r[i] *= booksum / got
         # hold near-certain outcomes at 1.01 and give the excess to the others
         excess = 0.0
         rest = 0.0

@@ -124,7 +124,7 @@ def apply_margin(probabilities: Sequence[float], margin: float, method: str = "s
     booksum = 1.0 + margin
     n = len(p)
     pi: list[float]
-    if margin == 0:
+    if abs(margin) < 1e-12:
         pi = p
     elif method == "multiplicative":
         pi = [x * booksum for x in p]
@@ -163,6 +163,6 @@ def apply_margin(probabilities: Sequence[float], margin: float, method: str = "s
         pi = ratio(c)
     if any(x <= 0 for x in pi):
         raise MarginError(f"{method} cannot reach a margin of {margin} for these probabilities")
-    if any(x >= 1 for x in pi) and method == "additive":
-        raise MarginError(f"additive margin {margin} makes an inverse odd reach 1 (odds <= 1.00)")
+    if any(x >= 1 for x in pi):
+        raise MarginError(f"a margin of {margin} by {method} would price an outcome at odds <= 1.00")
     return [1.0 / x for x in pi]

@@ -58,8 +58,14 @@ def _catalogue() -> tuple[MarketSpec, ...]:
     specs: list[MarketSpec] = []
     row = 0
 
-    def add(key: str, mtype: str, spec: tuple[tuple[str, str], ...], outcomes: tuple[str, ...], n_rows: int = 1,
-            complement: bool = False) -> None:
+    def add(
+        key: str,
+        mtype: str,
+        spec: tuple[tuple[str, str], ...],
+        outcomes: tuple[str, ...],
+        n_rows: int = 1,
+        complement: bool = False,
+    ) -> None:
         nonlocal row
         specs.append(MarketSpec(key, mtype, spec, outcomes, tuple(range(row, row + n_rows)), complement))
         row += n_rows
@@ -90,9 +96,7 @@ def _catalogue() -> tuple[MarketSpec, ...]:
 CATALOGUE = _catalogue()
 _BY_KEY = {s.key: s for s in CATALOGUE}
 #: outcomes per pricing row, and each row's first position in the flat outcome vector
-ROW_SIZES = np.array(
-    [2 if s.complement else len(s.outcomes) for s in CATALOGUE for _ in s.rows], dtype=np.int64
-)
+ROW_SIZES = np.array([2 if s.complement else len(s.outcomes) for s in CATALOGUE for _ in s.rows], dtype=np.int64)
 ROWS = len(ROW_SIZES)
 ROW_START = np.concatenate(([0], np.cumsum(ROW_SIZES)[:-1])).astype(np.int64)
 SIZE = int(ROW_SIZES.sum())
@@ -287,8 +291,17 @@ def match_markets(sm: ScoreModel, book: FairBook | None = None) -> list[MarketPr
         if spec.market_type == "halftime_1x2" and not b.has_halftime:
             continue
         key, specifiers = market_identity(spec, b)
-        out.append(MarketProbabilities(key, spec.market_type, specifiers, spec.outcomes,
-                                       row_values(spec, b.p).copy(), bool(b.closed[spec.rows[0]]), spec.complement))
+        out.append(
+            MarketProbabilities(
+                key,
+                spec.market_type,
+                specifiers,
+                spec.outcomes,
+                row_values(spec, b.p).copy(),
+                bool(b.closed[spec.rows[0]]),
+                spec.complement,
+            )
+        )
     return out
 
 

@@ -20,7 +20,17 @@ from pricing import ladder
 from pricing.fast_margin import METHOD_CODES, price_rows
 from pricing.football import DEFAULT_MODEL, MatchState, ModelConfig, score_model
 from pricing.margin import METHODS, MarginError
-from pricing.markets import CATALOGUE, R_HT, ROW_SIZES, ROW_START, ROWS, FairBook, fair_book, market_identity, row_values
+from pricing.markets import (
+    CATALOGUE,
+    R_HT,
+    ROW_SIZES,
+    ROW_START,
+    ROWS,
+    FairBook,
+    fair_book,
+    market_identity,
+    row_values,
+)
 
 MIN_PROBABILITY = 1e-4
 DEFAULT_MARGIN = 0.05
@@ -60,8 +70,11 @@ class PricedBook:
             key, specifiers = market_identity(spec, self.fair)
             probs = tuple(float(x) for x in row_values(spec, self.fair.p))
             cents = tuple(int(x) for x in row_values(spec, self.odds_cents))
-            out.append(PricedMarket(key, spec.market_type, specifiers, spec.outcomes, probs, cents,
-                                    bool(self.fair.closed[spec.rows[0]])))
+            out.append(
+                PricedMarket(
+                    key, spec.market_type, specifiers, spec.outcomes, probs, cents, bool(self.fair.closed[spec.rows[0]])
+                )
+            )
         return out
 
 
@@ -80,8 +93,18 @@ def price_book(
     if not book.has_halftime:
         live[R_HT] = False
     odds_cents = np.zeros(len(book.p), dtype=np.int64)
-    price_rows(METHOD_CODES[method], book.p, ROW_START, ROW_SIZES, live, 1.0 + margin, MIN_PROBABILITY,
-               ladder.LADDER, max_odds_cents, odds_cents)
+    price_rows(
+        METHOD_CODES[method],
+        book.p,
+        ROW_START,
+        ROW_SIZES,
+        live,
+        1.0 + margin,
+        MIN_PROBABILITY,
+        ladder.LADDER,
+        max_odds_cents,
+        odds_cents,
+    )
     return PricedBook(book, odds_cents)
 
 
