@@ -308,7 +308,7 @@ def parse(raw: bytes, provider: str = "uof") -> Parsed:
             n += 1
         odds = root.find("odds")
         if odds is not None:
-            markets = []
+            offered: list[ev.ProviderMarket] = []
             for m, ref, mapping in _markets(odds, match_id, parsed):
                 pm = ev.ProviderMarket(
                     market=ref, status=_MARKET_STATUS.get(m.get("status", "1"), ev.PROVIDER_MARKET_STATUS_ACTIVE)
@@ -323,10 +323,10 @@ def parse(raw: bytes, provider: str = "uof") -> Parsed:
                     if o.get("probabilities"):
                         po.probability.decimal = _decimal_text(o, "probabilities", "")
                     pm.outcomes.append(po)
-                markets.append(pm)
-            if markets:
+                offered.append(pm)
+            if offered:
                 e = event(match_id, n)
-                e.provider_odds.markets.extend(markets)
+                e.provider_odds.markets.extend(offered)
                 parsed.events.append(e)
         parsed.skipped_message = not parsed.events
         return parsed
@@ -403,7 +403,8 @@ def _fixture(root: Element, source: str, parsed: Parsed, base_id: str, produced:
     f = e.fixture_change.fixture
     f.match_id = match_id
     sport = _local(fx, "sport")
-    f.sport = common_pb2.SPORT_FOOTBALL if sport is not None and sport.get("id") == "sr:sport:1" else 0
+    if sport is not None and sport.get("id") == "sr:sport:1":
+        f.sport = common_pb2.SPORT_FOOTBALL
     tournament = _local(fx, "tournament")
     if tournament is not None:
         f.competition = tournament.get("name", "")
