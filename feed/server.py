@@ -1,23 +1,101 @@
 """The feed service process: ``python -m feed.server``.
 
-Depends on NATS (JetStream). The FeedService business RPCs are answered UNIMPLEMENTED by the
-generated base servicer until the feed-ingestion issue fills them in.
+Wiring: NATS (JetStream) dependency → FEED stream ensured → projection rebuilt from the stream →
+FeedService over gRPC; a liveness loop declares silent producers down.
 """
 
 from __future__ import annotations
 
-from livebet.feed.v1 import feed_service_pb2_grpc
+import asyncio
+import contextlib
+import logging
 
-from mesh.deps import NatsDependency
+from livebet.feed.v1 import event_pb2 as ev
+from livebet.feed.v1 import feed_service_pb2_grpc
+from nats.aio.msg import Msg
+from nats.js.api import ConsumerConfig, DeliverPolicy
+
+from feed.adapters.jetstream import STREAM, JetStreamPublisher, PublishUnavailable, ensure_stream
+from feed.grpc_api import FeedApi, WatchSource
+from feed.service import FeedCore, PublishResult
+from mesh.deps import NatsDependency, Readiness
 from mesh.service import ServiceApp, run
+
+log = logging.getLogger("feed")
+
+
+class _LazyPublisher:
+    """The JetStream publisher once NATS is connected (UNAVAILABLE until then)."""
+
+    def __init__(self) -> None:
+        self.inner: JetStreamPublisher | None = None
+
+    async def publish(self, events: list[tuple[ev.FeedEvent, int]]) -> PublishResult:
+        if self.inner is None:
+            raise PublishUnavailable("NATS is not connected yet")
+        return await self.inner.publish(events)
+
+
+async def rebuild(core: FeedCore, nats: NatsDependency) -> int:
+    """Replay the FEED stream into the projection and the ordering cursors."""
+    js = nats.js
+    info = await js.stream_info(STREAM)
+    last = info.state.last_seq
+    if last == 0:
+        return 0
+    done = asyncio.Event()
+    count = 0
+
+    async def on_msg(msg: Msg) -> None:
+        nonlocal count
+        core.apply(ev.FeedEvent.FromString(msg.data))
+        count += 1
+        if msg.metadata.sequence.stream >= last:
+            done.set()
+
+    sub = await js.subscribe(
+        "feed.>",
+        stream=STREAM,
+        ordered_consumer=True,
+        cb=on_msg,
+        config=ConsumerConfig(deliver_policy=DeliverPolicy.ALL),
+    )
+    try:
+        await asyncio.wait_for(done.wait(), 120)
+    finally:
+        await sub.unsubscribe()
+    return count
 
 
 def build(app: ServiceApp) -> None:
-    app.add_dependency(
-        NatsDependency(app.settings.nats_url, app.settings.instance, app.settings.health_interval_seconds)
-    )
-    api = feed_service_pb2_grpc.FeedServiceServicer()
+    s = app.settings
+    nats = app.add_dependency(NatsDependency(s.nats_url, s.instance, s.health_interval_seconds))
+    ready = app.add_dependency(Readiness("feed-stream"))
+    publisher = _LazyPublisher()
+    core = FeedCore(publisher)
+    api = FeedApi(core, app, WatchSource(nats))
     app.add_service("livebet.feed.v1.FeedService", api, feed_service_pb2_grpc.add_FeedServiceServicer_to_server)
+
+    async def liveness_loop() -> None:
+        while not app.stopping.is_set():
+            await asyncio.sleep(1.0)
+            with contextlib.suppress(PublishUnavailable):
+                await core.check_liveness()
+
+    async def start() -> None:
+        await nats.wait_ready()
+        js = nats.nc.jetstream()
+        await ensure_stream(js)
+        replayed = await rebuild(core, nats)
+        publisher.inner = JetStreamPublisher(js)
+        ready.set()
+        log.info("feed ready", extra={"replayed_events": replayed, "matches": len(core.matches)})
+        app.spawn(liveness_loop())
+
+    async def on_start() -> None:
+        app.spawn(start())
+
+    app.on_start(on_start)
 
 
 if __name__ == "__main__":

@@ -274,3 +274,18 @@ class PostgresDependency(_PollingDependency):
         if self._pool is not None:
             with contextlib.suppress(psycopg.Error, asyncio.TimeoutError):
                 await self._pool.close(timeout=5)
+
+
+class Readiness(Dependency):
+    """A condition of the service itself (a stream created, a cache rebuilt), set by the service:
+    health stays NOT_SERVING until it is up."""
+
+    def __init__(self, name: str) -> None:
+        super().__init__()
+        self.name = name
+
+    async def _run(self) -> None:
+        return None
+
+    def set(self, value: bool = True) -> None:
+        self._set_up(value)

@@ -17,7 +17,7 @@ import asyncio
 import contextlib
 import logging
 import signal
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine
 from typing import Any, TypeVar
 
 import grpc
@@ -70,6 +70,7 @@ class ServiceApp:
         self._stopped = asyncio.Event()
         self._serving: bool | None = None
         self._health_dirty = asyncio.Event()
+        self._tasks: set[asyncio.Task[Any]] = set()
 
     # --- wiring ------------------------------------------------------------------------------
     def add_dependency(self, dependency: D) -> D:
@@ -86,6 +87,20 @@ class ServiceApp:
     def on_start(self, hook: Hook) -> None:
         """Run ``hook`` after the server started (e.g. start consumers)."""
         self._on_start.append(hook)
+
+    def spawn(self, coro: Coroutine[Any, Any, Any]) -> asyncio.Task[Any]:
+        """Run ``coro`` in the background for the life of the service (cancelled on stop); an
+        exception in it is logged."""
+        task = asyncio.ensure_future(coro)
+        self._tasks.add(task)
+
+        def done(t: asyncio.Task[Any]) -> None:
+            self._tasks.discard(t)
+            if not t.cancelled() and t.exception() is not None:
+                log.error("background task failed", exc_info=t.exception())
+
+        task.add_done_callback(done)
+        return task
 
     def on_stop(self, hook: Hook) -> None:
         """Run ``hook`` during shutdown, after the server stopped accepting calls."""
@@ -198,6 +213,8 @@ class ServiceApp:
         self.stopping.set()
         if self._server is not None:
             await self._server.stop(self.settings.grace_seconds)
+        for task in list(self._tasks):
+            task.cancel()
         for hook in self._on_stop:
             with contextlib.suppress(Exception):
                 await hook()

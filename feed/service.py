@@ -1,0 +1,280 @@
+"""The feed service's core: validate, order, publish, and keep the match projection.
+
+Every batch, from any adapter (gRPC push, raw UOF, simulator, replay), goes through
+:meth:`FeedCore.ingest`:
+
+1. raw messages are normalised (UOF), every event is validated (see :func:`validate`);
+   with ``strict`` a bad item fails the whole batch before anything is published (PublishBatch),
+   otherwise it is counted as skipped (the Ingest stream);
+2. the ordering policy (:mod:`feed.domain.ordering`) drops stale state updates and marks gaps;
+3. the batch is published to JetStream and acknowledged only once every event is stored;
+4. the projection (fixtures and latest state per match) and provider liveness are updated.
+
+A producer silent for longer than the threshold makes :meth:`FeedCore.check_liveness` publish a
+``provider_down`` event, whose id is deterministic so that two feed replicas store it once.
+"""
+
+from __future__ import annotations
+
+import base64
+import logging
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Protocol
+
+from livebet.feed.v1 import event_pb2 as ev
+from livebet.feed.v1 import feed_service_pb2 as fs
+
+from feed.adapters import uof
+from feed.adapters.jetstream import PublishResult
+from feed.domain.liveness import Liveness, Status
+from feed.domain.ordering import Sequencer, Verdict
+
+log = logging.getLogger("feed")
+
+MAX_BATCH = 5000
+MAX_EVENT_ID = 256
+MAX_FUTURE_S = 300.0
+MATCH_SCOPED = {
+    "match_state",
+    "goal",
+    "card",
+    "penalty",
+    "var_check",
+    "danger",
+    "bet_stop",
+    "provider_odds",
+    "bet_settlement",
+    "bet_cancel",
+    "rollback_bet_settlement",
+    "rollback_bet_cancel",
+    "fixture_change",
+}
+
+
+class FeedError(ValueError):
+    """Bad input; ``code`` names the gRPC status the API answers with."""
+
+    def __init__(self, message: str, code: str = "INVALID_ARGUMENT") -> None:
+        super().__init__(message)
+        self.code = code
+
+
+class Publisher(Protocol):
+    async def publish(self, events: list[tuple[ev.FeedEvent, int]]) -> PublishResult: ...
+
+
+@dataclass
+class MatchRecord:
+    fixture: ev.Fixture
+    state: ev.MatchState
+    sequence: int = 0
+    provider: str = ""
+
+
+@dataclass
+class IngestResult:
+    accepted: int = 0
+    duplicates: int = 0
+    skipped: int = 0
+    stale: int = 0
+    gaps: int = 0
+    last_stream_sequence: int = 0
+    errors: list[str] = field(default_factory=list)
+
+
+def validate(e: ev.FeedEvent, provider: str, now: float, known: Callable[[str], bool]) -> None:
+    """Raise :class:`FeedError` saying what is wrong with ``e``."""
+    kind = e.WhichOneof("payload")
+    if kind is None:
+        raise FeedError(f"event {e.event_id or '?'} has no payload")
+    if not e.event_id or len(e.event_id) > MAX_EVENT_ID:
+        raise FeedError(f"event_id is required and at most {MAX_EVENT_ID} characters")
+    if e.provider and e.provider != provider and not e.provider.startswith(provider + ":"):
+        raise FeedError(
+            f"event {e.event_id} claims provider {e.provider!r} in a batch from {provider!r}", "PERMISSION_DENIED"
+        )
+    if kind in MATCH_SCOPED and not e.match_id:
+        raise FeedError(f"event {e.event_id} ({kind}) needs a match_id")
+    if e.HasField("produced_at") and e.produced_at.ToMilliseconds() / 1000.0 > now + MAX_FUTURE_S:
+        raise FeedError(
+            f"event {e.event_id} was produced {e.produced_at.ToJsonString()}, "
+            f"more than {MAX_FUTURE_S:.0f}s in the future"
+        )
+    if kind in MATCH_SCOPED and kind != "fixture_change" and not known(e.match_id):
+        raise FeedError(f"unknown match id {e.match_id!r}: send its fixture_change first", "FAILED_PRECONDITION")
+    if kind == "fixture_change" and e.fixture_change.fixture.match_id not in ("", e.match_id):
+        raise FeedError(
+            f"event {e.event_id}: fixture {e.fixture_change.fixture.match_id!r} is not match {e.match_id!r}"
+        )
+
+
+class FeedCore:
+    def __init__(
+        self, publisher: Publisher, liveness_threshold: float = 20.0, clock: Callable[[], float] = time.time
+    ) -> None:
+        self.publisher = publisher
+        self.clock = clock
+        self.sequencer = Sequencer()
+        self.liveness = Liveness(liveness_threshold)
+        self.matches: dict[str, MatchRecord] = {}
+        self.counters = {"skipped": 0, "stale": 0, "gaps": 0, "unknown_markets": 0}
+        self.listeners: list[Callable[[ev.FeedEvent], None]] = []
+
+    # --- projection ----------------------------------------------------------------------------
+    def known(self, match_id: str) -> bool:
+        return match_id in self.matches
+
+    def apply(self, e: ev.FeedEvent) -> None:
+        """Update the projection and liveness with a stored event (also used to rebuild)."""
+        kind = e.WhichOneof("payload")
+        now = e.received_at.ToMilliseconds() / 1000.0 if e.HasField("received_at") else self.clock()
+        if e.provider:
+            self.liveness.heard(e.provider, now, snapshot_complete=kind == "snapshot_complete")
+        produced = e.produced_at.ToMilliseconds() if e.HasField("produced_at") else -1
+        if e.match_id and kind:
+            self.sequencer.commit(e.provider, e.match_id, kind, e.sequence, produced)
+        if kind == "fixture_change":
+            rec = self.matches.get(e.match_id)
+            fixture = ev.Fixture()
+            fixture.CopyFrom(e.fixture_change.fixture)
+            fixture.match_id = e.match_id
+            if rec is None:
+                state = ev.MatchState(match_id=e.match_id, status=ev.MATCH_STATUS_NOT_STARTED)
+                self.matches[e.match_id] = MatchRecord(fixture, state, e.sequence, e.provider)
+            else:
+                rec.fixture.MergeFrom(fixture)
+        elif kind == "match_state" and e.match_id in self.matches:
+            rec = self.matches[e.match_id]
+            rec.state.CopyFrom(e.match_state.state)
+            rec.state.match_id = e.match_id
+            rec.sequence = max(rec.sequence, e.sequence)
+        for listener in self.listeners:
+            listener(e)
+
+    # --- ingestion -----------------------------------------------------------------------------
+    def normalise(
+        self,
+        provider: str,
+        events: Sequence[ev.FeedEvent],
+        raw: Sequence[fs.RawMessage],
+        strict: bool,
+        result: IngestResult,
+    ) -> list[ev.FeedEvent]:
+        out: list[ev.FeedEvent] = []
+        now = self.clock()
+        pending_fixtures: set[str] = set()
+
+        def known(match_id: str) -> bool:
+            return self.known(match_id) or match_id in pending_fixtures
+
+        def reject(message: str, exc: FeedError | None = None) -> None:
+            if strict:
+                raise exc or FeedError(message)
+            result.skipped += 1
+            result.errors.append(message)
+
+        candidates: list[ev.FeedEvent] = list(events)
+        for r in raw:
+            if r.format != fs.RAW_FORMAT_UOF_XML:
+                reject(f"raw message format {fs.RawFormat.Name(r.format)} is not supported; use RAW_FORMAT_UOF_XML")
+                continue
+            try:
+                parsed = uof.parse(r.payload, provider)
+            except uof.UofError as exc:
+                reject(f"UOF message rejected: {exc}", FeedError(f"UOF message rejected: {exc}"))
+                continue
+            self.counters["unknown_markets"] += parsed.skipped_markets
+            if parsed.skipped_message:
+                result.skipped += 1
+            candidates.extend(parsed.events)
+        for e in candidates:
+            if not e.provider:
+                e.provider = provider
+            try:
+                validate(e, provider, now, known)
+            except FeedError as exc:
+                reject(str(exc), exc)
+                continue
+            e.received_at.FromMilliseconds(int(now * 1000))
+            if e.WhichOneof("payload") == "fixture_change":
+                pending_fixtures.add(e.match_id)
+            out.append(e)
+        return out
+
+    async def ingest(
+        self, provider: str, events: Sequence[ev.FeedEvent] = (), raw: Sequence[fs.RawMessage] = (), strict: bool = True
+    ) -> IngestResult:
+        if not provider:
+            raise FeedError("provider is required")
+        if len(events) + len(raw) > MAX_BATCH:
+            raise FeedError(
+                f"a batch holds at most {MAX_BATCH} items, got {len(events) + len(raw)}", "RESOURCE_EXHAUSTED"
+            )
+        result = IngestResult()
+        normalised = self.normalise(provider, events, raw, strict, result)
+        to_publish: list[tuple[ev.FeedEvent, int]] = []
+        seen_ids: set[str] = set()
+        saved = self.sequencer.save({(e.provider, e.match_id) for e in normalised if e.match_id})
+        for e in normalised:
+            if e.event_id in seen_ids:
+                result.duplicates += 1
+                continue
+            seen_ids.add(e.event_id)
+            kind = e.WhichOneof("payload") or ""
+            produced = e.produced_at.ToMilliseconds() if e.HasField("produced_at") else -1
+            decision = self.sequencer.decide(e.provider, e.match_id, kind, e.sequence, produced) if e.match_id else None
+            if decision is not None and decision.verdict is Verdict.DROP_STALE:
+                result.stale += 1
+                continue
+            gap = decision.gap if decision else 0
+            result.gaps += 1 if gap else 0
+            to_publish.append((e, gap))
+            if e.match_id:  # later events of the same batch are ordered after this one
+                self.sequencer.commit(e.provider, e.match_id, kind, e.sequence, produced)
+        try:
+            published = await self.publisher.publish(to_publish)
+        except Exception:
+            self.sequencer.load(saved)  # nothing acknowledged: a retry must be judged afresh
+            raise
+        result.accepted += published.accepted
+        result.duplicates += published.duplicates
+        result.last_stream_sequence = published.last_stream_sequence
+        for e, _ in to_publish:
+            self.apply(e)
+        for key in ("skipped", "stale", "gaps"):
+            self.counters[key] += getattr(result, key)
+        return result
+
+    async def check_liveness(self) -> list[ev.FeedEvent]:
+        """Publish ``provider_down`` for every producer silent for longer than the threshold."""
+        events = []
+        for t in self.liveness.tick(self.clock()):
+            if t.status is not Status.DOWN:
+                continue
+            e = ev.FeedEvent(event_id=f"{t.producer}:provider_down:{int(t.last_seen * 1000)}", provider=t.producer)
+            e.provider_down.last_seen.FromMilliseconds(int(t.last_seen * 1000))
+            e.provider_down.reason = f"no message for more than {self.liveness.threshold:.0f}s"
+            e.received_at.FromMilliseconds(int(self.clock() * 1000))
+            events.append(e)
+            log.warning("provider down", extra={"provider": t.producer})
+        if events:
+            await self.publisher.publish([(e, 0) for e in events])
+        return events
+
+    # --- queries -------------------------------------------------------------------------------
+    def list_matches(self, page_size: int, page_token: str, status: int) -> tuple[list[MatchRecord], str]:
+        if page_size < 0:
+            raise FeedError("page_size cannot be negative")
+        size = min(page_size or 50, 500)
+        after = ""
+        if page_token:
+            try:
+                after = base64.urlsafe_b64decode(page_token.encode()).decode()
+            except (ValueError, UnicodeDecodeError):
+                raise FeedError("page_token is not one this service issued") from None
+        ids = sorted(m for m, r in self.matches.items() if m > after and (not status or r.state.status == status))
+        page = [self.matches[m] for m in ids[:size]]
+        token = base64.urlsafe_b64encode(ids[size - 1].encode()).decode() if len(ids) > size else ""
+        return page, token
