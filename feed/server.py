@@ -18,6 +18,7 @@ from nats.js.api import ConsumerConfig, DeliverPolicy
 from feed.adapters.jetstream import STREAM, JetStreamPublisher, PublishUnavailable, ensure_stream
 from feed.grpc_api import FeedApi, WatchSource
 from feed.service import FeedCore, PublishResult
+from feed.settings import FeedSettings
 from mesh.deps import NatsDependency, Readiness
 from mesh.service import ServiceApp, run
 
@@ -72,7 +73,7 @@ def build(app: ServiceApp) -> None:
     nats = app.add_dependency(NatsDependency(s.nats_url, s.instance, s.health_interval_seconds))
     ready = app.add_dependency(Readiness("feed-stream"))
     publisher = _LazyPublisher()
-    core = FeedCore(publisher)
+    core = FeedCore(publisher, FeedSettings.from_env().provider_silence_seconds)
     api = FeedApi(core, app, WatchSource(nats))
     app.add_service("livebet.feed.v1.FeedService", api, feed_service_pb2_grpc.add_FeedServiceServicer_to_server)
 

@@ -271,10 +271,13 @@ class FeedCore:
         after = ""
         if page_token:
             try:
-                after = base64.urlsafe_b64decode(page_token.encode()).decode()
+                decoded = base64.b64decode(page_token.encode(), altchars=b"-_", validate=True).decode()
             except (ValueError, UnicodeDecodeError):
-                raise FeedError("page_token is not one this service issued") from None
+                decoded = ""
+            if not decoded.startswith("after:"):
+                raise FeedError("page_token is not one this service issued")
+            after = decoded.removeprefix("after:")
         ids = sorted(m for m, r in self.matches.items() if m > after and (not status or r.state.status == status))
         page = [self.matches[m] for m in ids[:size]]
-        token = base64.urlsafe_b64encode(ids[size - 1].encode()).decode() if len(ids) > size else ""
+        token = base64.b64encode(f"after:{ids[size - 1]}".encode(), altchars=b"-_").decode() if len(ids) > size else ""
         return page, token

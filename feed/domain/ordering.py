@@ -6,11 +6,13 @@ newest *state* event (match state, provider odds, danger signals, bet stops).
 - **Gaps**: a sequence number more than one above the last is a gap of ``seq - last - 1`` events.
   The event is still published (with the gap size, so consumers can ask for a snapshot) and the
   gap is counted.
-- **Out of order**: a sequence number at or below the last one, or a production time older than the
+- **Out of order**: a sequence number below the last one, or a production time older than the
   newest state already published. A *state* event that is out of order is dropped (counted):
   **an older state update never overwrites a newer one**. Every other event (goals, cards, results,
   cancels, rollbacks, fixtures, liveness) is **never dropped**: it is published anyway.
-- Events without a sequence number (0) are ordered by production time only.
+- Events without a sequence number (0) are ordered by production time only. An event with the
+  last sequence number again is let through: it is a retry, and JetStream's duplicate window
+  (``Nats-Msg-Id``) stores it once.
 """
 
 from __future__ import annotations
@@ -77,7 +79,7 @@ class Sequencer:
         gap = 0
         out_of_order = False
         if sequence > 0 and c.last_sequence > 0:
-            if sequence <= c.last_sequence:
+            if sequence < c.last_sequence:  # equal: a retry of the same event, JetStream dedupes it
                 out_of_order = True
             elif sequence > c.last_sequence + 1:
                 gap = sequence - c.last_sequence - 1
