@@ -170,7 +170,7 @@ def test_the_ingest_stream_counts_bad_items_and_keeps_going(feed_env: tuple[Serv
 
 @pytest.mark.skipif(not SAMPLES.exists(), reason="shared data not beside the repo")
 def test_raw_uof_messages_are_normalised_and_published(feed_env: tuple[Server, Proc, str]) -> None:
-    n, _, target = feed_env
+    _n, _, target = feed_env
     stub = _stub(target)
     fixture_doc = (SAMPLES / "fixture-0.xml").read_bytes()
     odds = (SAMPLES / "odds_change-0.xml").read_bytes().replace(b"sr:match:123", b"sr:match:18001015")
@@ -253,7 +253,7 @@ def test_nats_restart_loses_nothing_acknowledged_and_refuses_while_down(
 def test_a_restarted_feed_rebuilds_its_matches_from_the_stream(
     feed_env: tuple[Server, Proc, str], servers_root: Path
 ) -> None:
-    n, proc, target = feed_env
+    _n, proc, target = feed_env
     _stub(target).PublishBatch(
         fs.PublishBatchRequest(provider="push", events=[fixture("keep"), state("keep", 1, 2, 1, 70)])
     )
