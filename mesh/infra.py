@@ -43,7 +43,7 @@ class ProcessSpec:
     name: str
     argv: list[str]
     ready: Callable[[], bool]
-    kind: str = "infra"  # infra | service | edge
+    kind: str = "infra"  # infra | service | edge | tool
     port: int = 0
     env: dict[str, str] = field(default_factory=dict)
     cwd: Path | None = None

@@ -149,6 +149,18 @@ class Supervisor:
                 )
         return specs
 
+    def tool_specs(self) -> list[ProcessSpec]:
+        addresses = {s.name: f"{self.t.host}:{s.grpc_ports[0]}" for s in self.t.services}
+        specs = []
+        for tool in self.t.tools:
+            args = [a.format(**addresses) for a in tool.args]
+            specs.append(ProcessSpec(
+                name=tool.name, kind="tool", argv=[sys.executable, "-m", tool.module, *args],
+                ready=lambda: True, env={"PYTHONPATH": os.pathsep.join([str(REPO_ROOT), str(GEN_ROOT)])},
+                cwd=REPO_ROOT,
+            ))
+        return specs
+
     def envoy_spec(self) -> ProcessSpec:
         path = self.run_dir / "envoy.json"
         path.write_text(envoy_config.render(self.t))
@@ -332,6 +344,8 @@ class Supervisor:
             await asyncio.gather(*(self._start(s, 60) for s in self.service_specs()))
             self.out(f"  services SERVING in {time.monotonic() - started:.1f}s")
             await self._start(self.envoy_spec(), 30)
+            for tool in self.tool_specs():
+                await self._start(tool, 10)
             self.out(f"livebet is up in {time.monotonic() - started:.1f}s\n")
             self.out(self.table())
             self.out(
@@ -347,7 +361,7 @@ class Supervisor:
         for task in self._watchers:
             task.cancel()
         self.out("livebet: stopping")
-        order = [[m for m in self.procs if m.spec.kind == k] for k in ("edge", "service", "infra")]
+        order = [[m for m in self.procs if m.spec.kind == k] for k in ("tool", "edge", "service", "infra")]
         for group in order:
             await asyncio.gather(*(self._stop(m) for m in group))
         self.write_state()
@@ -356,6 +370,7 @@ class Supervisor:
     def table(self) -> str:
         rows = [("process", "address", "pid", "status")]
         for m in self.procs:
-            rows.append((m.spec.name, f"{self.t.host}:{m.spec.port}", str(m.pid or "-"), m.status))
+            address = f"{self.t.host}:{m.spec.port}" if m.spec.port else "-"
+            rows.append((m.spec.name, address, str(m.pid or "-"), m.status))
         width = [max(len(r[i]) for r in rows) for i in range(4)]
         return "\n".join("  ".join(c.ljust(w) for c, w in zip(r, width, strict=True)) for r in rows)

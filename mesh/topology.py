@@ -30,6 +30,16 @@ class ServiceSpec:
 
 
 @dataclass(frozen=True)
+class ToolSpec:
+    """A client process run beside the services (the match simulator): no gRPC server of its own;
+    ``{<service>}`` in its arguments becomes that service's first address."""
+
+    name: str
+    module: str
+    args: tuple[str, ...]
+
+
+@dataclass(frozen=True)
 class Topology:
     host: str
     edge_port: int
@@ -40,6 +50,7 @@ class Topology:
     redis_port: int
     postgres_port: int
     services: tuple[ServiceSpec, ...] = field(default_factory=tuple)
+    tools: tuple[ToolSpec, ...] = field(default_factory=tuple)
 
     def service(self, name: str) -> ServiceSpec:
         for s in self.services:
@@ -118,6 +129,14 @@ def parse(text: str, source: str = "<topology>") -> Topology:
         )
     if not services:
         raise TopologyError(f"{source}: no [services.*] defined")
+    tools = []
+    for name, raw in doc.get("tools", {}).items():
+        if not _NAME.match(name) or "module" not in raw:
+            raise TopologyError(f"{source}: tools.{name} needs a lower-case name and a module")
+        args = raw.get("args", [])
+        if not isinstance(args, list) or not all(isinstance(a, str) for a in args):
+            raise TopologyError(f"{source}: tools.{name}.args must be a list of strings")
+        tools.append(ToolSpec(name, str(raw["module"]), tuple(args)))
     return Topology(
         host=str(edge.get("host", "127.0.0.1")),
         edge_port=_port(edge.get("port", 8080), f"{source}: edge.port"),
@@ -128,6 +147,7 @@ def parse(text: str, source: str = "<topology>") -> Topology:
         redis_port=_port(infra.get("redis_port", 6379), f"{source}: infra.redis_port"),
         postgres_port=_port(infra.get("postgres_port", 5432), f"{source}: infra.postgres_port"),
         services=tuple(services),
+        tools=tuple(tools),
     )
 
 
