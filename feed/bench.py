@@ -1,0 +1,170 @@
+"""``python -m feed.bench`` (make bench-feed): sustained feed ingestion, persisted and acknowledged
+in JetStream, next to the raw JetStream async-publish rate measured in the same run.
+
+It starts its own nats-server (JetStream, in a temporary folder) and the real feed service
+process, then:
+
+- **raw**: nats-py ``publish_async`` of the same serialised events with ``Nats-Msg-Id``, all
+  acknowledged, into a stream of the same configuration (the ceiling for one Python publisher);
+- **feed**: ``PublishBatch`` calls (500 events each, several in flight) through gRPC into the feed
+  service, which validates, orders, publishes and waits for every acknowledgement.
+
+Both for the ``sync_interval`` livebet uses ("always": fsync before acknowledging) and for
+nats-server's default ("2m"), so that the cost of durability is measured, not guessed.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import shutil
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import grpc
+import nats
+from livebet.feed.v1 import event_pb2 as ev
+from livebet.feed.v1 import feed_service_pb2 as fs
+from livebet.feed.v1 import feed_service_pb2_grpc
+
+from feed.adapters.jetstream import ensure_stream, stream_config
+from mesh import infra
+from mesh.supervisor import GEN_ROOT, REPO_ROOT
+
+GOAL_EVENTS_PER_S = 20_000
+GOAL_SHARE_OF_RAW = 0.5
+
+
+def _events(n: int, matches: int, tag: str) -> list[ev.FeedEvent]:
+    out = []
+    for i in range(n):
+        match = f"bench:{i % matches}"
+        e = ev.FeedEvent(event_id=f"{tag}:{i}", provider="bench", match_id=match, sequence=i // matches + 1)
+        s = e.match_state.state
+        s.match_id, s.status, s.clock.minute = match, ev.MATCH_STATUS_LIVE, (i // matches) % 90
+        s.score.home, s.score.away = i % 3, i % 2
+        out.append(e)
+    return out
+
+
+async def raw_rate(url: str, events: list[ev.FeedEvent]) -> float:
+    nc = await nats.connect(url)
+    js = nc.jetstream(publish_async_max_pending=20_000)
+    await ensure_stream(js, stream_config("RAWBENCH"))
+    payloads = [(f"rawbench.bench.{e.match_id.replace(':', '_')}", e.SerializeToString(), e.event_id) for e in events]
+    t = time.perf_counter()
+    futures = [await js.publish_async(s, p, headers={"Nats-Msg-Id": i}) for s, p, i in payloads]
+    await asyncio.gather(*futures)
+    elapsed = time.perf_counter() - t
+    await nc.close()
+    return len(events) / elapsed
+
+
+async def feed_rate(target: str, events: list[ev.FeedEvent], matches: int, batch: int, in_flight: int) -> float:
+    async with grpc.aio.insecure_channel(target) as channel:
+        stub = feed_service_pb2_grpc.FeedServiceStub(channel)
+        fixtures = []
+        for m in range(matches):
+            f = ev.FeedEvent(event_id=f"bench:fixture:{m}", provider="bench", match_id=f"bench:{m}")
+            f.fixture_change.fixture.match_id = f"bench:{m}"
+            fixtures.append(f)
+        await stub.PublishBatch(fs.PublishBatchRequest(provider="bench", events=fixtures), timeout=60)
+        batches = [events[i : i + batch] for i in range(0, len(events), batch)]
+        sem = asyncio.Semaphore(in_flight)
+        accepted = 0
+
+        async def one(b: list[ev.FeedEvent]) -> None:
+            nonlocal accepted
+            async with sem:
+                r = await stub.PublishBatch(fs.PublishBatchRequest(provider="bench", events=b), timeout=120)
+                accepted += r.accepted
+
+        t = time.perf_counter()
+        # batches of one match range are sent in order: each match's sequence only grows
+        await asyncio.gather(*(one(b) for b in batches))
+        elapsed = time.perf_counter() - t
+    if accepted != len(events):
+        raise RuntimeError(f"only {accepted} of {len(events)} events were accepted")
+    return len(events) / elapsed
+
+
+def run_once(sync_interval: str, n: int, matches: int, batch: int, in_flight: int) -> dict[str, float]:
+    root = Path(tempfile.mkdtemp(prefix="livebet-bench-"))
+    procs = []
+    try:
+        port, monitor = infra.free_port(), infra.free_port()
+        spec = infra.nats(root / "nats", port, monitor, sync_interval=sync_interval)
+        spec.prepare()
+        import subprocess
+
+        log = open(root / "nats.log", "ab")  # noqa: SIM115
+        procs.append(subprocess.Popen(spec.argv, stdout=log, stderr=subprocess.STDOUT))
+        _wait(spec.ready)
+        url = f"nats://127.0.0.1:{port}"
+        raw = asyncio.run(raw_rate(url, _events(n, matches, "raw")))
+        grpc_port = infra.free_port()
+        env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(REPO_ROOT), str(GEN_ROOT)]),
+               "LIVEBET_NATS_URL": url, "LIVEBET_GRPC_PORT": str(grpc_port), "LIVEBET_METRICS_PORT": "0",
+               "LIVEBET_LOG_LEVEL": "WARNING"}
+        flog = open(root / "feed.log", "ab")  # noqa: SIM115
+        procs.append(subprocess.Popen([sys.executable, "-m", "feed.server"], env=env, cwd=REPO_ROOT, stdout=flog,
+                                      stderr=subprocess.STDOUT))
+        target = f"127.0.0.1:{grpc_port}"
+        _wait(lambda: _serving(target))
+        feed = asyncio.run(feed_rate(target, _events(n, matches, "feed"), matches, batch, in_flight))
+        return {"raw_events_per_s": round(raw), "feed_events_per_s": round(feed), "ratio": round(feed / raw, 3)}
+    finally:
+        for p in reversed(procs):
+            p.terminate()
+            p.wait(30)
+        shutil.rmtree(root, ignore_errors=True)
+
+
+def _serving(target: str) -> bool:
+    from mesh.supervisor import grpc_health
+
+    return asyncio.run(grpc_health(target, 0.5)) == "SERVING"
+
+
+def _wait(pred: object, timeout: float = 60) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if pred():  # type: ignore[operator]
+            return
+        time.sleep(0.1)
+    raise RuntimeError("timed out waiting for a benchmark process")
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m feed.bench", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--events", type=int, default=100_000)
+    parser.add_argument("--matches", type=int, default=200)
+    parser.add_argument("--batch", type=int, default=500)
+    parser.add_argument("--in-flight", type=int, default=4)
+    parser.add_argument("--sync", choices=["always", "2m", "both"], default="both")
+    parser.add_argument("--json", action="store_true")
+    args = parser.parse_args(argv)
+    syncs = ["always", "2m"] if args.sync == "both" else [args.sync]
+    results = {s: run_once(s, args.events, args.matches, args.batch, args.in_flight) for s in syncs}
+    if args.json:
+        print(json.dumps({"goal_events_per_s": GOAL_EVENTS_PER_S, "goal_ratio": GOAL_SHARE_OF_RAW,
+                          "results": results}, indent=2))
+        return 0
+    print(f"feed ingestion, {args.events} events over {args.matches} matches, batches of {args.batch}, "
+          f"{args.in_flight} in flight; goal >= {GOAL_EVENTS_PER_S} events/s and >= {GOAL_SHARE_OF_RAW:.0%} of raw")
+    print(f"{'sync_interval':<14}{'raw JetStream/s':>16}{'feed/s':>10}{'ratio':>8}  verdict")
+    for s, r in results.items():
+        ok = r["feed_events_per_s"] >= GOAL_EVENTS_PER_S and r["ratio"] >= GOAL_SHARE_OF_RAW
+        used = " (livebet's setting)" if s == infra.DEFAULT_SYNC_INTERVAL else ""
+        print(f"{s:<14}{r['raw_events_per_s']:>16}{r['feed_events_per_s']:>10}{r['ratio']:>8.2f}  "
+              f"{'ok' if ok else 'MISSED'}{used}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
