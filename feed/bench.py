@@ -107,12 +107,20 @@ def run_once(sync_interval: str, n: int, matches: int, batch: int, in_flight: in
         url = f"nats://127.0.0.1:{port}"
         raw = asyncio.run(raw_rate(url, _events(n, matches, "raw")))
         grpc_port = infra.free_port()
-        env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(REPO_ROOT), str(GEN_ROOT)]),
-               "LIVEBET_NATS_URL": url, "LIVEBET_GRPC_PORT": str(grpc_port), "LIVEBET_METRICS_PORT": "0",
-               "LIVEBET_LOG_LEVEL": "WARNING"}
+        env = {
+            **os.environ,
+            "PYTHONPATH": os.pathsep.join([str(REPO_ROOT), str(GEN_ROOT)]),
+            "LIVEBET_NATS_URL": url,
+            "LIVEBET_GRPC_PORT": str(grpc_port),
+            "LIVEBET_METRICS_PORT": "0",
+            "LIVEBET_LOG_LEVEL": "WARNING",
+        }
         flog = open(root / "feed.log", "ab")  # noqa: SIM115
-        procs.append(subprocess.Popen([sys.executable, "-m", "feed.server"], env=env, cwd=REPO_ROOT, stdout=flog,
-                                      stderr=subprocess.STDOUT))
+        procs.append(
+            subprocess.Popen(
+                [sys.executable, "-m", "feed.server"], env=env, cwd=REPO_ROOT, stdout=flog, stderr=subprocess.STDOUT
+            )
+        )
         target = f"127.0.0.1:{grpc_port}"
         _wait(lambda: _serving(target))
         feed = asyncio.run(feed_rate(target, _events(n, matches, "feed"), matches, batch, in_flight))
@@ -140,8 +148,9 @@ def _wait(pred: object, timeout: float = 60) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m feed.bench", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        prog="python -m feed.bench", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--events", type=int, default=100_000)
     parser.add_argument("--matches", type=int, default=200)
     parser.add_argument("--batch", type=int, default=500)
@@ -152,17 +161,24 @@ def main(argv: list[str] | None = None) -> int:
     syncs = ["always", "2m"] if args.sync == "both" else [args.sync]
     results = {s: run_once(s, args.events, args.matches, args.batch, args.in_flight) for s in syncs}
     if args.json:
-        print(json.dumps({"goal_events_per_s": GOAL_EVENTS_PER_S, "goal_ratio": GOAL_SHARE_OF_RAW,
-                          "results": results}, indent=2))
+        print(
+            json.dumps(
+                {"goal_events_per_s": GOAL_EVENTS_PER_S, "goal_ratio": GOAL_SHARE_OF_RAW, "results": results}, indent=2
+            )
+        )
         return 0
-    print(f"feed ingestion, {args.events} events over {args.matches} matches, batches of {args.batch}, "
-          f"{args.in_flight} in flight; goal >= {GOAL_EVENTS_PER_S} events/s and >= {GOAL_SHARE_OF_RAW:.0%} of raw")
+    print(
+        f"feed ingestion, {args.events} events over {args.matches} matches, batches of {args.batch}, "
+        f"{args.in_flight} in flight; goal >= {GOAL_EVENTS_PER_S} events/s and >= {GOAL_SHARE_OF_RAW:.0%} of raw"
+    )
     print(f"{'sync_interval':<14}{'raw JetStream/s':>16}{'feed/s':>10}{'ratio':>8}  verdict")
     for s, r in results.items():
         ok = r["feed_events_per_s"] >= GOAL_EVENTS_PER_S and r["ratio"] >= GOAL_SHARE_OF_RAW
         used = " (livebet's setting)" if s == infra.DEFAULT_SYNC_INTERVAL else ""
-        print(f"{s:<14}{r['raw_events_per_s']:>16}{r['feed_events_per_s']:>10}{r['ratio']:>8.2f}  "
-              f"{'ok' if ok else 'MISSED'}{used}")
+        print(
+            f"{s:<14}{r['raw_events_per_s']:>16}{r['feed_events_per_s']:>10}{r['ratio']:>8.2f}  "
+            f"{'ok' if ok else 'MISSED'}{used}"
+        )
     return 0
 
 

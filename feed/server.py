@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+from pathlib import Path
 
 from livebet.feed.v1 import event_pb2 as ev
 from livebet.feed.v1 import feed_service_pb2_grpc
@@ -17,6 +18,7 @@ from nats.js.api import ConsumerConfig, DeliverPolicy
 
 from feed.adapters.jetstream import STREAM, JetStreamPublisher, PublishUnavailable, ensure_stream
 from feed.grpc_api import FeedApi, WatchSource
+from feed.replay import FileRecorder
 from feed.service import FeedCore, PublishResult
 from feed.settings import FeedSettings
 from mesh.deps import NatsDependency, Readiness
@@ -73,7 +75,16 @@ def build(app: ServiceApp) -> None:
     nats = app.add_dependency(NatsDependency(s.nats_url, s.instance, s.health_interval_seconds))
     ready = app.add_dependency(Readiness("feed-stream"))
     publisher = _LazyPublisher()
-    core = FeedCore(publisher, FeedSettings.from_env().provider_silence_seconds)
+    feed_settings = FeedSettings.from_env()
+    core = FeedCore(publisher, feed_settings.provider_silence_seconds)
+    if feed_settings.record_path:
+        recorder = FileRecorder(Path(feed_settings.record_path))
+        core.recorder = recorder
+
+        async def close_recording() -> None:
+            recorder.close()
+
+        app.on_stop(close_recording)
     api = FeedApi(core, app, WatchSource(nats))
     app.add_service("livebet.feed.v1.FeedService", api, feed_service_pb2_grpc.add_FeedServiceServicer_to_server)
 

@@ -61,6 +61,10 @@ class FeedError(ValueError):
         self.code = code
 
 
+class Recorder(Protocol):
+    def record(self, provider: str, events: Sequence[ev.FeedEvent], raw: Sequence[fs.RawMessage]) -> None: ...
+
+
 class Publisher(Protocol):
     async def publish(self, events: list[tuple[ev.FeedEvent, int]]) -> PublishResult: ...
 
@@ -121,19 +125,21 @@ class FeedCore:
         self.matches: dict[str, MatchRecord] = {}
         self.counters = {"skipped": 0, "stale": 0, "gaps": 0, "unknown_markets": 0}
         self.listeners: list[Callable[[ev.FeedEvent], None]] = []
+        self.recorder: Recorder | None = None
 
     # --- projection ----------------------------------------------------------------------------
     def known(self, match_id: str) -> bool:
         return match_id in self.matches
 
-    def apply(self, e: ev.FeedEvent) -> None:
-        """Update the projection and liveness with a stored event (also used to rebuild)."""
+    def apply(self, e: ev.FeedEvent, ordered: bool = False, heard: bool = False) -> None:
+        """Update the projection and liveness with a stored event (also used to rebuild).
+        ``ordered``/``heard``: the cursor and the provider's liveness were already updated."""
         kind = e.WhichOneof("payload")
-        now = e.received_at.ToMilliseconds() / 1000.0 if e.HasField("received_at") else self.clock()
-        if e.provider:
+        if e.provider and (not heard or kind == "snapshot_complete"):
+            now = e.received_at.ToMilliseconds() / 1000.0 if e.HasField("received_at") else self.clock()
             self.liveness.heard(e.provider, now, snapshot_complete=kind == "snapshot_complete")
-        produced = e.produced_at.ToMilliseconds() if e.HasField("produced_at") else -1
-        if e.match_id and kind:
+        if e.match_id and kind and not ordered:
+            produced = e.produced_at.ToMilliseconds() if e.HasField("produced_at") else -1
             self.sequencer.commit(e.provider, e.match_id, kind, e.sequence, produced)
         if kind == "fixture_change":
             rec = self.matches.get(e.match_id)
@@ -147,8 +153,9 @@ class FeedCore:
                 rec.fixture.MergeFrom(fixture)
         elif kind == "match_state" and e.match_id in self.matches:
             rec = self.matches[e.match_id]
-            rec.state.CopyFrom(e.match_state.state)
-            rec.state.match_id = e.match_id
+            rec.state = e.match_state.state  # a stored event is not changed again: no copy
+            if not rec.state.match_id:
+                rec.state.match_id = e.match_id
             rec.sequence = max(rec.sequence, e.sequence)
         for listener in self.listeners:
             listener(e)
@@ -235,14 +242,19 @@ class FeedCore:
                 self.sequencer.commit(e.provider, e.match_id, kind, e.sequence, produced)
         try:
             published = await self.publisher.publish(to_publish)
+            if self.recorder is not None:
+                self.recorder.record(provider, events, raw)
         except Exception:
             self.sequencer.load(saved)  # nothing acknowledged: a retry must be judged afresh
             raise
         result.accepted += published.accepted
         result.duplicates += published.duplicates
         result.last_stream_sequence = published.last_stream_sequence
+        now = self.clock()
+        for p in {e.provider for e, _ in to_publish if e.provider}:
+            self.liveness.heard(p, now)
         for e, _ in to_publish:
-            self.apply(e)
+            self.apply(e, ordered=True, heard=True)
         for key in ("skipped", "stale", "gaps"):
             self.counters[key] += getattr(result, key)
         return result

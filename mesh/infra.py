@@ -108,8 +108,9 @@ def nats_binary() -> str:
 DEFAULT_SYNC_INTERVAL = "always"
 
 
-def nats(data_dir: Path, port: int, monitor_port: int, host: str = "127.0.0.1",
-         sync_interval: str = DEFAULT_SYNC_INTERVAL) -> ProcessSpec:
+def nats(
+    data_dir: Path, port: int, monitor_port: int, host: str = "127.0.0.1", sync_interval: str = DEFAULT_SYNC_INTERVAL
+) -> ProcessSpec:
     """nats-server with JetStream storing under ``data_dir`` (persistent across restarts)."""
     store = data_dir / "jetstream"
     config = data_dir / "nats.conf"

@@ -154,11 +154,16 @@ class Supervisor:
         specs = []
         for tool in self.t.tools:
             args = [a.format(**addresses) for a in tool.args]
-            specs.append(ProcessSpec(
-                name=tool.name, kind="tool", argv=[sys.executable, "-m", tool.module, *args],
-                ready=lambda: True, env={"PYTHONPATH": os.pathsep.join([str(REPO_ROOT), str(GEN_ROOT)])},
-                cwd=REPO_ROOT,
-            ))
+            specs.append(
+                ProcessSpec(
+                    name=tool.name,
+                    kind="tool",
+                    argv=[sys.executable, "-m", tool.module, *args],
+                    ready=lambda: True,
+                    env={"PYTHONPATH": os.pathsep.join([str(REPO_ROOT), str(GEN_ROOT)])},
+                    cwd=REPO_ROOT,
+                )
+            )
         return specs
 
     def envoy_spec(self) -> ProcessSpec:

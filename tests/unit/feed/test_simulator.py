@@ -52,7 +52,8 @@ def test_normalised_events_have_increasing_sequences_and_uof_output_parses() -> 
     assert all(e.event_id and e.WhichOneof("payload") for e in events)
     (parsed_fixture,) = parse(uof_fixture(fixtures[0]), "sim").events
     assert parsed_fixture.fixture_change.fixture.home.name == matches[0].home
-    last_state = [e for e in events if e.WhichOneof("payload") == "match_state" and e.match_id == matches[0].match_id][-1]
+    first = matches[0].match_id
+    last_state = [e for e in events if e.WhichOneof("payload") == "match_state" and e.match_id == first][-1]
     (parsed,) = parse(uof_odds_change(last_state), "sim").events
     s = parsed.match_state.state
     assert (s.score.home, s.score.away) == matches[0].final_score
