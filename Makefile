@@ -75,8 +75,12 @@ unit: gen ## only the pure unit tests
 bench-pricing: gen ## median µs per full-match reprice, per margin method (goal <= 200 µs)
 	$(PY) -m pricing bench
 
+.PHONY: bench-feed
+bench-feed: gen ## sustained feed ingestion vs raw JetStream publishing (goal >= 20,000 events/s, >= 50 % of raw)
+	$(PY) -m feed.bench
+
 .PHONY: bench
-bench: bench-pricing ## every benchmark the platform has so far
+bench: bench-pricing bench-feed ## every benchmark the platform has so far
 
 .PHONY: calibrate
 calibrate: gen ## fit the model to Pinnacle closing odds (EPL 2023-24) and score it

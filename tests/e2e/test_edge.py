@@ -154,3 +154,23 @@ def test_replicas_run_side_by_side_and_envoy_health_checks_both(mesh: Mesh) -> N
     for host in odds["host_statuses"]:
         assert host["health_status"]["eds_health_status"] == "HEALTHY"
         assert not host["health_status"].get("failed_active_health_check", False)
+
+
+def test_simulated_matches_are_live_through_envoy(mesh: Mesh) -> None:
+    """make run's simulator → feed → JetStream → the feed's match list, read through Envoy."""
+    from livebet.feed.v1 import event_pb2 as ev
+    from livebet.feed.v1 import feed_service_pb2 as fs
+    from livebet.feed.v1 import feed_service_pb2_grpc
+
+    from tests.helpers import wait_for
+
+    def live() -> list[fs.MatchSummary]:
+        with grpc.insecure_channel(mesh.edge) as channel:
+            stub = feed_service_pb2_grpc.FeedServiceStub(channel)
+            page = stub.ListMatches(fs.ListMatchesRequest(page_size=50), timeout=5)
+        return [m for m in page.matches if m.state.status == ev.MATCH_STATUS_LIVE and m.state.clock.minute > 0]
+
+    wait_for(lambda: len(live()) >= 1, 60, interval=0.5, what="a live simulated match")
+    match = live()[0]
+    assert match.fixture.match_id.startswith("sim:")
+    assert match.fixture.home.name and match.fixture.pre_match_odds.home.decimal
