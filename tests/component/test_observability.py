@@ -43,12 +43,12 @@ def test_rpc_latency_and_errors_are_counted_per_method_and_code(feed: tuple[Proc
         feed_service_pb2_grpc.FeedServiceStub(channel).GetMatchState(
             feed_service_pb2.GetMatchStateRequest(match_id="m"), timeout=2
         )
-    assert err.value.code() == grpc.StatusCode.UNIMPLEMENTED
+    assert err.value.code() == grpc.StatusCode.NOT_FOUND
     m = _metrics(spec)
     ok = 'livebet_rpc_duration_seconds_count{code="OK",method="/grpc.health.v1.Health/Check",service="feed"}'
     assert m[ok] >= 3
     err_key = (
-        'livebet_rpc_errors_total{code="UNIMPLEMENTED",method="/livebet.feed.v1.FeedService/GetMatchState",'
+        'livebet_rpc_errors_total{code="NOT_FOUND",method="/livebet.feed.v1.FeedService/GetMatchState",'
         'service="feed"}'
     )
     assert m[err_key] == 1
