@@ -62,6 +62,11 @@ lint: gen ## ruff, mypy, buf lint and buf breaking
 	$(BIN)/mypy mesh pricing feed betting settlement edge
 	$(MAKE) --no-print-directory buf-lint breaking
 
+.PHONY: fmt
+fmt: $(INSTALLED) ## format and auto-fix (ruff)
+	$(BIN)/ruff check --fix .
+	$(BIN)/ruff format .
+
 .PHONY: test
 test: lint ## everything CI runs: lint, then unit, component and e2e tests on real servers
 	$(BIN)/pytest $(PYTEST_ARGS)

@@ -5,11 +5,12 @@ A recording is a file of JSON lines, one per ingested batch, exactly as the prov
 <base64 payload>]]}``. The feed service records every batch it accepted when
 ``LIVEBET_FEED_RECORD`` names a file.
 
-    python -m feed.replay FILE --target 127.0.0.1:50100 [--speed 10 | --fast]
+    python -m feed.replay FILE... --target 127.0.0.1:50100 [--speed 10 | --fast] [--provider NAME]
 
-pushes a recording through ingestion again, at ``--speed`` times the recorded pace or as fast as
-possible. Replaying is idempotent: every event keeps its id, so what is already in the stream is
-stored once (within the stream's duplicate window; ordering drops older state updates after it).
+pushes recordings through ingestion again, at ``--speed`` times the recorded pace or as fast as
+possible; ``.xml`` files are sent as one UOF message each (files from a provider's archive).
+Replaying is idempotent: every event keeps its id, so what is already in the stream is stored once
+(within the stream's duplicate window; ordering drops older state updates after it).
 """
 
 from __future__ import annotations
@@ -59,7 +60,14 @@ class Record:
     request: fs.PublishBatchRequest
 
 
-def read(path: Path) -> Iterator[Record]:
+def read(path: Path, provider: str = "uof") -> Iterator[Record]:
+    """Records of a recording, or one raw-message record per file for UOF ``.xml`` files."""
+    if path.suffix == ".xml":
+        request = fs.PublishBatchRequest(
+            provider=provider, raw_messages=[fs.RawMessage(format=fs.RAW_FORMAT_UOF_XML, payload=path.read_bytes())]
+        )
+        yield Record(int(path.stat().st_mtime * 1000), request)
+        return
     with path.open(encoding="utf-8") as f:
         for n, line in enumerate(f, 1):
             if not line.strip():
@@ -79,13 +87,13 @@ def read(path: Path) -> Iterator[Record]:
                 raise ValueError(f"{path}:{n}: not a recording line ({exc})") from None
 
 
-async def play(path: Path, target: str, speed: float | None) -> tuple[int, int, int]:
+async def play(paths: list[Path], target: str, speed: float | None, provider: str = "uof") -> tuple[int, int, int]:
     """Returns (batches, accepted, duplicates)."""
     batches = accepted = duplicates = 0
     async with grpc.aio.insecure_channel(target) as channel:
         stub = feed_service_pb2_grpc.FeedServiceStub(channel)
         first_at: int | None = None
-        records = list(read(path))  # a corrupt line stops the replay before anything is sent
+        records = [r for path in paths for r in read(path, provider)]  # a corrupt line stops it before any send
         started = time.monotonic()
         for rec in records:
             if speed is not None:
@@ -103,18 +111,21 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         prog="python -m feed.replay", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    parser.add_argument("file", type=Path)
+    parser.add_argument("files", type=Path, nargs="+", help="recordings, or UOF XML files (one message each)")
+    parser.add_argument("--provider", default="uof", help="provider name for UOF XML files (default uof)")
     parser.add_argument("--target", default="127.0.0.1:50100")
     pace = parser.add_mutually_exclusive_group()
     pace.add_argument("--speed", type=float, default=1.0, help="times the recorded pace (default 1)")
     pace.add_argument("--fast", action="store_true", help="as fast as possible")
     args = parser.parse_args(argv)
-    if not args.file.exists():
-        parser.error(f"no such recording: {args.file}")
+    for f in args.files:
+        if not f.exists():
+            parser.error(f"no such file: {f}")
     if not args.fast and args.speed <= 0:
         parser.error("--speed must be positive")
     try:
-        batches, accepted, duplicates = asyncio.run(play(args.file, args.target, None if args.fast else args.speed))
+        speed = None if args.fast else args.speed
+        batches, accepted, duplicates = asyncio.run(play(args.files, args.target, speed, args.provider))
     except ValueError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2

@@ -99,7 +99,9 @@ def build(app: ServiceApp) -> None:
         js = nats.nc.jetstream()
         await ensure_stream(js)
         replayed = await rebuild(core, nats)
-        publisher.inner = JetStreamPublisher(js)
+        inner = JetStreamPublisher(nats.nc)
+        await inner.start()
+        publisher.inner = inner
         ready.set()
         log.info("feed ready", extra={"replayed_events": replayed, "matches": len(core.matches)})
         app.spawn(liveness_loop())

@@ -80,3 +80,41 @@ def test_a_corrupt_recording_is_a_clear_error(tmp_path: Path) -> None:
     )
     assert out.returncode == 2
     assert "bad.rec:1: not a recording line" in out.stderr
+
+
+def test_uof_xml_files_are_ingested_from_disk(servers_root: Path, tmp_path: Path) -> None:
+    samples = REPO_ROOT.parent / "shared" / "data" / "uof"
+    if not samples.exists():
+        pytest.skip("shared data not beside the repo")
+    n = start_nats(servers_root, "nats-files")
+    spec = service_spec("feed", "feed.server", {"LIVEBET_NATS_URL": n.url})
+    proc = Proc(spec, servers_root / "feed-files.log").start()
+    try:
+        odds = tmp_path / "odds_change.xml"
+        odds.write_bytes((samples / "odds_change-0.xml").read_bytes().replace(b"sr:match:123", b"sr:match:18001015"))
+        out = subprocess.run(
+            [
+                sys.executable,
+                "-m",
+                "feed.replay",
+                str(samples / "fixture-0.xml"),
+                str(odds),
+                "--target",
+                spec.health_target,
+                "--fast",
+                "--provider",
+                "sportradar",
+            ],
+            cwd=REPO_ROOT,
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+        assert out.returncode == 0, out.stderr
+        assert "2 events stored" in out.stdout
+        stub = feed_service_pb2_grpc.FeedServiceStub(grpc.insecure_channel(spec.health_target))
+        got = stub.GetMatchState(fs.GetMatchStateRequest(match_id="sr:match:18001015"), timeout=5)
+        assert got.fixture.away.name == "Tottenham Hotspur" and got.state.clock.minute == 75
+    finally:
+        proc.stop()
+        n.proc.stop()

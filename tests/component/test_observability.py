@@ -48,8 +48,7 @@ def test_rpc_latency_and_errors_are_counted_per_method_and_code(feed: tuple[Proc
     ok = 'livebet_rpc_duration_seconds_count{code="OK",method="/grpc.health.v1.Health/Check",service="feed"}'
     assert m[ok] >= 3
     err_key = (
-        'livebet_rpc_errors_total{code="NOT_FOUND",method="/livebet.feed.v1.FeedService/GetMatchState",'
-        'service="feed"}'
+        'livebet_rpc_errors_total{code="NOT_FOUND",method="/livebet.feed.v1.FeedService/GetMatchState",service="feed"}'
     )
     assert m[err_key] == 1
     assert m['livebet_health_serving{service="feed"}'] == 1
