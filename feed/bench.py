@@ -18,9 +18,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
-import os
 import shutil
-import sys
 import tempfile
 import time
 from pathlib import Path
@@ -33,7 +31,7 @@ from livebet.feed.v1 import feed_service_pb2_grpc
 
 from feed.adapters.jetstream import ensure_stream, stream_config
 from mesh import infra
-from mesh.supervisor import GEN_ROOT, REPO_ROOT
+from mesh.process import Process, service_spec
 
 GOAL_EVENTS_PER_S = 20_000
 GOAL_SHARE_OF_RAW = 0.5
@@ -94,57 +92,20 @@ async def feed_rate(target: str, events: list[ev.FeedEvent], matches: int, batch
 
 def run_once(sync_interval: str, n: int, matches: int, batch: int, in_flight: int) -> dict[str, float]:
     root = Path(tempfile.mkdtemp(prefix="livebet-bench-"))
-    procs = []
+    procs: list[Process] = []
     try:
-        port, monitor = infra.free_port(), infra.free_port()
-        spec = infra.nats(root / "nats", port, monitor, sync_interval=sync_interval)
-        spec.prepare()
-        import subprocess
-
-        log = open(root / "nats.log", "ab")  # noqa: SIM115
-        procs.append(subprocess.Popen(spec.argv, stdout=log, stderr=subprocess.STDOUT))
-        _wait(spec.ready)
-        url = f"nats://127.0.0.1:{port}"
+        spec = infra.nats(root / "nats", infra.free_port(), infra.free_port(), sync_interval=sync_interval)
+        procs.append(Process(spec, root / "nats.log").start())
+        url = f"nats://127.0.0.1:{spec.port}"
         raw = asyncio.run(raw_rate(url, _events(n, matches, "raw")))
-        grpc_port = infra.free_port()
-        env = {
-            **os.environ,
-            "PYTHONPATH": os.pathsep.join([str(REPO_ROOT), str(GEN_ROOT)]),
-            "LIVEBET_NATS_URL": url,
-            "LIVEBET_GRPC_PORT": str(grpc_port),
-            "LIVEBET_METRICS_PORT": "0",
-            "LIVEBET_LOG_LEVEL": "WARNING",
-        }
-        flog = open(root / "feed.log", "ab")  # noqa: SIM115
-        procs.append(
-            subprocess.Popen(
-                [sys.executable, "-m", "feed.server"], env=env, cwd=REPO_ROOT, stdout=flog, stderr=subprocess.STDOUT
-            )
-        )
-        target = f"127.0.0.1:{grpc_port}"
-        _wait(lambda: _serving(target))
-        feed = asyncio.run(feed_rate(target, _events(n, matches, "feed"), matches, batch, in_flight))
-        return {"raw_events_per_s": round(raw), "feed_events_per_s": round(feed), "ratio": round(feed / raw, 3)}
+        feed = service_spec("feed", "feed.server", {"LIVEBET_NATS_URL": url, "LIVEBET_LOG_LEVEL": "WARNING"})
+        procs.append(Process(feed, root / "feed.log").start())
+        rate = asyncio.run(feed_rate(feed.health_target, _events(n, matches, "feed"), matches, batch, in_flight))
+        return {"raw_events_per_s": round(raw), "feed_events_per_s": round(rate), "ratio": round(rate / raw, 3)}
     finally:
         for p in reversed(procs):
-            p.terminate()
-            p.wait(30)
+            p.stop()
         shutil.rmtree(root, ignore_errors=True)
-
-
-def _serving(target: str) -> bool:
-    from mesh.supervisor import grpc_health
-
-    return asyncio.run(grpc_health(target, 0.5)) == "SERVING"
-
-
-def _wait(pred: object, timeout: float = 60) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if pred():  # type: ignore[operator]
-            return
-        time.sleep(0.1)
-    raise RuntimeError("timed out waiting for a benchmark process")
 
 
 def main(argv: list[str] | None = None) -> int:
