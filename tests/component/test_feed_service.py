@@ -208,10 +208,19 @@ def test_a_silent_provider_is_declared_down(feed_env: tuple[Server, Proc, str]) 
     alive.provider_alive.subscribed = True
     stub.PublishBatch(fs.PublishBatchRequest(provider="quiet", events=[alive]))
 
-    def down() -> bool:
-        return any(e.WhichOneof("payload") == "provider_down" and e.provider == "quiet" for _, e in stored(n.url))
+    def downs() -> list[ev.FeedEvent]:
+        return [e for _, e in stored(n.url) if e.WhichOneof("payload") == "provider_down" and e.provider == "quiet"]
 
-    wait_for(down, 15, interval=0.3, what="provider_down for a provider silent for more than 1 s")
+    wait_for(lambda: len(downs()) == 1, 15, interval=0.3, what="provider_down for a provider silent for 1 s")
+    # it comes back and ends its recovery with snapshot_complete; silent again, it goes down again
+    back = ev.FeedEvent(event_id="quiet:alive:2", provider="quiet")
+    back.provider_alive.subscribed = True
+    done = ev.FeedEvent(event_id="quiet:snapshot:1", provider="quiet")
+    done.snapshot_complete.request_id = "1"
+    stub.PublishBatch(fs.PublishBatchRequest(provider="quiet", events=[back, done]))
+    wait_for(lambda: len(downs()) == 2, 15, interval=0.3, what="a second provider_down after recovery and silence")
+    first, second = downs()
+    assert second.provider_down.last_seen.ToMilliseconds() > first.provider_down.last_seen.ToMilliseconds()
 
 
 def test_watch_events_streams_what_is_published(feed_env: tuple[Server, Proc, str]) -> None:
