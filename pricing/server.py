@@ -1,24 +1,168 @@
 """The pricing engine process: ``python -m pricing.server``.
 
-Depends on NATS (feed in, odds out) and Redis (latest odds snapshot). Serves the trader admin API,
-answered UNIMPLEMENTED by the generated base servicer until the live-odds issue fills it in.
+Consumes the FEED stream through the durable JetStream consumer ``pricing-engine`` (explicit
+acks, acknowledged only after the resulting deltas were published and Redis updated), runs the
+engine (:mod:`pricing.live.engine`), publishes each ``OddsDelta`` on ``odds.<match>`` in order (a
+suspension before its reprice) and keeps the latest ``MatchOdds`` and the recent deltas in Redis.
+
+On start it rebuilds the engine's state by replaying the stream up to where the durable consumer
+stands, without publishing, and takes each match's version from Redis when that is higher, so no
+version ever goes backwards across a restart. The trader API still answers UNIMPLEMENTED.
 """
 
 from __future__ import annotations
 
-from livebet.odds.v1 import trader_service_pb2_grpc
+import asyncio
+import contextlib
+import logging
+import time
 
-from mesh.deps import NatsDependency, RedisDependency
+import nats.errors
+from google.protobuf.timestamp_pb2 import Timestamp
+from livebet.feed.v1 import event_pb2 as ev
+from livebet.odds.v1 import market_pb2, trader_service_pb2_grpc
+from nats.aio.msg import Msg
+from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
+
+from feed.adapters.jetstream import STREAM, ensure_stream
+from mesh.deps import NatsDependency, Readiness, RedisDependency
 from mesh.service import ServiceApp, run
+from pricing.live import codec
+from pricing.live.engine import Engine
+
+log = logging.getLogger("pricing")
+DURABLE = "pricing-engine"
+FETCH = 500
+
+
+async def rebuild(engine: Engine, nats_dep: NatsDependency, redis_dep: RedisDependency) -> int:
+    """Replay FEED up to the durable consumer's position into the engine (nothing published)."""
+    js = nats_dep.js
+    try:
+        info = await js.consumer_info(STREAM, DURABLE)
+        upto = info.ack_floor.stream_seq if info.ack_floor else 0
+    except nats.js.errors.NotFoundError:
+        upto = 0
+    count = 0
+    if upto > 0:
+        done = asyncio.Event()
+
+        async def on_msg(msg: Msg) -> None:
+            nonlocal count
+            if msg.metadata.sequence.stream <= upto:
+                engine.apply(ev.FeedEvent.FromString(msg.data))
+                count += 1
+            if msg.metadata.sequence.stream >= upto:
+                done.set()
+
+        sub = await js.subscribe(
+            "feed.>",
+            stream=STREAM,
+            ordered_consumer=True,
+            cb=on_msg,
+            config=ConsumerConfig(deliver_policy=DeliverPolicy.ALL),
+        )
+        try:
+            await asyncio.wait_for(done.wait(), 300)
+        finally:
+            await sub.unsubscribe()
+    # versions never go backwards: take the published version when it is higher
+    redis = redis_dep.client
+    for match_id, m in engine.matches.items():
+        raw = await redis.get(codec.SNAP_KEY + match_id)
+        if raw:
+            m.version = max(m.version, market_pb2.MatchOdds.FromString(raw).version)
+    return count
 
 
 def build(app: ServiceApp) -> None:
-    app.add_dependency(
-        NatsDependency(app.settings.nats_url, app.settings.instance, app.settings.health_interval_seconds)
+    s = app.settings
+    nats_dep = app.add_dependency(NatsDependency(s.nats_url, s.instance, s.health_interval_seconds))
+    redis_dep = app.add_dependency(RedisDependency(s.redis_url, s.health_interval_seconds))
+    ready = app.add_dependency(Readiness("engine"))
+    trader = trader_service_pb2_grpc.TraderServiceServicer()
+    app.add_service(
+        "livebet.odds.v1.TraderService", trader, trader_service_pb2_grpc.add_TraderServiceServicer_to_server
     )
-    app.add_dependency(RedisDependency(app.settings.redis_url, app.settings.health_interval_seconds))
-    api = trader_service_pb2_grpc.TraderServiceServicer()
-    app.add_service("livebet.odds.v1.TraderService", api, trader_service_pb2_grpc.add_TraderServiceServicer_to_server)
+
+    async def consume() -> None:
+        engine = Engine()
+        js = nats_dep.js
+        await ensure_stream(js)
+        replayed = await rebuild(engine, nats_dep, redis_dep)
+        config = ConsumerConfig(
+            durable_name=DURABLE,
+            ack_policy=AckPolicy.ALL,
+            max_ack_pending=20_000,
+            max_deliver=20,
+            ack_wait=30,
+            filter_subject="feed.>",
+        )
+        psub = await js.pull_subscribe("feed.>", durable=DURABLE, stream=STREAM, config=config)
+        ready.set()
+        log.info("engine ready", extra={"replayed_events": replayed, "matches": len(engine.matches)})
+        nc, redis = nats_dep.nc, redis_dep.client
+        while not app.stopping.is_set():
+            try:
+                msgs = await psub.fetch(FETCH, timeout=1)
+            except (TimeoutError, nats.errors.TimeoutError):
+                continue
+            except nats.errors.Error as exc:
+                log.warning("fetch failed: %s", exc)
+                await asyncio.sleep(0.5)
+                continue
+            now = Timestamp()
+            now.GetCurrentTime()
+            pipe = redis.pipeline(transaction=False)
+            touched = {}
+            for msg in msgs:
+                e = ev.FeedEvent.FromString(msg.data)
+                received = e.received_at.ToMilliseconds() if e.HasField("received_at") else 0
+                for d in engine.apply(e):
+                    m = engine.matches[d.match_id]
+                    data = codec.delta(d, m, now, received).SerializeToString()
+                    await nc.publish(codec.subject(d.match_id), data)
+                    pipe.lpush(codec.LOG_KEY + d.match_id, data)
+                    pipe.ltrim(codec.LOG_KEY + d.match_id, 0, codec.LOG_LENGTH - 1)
+                    touched[d.match_id] = m
+            for match_id, m in touched.items():
+                pipe.set(codec.SNAP_KEY + match_id, codec.snapshot(m, now).SerializeToString())
+                pipe.zadd(codec.LIVE_KEY, {match_id: int(time.time() * 1000)})
+            if touched:
+                await pipe.execute()
+            await msgs[-1].ack()  # AckPolicy.ALL: everything up to here is done
+
+    async def supervise() -> None:
+        """Run the consumer; after a failure (NATS or Redis lost mid-batch) start again from the
+        durable consumer's position with a rebuilt engine: nothing unacknowledged is skipped."""
+        delay = 0.2
+        while not app.stopping.is_set():
+            try:
+                await consume()
+            except asyncio.CancelledError:
+                raise
+            except Exception:
+                ready.set(False)
+                log.exception("engine stopped; restarting it")
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, 5.0)
+
+    async def start() -> None:
+        await nats_dep.wait_ready()
+        await redis_dep.wait_ready()
+        task = app.spawn(supervise())
+
+        async def stop() -> None:
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await task
+
+        app.on_stop(stop)
+
+    async def on_start() -> None:
+        app.spawn(start())
+
+    app.on_start(on_start)
 
 
 if __name__ == "__main__":

@@ -1,0 +1,145 @@
+"""The pricing engine's core: normalised feed events in, ordered price deltas out.
+
+It keeps a :class:`~pricing.live.book.LiveMatch` per match and turns each ``FeedEvent`` into the
+deltas to publish, in order (a suspension first, then the reprice). No I/O: the service feeds it
+from JetStream and publishes what it returns.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+
+from livebet.feed.v1 import event_pb2 as ev
+
+from pricing.football import Period
+from pricing.live.book import Delta, Hold, LiveMatch
+
+_PERIOD = {
+    ev.PERIOD_FIRST_HALF: Period.FIRST_HALF,
+    ev.PERIOD_HALFTIME: Period.HALF_TIME,
+    ev.PERIOD_SECOND_HALF: Period.SECOND_HALF,
+    ev.PERIOD_FULL_TIME: Period.FULL_TIME,
+}
+
+
+def _odds(text: str) -> float | None:
+    try:
+        value = float(text)
+    except ValueError:
+        return None
+    return value if value > 1.0 else None
+
+
+class Engine:
+    def __init__(self) -> None:
+        self.matches: dict[str, LiveMatch] = {}
+        self.provider_of: dict[str, str] = {}
+        self.processed = 0
+
+    def match(self, match_id: str) -> LiveMatch:
+        m = self.matches.get(match_id)
+        if m is None:
+            m = self.matches[match_id] = LiveMatch(match_id)
+        return m
+
+    def apply(self, e: ev.FeedEvent) -> list[Delta]:
+        """The deltas ``e`` causes, in publication order."""
+        self.processed += 1
+        kind = e.WhichOneof("payload")
+        if kind == "provider_down":
+            return self._for_provider(e.provider, lambda m: _hold(m, Hold.PROVIDER_DOWN, "provider_down"))
+        if kind == "snapshot_complete":
+            return self._for_provider(e.provider, lambda m: _release(m, Hold.PROVIDER_DOWN, "provider_up"))
+        if not e.match_id or kind is None:
+            return []
+        self.provider_of[e.match_id] = e.provider
+        if kind != "fixture_change" and e.match_id not in self.matches:
+            return []  # prices need the fixture's pre-match odds first
+        m = self.match(e.match_id)
+        out: list[Delta] = []
+
+        def emit(d: Delta | None) -> None:
+            if d is not None:
+                out.append(d)
+
+        if kind == "fixture_change":
+            f = e.fixture_change.fixture
+            o = f.pre_match_odds
+            h, d, a = _odds(o.home.decimal), _odds(o.draw.decimal), _odds(o.away.decimal)
+            over, under = _odds(o.over_2_5.decimal), _odds(o.under_2_5.decimal)
+            one = (h, d, a) if h and d and a else None
+            ou = (over, under) if over and under else None
+            m.set_fixture(f.home.name, f.away.name, one, ou)
+            emit(m.reprice("fixture"))
+        elif kind == "match_state":
+            s = e.match_state.state
+            score_changed = (s.score.home, s.score.away) != (m.home_goals, m.away_goals)
+            reds_up = s.home_cards.red + s.away_cards.red > m.home_reds + m.away_reds
+            if (score_changed or reds_up) and m.quotes:
+                emit(m.suspend_all("goal" if score_changed else "red_card"))
+            m.home_goals, m.away_goals = s.score.home, s.score.away
+            m.home_reds, m.away_reds = s.home_cards.red, s.away_cards.red
+            m.minute = float(s.clock.minute)
+            m.period = _PERIOD.get(s.period)
+            m.stoppage = float(s.clock.stoppage_announced) if s.clock.stoppage_announced else None
+            m.live = s.status == ev.MATCH_STATUS_LIVE
+            m.ended = s.status in (ev.MATCH_STATUS_ENDED, ev.MATCH_STATUS_CLOSED) or s.period == ev.PERIOD_FULL_TIME
+            m.holds.discard(Hold.POSSIBLE_GOAL)  # the next state update after a possible goal resolves it
+            m.holds.discard(Hold.BET_STOP)
+            emit(m.reprice("goal" if score_changed else "clock"))
+        elif kind == "goal":
+            emit(m.suspend_all("goal"))
+            m.home_goals, m.away_goals = e.goal.score.home, e.goal.score.away
+            m.holds.difference_update({Hold.POSSIBLE_GOAL, Hold.PENALTY})
+            emit(m.reprice("goal"))
+        elif kind == "card" and e.card.card_type in (ev.CARD_TYPE_RED, ev.CARD_TYPE_SECOND_YELLOW):
+            emit(m.suspend_all("red_card"))
+            if e.card.side == 1:
+                m.home_reds += 1
+            elif e.card.side == 2:
+                m.away_reds += 1
+            emit(m.reprice("red_card"))
+        elif kind == "penalty":
+            if e.penalty.phase == ev.PENALTY_PHASE_AWARDED:
+                emit(_hold(m, Hold.PENALTY, "penalty"))
+            elif e.penalty.phase == ev.PENALTY_PHASE_MISSED:
+                emit(_release(m, Hold.PENALTY, "penalty_missed"))
+        elif kind == "var_check":
+            if e.var_check.phase == ev.VAR_PHASE_STARTED:
+                emit(_hold(m, Hold.VAR, "var"))
+            else:
+                emit(_release(m, Hold.VAR, "var_decision"))
+        elif kind == "danger":
+            if e.danger.level == ev.DANGER_LEVEL_POSSIBLE_GOAL:
+                emit(_hold(m, Hold.POSSIBLE_GOAL, "possible_goal"))
+            elif e.danger.level == ev.DANGER_LEVEL_SAFE and Hold.POSSIBLE_GOAL in m.holds:
+                emit(_release(m, Hold.POSSIBLE_GOAL, "safe"))
+        elif kind == "bet_stop":
+            emit(_hold(m, Hold.BET_STOP, "bet_stop"))
+        elif kind == "provider_odds" and Hold.BET_STOP in m.holds:
+            emit(_release(m, Hold.BET_STOP, "provider_odds"))
+        if e.HasField("received_at"):
+            m.last_event_ms = e.received_at.ToMilliseconds()
+        return out
+
+    def _for_provider(self, provider: str, action: object) -> list[Delta]:
+        out: list[Delta] = []
+        for match_id, p in self.provider_of.items():
+            if p == provider and match_id in self.matches:
+                d = action(self.matches[match_id])  # type: ignore[operator]
+                if d is not None:
+                    out.append(d)
+        return out
+
+    def apply_all(self, events: Iterable[ev.FeedEvent]) -> list[Delta]:
+        return [d for e in events for d in self.apply(e)]
+
+
+def _hold(m: LiveMatch, hold: Hold, cause: str) -> Delta | None:
+    m.holds.add(hold)
+    return m.suspend_all(cause)
+
+
+def _release(m: LiveMatch, hold: Hold, cause: str) -> Delta | None:
+    m.holds.discard(hold)
+    return m.reprice(cause)
