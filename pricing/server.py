@@ -111,6 +111,8 @@ def build(app: ServiceApp) -> None:
                 log.warning("fetch failed: %s", exc)
                 await asyncio.sleep(0.5)
                 continue
+            if not msgs:
+                continue
             now = Timestamp()
             now.GetCurrentTime()
             pipe = redis.pipeline(transaction=False)

@@ -1,24 +1,249 @@
 """The odds streaming tier: ``python -m pricing.stream_server`` (several replicas behind Envoy).
 
-Fan-out scales apart from computation: it reads snapshots from Redis and deltas from NATS. Serves
-OddsService, answered UNIMPLEMENTED by the generated base servicer until the live-odds issue.
+Fan-out scales apart from computation. Each process holds one NATS subscription on ``odds.>``
+and hands every delta to the watchers of its match without ever waiting on them:
+
+- a watcher's deltas queue in order (a suspension and the reprice right after it both reach the
+  client); a client that falls ``QUEUE_LIMIT`` deltas behind is **conflated**: per match pending
+  deltas merge (the latest price of each market wins), so memory is bounded by matches times
+  markets whatever a client does, and the publisher never blocks;
+- ``WatchOdds`` registers its watcher *before* reading the Redis snapshots, sends each match's
+  image, then only deltas newer than what the client has; a version gap (after conflation or a
+  missed message) is healed with a fresh image marked ``resync``;
+- ``resume_from`` continues from a client's versions with the deltas Redis still holds, or sends a
+  ``resync`` image when they are gone;
+- heartbeats when idle; the stream ends cleanly (status OK) when the process shuts down.
 """
 
 from __future__ import annotations
 
-from livebet.odds.v1 import odds_service_pb2_grpc
+import asyncio
+import contextlib
+import logging
+from collections import deque
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+
+import grpc
+from livebet.odds.v1 import market_pb2, odds_service_pb2, odds_service_pb2_grpc
+from nats.aio.msg import Msg
 
 from mesh.deps import NatsDependency, RedisDependency
 from mesh.service import ServiceApp, run
+from pricing.live import codec
+
+log = logging.getLogger("odds")
+MIN_HEARTBEAT_MS = 500
+DEFAULT_HEARTBEAT_MS = 5000
+
+
+QUEUE_LIMIT = 64
+
+
+@dataclass(eq=False)  # identity: each stream is its own watcher
+class Watcher:
+    """One client stream. Deltas queue in order (a suspension and the reprice after it both
+    reach the client); when the queue is full the watcher **conflates** instead: per match the
+    pending deltas merge and the newest version of each market wins, so memory stays bounded by
+    matches times markets whatever the client does, and the publisher never waits."""
+
+    matches: set[str]  # empty: every match
+    queue: deque[market_pb2.OddsDelta] = field(default_factory=deque)
+    merged: dict[str, market_pb2.OddsDelta] = field(default_factory=dict)
+    wake: asyncio.Event = field(default_factory=asyncio.Event)
+    conflated: int = 0
+
+    def offer(self, d: market_pb2.OddsDelta) -> None:
+        if self.matches and d.match_id not in self.matches:
+            return
+        if not self.merged and len(self.queue) < QUEUE_LIMIT:
+            self.queue.append(d)
+        else:  # behind: conflate everything pending
+            while self.queue:
+                self._merge(self.queue.popleft())
+            self._merge(d)
+        self.wake.set()
+
+    def _merge(self, d: market_pb2.OddsDelta) -> None:
+        held = self.merged.get(d.match_id)
+        if held is None:
+            self.merged[d.match_id] = d
+            return
+        merged = market_pb2.OddsDelta()
+        merged.CopyFrom(d)
+        merged.previous_version = held.previous_version  # the gap check needs the oldest start
+        by_key = {m.ref.market_key: m for m in held.markets}
+        by_key.update({m.ref.market_key: m for m in d.markets})
+        del merged.markets[:]
+        merged.markets.extend(by_key.values())
+        self.merged[d.match_id] = merged
+        self.conflated += 1
+
+    def take(self) -> list[market_pb2.OddsDelta]:
+        """Everything pending, in the order to send."""
+        out = list(self.queue) + list(self.merged.values())
+        self.queue.clear()
+        self.merged.clear()
+        return out
+
+
+def _text(member: object) -> str:
+    return member.decode() if isinstance(member, bytes) else str(member)
+
+
+class Hub:
+    """The process's one subscription on ``odds.>``, dispatching to watchers."""
+
+    def __init__(self) -> None:
+        self.watchers: set[Watcher] = set()
+
+    async def on_msg(self, msg: Msg) -> None:
+        d = market_pb2.OddsDelta.FromString(msg.data)
+        for w in list(self.watchers):
+            w.offer(d)
+
+
+class OddsApi(odds_service_pb2_grpc.OddsServiceServicer):
+    def __init__(self, app: ServiceApp, hub: Hub, redis: RedisDependency) -> None:
+        self.app = app
+        self.hub = hub
+        self.redis = redis
+
+    async def _snapshot(self, match_id: str) -> market_pb2.MatchOdds | None:
+        raw = await self.redis.client.get(codec.SNAP_KEY + match_id)
+        return market_pb2.MatchOdds.FromString(raw) if raw else None
+
+    async def _log_since(self, match_id: str, version: int) -> list[market_pb2.OddsDelta] | None:
+        """The deltas after ``version``, oldest first, or None when Redis no longer has them all."""
+        raw = await self.redis.client.lrange(codec.LOG_KEY + match_id, 0, codec.LOG_LENGTH - 1)
+        deltas = [market_pb2.OddsDelta.FromString(r) for r in reversed(raw)]
+        if not deltas or version > deltas[-1].version:
+            return None  # nothing kept, or a version this server never published (state lost)
+        newer = [d for d in deltas if d.version > version]
+        if not newer:
+            return []
+        if newer[0].previous_version != version:
+            return None
+        return newer
+
+    async def GetOddsSnapshot(
+        self, request: odds_service_pb2.GetOddsSnapshotRequest, context: grpc.aio.ServicerContext
+    ) -> odds_service_pb2.GetOddsSnapshotResponse:
+        snap = await self._snapshot(request.match_id)
+        if snap is None:
+            await context.abort(grpc.StatusCode.NOT_FOUND, f"no prices for match {request.match_id!r}")
+            raise AssertionError("unreachable")
+        return odds_service_pb2.GetOddsSnapshotResponse(odds=snap)
+
+    async def ListLiveMatches(
+        self, request: odds_service_pb2.ListLiveMatchesRequest, context: grpc.aio.ServicerContext
+    ) -> odds_service_pb2.ListLiveMatchesResponse:
+        size = min(request.page_size or 50, 500)
+        if request.page_size < 0:
+            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, "page_size cannot be negative")
+        try:
+            offset = int(request.page_token or "0")
+        except ValueError:
+            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, "page_token is not one this service issued")
+            raise AssertionError("unreachable") from None
+        ids = await self.redis.client.zrevrange(codec.LIVE_KEY, offset, offset + size)
+        out = odds_service_pb2.ListLiveMatchesResponse()
+        for raw_id in ids[:size]:
+            snap = await self._snapshot(_text(raw_id))
+            if snap is None:
+                continue
+            open_markets = sum(1 for m in snap.markets if m.status == market_pb2.MARKET_STATUS_OPEN)
+            out.matches.append(
+                odds_service_pb2.LiveMatch(
+                    match_id=snap.match_id,
+                    home_team=snap.home_team,
+                    away_team=snap.away_team,
+                    score=snap.score,
+                    minute=snap.minute,
+                    version=snap.version,
+                    open_markets=open_markets,
+                )
+            )
+        if len(ids) > size:
+            out.next_page_token = str(offset + size)
+        return out
+
+    async def WatchOdds(
+        self, request: odds_service_pb2.WatchOddsRequest, context: grpc.aio.ServicerContext
+    ) -> AsyncIterator[odds_service_pb2.WatchOddsResponse]:
+        async for item in self.app.until_stopping(self._watch(request)):
+            yield item
+
+    async def _watch(
+        self, request: odds_service_pb2.WatchOddsRequest
+    ) -> AsyncIterator[odds_service_pb2.WatchOddsResponse]:
+        heartbeat = max(request.heartbeat_interval_ms or DEFAULT_HEARTBEAT_MS, MIN_HEARTBEAT_MS) / 1000.0
+        watcher = Watcher(set(request.match_ids))
+        self.hub.watchers.add(watcher)  # subscribed before the snapshots are read: nothing falls between
+        known: dict[str, int] = {}
+        try:
+            if request.match_ids:
+                ids = list(dict.fromkeys(request.match_ids))
+            else:
+                ids = [_text(x) for x in await self.redis.client.zrevrange(codec.LIVE_KEY, 0, -1)]
+            for match_id in ids:
+                resume = request.resume_from.get(match_id)
+                if resume:
+                    deltas = await self._log_since(match_id, resume)
+                    if deltas is not None:
+                        known[match_id] = resume
+                        for d in deltas:
+                            known[match_id] = d.version
+                            yield odds_service_pb2.WatchOddsResponse(delta=d)
+                        continue
+                snap = await self._snapshot(match_id)
+                if snap is not None:
+                    known[match_id] = snap.version
+                    yield odds_service_pb2.WatchOddsResponse(image=snap, resync=bool(resume))
+            while True:
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(watcher.wake.wait(), heartbeat)
+                watcher.wake.clear()
+                pending = watcher.take()
+                if not pending:
+                    beat = odds_service_pb2.Heartbeat()
+                    beat.server_time.GetCurrentTime()
+                    yield odds_service_pb2.WatchOddsResponse(heartbeat=beat)
+                    continue
+                for d in pending:
+                    match_id = d.match_id
+                    have = known.get(match_id)
+                    if have is not None and d.version <= have:
+                        continue  # already in the image or sent
+                    if (have is None and d.previous_version != 0) or (have is not None and d.previous_version > have):
+                        snap = await self._snapshot(match_id)  # a gap: heal it with a fresh image
+                        if snap is not None and snap.version >= d.version:
+                            known[match_id] = snap.version
+                            yield odds_service_pb2.WatchOddsResponse(image=snap, resync=True)
+                            continue
+                    known[match_id] = d.version
+                    yield odds_service_pb2.WatchOddsResponse(delta=d)
+        finally:
+            self.hub.watchers.discard(watcher)
 
 
 def build(app: ServiceApp) -> None:
-    app.add_dependency(
-        NatsDependency(app.settings.nats_url, app.settings.instance, app.settings.health_interval_seconds)
-    )
-    app.add_dependency(RedisDependency(app.settings.redis_url, app.settings.health_interval_seconds))
-    api = odds_service_pb2_grpc.OddsServiceServicer()
+    s = app.settings
+    nats_dep = app.add_dependency(NatsDependency(s.nats_url, s.instance, s.health_interval_seconds))
+    redis_dep = app.add_dependency(RedisDependency(s.redis_url, s.health_interval_seconds))
+    hub = Hub()
+    api = OddsApi(app, hub, redis_dep)
     app.add_service("livebet.odds.v1.OddsService", api, odds_service_pb2_grpc.add_OddsServiceServicer_to_server)
+
+    async def subscribe() -> None:
+        await nats_dep.wait_ready()
+        await nats_dep.nc.subscribe(f"{codec.SUBJECT_ROOT}.>", cb=hub.on_msg, pending_msgs_limit=1_000_000)
+        log.info("odds stream ready")
+
+    async def on_start() -> None:
+        app.spawn(subscribe())
+
+    app.on_start(on_start)
 
 
 if __name__ == "__main__":

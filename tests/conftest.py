@@ -3,6 +3,7 @@ ports in a temporary folder with the same code `make run` uses (mesh.infra)."""
 
 from __future__ import annotations
 
+import os
 import shutil
 import tempfile
 from collections.abc import Iterator
@@ -29,7 +30,8 @@ def servers_root() -> Iterator[Path]:
     root = Path(tempfile.mkdtemp(prefix="livebet-test-"))
     root.chmod(0o755)
     yield root
-    shutil.rmtree(root, ignore_errors=True)
+    if os.environ.get("LIVEBET_KEEP_TEST_DIRS") != "1":
+        shutil.rmtree(root, ignore_errors=True)
 
 
 def start_nats(root: Path, name: str = "nats") -> Server:

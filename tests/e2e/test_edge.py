@@ -4,6 +4,7 @@ import json
 import struct
 import subprocess
 import sys
+import urllib.parse
 import urllib.request
 from pathlib import Path
 
@@ -59,6 +60,7 @@ def _grpc_web(edge: str, path: str, message: bytes, headers: dict[str, str]) -> 
     with urllib.request.urlopen(req, timeout=5) as resp:
         raw = resp.read()
         header_status = resp.headers.get("grpc-status")
+        header_message = urllib.parse.unquote(resp.headers.get("grpc-message", ""))
     payload, trailers, i = b"", {}, 0
     while i < len(raw):
         flag, length = raw[i], struct.unpack(">I", raw[i + 1 : i + 5])[0]
@@ -72,6 +74,7 @@ def _grpc_web(edge: str, path: str, message: bytes, headers: dict[str, str]) -> 
         i += 5 + length
     if header_status is not None:  # a trailers-only response puts the status in the headers
         trailers.setdefault("grpc-status", header_status)
+        trailers.setdefault("grpc-message", header_message)
     return payload, trailers
 
 
@@ -87,15 +90,16 @@ def test_grpc_web_over_http1_reaches_each_service(mesh: Mesh, service: str) -> N
     assert health_pb2.HealthCheckResponse.FromString(payload).status == health_pb2.HealthCheckResponse.SERVING
 
 
-def test_unfilled_business_rpc_answers_unimplemented_through_envoy(mesh: Mesh) -> None:
+def test_grpc_errors_keep_their_status_through_envoy_grpc_web(mesh: Mesh) -> None:
+    from livebet.betting.v1 import betting_service_pb2
     from livebet.odds.v1 import odds_service_pb2
 
-    _, trailers = _grpc_web(
-        mesh.edge,
-        "/livebet.odds.v1.OddsService/GetOddsSnapshot",
-        odds_service_pb2.GetOddsSnapshotRequest(match_id="m1").SerializeToString(),
-        {},
-    )
+    request = odds_service_pb2.GetOddsSnapshotRequest(match_id="no-such-match").SerializeToString()
+    _, trailers = _grpc_web(mesh.edge, "/livebet.odds.v1.OddsService/GetOddsSnapshot", request, {})
+    assert trailers["grpc-status"] == str(grpc.StatusCode.NOT_FOUND.value[0])
+    assert "no-such-match" in trailers.get("grpc-message", "")
+    request = betting_service_pb2.GetBetRequest(bet_id="b1").SerializeToString()  # betting: not filled in yet
+    _, trailers = _grpc_web(mesh.edge, "/livebet.betting.v1.BettingService/GetBet", request, {})
     assert trailers["grpc-status"] == str(grpc.StatusCode.UNIMPLEMENTED.value[0])
 
 
@@ -174,3 +178,30 @@ def test_simulated_matches_are_live_through_envoy(mesh: Mesh) -> None:
     match = live()[0]
     assert match.fixture.match_id.startswith("sim:")
     assert match.fixture.home.name and match.fixture.pre_match_odds.home.decimal
+
+
+def test_simulated_matches_are_priced_and_streamed_through_envoy(mesh: Mesh) -> None:
+    """simulator → feed → pricing engine → NATS + Redis → odds stream tier → Envoy → client."""
+    from livebet.odds.v1 import market_pb2, odds_service_pb2, odds_service_pb2_grpc
+
+    from tests.helpers import wait_for
+
+    def live_ids() -> list[str]:
+        with grpc.insecure_channel(mesh.edge) as channel:
+            stub = odds_service_pb2_grpc.OddsServiceStub(channel)
+            page = stub.ListLiveMatches(odds_service_pb2.ListLiveMatchesRequest(page_size=20), timeout=5)
+        return [m.match_id for m in page.matches]
+
+    wait_for(lambda: bool(live_ids()), 60, interval=0.5, what="a priced simulated match")
+    match_id = live_ids()[0]
+    with grpc.insecure_channel(mesh.edge) as channel:
+        stub = odds_service_pb2_grpc.OddsServiceStub(channel)
+        stream = stub.WatchOdds(
+            odds_service_pb2.WatchOddsRequest(match_ids=[match_id], heartbeat_interval_ms=500), timeout=30
+        )
+        first = next(stream)
+        assert first.WhichOneof("message") == "image"
+        assert any(m.status == market_pb2.MARKET_STATUS_OPEN for m in first.image.markets) or first.image.minute >= 90
+        kinds = {next(stream).WhichOneof("message") for _ in range(3)}
+        stream.cancel()
+    assert kinds <= {"delta", "heartbeat", "image"}

@@ -1,0 +1,161 @@
+"""Live odds end to end on real NATS, Valkey and processes: feed → pricing engine → odds stream."""
+
+from __future__ import annotations
+
+import signal
+from collections.abc import Iterator
+from pathlib import Path
+
+import grpc
+import pytest
+from livebet.feed.v1 import event_pb2 as ev
+from livebet.feed.v1 import feed_service_pb2 as fs
+from livebet.feed.v1 import feed_service_pb2_grpc
+from livebet.odds.v1 import market_pb2, odds_service_pb2, odds_service_pb2_grpc
+
+from tests.component.test_feed_service import fixture, state
+from tests.conftest import start_nats, start_valkey
+from tests.helpers import Proc, service_spec, wait_for
+
+
+class Live:
+    def __init__(self, feed: str, pricing: Proc, odds: str) -> None:
+        self.feed = feed_service_pb2_grpc.FeedServiceStub(grpc.insecure_channel(feed))
+        self.pricing = pricing
+        self.odds = odds_service_pb2_grpc.OddsServiceStub(grpc.insecure_channel(odds))
+
+    def send(self, *events: ev.FeedEvent, provider: str = "push") -> None:
+        self.feed.PublishBatch(fs.PublishBatchRequest(provider=provider, events=list(events)), timeout=10)
+
+    def snapshot(self, match_id: str) -> market_pb2.MatchOdds | None:
+        try:
+            return self.odds.GetOddsSnapshot(odds_service_pb2.GetOddsSnapshotRequest(match_id=match_id), timeout=5).odds
+        except grpc.RpcError as err:
+            assert err.code() == grpc.StatusCode.NOT_FOUND
+            return None
+
+
+@pytest.fixture(scope="module")
+def live(servers_root: Path) -> Iterator[Live]:
+    n, r = start_nats(servers_root, "nats-live"), start_valkey(servers_root, "redis-live")
+    env = {"LIVEBET_NATS_URL": n.url, "LIVEBET_REDIS_URL": r.url, "LIVEBET_FEED_PROVIDER_SILENCE_SECONDS": "120"}
+    procs = [
+        Proc(service_spec("feed", "feed.server", env), servers_root / "live-feed.log").start(),
+        Proc(service_spec("pricing", "pricing.server", env), servers_root / "live-pricing.log").start(),
+        Proc(service_spec("odds", "pricing.stream_server", env), servers_root / "live-odds.log").start(),
+    ]
+    yield Live(procs[0].spec.health_target, procs[1], procs[2].spec.health_target)
+    for p in reversed(procs):
+        p.stop()
+    r.proc.stop()
+    n.proc.stop()
+
+
+def goal(match_id: str, home: int, away: int, seq: int) -> ev.FeedEvent:
+    e = ev.FeedEvent(event_id=f"push:{match_id}:goal:{seq}", provider="push", match_id=match_id, sequence=seq)
+    e.goal.side, e.goal.score.home, e.goal.score.away = 1, home, away
+    return e
+
+
+def by_key(markets: object) -> dict[str, market_pb2.Market]:
+    return {m.name: m for m in markets}  # type: ignore[attr-defined]
+
+
+def test_a_goal_suspends_first_then_reprices_with_new_versions(live: Live) -> None:
+    live.send(fixture("lo1"), state("lo1", 1, 0, 0, 20))
+    wait_for(lambda: (s := live.snapshot("lo1")) is not None and s.minute == 20, 30, what="priced after the feed")
+    image = live.snapshot("lo1")
+    assert image is not None
+    stream = live.odds.WatchOdds(
+        odds_service_pb2.WatchOddsRequest(match_ids=["lo1"], heartbeat_interval_ms=500), timeout=30
+    )
+    first = next(stream)
+    assert first.WhichOneof("message") == "image" and first.image.version == image.version
+    home_before = float(by_key(first.image.markets)["1x2"].outcomes[0].odds.decimal)
+
+    live.send(goal("lo1", 1, 0, 2))
+    deltas = []
+    for msg in stream:
+        if msg.WhichOneof("message") == "delta":
+            deltas.append(msg.delta)
+        if len(deltas) == 2:
+            break
+    stream.cancel()
+    suspension, reprice = deltas
+    assert suspension.cause == "goal" and reprice.cause == "goal"
+    assert suspension.version == image.version + 1 and reprice.version == image.version + 2
+    assert suspension.previous_version == image.version
+    assert {m.status for m in suspension.markets} == {market_pb2.MARKET_STATUS_SUSPENDED}
+    after = by_key(reprice.markets)
+    assert after["1x2"].status == market_pb2.MARKET_STATUS_OPEN
+    assert float(after["1x2"].outcomes[0].odds.decimal) < home_before  # the home side scored
+    assert after["total:0.5"].status == market_pb2.MARKET_STATUS_CLOSED  # decided
+    assert reprice.HasField("feed_received_at")
+
+
+def test_a_client_resumes_from_its_version_without_a_gap(live: Live) -> None:
+    live.send(fixture("lo2"), state("lo2", 1, 0, 0, 30))
+    wait_for(lambda: (s := live.snapshot("lo2")) is not None and s.minute == 30, 30, what="priced")
+    image = live.snapshot("lo2")
+    assert image is not None
+    live.send(goal("lo2", 0, 1, 2), state("lo2", 3, 0, 1, 31))
+    wait_for(lambda: (s := live.snapshot("lo2")) is not None and s.minute == 31, 30, what="repriced")
+    latest = live.snapshot("lo2")
+    assert latest is not None
+    stream = live.odds.WatchOdds(
+        odds_service_pb2.WatchOddsRequest(match_ids=["lo2"], resume_from={"lo2": image.version}), timeout=30
+    )
+    versions = []
+    for msg in stream:
+        assert msg.WhichOneof("message") != "image"  # the deltas were still there: no image needed
+        if msg.WhichOneof("message") == "delta":
+            versions.append((msg.delta.previous_version, msg.delta.version))
+        if versions and versions[-1][1] == latest.version:
+            break
+    stream.cancel()
+    chain = [image.version] + [v for _, v in versions]
+    assert [p for p, _ in versions] == chain[:-1]  # each delta continues the previous one
+    old = live.odds.WatchOdds(
+        odds_service_pb2.WatchOddsRequest(match_ids=["lo2"], resume_from={"lo2": 10**9}), timeout=30
+    )
+    first = next(old)
+    old.cancel()
+    assert first.WhichOneof("message") == "image" and first.resync  # an unknown version: a fresh image
+
+
+def test_versions_never_go_backwards_across_an_engine_restart(live: Live) -> None:
+    live.send(fixture("lo3"), state("lo3", 1, 0, 0, 10))
+    wait_for(lambda: (s := live.snapshot("lo3")) is not None and s.minute == 10, 30, what="priced")
+    before = live.snapshot("lo3")
+    assert before is not None
+    live.pricing.signal(signal.SIGTERM)
+    assert live.pricing.popen is not None and live.pricing.popen.wait(20) == 0
+    live.send(state("lo3", 2, 0, 0, 11))  # arrives while the engine is down
+    live.pricing.start()
+    wait_for(lambda: (s := live.snapshot("lo3")) is not None and s.minute == 11, 30, what="repriced after restart")
+    after = live.snapshot("lo3")
+    assert after is not None and after.version > before.version
+
+
+def test_provider_down_suspends_every_match_of_that_producer_until_it_recovers(live: Live) -> None:
+    """The feed declares a silent producer down (tested in the feed's tests); here its
+    ``provider_down`` event reaches the engine, which suspends that producer's matches only."""
+    for m in ("lo4", "lo5"):
+        live.send(fixture(m, "quiet"), state(m, 1, 0, 0, 5, "quiet"), provider="quiet")
+    live.send(fixture("lo6"), state("lo6", 1, 0, 0, 5))
+    for m in ("lo4", "lo5", "lo6"):
+        wait_for(lambda m=m: (s := live.snapshot(m)) is not None and s.minute == 5, 30, what=f"{m} priced")
+
+    def open_count(match_id: str) -> int:
+        s = live.snapshot(match_id)
+        return sum(1 for x in s.markets if x.status == market_pb2.MARKET_STATUS_OPEN) if s else -1
+
+    down = ev.FeedEvent(event_id="quiet:provider_down:1", provider="quiet")
+    down.provider_down.reason = "silent"
+    live.send(down, provider="quiet")
+    wait_for(lambda: open_count("lo4") == 0 and open_count("lo5") == 0, 30, what="the producer's matches suspended")
+    assert open_count("lo6") > 0  # another producer's match is untouched
+    back = ev.FeedEvent(event_id="quiet:snapshot_complete:1", provider="quiet")
+    back.snapshot_complete.request_id = "1"
+    live.send(back, provider="quiet")
+    wait_for(lambda: open_count("lo4") > 0 and open_count("lo5") > 0, 30, what="reopened after recovery")
