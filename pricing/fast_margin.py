@@ -115,13 +115,14 @@ def price_rows(
     row_start: IntArray,
     row_size: IntArray,
     live: BoolArray,
-    booksum: float,
+    booksums: FloatArray,
     min_probability: float,
     ladder: IntArray,
     max_cents: int,
     out_cents: IntArray,
 ) -> None:
-    """Odds (integer hundredths, 0 = not offered) of every live row of a flat book."""
+    """Odds (integer hundredths, 0 = not offered) of every live row of a flat book; ``booksums``
+    is each row's target (1 + margin)."""
     n = len(fair)
     p = np.zeros(n)
     logp = np.zeros(n)
@@ -145,6 +146,7 @@ def price_rows(
         for i in range(a, b):
             p[i] = fair[i] / total if fair[i] >= min_probability else 0.0
             logp[i] = math.log(p[i]) if p[i] > 0.0 else 0.0
+        booksum = booksums[row]
         solve_row(method, p, logp, a, b, booksum, r)
         # a method that cannot reach the target (Shin is capped at (sum sqrt p)^2 for very lopsided
         # markets) gets the rest multiplicatively, so the book is never short of the target

@@ -11,6 +11,7 @@ probability moves to the others; rounding down to the ladder can then only raise
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
 
 import numpy as np
@@ -78,17 +79,32 @@ class PricedBook:
         return out
 
 
+_ROW_TYPE = np.array([spec.market_type for spec in CATALOGUE for _ in spec.rows])
+
+
+def row_booksums(margin: float, by_type: Mapping[str, float] | None = None) -> NDArray[np.float64]:
+    """Each pricing row's target booksum: ``1 + margin``, or the margin of its market type."""
+    for m in [margin, *(by_type or {}).values()]:
+        if not 0 <= m < 1:
+            raise MarginError(f"margin must be in [0, 1), got {m}")
+    out = np.full(ROWS, 1.0 + margin)
+    for market_type, m in (by_type or {}).items():
+        out[market_type == _ROW_TYPE] = 1.0 + m
+    return out
+
+
 def price_book(
     book: FairBook,
     margin: float = DEFAULT_MARGIN,
     method: str = DEFAULT_METHOD,
     max_odds_cents: int = ladder.MAX_ODDS_CENTS,
+    margins_by_type: Mapping[str, float] | None = None,
 ) -> PricedBook:
-    """Odds for every open market of ``book`` (flat, in catalogue layout)."""
+    """Odds for every open market of ``book`` (flat, in catalogue layout); ``margins_by_type``
+    overrides the margin of some market types (``{"correct_score": 0.15}``)."""
     if method not in METHODS:
         raise MarginError(f"unknown margin method {method!r}; use one of {', '.join(METHODS)}")
-    if not 0 <= margin < 1:
-        raise MarginError(f"margin must be in [0, 1), got {margin}")
+    booksums = row_booksums(margin, margins_by_type)
     live = ~book.closed
     if not book.has_halftime:
         live[R_HT] = False
@@ -99,7 +115,7 @@ def price_book(
         ROW_START,
         ROW_SIZES,
         live,
-        1.0 + margin,
+        booksums,
         MIN_PROBABILITY,
         ladder.LADDER,
         max_odds_cents,
@@ -116,9 +132,11 @@ def price_match(
     method: str = DEFAULT_METHOD,
     model: ModelConfig = DEFAULT_MODEL,
     max_odds_cents: int = ladder.MAX_ODDS_CENTS,
+    margins_by_type: Mapping[str, float] | None = None,
 ) -> PricedBook:
     """Every market of a match at ``state``, priced with ``margin`` by ``method``."""
-    return price_book(fair_book(score_model(home_xg, away_xg, state, model)), margin, method, max_odds_cents)
+    book = fair_book(score_model(home_xg, away_xg, state, model))
+    return price_book(book, margin, method, max_odds_cents, margins_by_type)
 
 
 __all__ = ["ROWS", "PricedBook", "PricedMarket", "price_book", "price_match"]

@@ -7,7 +7,8 @@ suspension before its reprice) and keeps the latest ``MatchOdds`` and the recent
 
 On start it rebuilds the engine's state by replaying the stream up to where the durable consumer
 stands, without publishing, and takes each match's version from Redis when that is higher, so no
-version ever goes backwards across a restart. The trader API still answers UNIMPLEMENTED.
+version ever goes backwards across a restart. Trader actions (:mod:`pricing.trader`) are kept in
+the NATS key-value bucket ``pricing-trader`` and applied again after the rebuild.
 """
 
 from __future__ import annotations
@@ -23,12 +24,15 @@ from livebet.feed.v1 import event_pb2 as ev
 from livebet.odds.v1 import market_pb2, trader_service_pb2_grpc
 from nats.aio.msg import Msg
 from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
+from nats.js.kv import KeyValue
 
 from feed.adapters.jetstream import STREAM, ensure_stream
 from mesh.deps import NatsDependency, Readiness, RedisDependency
 from mesh.service import ServiceApp, run
 from pricing.live import codec
+from pricing.live.book import Delta
 from pricing.live.engine import Engine
+from pricing.trader import TraderApi, apply_trader_state, trader_store
 
 log = logging.getLogger("pricing")
 DURABLE = "pricing-engine"
@@ -75,21 +79,57 @@ async def rebuild(engine: Engine, nats_dep: NatsDependency, redis_dep: RedisDepe
     return count
 
 
+class Runner:
+    """The engine and everything that publishes its deltas, behind one lock so that deltas leave
+    in version order whoever causes them (the feed consumer or a trader)."""
+
+    def __init__(self, nats_dep: NatsDependency, redis_dep: RedisDependency) -> None:
+        self.nats_dep = nats_dep
+        self.redis_dep = redis_dep
+        self.engine = Engine()
+        self.lock = asyncio.Lock()
+        self.kv: KeyValue | None = None
+
+    async def publish(self, deltas: list[Delta], received_ms: dict[str, int] | None = None) -> None:
+        """Publish deltas on NATS in order, then the snapshots and the delta log in Redis."""
+        if not deltas:
+            return
+        now = Timestamp()
+        now.GetCurrentTime()
+        nc, pipe = self.nats_dep.nc, self.redis_dep.client.pipeline(transaction=False)
+        touched = {}
+        for d in deltas:
+            m = self.engine.matches[d.match_id]
+            data = codec.delta(d, m, now, (received_ms or {}).get(d.match_id, 0)).SerializeToString()
+            await nc.publish(codec.subject(d.match_id), data)
+            pipe.lpush(codec.LOG_KEY + d.match_id, data)
+            pipe.ltrim(codec.LOG_KEY + d.match_id, 0, codec.LOG_LENGTH - 1)
+            touched[d.match_id] = m
+        for match_id, m in touched.items():
+            pipe.set(codec.SNAP_KEY + match_id, codec.snapshot(m, now).SerializeToString())
+            pipe.zadd(codec.LIVE_KEY, {match_id: int(time.time() * 1000)})
+        await pipe.execute()
+
+
 def build(app: ServiceApp) -> None:
     s = app.settings
     nats_dep = app.add_dependency(NatsDependency(s.nats_url, s.instance, s.health_interval_seconds))
     redis_dep = app.add_dependency(RedisDependency(s.redis_url, s.health_interval_seconds))
     ready = app.add_dependency(Readiness("engine"))
-    trader = trader_service_pb2_grpc.TraderServiceServicer()
+    runner = Runner(nats_dep, redis_dep)
+    trader = TraderApi(runner)
     app.add_service(
         "livebet.odds.v1.TraderService", trader, trader_service_pb2_grpc.add_TraderServiceServicer_to_server
     )
 
     async def consume() -> None:
-        engine = Engine()
         js = nats_dep.js
         await ensure_stream(js)
-        replayed = await rebuild(engine, nats_dep, redis_dep)
+        runner.kv = await trader_store(js)
+        async with runner.lock:
+            runner.engine = Engine()
+            replayed = await rebuild(runner.engine, nats_dep, redis_dep)
+            await apply_trader_state(runner.engine, runner.kv)
         config = ConsumerConfig(
             durable_name=DURABLE,
             ack_policy=AckPolicy.ALL,
@@ -100,8 +140,7 @@ def build(app: ServiceApp) -> None:
         )
         psub = await js.pull_subscribe("feed.>", durable=DURABLE, stream=STREAM, config=config)
         ready.set()
-        log.info("engine ready", extra={"replayed_events": replayed, "matches": len(engine.matches)})
-        nc, redis = nats_dep.nc, redis_dep.client
+        log.info("engine ready", extra={"replayed_events": replayed, "matches": len(runner.engine.matches)})
         while not app.stopping.is_set():
             try:
                 msgs = await psub.fetch(FETCH, timeout=1)
@@ -113,25 +152,15 @@ def build(app: ServiceApp) -> None:
                 continue
             if not msgs:
                 continue
-            now = Timestamp()
-            now.GetCurrentTime()
-            pipe = redis.pipeline(transaction=False)
-            touched = {}
-            for msg in msgs:
-                e = ev.FeedEvent.FromString(msg.data)
-                received = e.received_at.ToMilliseconds() if e.HasField("received_at") else 0
-                for d in engine.apply(e):
-                    m = engine.matches[d.match_id]
-                    data = codec.delta(d, m, now, received).SerializeToString()
-                    await nc.publish(codec.subject(d.match_id), data)
-                    pipe.lpush(codec.LOG_KEY + d.match_id, data)
-                    pipe.ltrim(codec.LOG_KEY + d.match_id, 0, codec.LOG_LENGTH - 1)
-                    touched[d.match_id] = m
-            for match_id, m in touched.items():
-                pipe.set(codec.SNAP_KEY + match_id, codec.snapshot(m, now).SerializeToString())
-                pipe.zadd(codec.LIVE_KEY, {match_id: int(time.time() * 1000)})
-            if touched:
-                await pipe.execute()
+            async with runner.lock:
+                deltas = []
+                received: dict[str, int] = {}
+                for msg in msgs:
+                    e = ev.FeedEvent.FromString(msg.data)
+                    if e.match_id and e.HasField("received_at"):
+                        received[e.match_id] = e.received_at.ToMilliseconds()
+                    deltas += runner.engine.apply(e)
+                await runner.publish(deltas, received)
             await msgs[-1].ack()  # AckPolicy.ALL: everything up to here is done
 
     async def supervise() -> None:

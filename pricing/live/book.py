@@ -82,6 +82,7 @@ class LiveMatch:
     method: str = DEFAULT_METHOD
     holds: set[Hold] = field(default_factory=set)
     trader_markets: set[str] = field(default_factory=set)  # market keys suspended by a trader
+    margins_by_type: dict[str, float] = field(default_factory=dict)
     quotes: dict[str, MarketQuote] = field(default_factory=dict)
     last_event_ms: int = 0
 
@@ -132,7 +133,14 @@ class LiveMatch:
 
     def reprice(self, cause: str) -> Delta | None:
         """Every market at the current state: prices, and OPEN unless something holds the match."""
-        book: PricedBook = price_match(self.home_xg, self.away_xg, self.model_state(), self.margin, self.method)
+        book: PricedBook = price_match(
+            self.home_xg,
+            self.away_xg,
+            self.model_state(),
+            self.margin,
+            self.method,
+            margins_by_type=self.margins_by_type,
+        )
         held = bool(self.holds) or self.ended  # pre-match markets are open too
         hold_reason = ",".join(sorted(h.value for h in self.holds)) or "ended"
         changed: list[MarketQuote] = []
@@ -179,6 +187,31 @@ class LiveMatch:
                     )
                 )
         return self._next(changed, cause)
+
+    # --- trader actions ------------------------------------------------------------------------
+    def trader_suspend(self, market_key: str = "") -> Delta | None:
+        """Suspend the match, or one market (``market_key`` as in ``MarketQuote.key``)."""
+        if market_key:
+            self.trader_markets.add(market_key)
+            return self.reprice("trader")
+        self.holds.add(Hold.TRADER)
+        return self.suspend_all("trader")
+
+    def trader_resume(self, market_key: str = "") -> Delta | None:
+        if market_key:
+            self.trader_markets.discard(market_key)
+        else:
+            self.holds.discard(Hold.TRADER)
+        return self.reprice("trader")
+
+    def set_margin(self, margin: float, market_type: str = "") -> Delta | None:
+        if not 0 <= margin < 1:
+            raise ValueError(f"margin must be in [0, 1), got {margin}")
+        if market_type:
+            self.margins_by_type[market_type] = margin
+        else:
+            self.margin = margin
+        return self.reprice("margin")
 
     def snapshot(self) -> list[MarketQuote]:
         return list(self.quotes.values())
