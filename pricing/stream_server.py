@@ -21,14 +21,16 @@ import asyncio
 import contextlib
 import logging
 from collections import deque
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 
 import grpc
 from livebet.odds.v1 import market_pb2, odds_service_pb2, odds_service_pb2_grpc
 from nats.aio.msg import Msg
+from prometheus_client import Counter, Gauge
 
 from mesh.deps import NatsDependency, RedisDependency
+from mesh.metrics import Metrics
 from mesh.service import ServiceApp, run
 from pricing.live import codec
 
@@ -48,6 +50,8 @@ class Watcher:
     matches times markets whatever the client does, and the publisher never waits."""
 
     matches: set[str]  # empty: every match
+    always_conflate: bool = False  # the client asked for a conflation interval
+    on_conflate: Callable[[], None] = lambda: None
     queue: deque[market_pb2.OddsDelta] = field(default_factory=deque)
     merged: dict[str, market_pb2.OddsDelta] = field(default_factory=dict)
     wake: asyncio.Event = field(default_factory=asyncio.Event)
@@ -56,7 +60,7 @@ class Watcher:
     def offer(self, d: market_pb2.OddsDelta) -> None:
         if self.matches and d.match_id not in self.matches:
             return
-        if not self.merged and len(self.queue) < QUEUE_LIMIT:
+        if not self.merged and len(self.queue) < QUEUE_LIMIT and not self.always_conflate:
             self.queue.append(d)
         else:  # behind: conflate everything pending
             while self.queue:
@@ -78,6 +82,7 @@ class Watcher:
         merged.markets.extend(by_key.values())
         self.merged[d.match_id] = merged
         self.conflated += 1
+        self.on_conflate()
 
     def take(self) -> list[market_pb2.OddsDelta]:
         """Everything pending, in the order to send."""
@@ -87,6 +92,17 @@ class Watcher:
         return out
 
 
+def _only(item: odds_service_pb2.WatchOddsResponse, types: set[str]) -> odds_service_pb2.WatchOddsResponse:
+    """The message with only the markets of the requested types."""
+    out = odds_service_pb2.WatchOddsResponse()
+    out.CopyFrom(item)
+    body = out.image if out.WhichOneof("message") == "image" else out.delta
+    keep = [m for m in body.markets if m.ref.market_type in types]
+    del body.markets[:]
+    body.markets.extend(keep)
+    return out
+
+
 def _text(member: object) -> str:
     return member.decode() if isinstance(member, bytes) else str(member)
 
@@ -94,8 +110,18 @@ def _text(member: object) -> str:
 class Hub:
     """The process's one subscription on ``odds.>``, dispatching to watchers."""
 
-    def __init__(self) -> None:
+    def __init__(self, metrics: Metrics | None = None) -> None:
         self.watchers: set[Watcher] = set()
+        registry = metrics.registry if metrics else None
+        self.subscribers = Gauge("livebet_odds_subscribers", "Open WatchOdds streams.", registry=registry)
+        self.conflations = Counter(
+            "livebet_odds_conflations_total",
+            "Deltas merged into a pending one for a client that fell behind.",
+            registry=registry,
+        )
+        self.delivered = Counter(
+            "livebet_odds_updates_sent_total", "Images and deltas sent to clients.", registry=registry
+        )
 
     async def on_msg(self, msg: Msg) -> None:
         d = market_pb2.OddsDelta.FromString(msg.data)
@@ -177,9 +203,21 @@ class OddsApi(odds_service_pb2_grpc.OddsServiceServicer):
     async def _watch(
         self, request: odds_service_pb2.WatchOddsRequest
     ) -> AsyncIterator[odds_service_pb2.WatchOddsResponse]:
+        async for item in self._watch_all(request):
+            if item.WhichOneof("message") in ("image", "delta"):
+                self.hub.delivered.inc()
+                if request.market_types:
+                    item = _only(item, set(request.market_types))
+            yield item
+
+    async def _watch_all(
+        self, request: odds_service_pb2.WatchOddsRequest
+    ) -> AsyncIterator[odds_service_pb2.WatchOddsResponse]:
         heartbeat = max(request.heartbeat_interval_ms or DEFAULT_HEARTBEAT_MS, MIN_HEARTBEAT_MS) / 1000.0
-        watcher = Watcher(set(request.match_ids))
+        interval = request.conflation_interval_ms / 1000.0
+        watcher = Watcher(set(request.match_ids), interval > 0, self.hub.conflations.inc)
         self.hub.watchers.add(watcher)  # subscribed before the snapshots are read: nothing falls between
+        self.hub.subscribers.inc()
         known: dict[str, int] = {}
         try:
             if request.match_ids:
@@ -223,15 +261,18 @@ class OddsApi(odds_service_pb2_grpc.OddsServiceServicer):
                             continue
                     known[match_id] = d.version
                     yield odds_service_pb2.WatchOddsResponse(delta=d)
+                if interval:
+                    await asyncio.sleep(interval)  # what arrives meanwhile merges per match
         finally:
             self.hub.watchers.discard(watcher)
+            self.hub.subscribers.dec()
 
 
 def build(app: ServiceApp) -> None:
     s = app.settings
     nats_dep = app.add_dependency(NatsDependency(s.nats_url, s.instance, s.health_interval_seconds))
     redis_dep = app.add_dependency(RedisDependency(s.redis_url, s.health_interval_seconds))
-    hub = Hub()
+    hub = Hub(app.metrics)
     api = OddsApi(app, hub, redis_dep)
     app.add_service("livebet.odds.v1.OddsService", api, odds_service_pb2_grpc.add_OddsServiceServicer_to_server)
 

@@ -19,10 +19,12 @@ from tests.helpers import Proc, service_spec, wait_for
 
 
 class Live:
-    def __init__(self, feed: str, pricing: Proc, odds: str) -> None:
+    def __init__(self, feed: str, pricing: Proc, odds: Proc) -> None:
         self.feed = feed_service_pb2_grpc.FeedServiceStub(grpc.insecure_channel(feed))
         self.pricing = pricing
-        self.odds = odds_service_pb2_grpc.OddsServiceStub(grpc.insecure_channel(odds))
+        self.odds_target = odds.spec.health_target
+        self.odds_metrics_port = odds.spec.env["LIVEBET_METRICS_PORT"]
+        self.odds = odds_service_pb2_grpc.OddsServiceStub(grpc.insecure_channel(self.odds_target))
 
     def send(self, *events: ev.FeedEvent, provider: str = "push") -> None:
         self.feed.PublishBatch(fs.PublishBatchRequest(provider=provider, events=list(events)), timeout=10)
@@ -44,7 +46,7 @@ def live(servers_root: Path) -> Iterator[Live]:
         Proc(service_spec("pricing", "pricing.server", env), servers_root / "live-pricing.log").start(),
         Proc(service_spec("odds", "pricing.stream_server", env), servers_root / "live-odds.log").start(),
     ]
-    yield Live(procs[0].spec.health_target, procs[1], procs[2].spec.health_target)
+    yield Live(procs[0].spec.health_target, procs[1], procs[2])
     for p in reversed(procs):
         p.stop()
     r.proc.stop()
@@ -207,3 +209,39 @@ def test_trader_actions_take_effect_are_idempotent_and_survive_a_restart(live: L
     assert sum(1 / float(o.odds.decimal) for o in q["1x2"].outcomes) >= 1.12
     trader.ResumeMarket(ts.ResumeMarketRequest(request_id="t-5", market=total), metadata=who, timeout=5)
     assert quotes()["total:2.5"].status == market_pb2.MARKET_STATUS_OPEN
+
+
+def test_a_client_that_never_reads_does_not_delay_others_and_is_conflated(live: Live) -> None:
+    import urllib.request
+
+    live.send(fixture("ls1"), state("ls1", 1, 0, 0, 1))
+    wait_for(lambda: live.snapshot("ls1") is not None, 30, what="priced")
+    target = live.odds_target
+    stuck = odds_service_pb2_grpc.OddsServiceStub(grpc.insecure_channel(target)).WatchOdds(
+        odds_service_pb2.WatchOddsRequest(), timeout=60)
+    next(stuck)  # its stream is open; from now on it never reads
+    reader = odds_service_pb2_grpc.OddsServiceStub(grpc.insecure_channel(target)).WatchOdds(
+        odds_service_pb2.WatchOddsRequest(match_ids=["ls1"], market_types=["1x2", "total"]), timeout=60)
+    image = next(reader).image
+    assert {m.ref.market_type for m in image.markets} == {"1x2", "total"}
+    live.send(*[state("ls1", i, 0, 0, 1 + i % 88) for i in range(2, 200)])
+    wait_for(lambda: (s := live.snapshot("ls1")) is not None and s.version >= image.version + 150, 60,
+             what="the engine published the updates")
+    final = live.snapshot("ls1")
+    assert final is not None
+    have = image.version
+    for msg in reader:
+        if msg.WhichOneof("message") == "delta":
+            assert msg.delta.previous_version <= have  # never a gap
+            have = msg.delta.version
+        elif msg.WhichOneof("message") == "image":
+            have = msg.image.version
+        if have >= final.version:
+            break
+    reader.cancel()
+    port = live.odds_metrics_port
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as resp:
+        text = resp.read().decode()
+    conflations = float(next(x for x in text.splitlines() if x.startswith("livebet_odds_conflations_total ")).split()[1])
+    assert conflations > 0  # the stuck client was conflated, not queued without bound
+    stuck.cancel()
