@@ -218,15 +218,20 @@ def test_a_client_that_never_reads_does_not_delay_others_and_is_conflated(live: 
     wait_for(lambda: live.snapshot("ls1") is not None, 30, what="priced")
     target = live.odds_target
     stuck = odds_service_pb2_grpc.OddsServiceStub(grpc.insecure_channel(target)).WatchOdds(
-        odds_service_pb2.WatchOddsRequest(), timeout=60)
+        odds_service_pb2.WatchOddsRequest(), timeout=60
+    )
     next(stuck)  # its stream is open; from now on it never reads
     reader = odds_service_pb2_grpc.OddsServiceStub(grpc.insecure_channel(target)).WatchOdds(
-        odds_service_pb2.WatchOddsRequest(match_ids=["ls1"], market_types=["1x2", "total"]), timeout=60)
+        odds_service_pb2.WatchOddsRequest(match_ids=["ls1"], market_types=["1x2", "total"]), timeout=60
+    )
     image = next(reader).image
     assert {m.ref.market_type for m in image.markets} == {"1x2", "total"}
     live.send(*[state("ls1", i, 0, 0, 1 + i % 88) for i in range(2, 200)])
-    wait_for(lambda: (s := live.snapshot("ls1")) is not None and s.version >= image.version + 150, 60,
-             what="the engine published the updates")
+    wait_for(
+        lambda: (s := live.snapshot("ls1")) is not None and s.version >= image.version + 150,
+        60,
+        what="the engine published the updates",
+    )
     final = live.snapshot("ls1")
     assert final is not None
     have = image.version
@@ -242,6 +247,7 @@ def test_a_client_that_never_reads_does_not_delay_others_and_is_conflated(live: 
     port = live.odds_metrics_port
     with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as resp:
         text = resp.read().decode()
-    conflations = float(next(x for x in text.splitlines() if x.startswith("livebet_odds_conflations_total ")).split()[1])
+    line = next(x for x in text.splitlines() if x.startswith("livebet_odds_conflations_total "))
+    conflations = float(line.split()[1])
     assert conflations > 0  # the stuck client was conflated, not queued without bound
     stuck.cancel()
