@@ -26,7 +26,6 @@ from nats.js import JetStreamContext
 from nats.js.api import KeyValueConfig, StorageType
 from nats.js.kv import KeyValue
 
-from feed.adapters.jetstream import token
 from pricing.live.book import Delta, LiveMatch
 from pricing.live.engine import Engine
 
@@ -43,6 +42,11 @@ async def trader_store(js: JetStreamContext) -> KeyValue:
         return await js.key_value(BUCKET)
     except nats.js.errors.BucketNotFoundError:
         return await js.create_key_value(KeyValueConfig(bucket=BUCKET, history=5, storage=StorageType.FILE))
+
+
+def _match_key(match_id: str) -> str:
+    """A key-value key for a match (ids such as ``sr:match:1`` have characters keys cannot)."""
+    return "match." + hashlib.sha256(match_id.encode()).hexdigest()[:40]
 
 
 def engine_key(ref: common_pb2.MarketRef) -> str:
@@ -132,7 +136,7 @@ class TraderApi(trader_service_pb2_grpc.TraderServiceServicer):
             except (KeyError, ValueError) as exc:
                 await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(exc))
                 raise AssertionError("unreachable") from exc
-            await kv.put("match." + token(match_id), json.dumps(_state(m)).encode())
+            await kv.put(_match_key(match_id), json.dumps(_state(m)).encode())
             await self.runner.publish([delta] if delta else [])
             await kv.put(req_key, json.dumps({"digest": digest, "version": m.version}).encode())
             log.info(

@@ -168,11 +168,11 @@ def test_trader_actions_take_effect_are_idempotent_and_survive_a_restart(live: L
     from livebet.odds.v1 import trader_service_pb2 as ts
     from livebet.odds.v1 import trader_service_pb2_grpc
 
-    live.send(fixture("lo7"), state("lo7", 1, 0, 0, 15))
-    wait_for(lambda: (s := live.snapshot("lo7")) is not None and s.minute == 15, 30, what="priced")
+    live.send(fixture("sim:7:1"), state("sim:7:1", 1, 0, 0, 15))
+    wait_for(lambda: (s := live.snapshot("sim:7:1")) is not None and s.minute == 15, 30, what="priced")
     trader = trader_service_pb2_grpc.TraderServiceStub(grpc.insecure_channel(live.pricing.spec.health_target))
     who = (("x-livebet-account", "trader-1"),)
-    total = common_pb2.MarketRef(match_id="lo7", market_type="total", market_key="total|total=2.5")
+    total = common_pb2.MarketRef(match_id="sim:7:1", market_type="total", market_key="total|total=2.5")
     suspend = ts.SuspendMarketRequest(request_id="t-1", market=total, reason="injury news")
     v1 = trader.SuspendMarket(suspend, metadata=who, timeout=5).version
     assert trader.SuspendMarket(suspend, metadata=who, timeout=5).version == v1  # the same request again
@@ -183,14 +183,13 @@ def test_trader_actions_take_effect_are_idempotent_and_survive_a_restart(live: L
         trader.SuspendMatch(ts.SuspendMatchRequest(request_id="t-2", match_id="nope"), timeout=5)
     assert err.value.code() == grpc.StatusCode.NOT_FOUND
     with pytest.raises(grpc.RpcError) as err:
-        trader.SetMargin(ts.SetMarginRequest(request_id="t-3", match_id="lo7", margin="lots"), timeout=5)
+        trader.SetMargin(ts.SetMarginRequest(request_id="t-3", match_id="sim:7:1", margin="lots"), timeout=5)
     assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT
-    trader.SetMargin(
-        ts.SetMarginRequest(request_id="t-4", match_id="lo7", market_type="1x2", margin="0.12"), metadata=who, timeout=5
-    )
+    margin = ts.SetMarginRequest(request_id="t-4", match_id="sim:7:1", market_type="1x2", margin="0.12")
+    trader.SetMargin(margin, metadata=who, timeout=5)
 
     def quotes() -> dict[str, market_pb2.Market]:
-        s = live.snapshot("lo7")
+        s = live.snapshot("sim:7:1")
         assert s is not None
         return by_key(s.markets)
 
@@ -202,8 +201,8 @@ def test_trader_actions_take_effect_are_idempotent_and_survive_a_restart(live: L
     live.pricing.signal(signal.SIGTERM)
     assert live.pricing.popen is not None and live.pricing.popen.wait(20) == 0
     live.pricing.start()
-    live.send(state("lo7", 2, 0, 0, 16))
-    wait_for(lambda: (s := live.snapshot("lo7")) is not None and s.minute == 16, 30, what="repriced after restart")
+    live.send(state("sim:7:1", 2, 0, 0, 16))
+    wait_for(lambda: (s := live.snapshot("sim:7:1")) is not None and s.minute == 16, 30, what="repriced after restart")
     q = quotes()
     assert q["total:2.5"].status == market_pb2.MARKET_STATUS_SUSPENDED  # still suspended after the restart
     assert sum(1 / float(o.odds.decimal) for o in q["1x2"].outcomes) >= 1.12
