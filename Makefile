@@ -84,8 +84,12 @@ bench-pricing: gen ## median µs per full-match reprice, per margin method (goal
 bench-feed: gen ## sustained feed ingestion vs raw JetStream publishing (goal >= 20,000 events/s, >= 50 % of raw)
 	$(PY) -m feed.bench
 
+.PHONY: bench-live
+bench-live: gen ## feed event -> WatchOdds client latency and throughput vs raw grpc.aio streaming
+	$(PY) -m pricing.bench_live
+
 .PHONY: bench
-bench: bench-pricing bench-feed ## every benchmark the platform has so far
+bench: bench-pricing bench-feed bench-live ## every benchmark the platform has so far
 
 .PHONY: calibrate
 calibrate: gen ## fit the model to Pinnacle closing odds (EPL 2023-24) and score it

@@ -36,6 +36,7 @@ from pricing.trader import TraderApi, apply_trader_state, trader_store
 
 log = logging.getLogger("pricing")
 DURABLE = "pricing-engine"
+FIRST_WAIT = 1.0
 FETCH = 500
 
 
@@ -138,20 +139,20 @@ def build(app: ServiceApp) -> None:
             ack_wait=30,
             filter_subject="feed.>",
         )
-        psub = await js.pull_subscribe("feed.>", durable=DURABLE, stream=STREAM, config=config)
+        # A push consumer: messages arrive as soon as they are stored (a pull fetch of a batch waits
+        # to fill it); the engine takes whatever has arrived, up to FETCH, as one batch.
+        sub = await js.subscribe(
+            "feed.>", stream=STREAM, durable=DURABLE, manual_ack=True, config=config, pending_msgs_limit=100_000
+        )
         ready.set()
         log.info("engine ready", extra={"replayed_events": replayed, "matches": len(runner.engine.matches)})
         while not app.stopping.is_set():
             try:
-                msgs = await psub.fetch(FETCH, timeout=1)
+                msgs = [await sub.next_msg(timeout=FIRST_WAIT)]
             except (TimeoutError, nats.errors.TimeoutError):
                 continue
-            except nats.errors.Error as exc:
-                log.warning("fetch failed: %s", exc)
-                await asyncio.sleep(0.5)
-                continue
-            if not msgs:
-                continue
+            while len(msgs) < FETCH and sub.pending_msgs > 0:
+                msgs.append(await sub.next_msg(timeout=FIRST_WAIT))
             async with runner.lock:
                 deltas = []
                 received: dict[str, int] = {}

@@ -67,3 +67,31 @@ def test_bench_prints_a_row_per_method(tmp_path: Path) -> None:
     report = json.loads(out.stdout)
     assert set(report["results"]) == {"multiplicative", "additive", "power", "shin", "odds_ratio"}
     assert all(r["median_us"] > 0 for r in report["results"].values())
+
+
+def test_live_bench_runs_the_real_processes_and_reports_latency() -> None:
+    out = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "pricing.bench_live",
+            "--matches",
+            "10",
+            "--subscribers",
+            "5",
+            "--rate",
+            "20",
+            "--seconds",
+            "2",
+            "--json",
+        ],
+        cwd=REPO_ROOT,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert out.returncode == 0, out.stderr[-2000:]
+    report = json.loads(out.stdout)
+    assert report["live"]["updates_per_s"] > 0
+    assert 0 < report["live"]["p50_ms"] <= report["live"]["p99_ms"]
+    assert report["raw_grpc_streaming_msgs_per_s"] > 0
