@@ -1,0 +1,85 @@
+"""The engine core without I/O: suspend first, versions, holds, deltas that add up to the book."""
+
+from livebet.feed.v1 import event_pb2 as ev
+
+from feed.domain.simulator import simulate
+from feed.simulator import Normaliser, schedule
+from pricing.live.book import Hold, Status
+from pricing.live.engine import Engine
+
+
+def _replay(match_count: int = 2, seed: int = 4) -> tuple[Engine, list]:  # type: ignore[type-arg]
+    matches = simulate(match_count, seed)
+    norm = Normaliser()
+    events = [norm.fixture(m, 0) for m in matches]
+    events += [e for _, m, i in schedule(matches) for e in norm.events(m, i, 1000)]
+    engine = Engine()
+    deltas = engine.apply_all(events)
+    return engine, deltas
+
+
+def test_deltas_applied_in_order_give_exactly_the_engines_book() -> None:
+    engine, deltas = _replay()
+    for match_id, m in engine.matches.items():
+        book: dict[str, tuple] = {}  # type: ignore[type-arg]
+        last = 0
+        for d in (d for d in deltas if d.match_id == match_id):
+            assert d.previous_version == last and d.version == last + 1  # every version, in order
+            last = d.version
+            for q in d.markets:
+                book[q.key] = (q.status, q.odds_cents)
+        assert last == m.version
+        assert book == {q.key: (q.status, q.odds_cents) for q in m.quotes.values()}
+
+
+def _event(kind: str, **fields: object) -> ev.FeedEvent:
+    e = ev.FeedEvent(event_id=f"{kind}:{len(fields)}", provider="p", match_id="m")
+    getattr(e, kind).SetInParent()
+    for path, value in fields.items():
+        target = e
+        *parents, leaf = path.split("__")
+        for part in parents:
+            target = getattr(target, part)
+        setattr(target, leaf, value)
+    return e
+
+
+def test_a_goal_suspends_every_open_market_before_the_reprice() -> None:
+    engine = Engine()
+    engine.apply(_event("fixture_change", fixture_change__fixture__match_id="m"))
+    engine.apply(
+        _event("match_state", match_state__state__status=ev.MATCH_STATUS_LIVE, match_state__state__clock__minute=30)
+    )
+    book = engine.matches["m"]
+    open_before = sum(q.status is Status.OPEN for q in book.quotes.values())
+    home_before = book.quotes["1x2"].odds_cents[0]
+    first, second = engine.apply(_event("goal", goal__side=1, goal__score__home=1))
+    assert {q.status for q in first.markets} == {Status.SUSPENDED} and len(first.markets) == open_before
+    assert (first.cause, second.cause, second.version) == ("goal", "goal", first.version + 1)
+    assert book.quotes["1x2"].status is Status.OPEN and book.quotes["1x2"].odds_cents[0] < home_before
+    assert book.quotes["total:0.5"].status is Status.CLOSED
+
+
+def test_at_full_time_every_market_is_closed() -> None:
+    engine, _ = _replay()
+    for m in engine.matches.values():
+        assert m.ended
+        assert all(q.status is Status.CLOSED for q in m.quotes.values())
+
+
+def test_holds_keep_markets_suspended_until_resolved() -> None:
+    engine = Engine()
+    fixture = ev.FeedEvent(event_id="f", provider="p", match_id="m")
+    fixture.fixture_change.fixture.match_id = "m"
+    engine.apply(fixture)
+    pen = ev.FeedEvent(event_id="pen", provider="p", match_id="m")
+    pen.penalty.phase = ev.PENALTY_PHASE_AWARDED
+    (suspension,) = engine.apply(pen)
+    assert {q.status for q in suspension.markets} == {Status.SUSPENDED}
+    m = engine.matches["m"]
+    assert Hold.PENALTY in m.holds
+    assert not any(q.status is Status.OPEN for q in m.quotes.values())
+    missed = ev.FeedEvent(event_id="miss", provider="p", match_id="m")
+    missed.penalty.phase = ev.PENALTY_PHASE_MISSED
+    engine.apply(missed)
+    assert any(q.status is Status.OPEN for q in m.quotes.values())
