@@ -18,8 +18,11 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from enum import Enum
 
+import numpy as np
+from numpy.typing import NDArray
+
 from pricing.football import MatchState, Period, fit_expected_goals
-from pricing.markets import CATALOGUE, market_identity, row_values
+from pricing.markets import CATALOGUE, ROW_START, market_identity, row_values
 from pricing.pricer import DEFAULT_MARGIN, DEFAULT_METHOD, PricedBook, price_match
 
 
@@ -27,6 +30,23 @@ class Status(Enum):
     OPEN = "open"
     SUSPENDED = "suspended"
     CLOSED = "closed"
+
+
+# Each catalogue market's outcome positions in the flat book (padded), to compare books as arrays.
+_OPEN, _SUSPENDED, _CLOSED = 0, 1, 2
+_STATUS = {_OPEN: Status.OPEN, _SUSPENDED: Status.SUSPENDED, _CLOSED: Status.CLOSED}
+_N_SPECS = len(CATALOGUE)
+_WIDTH = max(len(s.outcomes) for s in CATALOGUE)
+_POS = np.zeros((_N_SPECS, _WIDTH), dtype=np.int64)
+_MASK = np.zeros((_N_SPECS, _WIDTH), dtype=bool)
+for _k, _spec in enumerate(CATALOGUE):
+    _p = ROW_START[list(_spec.rows)] if _spec.complement else ROW_START[_spec.rows[0]] + np.arange(len(_spec.outcomes))
+    _POS[_k, : len(_p)] = _p
+    _MASK[_k, : len(_p)] = True
+_FIRST_ROW = np.array([s.rows[0] for s in CATALOGUE])
+_INDEX = {s.key: k for k, s in enumerate(CATALOGUE)}
+_HT = _INDEX["halftime_1x2"]
+_NEXT = _INDEX["next_goal"]
 
 
 class Hold(Enum):
@@ -83,6 +103,9 @@ class LiveMatch:
     holds: set[Hold] = field(default_factory=set)
     trader_markets: set[str] = field(default_factory=set)  # market keys suspended by a trader
     margins_by_type: dict[str, float] = field(default_factory=dict)
+    _status: NDArray[np.int64] | None = field(default=None, repr=False)  # per catalogue market
+    _cents: NDArray[np.int64] | None = field(default=None, repr=False)
+    _next_n: int = 0
     quotes: dict[str, MarketQuote] = field(default_factory=dict)
     last_event_ms: int = 0
 
@@ -122,6 +145,8 @@ class LiveMatch:
 
     def suspend_all(self, cause: str) -> Delta | None:
         """Every open market SUSPENDED (the first publication after a dangerous event)."""
+        if self._status is not None:
+            self._status = np.where(self._status == _OPEN, _SUSPENDED, self._status)
         changed = [
             MarketQuote(
                 q.key, q.market_type, q.specifiers, Status.SUSPENDED, q.outcomes, q.odds_cents, q.probabilities, cause
@@ -132,7 +157,8 @@ class LiveMatch:
         return self._next(changed, cause)
 
     def reprice(self, cause: str) -> Delta | None:
-        """Every market at the current state: prices, and OPEN unless something holds the match."""
+        """Every market at the current state: prices, and OPEN unless something holds the match.
+        The new book is compared with the last one as arrays; only changed markets become quotes."""
         book: PricedBook = price_match(
             self.home_xg,
             self.away_xg,
@@ -141,40 +167,67 @@ class LiveMatch:
             self.method,
             margins_by_type=self.margins_by_type,
         )
-        held = bool(self.holds) or self.ended  # pre-match markets are open too
+        f = book.fair
+        cents = np.where(_MASK, book.odds_cents[_POS], 0)
+        closed = f.closed[_FIRST_ROW]
+        if not f.has_halftime:
+            closed[_HT] = True
+        if self.ended:
+            closed[:] = True
+        offered = cents.any(axis=1)
+        trader = np.zeros(_N_SPECS, dtype=bool)
+        for key in self.trader_markets:
+            k = _INDEX.get(key, _NEXT if key == f"next_goal:{f.next_goal}" else -1)
+            if k >= 0:
+                trader[k] = True
+        held = bool(self.holds) or self.ended
+        status = np.where(closed, _CLOSED, np.where(~offered | held | trader, _SUSPENDED, _OPEN))
+        new_next = f.next_goal != self._next_n
+        if self._status is None or self._cents is None:
+            changed = np.ones(_N_SPECS, dtype=bool)
+            keep = np.zeros(_N_SPECS, dtype=bool)
+        else:
+            keep = self._status == _CLOSED  # decided markets stay closed
+            if new_next:
+                keep[_NEXT] = False  # a new next-goal market replaces the old one
+            changed = ((status != self._status) | (cents != self._cents).any(axis=1)) & ~keep
+            if new_next:
+                changed[_NEXT] = True
         hold_reason = ",".join(sorted(h.value for h in self.holds)) or "ended"
-        changed: list[MarketQuote] = []
-        seen: set[str] = set()
-        for spec in CATALOGUE:
-            if spec.market_type == "halftime_1x2" and not book.fair.has_halftime:
-                key = spec.key
+        out: list[MarketQuote] = []
+        offered_list: list[bool] = np.asarray(offered).tolist()
+        for k in (int(i) for i in np.flatnonzero(changed)):
+            spec = CATALOGUE[k]
+            key, specifiers = (spec.key, spec.specifiers) if k == _HT else market_identity(spec, f)
+            st = int(status[k])
+            if st == _CLOSED:
+                reason = "decided"
+            elif not offered_list[k]:
+                reason = "not_offered"
+            elif trader[k]:
+                reason = "trader"
+            elif st == _SUSPENDED:
+                reason = hold_reason
             else:
-                key, _ = market_identity(spec, book.fair)
-            seen.add(key)
-            closed = bool(book.fair.closed[spec.rows[0]]) or (
-                spec.market_type == "halftime_1x2" and not book.fair.has_halftime
+                reason = ""
+            probs = tuple(round(float(x), 6) for x in row_values(spec, f.p))
+            n = len(spec.outcomes)
+            out.append(
+                MarketQuote(
+                    key,
+                    spec.market_type,
+                    specifiers,
+                    _STATUS[st],
+                    spec.outcomes,
+                    tuple(int(c) for c in cents[k, :n]),
+                    probs,
+                    reason,
+                )
             )
-            cents = tuple(int(c) for c in row_values(spec, book.odds_cents))
-            probs = tuple(round(float(x), 6) for x in row_values(spec, book.fair.p))
-            if closed or self.ended:
-                status, reason = Status.CLOSED, "decided"
-            elif not any(cents):
-                status, reason = Status.SUSPENDED, "not_offered"
-            elif held or key in self.trader_markets:
-                status, reason = Status.SUSPENDED, "trader" if key in self.trader_markets else hold_reason
-            else:
-                status, reason = Status.OPEN, ""
-            _, specifiers = market_identity(spec, book.fair)
-            q = MarketQuote(key, spec.market_type, specifiers, status, spec.outcomes, cents, probs, reason)
-            old = self.quotes.get(key)
-            if old is not None and old.status is Status.CLOSED:
-                continue  # decided markets stay closed
-            if old is None or old.status != q.status or old.odds_cents != q.odds_cents:
-                changed.append(q)
-        # the next-goal market of the previous goal number is over once a goal is scored
-        for key, old in list(self.quotes.items()):
-            if key not in seen and old.status is not Status.CLOSED:
-                changed.append(
+        if new_next and self._next_n:  # the previous goal's next-goal market is over
+            old = self.quotes.get(f"next_goal:{self._next_n}")
+            if old is not None and old.status is not Status.CLOSED:
+                out.append(
                     MarketQuote(
                         old.key,
                         old.market_type,
@@ -186,7 +239,10 @@ class LiveMatch:
                         "decided",
                     )
                 )
-        return self._next(changed, cause)
+        self._status = np.where(keep, _CLOSED, status)
+        self._cents = np.where(keep[:, None], self._cents if self._cents is not None else cents, cents)
+        self._next_n = f.next_goal
+        return self._next(out, cause)
 
     # --- trader actions ------------------------------------------------------------------------
     def trader_suspend(self, market_key: str = "") -> Delta | None:
