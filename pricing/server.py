@@ -90,6 +90,7 @@ class Runner:
         self.engine = Engine()
         self.lock = asyncio.Lock()
         self.kv: KeyValue | None = None
+        self.cache = codec.MarketCache()
 
     async def publish(self, deltas: list[Delta], received_ms: dict[str, int] | None = None) -> None:
         """Publish deltas on NATS in order, then the snapshots and the delta log in Redis."""
@@ -101,13 +102,14 @@ class Runner:
         touched = {}
         for d in deltas:
             m = self.engine.matches[d.match_id]
-            data = codec.delta(d, m, now, (received_ms or {}).get(d.match_id, 0)).SerializeToString()
+            markets = self.cache.update(d)
+            data = codec.delta(d, m, now, (received_ms or {}).get(d.match_id, 0), markets).SerializeToString()
             await nc.publish(codec.subject(d.match_id), data)
             pipe.lpush(codec.LOG_KEY + d.match_id, data)
             pipe.ltrim(codec.LOG_KEY + d.match_id, 0, codec.LOG_LENGTH - 1)
             touched[d.match_id] = m
         for match_id, m in touched.items():
-            pipe.set(codec.SNAP_KEY + match_id, codec.snapshot(m, now).SerializeToString())
+            pipe.set(codec.SNAP_KEY + match_id, codec.snapshot(m, now, self.cache).SerializeToString())
             pipe.zadd(codec.LIVE_KEY, {match_id: int(time.time() * 1000)})
         await pipe.execute()
 
@@ -131,6 +133,9 @@ def build(app: ServiceApp) -> None:
             runner.engine = Engine()
             replayed = await rebuild(runner.engine, nats_dep, redis_dep)
             await apply_trader_state(runner.engine, runner.kv)
+            runner.cache = codec.MarketCache()
+            for m in runner.engine.matches.values():
+                runner.cache.seed(m)
         config = ConsumerConfig(
             durable_name=DURABLE,
             ack_policy=AckPolicy.ALL,

@@ -33,14 +33,19 @@ def subject(match_id: str) -> str:
     return f"{SUBJECT_ROOT}.{token(match_id)}"
 
 
-def market(match_id: str, q: MarketQuote, version: int) -> market_pb2.Market:
-    ref = common_pb2.MarketRef(
+def _ref(match_id: str, q: MarketQuote) -> common_pb2.MarketRef:
+    return common_pb2.MarketRef(
         match_id=match_id,
         market_type=q.market_type,
         specifiers=[common_pb2.Specifier(key=k, value=v) for k, v in q.specifiers],
         market_key=q.market_type + "".join(f"|{k}={v}" for k, v in q.specifiers),
     )
-    m = market_pb2.Market(ref=ref, name=q.key, status=_STATUS[q.status], version=version, status_reason=q.reason)
+
+
+def market(match_id: str, q: MarketQuote, version: int) -> market_pb2.Market:
+    m = market_pb2.Market(
+        ref=_ref(match_id, q), name=q.key, status=_STATUS[q.status], version=version, status_reason=q.reason
+    )
     for outcome, cents, p in zip(q.outcomes, q.odds_cents, q.probabilities, strict=True):
         o = market_pb2.Outcome(outcome_id=outcome, name=outcome, active=bool(cents) and q.status is Status.OPEN)
         if cents:
@@ -50,13 +55,39 @@ def market(match_id: str, q: MarketQuote, version: int) -> market_pb2.Market:
     return m
 
 
-def delta(d: Delta, m: LiveMatch, published: Timestamp, received_ms: int) -> market_pb2.OddsDelta:
+class MarketCache:
+    """The protobuf of every market's current quote, built once when the quote changes: a delta
+    carries the changed ones, a snapshot all of them (each with the version it last changed at)."""
+
+    def __init__(self) -> None:
+        self._markets: dict[str, dict[str, market_pb2.Market]] = {}
+
+    def update(self, d: Delta) -> list[market_pb2.Market]:
+        book = self._markets.setdefault(d.match_id, {})
+        out = []
+        for q in d.markets:
+            pb = market(d.match_id, q, d.version)
+            book[q.key] = pb
+            out.append(pb)
+        return out
+
+    def seed(self, m: LiveMatch) -> None:
+        """Every quote of a rebuilt match (its markets' change versions are not known: the match's)."""
+        self._markets[m.match_id] = {q.key: market(m.match_id, q, m.version) for q in m.quotes.values()}
+
+    def markets(self, match_id: str) -> list[market_pb2.Market]:
+        return list(self._markets.get(match_id, {}).values())
+
+
+def delta(
+    d: Delta, m: LiveMatch, published: Timestamp, received_ms: int, markets: list[market_pb2.Market] | None = None
+) -> market_pb2.OddsDelta:
     out = market_pb2.OddsDelta(
         match_id=d.match_id,
         version=d.version,
         previous_version=d.previous_version,
         cause=d.cause,
-        markets=[market(d.match_id, q, d.version) for q in d.markets],
+        markets=markets if markets is not None else [market(d.match_id, q, d.version) for q in d.markets],
         score=f"{m.home_goals}-{m.away_goals}",
         minute=int(m.minute),
     )
@@ -66,7 +97,11 @@ def delta(d: Delta, m: LiveMatch, published: Timestamp, received_ms: int) -> mar
     return out
 
 
-def snapshot(m: LiveMatch, published: Timestamp) -> market_pb2.MatchOdds:
+def snapshot(m: LiveMatch, published: Timestamp, cache: MarketCache | None = None) -> market_pb2.MatchOdds:
+    if cache is not None:
+        markets = cache.markets(m.match_id)
+    else:
+        markets = [market(m.match_id, q, m.version) for q in m.quotes.values()]
     out = market_pb2.MatchOdds(
         match_id=m.match_id,
         version=m.version,
@@ -75,7 +110,7 @@ def snapshot(m: LiveMatch, published: Timestamp) -> market_pb2.MatchOdds:
         score=f"{m.home_goals}-{m.away_goals}",
         minute=int(m.minute),
         source=market_pb2.PRICE_SOURCE_MODEL,
-        markets=[market(m.match_id, q, m.version) for q in m.quotes.values()],
+        markets=markets,
     )
     out.published_at.CopyFrom(published)
     return out
