@@ -13,10 +13,8 @@ from pathlib import Path
 
 from livebet.feed.v1 import event_pb2 as ev
 from livebet.feed.v1 import feed_service_pb2_grpc
-from nats.aio.msg import Msg
-from nats.js.api import ConsumerConfig, DeliverPolicy
 
-from feed.adapters.jetstream import STREAM, JetStreamPublisher, PublishUnavailable, ensure_stream
+from feed.adapters.jetstream import STREAM, JetStreamPublisher, PublishUnavailable, ensure_stream, replay
 from feed.grpc_api import FeedApi, WatchSource
 from feed.replay import FileRecorder
 from feed.service import FeedCore, PublishResult
@@ -41,33 +39,8 @@ class _LazyPublisher:
 
 async def rebuild(core: FeedCore, nats: NatsDependency) -> int:
     """Replay the FEED stream into the projection and the ordering cursors."""
-    js = nats.js
-    info = await js.stream_info(STREAM)
-    last = info.state.last_seq
-    if last == 0:
-        return 0
-    done = asyncio.Event()
-    count = 0
-
-    async def on_msg(msg: Msg) -> None:
-        nonlocal count
-        core.apply(ev.FeedEvent.FromString(msg.data))
-        count += 1
-        if msg.metadata.sequence.stream >= last:
-            done.set()
-
-    sub = await js.subscribe(
-        "feed.>",
-        stream=STREAM,
-        ordered_consumer=True,
-        cb=on_msg,
-        config=ConsumerConfig(deliver_policy=DeliverPolicy.ALL),
-    )
-    try:
-        await asyncio.wait_for(done.wait(), 120)
-    finally:
-        await sub.unsubscribe()
-    return count
+    info = await nats.js.stream_info(STREAM)
+    return await replay(nats.js, info.state.last_seq, core.apply, timeout=120)
 
 
 def build(app: ServiceApp) -> None:

@@ -22,11 +22,10 @@ import nats.errors
 from google.protobuf.timestamp_pb2 import Timestamp
 from livebet.feed.v1 import event_pb2 as ev
 from livebet.odds.v1 import market_pb2, trader_service_pb2_grpc
-from nats.aio.msg import Msg
-from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
+from nats.js.api import AckPolicy, ConsumerConfig
 from nats.js.kv import KeyValue
 
-from feed.adapters.jetstream import STREAM, ensure_stream
+from feed.adapters.jetstream import STREAM, ensure_stream, replay
 from mesh.deps import NatsDependency, Readiness, RedisDependency
 from mesh.service import ServiceApp, run
 from pricing.live import codec
@@ -48,29 +47,7 @@ async def rebuild(engine: Engine, nats_dep: NatsDependency, redis_dep: RedisDepe
         upto = info.ack_floor.stream_seq if info.ack_floor else 0
     except nats.js.errors.NotFoundError:
         upto = 0
-    count = 0
-    if upto > 0:
-        done = asyncio.Event()
-
-        async def on_msg(msg: Msg) -> None:
-            nonlocal count
-            if msg.metadata.sequence.stream <= upto:
-                engine.apply(ev.FeedEvent.FromString(msg.data))
-                count += 1
-            if msg.metadata.sequence.stream >= upto:
-                done.set()
-
-        sub = await js.subscribe(
-            "feed.>",
-            stream=STREAM,
-            ordered_consumer=True,
-            cb=on_msg,
-            config=ConsumerConfig(deliver_policy=DeliverPolicy.ALL),
-        )
-        try:
-            await asyncio.wait_for(done.wait(), 300)
-        finally:
-            await sub.unsubscribe()
+    count = await replay(js, upto, engine.apply)
     # versions never go backwards: take the published version when it is higher
     redis = redis_dep.client
     for match_id, m in engine.matches.items():

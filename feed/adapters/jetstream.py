@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import re
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import nats.errors
@@ -22,7 +23,7 @@ from livebet.feed.v1 import event_pb2
 from nats.aio.client import Client as NatsClient
 from nats.aio.msg import Msg
 from nats.js import JetStreamContext
-from nats.js.api import DiscardPolicy, StorageType, StreamConfig, StreamInfo
+from nats.js.api import ConsumerConfig, DeliverPolicy, DiscardPolicy, StorageType, StreamConfig, StreamInfo
 
 STREAM = "FEED"
 SUBJECT_ROOT = "feed"
@@ -158,3 +159,31 @@ class JetStreamPublisher:
         if batch.error:
             raise PublishUnavailable(f"JetStream refused part of the batch: {batch.error}")
         return PublishResult(len(events) - batch.duplicates, batch.duplicates, batch.last_seq)
+
+
+async def replay(
+    js: JetStreamContext, upto: int, handle: Callable[[event_pb2.FeedEvent], object], timeout: float = 300.0
+) -> int:
+    """Hand every FEED event up to stream sequence ``upto`` (inclusive), in order, to ``handle``
+    (an ordered consumer: nothing is acknowledged or changed). Returns how many were handled."""
+    if upto <= 0:
+        return 0
+    done = asyncio.Event()
+    count = 0
+
+    async def on_msg(msg: Msg) -> None:
+        nonlocal count
+        seq = msg.metadata.sequence.stream
+        if seq <= upto:
+            handle(event_pb2.FeedEvent.FromString(msg.data))
+            count += 1
+        if seq >= upto:
+            done.set()
+
+    config = ConsumerConfig(deliver_policy=DeliverPolicy.ALL)
+    sub = await js.subscribe(f"{SUBJECT_ROOT}.>", stream=STREAM, ordered_consumer=True, cb=on_msg, config=config)
+    try:
+        await asyncio.wait_for(done.wait(), timeout)
+    finally:
+        await sub.unsubscribe()
+    return count
