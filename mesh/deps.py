@@ -7,6 +7,7 @@ client exists at import time. ``up`` is True only while the server really answer
 
 from __future__ import annotations
 
+import abc
 import asyncio
 import contextlib
 import logging
@@ -28,7 +29,7 @@ log = logging.getLogger("mesh.deps")
 ChangeCallback = Callable[[], None]
 
 
-class Dependency:
+class Dependency(abc.ABC):
     """Base class: a named connection whose ``up`` flag is kept current by a background task."""
 
     name = "dependency"
@@ -64,8 +65,9 @@ class Dependency:
     async def start(self) -> None:
         self._task = asyncio.create_task(self._run(), name=f"dep-{self.name}")
 
+    @abc.abstractmethod
     async def _run(self) -> None:
-        raise NotImplementedError
+        """Connect, then keep ``up`` current (each dependency says how)."""
 
     async def close(self) -> None:
         self._closing = True
@@ -158,8 +160,9 @@ class _PollingDependency(Dependency):
     async def _connect(self) -> None:
         """Create the client (no I/O needed)."""
 
+    @abc.abstractmethod
     async def _probe(self) -> None:
-        raise NotImplementedError
+        """One round trip to the server; raises when it does not answer."""
 
     async def _first_up(self) -> None:
         """Runs once, after the first successful probe (migrations)."""
