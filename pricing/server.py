@@ -1,14 +1,23 @@
-"""The pricing engine process: ``python -m pricing.server``.
+"""The pricing engine process: ``python -m pricing.server`` (one or several replicas).
 
-Consumes the FEED stream through the durable JetStream consumer ``pricing-engine`` (explicit
-acks, acknowledged only after the resulting deltas were published and Redis updated), runs the
-engine (:mod:`pricing.live.engine`), publishes each ``OddsDelta`` on ``odds.<match>`` in order (a
-suspension before its reprice) and keeps the latest ``MatchOdds`` and the recent deltas in Redis.
+The FEED stream hashes matches into ``PARTITIONS`` shares (:mod:`feed.adapters.jetstream`); a
+replica prices the shares whose lease it holds (:mod:`pricing.leases`), so every match has exactly
+one writer at a time and a dead replica's shares are taken over within seconds.
 
-On start it rebuilds the engine's state by replaying the stream up to where the durable consumer
-stands, without publishing, and takes each match's version from Redis when that is higher, so no
-version ever goes backwards across a restart. Trader actions (:mod:`pricing.trader`) are kept in
-the NATS key-value bucket ``pricing-trader`` and applied again after the rebuild.
+For each share it holds, a replica
+
+1. reads where the share's durable consumer ``pricing-p<k>`` had acknowledged up to (its ack
+   floor), then deletes that consumer (which also cuts off a previous holder that lost its lease);
+2. rebuilds the share's engine by replaying the share's events up to the floor, without
+   publishing, and takes each match's version from Redis when that is higher, so no version ever
+   goes backwards; trader actions (:mod:`pricing.trader`) are applied again;
+3. creates the consumer again from the floor on (explicit acks, ``AckPolicy.ALL``) and runs the
+   engine (:mod:`pricing.live.engine`): each batch's deltas are published on ``odds.<match>`` in
+   order (a suspension before its reprice), the latest ``MatchOdds`` and recent deltas written to
+   Redis, and only then the batch acknowledged.
+
+Events already published by a holder that died before acknowledging them are priced again by the
+next holder: the same prices at a new version, never an older version.
 """
 
 from __future__ import annotations
@@ -17,59 +26,62 @@ import asyncio
 import contextlib
 import logging
 import time
+import uuid
 
 import nats.errors
+import nats.js.errors
 from google.protobuf.timestamp_pb2 import Timestamp
 from livebet.feed.v1 import event_pb2 as ev
 from livebet.odds.v1 import market_pb2, trader_service_pb2_grpc
-from nats.js.api import AckPolicy, ConsumerConfig
+from nats.aio.subscription import Subscription
+from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
 from nats.js.kv import KeyValue
 
-from feed.adapters.jetstream import STREAM, ensure_stream, replay
+from feed.adapters.jetstream import PARTITIONS, STREAM, ensure_stream, partition_of, partition_subjects, replay
 from mesh.deps import NatsDependency, Readiness, RedisDependency
 from mesh.service import ServiceApp, run
+from pricing.leases import RENEW_EVERY, Leases, lease_store, plan
 from pricing.live import codec
 from pricing.live.book import Delta
 from pricing.live.engine import Engine
 from pricing.trader import TraderApi, apply_trader_state, trader_store
 
 log = logging.getLogger("pricing")
-DURABLE = "pricing-engine"
 FIRST_WAIT = 1.0
 FETCH = 500
 
 
-async def rebuild(engine: Engine, nats_dep: NatsDependency, redis_dep: RedisDependency) -> int:
-    """Replay FEED up to the durable consumer's position into the engine (nothing published)."""
-    js = nats_dep.js
-    try:
-        info = await js.consumer_info(STREAM, DURABLE)
-        upto = info.ack_floor.stream_seq if info.ack_floor else 0
-    except nats.js.errors.NotFoundError:
-        upto = 0
-    count = await replay(js, upto, engine.apply)
-    # versions never go backwards: take the published version when it is higher
-    redis = redis_dep.client
-    for match_id, m in engine.matches.items():
-        raw = await redis.get(codec.SNAP_KEY + match_id)
-        if raw:
-            m.version = max(m.version, market_pb2.MatchOdds.FromString(raw).version)
-    return count
+def durable(k: int) -> str:
+    return f"pricing-p{k}"
+
+
+class Share:
+    """One partition of the matches, held by this replica: its engine and what publishes it."""
+
+    def __init__(self, k: int) -> None:
+        self.k = k
+        self.engine = Engine()
+        self.cache = codec.MarketCache()
+        self.lock = asyncio.Lock()  # deltas leave in version order whoever causes them
+        self.ready = asyncio.Event()
+        self.task: asyncio.Task[None] | None = None
+        self.sub: Subscription | None = None  # trader requests forwarded by other replicas
 
 
 class Runner:
-    """The engine and everything that publishes its deltas, behind one lock so that deltas leave
-    in version order whoever causes them (the feed consumer or a trader)."""
-
-    def __init__(self, nats_dep: NatsDependency, redis_dep: RedisDependency) -> None:
+    def __init__(self, nats_dep: NatsDependency, redis_dep: RedisDependency, instance: str) -> None:
         self.nats_dep = nats_dep
         self.redis_dep = redis_dep
-        self.engine = Engine()
-        self.lock = asyncio.Lock()
-        self.kv: KeyValue | None = None
-        self.cache = codec.MarketCache()
+        self.instance = instance
+        self.shares: dict[int, Share] = {}
+        self.kv: KeyValue | None = None  # trader state
 
-    async def publish(self, deltas: list[Delta], received_ms: dict[str, int] | None = None) -> None:
+    def local(self, match_id: str) -> Share | None:
+        """The share holding ``match_id`` if this replica prices it and has rebuilt it."""
+        share = self.shares.get(partition_of(match_id))
+        return share if share is not None and share.ready.is_set() else None
+
+    async def publish(self, share: Share, deltas: list[Delta], received_ms: dict[str, int] | None = None) -> None:
         """Publish deltas on NATS in order, then the snapshots and the delta log in Redis."""
         if not deltas:
             return
@@ -78,17 +90,91 @@ class Runner:
         nc, pipe = self.nats_dep.nc, self.redis_dep.client.pipeline(transaction=False)
         touched = {}
         for d in deltas:
-            m = self.engine.matches[d.match_id]
-            markets = self.cache.update(d)
+            m = share.engine.matches[d.match_id]
+            markets = share.cache.update(d)
             data = codec.delta(d, m, now, (received_ms or {}).get(d.match_id, 0), markets).SerializeToString()
             await nc.publish(codec.subject(d.match_id), data)
             pipe.lpush(codec.LOG_KEY + d.match_id, data)
             pipe.ltrim(codec.LOG_KEY + d.match_id, 0, codec.LOG_LENGTH - 1)
             touched[d.match_id] = m
         for match_id, m in touched.items():
-            pipe.set(codec.SNAP_KEY + match_id, codec.snapshot(m, now, self.cache).SerializeToString())
+            pipe.set(codec.SNAP_KEY + match_id, codec.snapshot(m, now, share.cache).SerializeToString())
             pipe.zadd(codec.LIVE_KEY, {match_id: int(time.time() * 1000)})
         await pipe.execute()
+
+    async def rebuild(self, share: Share) -> tuple[int, int]:
+        """Replay the share up to its consumer's ack floor into a fresh engine (nothing published);
+        returns (events replayed, the floor)."""
+        js = self.nats_dep.js
+        try:
+            info = await js.consumer_info(STREAM, durable(share.k))
+            floor = info.ack_floor.stream_seq if info.ack_floor else 0
+            await js.delete_consumer(STREAM, durable(share.k))
+        except nats.js.errors.NotFoundError:
+            floor = 0
+        share.engine = Engine()
+        count = await replay(js, floor, share.engine.apply, partition_subjects(share.k))
+        redis = self.redis_dep.client
+        for match_id, m in share.engine.matches.items():
+            raw = await redis.get(codec.SNAP_KEY + match_id)
+            if raw:
+                m.version = max(m.version, market_pb2.MatchOdds.FromString(raw).version)
+        if self.kv is not None:
+            await apply_trader_state(share.engine, self.kv)
+        share.cache = codec.MarketCache()
+        for m in share.engine.matches.values():
+            share.cache.seed(m)
+        return count, floor
+
+    async def run_share(self, share: Share, trader: TraderApi) -> None:
+        js, nc = self.nats_dep.js, self.nats_dep.nc
+        async with share.lock:
+            replayed, floor = await self.rebuild(share)
+        config = ConsumerConfig(
+            durable_name=durable(share.k),
+            ack_policy=AckPolicy.ALL,
+            deliver_policy=DeliverPolicy.BY_START_SEQUENCE,
+            opt_start_seq=floor + 1,
+            max_ack_pending=20_000,
+            max_deliver=20,
+            ack_wait=30,
+            filter_subjects=partition_subjects(share.k),
+            deliver_subject=nc.new_inbox(),
+        )
+        # A push consumer: messages arrive as soon as they are stored (a pull fetch of a batch waits
+        # to fill it); the engine takes whatever has arrived, up to FETCH, as one batch.
+        info = await js.add_consumer(STREAM, config)
+        sub = await js.subscribe_bind(STREAM, info.config, info.name, manual_ack=True, pending_msgs_limit=100_000)
+        share.sub = await nc.subscribe(f"pricing.trader.{share.k}", cb=trader.on_forwarded)
+        share.ready.set()
+        log.info(
+            "share taken",
+            extra={"partition": share.k, "replayed_events": replayed, "matches": len(share.engine.matches)},
+        )
+        try:
+            while True:
+                try:
+                    msgs = [await sub.next_msg(timeout=FIRST_WAIT)]
+                except (TimeoutError, nats.errors.TimeoutError):
+                    continue
+                while len(msgs) < FETCH and sub.pending_msgs > 0:
+                    msgs.append(await sub.next_msg(timeout=FIRST_WAIT))
+                async with share.lock:
+                    deltas = []
+                    received: dict[str, int] = {}
+                    for msg in msgs:
+                        e = ev.FeedEvent.FromString(msg.data)
+                        if e.match_id and e.HasField("received_at"):
+                            received[e.match_id] = e.received_at.ToMilliseconds()
+                        deltas += share.engine.apply(e)
+                    await self.publish(share, deltas, received)
+                await msgs[-1].ack()  # AckPolicy.ALL: everything up to here is done
+        finally:
+            share.ready.clear()
+            for s in (share.sub, sub):
+                if s is not None:
+                    with contextlib.suppress(Exception):
+                        await s.unsubscribe()
 
 
 def build(app: ServiceApp) -> None:
@@ -96,80 +182,77 @@ def build(app: ServiceApp) -> None:
     nats_dep = app.add_dependency(NatsDependency(s.nats_url, s.instance, s.health_interval_seconds))
     redis_dep = app.add_dependency(RedisDependency(s.redis_url, s.health_interval_seconds))
     ready = app.add_dependency(Readiness("engine"))
-    runner = Runner(nats_dep, redis_dep)
+    # a lease holder's identity: unique per process, so a restarted replica never mistakes a
+    # previous life's leases for its own
+    runner = Runner(nats_dep, redis_dep, f"{s.instance}-{uuid.uuid4().hex[:8]}")
     trader = TraderApi(runner)
     app.add_service(
         "livebet.odds.v1.TraderService", trader, trader_service_pb2_grpc.add_TraderServiceServicer_to_server
     )
 
-    async def consume() -> None:
-        js = nats_dep.js
-        await ensure_stream(js)
-        runner.kv = await trader_store(js)
-        async with runner.lock:
-            runner.engine = Engine()
-            replayed = await rebuild(runner.engine, nats_dep, redis_dep)
-            await apply_trader_state(runner.engine, runner.kv)
-            runner.cache = codec.MarketCache()
-            for m in runner.engine.matches.values():
-                runner.cache.seed(m)
-        config = ConsumerConfig(
-            durable_name=DURABLE,
-            ack_policy=AckPolicy.ALL,
-            max_ack_pending=20_000,
-            max_deliver=20,
-            ack_wait=30,
-            filter_subject="feed.>",
-        )
-        # A push consumer: messages arrive as soon as they are stored (a pull fetch of a batch waits
-        # to fill it); the engine takes whatever has arrived, up to FETCH, as one batch.
-        sub = await js.subscribe(
-            "feed.>", stream=STREAM, durable=DURABLE, manual_ack=True, config=config, pending_msgs_limit=100_000
-        )
-        ready.set()
-        log.info("engine ready", extra={"replayed_events": replayed, "matches": len(runner.engine.matches)})
-        while not app.stopping.is_set():
-            try:
-                msgs = [await sub.next_msg(timeout=FIRST_WAIT)]
-            except (TimeoutError, nats.errors.TimeoutError):
-                continue
-            while len(msgs) < FETCH and sub.pending_msgs > 0:
-                msgs.append(await sub.next_msg(timeout=FIRST_WAIT))
-            async with runner.lock:
-                deltas = []
-                received: dict[str, int] = {}
-                for msg in msgs:
-                    e = ev.FeedEvent.FromString(msg.data)
-                    if e.match_id and e.HasField("received_at"):
-                        received[e.match_id] = e.received_at.ToMilliseconds()
-                    deltas += runner.engine.apply(e)
-                await runner.publish(deltas, received)
-            await msgs[-1].ack()  # AckPolicy.ALL: everything up to here is done
-
-    async def supervise() -> None:
-        """Run the consumer; after a failure (NATS or Redis lost mid-batch) start again from the
-        durable consumer's position with a rebuilt engine: nothing unacknowledged is skipped."""
+    async def share_task(share: Share) -> None:
+        """Price one share until it is given up; after a failure (NATS or Redis lost mid-batch)
+        start it again from its consumer's position with a rebuilt engine."""
         delay = 0.2
-        while not app.stopping.is_set():
+        while True:
             try:
-                await consume()
+                await runner.run_share(share, trader)
             except asyncio.CancelledError:
                 raise
             except Exception:
-                ready.set(False)
-                log.exception("engine stopped; restarting it")
+                log.exception("share stopped; restarting it", extra={"partition": share.k})
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, 5.0)
+
+    async def drop(k: int) -> None:
+        share = runner.shares.pop(k, None)
+        if share is not None and share.task is not None:
+            async with share.lock:  # let a batch in flight finish and be acknowledged
+                share.task.cancel()
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await share.task
+
+    async def balance(leases: Leases) -> None:
+        """Keep our leases alive, take free shares up to a fair part, give back extra ones."""
+        while True:
+            try:
+                await leases.heartbeat()
+                for k in list(runner.shares):
+                    if not await leases.renew(k):
+                        log.warning("lease lost; share dropped", extra={"partition": k})
+                        await drop(k)
+                take, give = plan(runner.instance, PARTITIONS, await leases.holders(), await leases.members())
+                for k in give:
+                    await drop(k)
+                    await leases.give(k)
+                    log.info("share given back", extra={"partition": k})
+                for k in take:
+                    if await leases.take(k):
+                        share = runner.shares[k] = Share(k)
+                        share.task = app.spawn(share_task(share))
+                ready.set(True)
+            except asyncio.CancelledError:
+                raise
+            except Exception:
+                log.exception("lease round failed")
+            await asyncio.sleep(RENEW_EVERY)
 
     async def start() -> None:
         await nats_dep.wait_ready()
         await redis_dep.wait_ready()
-        task = app.spawn(supervise())
+        js = nats_dep.js
+        await ensure_stream(js)
+        runner.kv = await trader_store(js)
+        leases = Leases(await lease_store(js), js, runner.instance, PARTITIONS)
+        task = app.spawn(balance(leases))
 
         async def stop() -> None:
             task.cancel()
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await task
+            for k in list(runner.shares):
+                await drop(k)
+                await leases.give(k)  # hand over at once instead of after the lease expires
 
         app.on_stop(stop)
 

@@ -1,11 +1,14 @@
 """The trader admin API on the pricing engine (``livebet.odds.v1.TraderService``).
 
-Each action takes effect at once (the engine reprices and publishes under its lock), **survives
+Each action takes effect at once (the engine reprices and publishes under its share's lock), **survives
 restarts** (the trader state of a match is kept in the NATS key-value bucket ``pricing-trader``
 and applied again when the engine rebuilds) and is **logged with who did it**: the actor comes from
 the edge's identity header ``x-livebet-account`` (``anonymous`` until the edge sets it). Every call
 is idempotent by ``request_id``: the same id with the same request returns the first answer; with a
 different request it fails ``ALREADY_EXISTS``.
+
+Any engine replica answers: a call for a match whose share another replica holds is forwarded to
+that replica over NATS (``pricing.trader.<partition>``, request/reply) and answered with its result.
 """
 
 from __future__ import annotations
@@ -14,18 +17,22 @@ import hashlib
 import json
 import logging
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 import grpc
+import nats.errors
 import nats.js.errors
 from google.protobuf.message import Message
 from livebet.common.v1 import common_pb2
 from livebet.odds.v1 import trader_service_pb2 as ts
 from livebet.odds.v1 import trader_service_pb2_grpc
+from nats.aio.msg import Msg
 from nats.js import JetStreamContext
 from nats.js.api import KeyValueConfig, StorageType
 from nats.js.kv import KeyValue
 
+from feed.adapters.jetstream import partition_of
 from pricing.live.book import Delta, LiveMatch
 from pricing.live.engine import Engine
 
@@ -35,6 +42,7 @@ if TYPE_CHECKING:
 log = logging.getLogger("pricing.trader")
 BUCKET = "pricing-trader"
 ACTOR_HEADER = "x-livebet-account"
+FORWARD_TIMEOUT = 5.0
 
 
 async def trader_store(js: JetStreamContext) -> KeyValue:
@@ -92,52 +100,88 @@ async def apply_trader_state(engine: Engine, kv: KeyValue) -> int:
     return count
 
 
+@dataclass(frozen=True)
+class TraderError(Exception):
+    code: grpc.StatusCode
+    message: str
+
+
+def _market(m: LiveMatch, ref: common_pb2.MarketRef) -> str:
+    key = engine_key(ref)
+    if key not in m.quotes:
+        raise KeyError(f"match {m.match_id} has no market {ref.market_key or ref.market_type!r}")
+    return key
+
+
+def _margin(text: str) -> float:
+    try:
+        return float(text)
+    except ValueError:
+        message = f"margin must be a decimal like 0.05, got {text!r}"
+        raise TraderError(grpc.StatusCode.INVALID_ARGUMENT, message) from None
+
+
+# name -> (request type, its match id, the action on the match)
+_Action = Callable[[LiveMatch], Delta | None]
+_ACTIONS: dict[str, tuple[type[Message], Callable[[Any], str], Callable[[Any], _Action]]] = {
+    "suspend_market": (
+        ts.SuspendMarketRequest,
+        lambda r: r.market.match_id,
+        lambda r: lambda m: m.trader_suspend(_market(m, r.market)),
+    ),
+    "resume_market": (
+        ts.ResumeMarketRequest,
+        lambda r: r.market.match_id,
+        lambda r: lambda m: m.trader_resume(_market(m, r.market)),
+    ),
+    "suspend_match": (ts.SuspendMatchRequest, lambda r: r.match_id, lambda r: lambda m: m.trader_suspend()),
+    "resume_match": (ts.ResumeMatchRequest, lambda r: r.match_id, lambda r: lambda m: m.trader_resume()),
+    "set_margin": (
+        ts.SetMarginRequest,
+        lambda r: r.match_id,
+        lambda r: (lambda margin: lambda m: m.set_margin(margin, r.market_type))(_margin(r.margin)),
+    ),
+}
+
+
 class TraderApi(trader_service_pb2_grpc.TraderServiceServicer):
     def __init__(self, runner: Runner) -> None:
         self.runner = runner
 
-    async def _act(
-        self,
-        context: grpc.aio.ServicerContext,
-        request: Message,
-        request_id: str,
-        match_id: str,
-        name: str,
-        action: Callable[[LiveMatch], Delta | None],
-    ) -> int:
+    async def execute(self, name: str, request: Any, actor: str) -> int:
+        """Run a trader action on this replica (which holds the match's share); the new version."""
+        _, match_of, make = _ACTIONS[name]
+        request_id, match_id = request.request_id, match_of(request)
         if not request_id:
-            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, "request_id is required")
+            raise TraderError(grpc.StatusCode.INVALID_ARGUMENT, "request_id is required")
         if not match_id:
-            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, "match_id is required")
-        kv = self.runner.kv
-        if kv is None:
-            await context.abort(grpc.StatusCode.UNAVAILABLE, "the engine is starting; retry")
-            raise AssertionError("unreachable")
-        actor = dict(context.invocation_metadata() or ()).get(ACTOR_HEADER, "anonymous")
+            raise TraderError(grpc.StatusCode.INVALID_ARGUMENT, "match_id is required")
+        kv, share = self.runner.kv, self.runner.local(match_id)
+        if kv is None or share is None:
+            raise TraderError(grpc.StatusCode.UNAVAILABLE, f"no engine is pricing match {match_id!r} right now; retry")
+        action = make(request)
         digest = hashlib.sha256(request.SerializeToString(deterministic=True)).hexdigest()
         req_key = "req." + hashlib.sha256(request_id.encode()).hexdigest()[:40]
-        async with self.runner.lock:
+        async with share.lock:
             try:
                 seen = json.loads((await kv.get(req_key)).value or b"{}")
             except nats.js.errors.KeyNotFoundError:
                 seen = None
             if seen is not None:
                 if seen["digest"] != digest:
-                    await context.abort(
+                    raise TraderError(
                         grpc.StatusCode.ALREADY_EXISTS, f"request_id {request_id!r} was used for a different request"
                     )
                 return int(seen["version"])
-            m = self.runner.engine.matches.get(match_id)
+            m = share.engine.matches.get(match_id)
             if m is None:
-                await context.abort(grpc.StatusCode.NOT_FOUND, f"no priced match {match_id!r}")
-                raise AssertionError("unreachable")
+                raise TraderError(grpc.StatusCode.NOT_FOUND, f"no priced match {match_id!r}")
             try:
                 delta = action(m)
             except (KeyError, ValueError) as exc:
-                await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(exc))
-                raise AssertionError("unreachable") from exc
+                raise TraderError(grpc.StatusCode.INVALID_ARGUMENT, str(exc).strip("'\"")) from exc
             await kv.put(_match_key(match_id), json.dumps(_state(m)).encode())
-            await self.runner.publish([delta] if delta else [])
+            await self.runner.publish(share, [delta] if delta else [])
             await kv.put(req_key, json.dumps({"digest": digest, "version": m.version}).encode())
             log.info(
                 "trader action",
@@ -151,68 +195,69 @@ class TraderApi(trader_service_pb2_grpc.TraderServiceServicer):
             )
             return m.version
 
-    def _market(self, m: LiveMatch, ref: common_pb2.MarketRef) -> str:
-        key = engine_key(ref)
-        if key not in m.quotes:
-            raise KeyError(f"match {m.match_id} has no market {ref.market_key or ref.market_type!r}")
-        return key
+    async def on_forwarded(self, msg: Msg) -> None:
+        """A call forwarded by another replica: run it here and reply with the version or the error."""
+        headers = msg.headers or {}
+        name = headers.get("action", "")
+        try:
+            if name not in _ACTIONS:
+                raise TraderError(grpc.StatusCode.INVALID_ARGUMENT, f"unknown trader action {name!r}")
+            request = _ACTIONS[name][0].FromString(msg.data)
+            version = await self.execute(name, request, headers.get("actor", "anonymous"))
+            await msg.respond(str(version).encode())
+        except TraderError as err:
+            await self.runner.nats_dep.nc.publish(
+                msg.reply, b"", headers={"code": err.code.name, "message": err.message}
+            )
+
+    async def _call(self, context: grpc.aio.ServicerContext, name: str, request: Any) -> int:
+        actor = dict(context.invocation_metadata() or ()).get(ACTOR_HEADER, "anonymous")
+        match_id = _ACTIONS[name][1](request)
+        try:
+            if not match_id or self.runner.local(match_id) is not None:
+                return await self.execute(name, request, actor)
+            return await self._forward(name, request, actor, match_id)
+        except TraderError as err:
+            await context.abort(err.code, err.message)
+            raise AssertionError("unreachable") from err
+
+    async def _forward(self, name: str, request: Any, actor: str, match_id: str) -> int:
+        nc = self.runner.nats_dep.nc
+        try:
+            reply = await nc.request(
+                f"pricing.trader.{partition_of(match_id)}",
+                request.SerializeToString(),
+                timeout=FORWARD_TIMEOUT,
+                headers={"action": name, "actor": actor},
+            )
+        except (nats.errors.NoRespondersError, nats.errors.TimeoutError, TimeoutError):
+            raise TraderError(
+                grpc.StatusCode.UNAVAILABLE, f"no engine is pricing match {match_id!r} right now; retry"
+            ) from None
+        headers = reply.headers or {}
+        if "code" in headers:
+            raise TraderError(grpc.StatusCode[headers["code"]], headers.get("message", ""))
+        return int(reply.data)
 
     async def SuspendMarket(
         self, request: ts.SuspendMarketRequest, context: grpc.aio.ServicerContext
     ) -> ts.SuspendMarketResponse:
-        v = await self._act(
-            context,
-            request,
-            request.request_id,
-            request.market.match_id,
-            "suspend_market",
-            lambda m: m.trader_suspend(self._market(m, request.market)),
-        )
-        return ts.SuspendMarketResponse(version=v)
+        return ts.SuspendMarketResponse(version=await self._call(context, "suspend_market", request))
 
     async def ResumeMarket(
         self, request: ts.ResumeMarketRequest, context: grpc.aio.ServicerContext
     ) -> ts.ResumeMarketResponse:
-        v = await self._act(
-            context,
-            request,
-            request.request_id,
-            request.market.match_id,
-            "resume_market",
-            lambda m: m.trader_resume(self._market(m, request.market)),
-        )
-        return ts.ResumeMarketResponse(version=v)
+        return ts.ResumeMarketResponse(version=await self._call(context, "resume_market", request))
 
     async def SuspendMatch(
         self, request: ts.SuspendMatchRequest, context: grpc.aio.ServicerContext
     ) -> ts.SuspendMatchResponse:
-        v = await self._act(
-            context, request, request.request_id, request.match_id, "suspend_match", lambda m: m.trader_suspend()
-        )
-        return ts.SuspendMatchResponse(version=v)
+        return ts.SuspendMatchResponse(version=await self._call(context, "suspend_match", request))
 
     async def ResumeMatch(
         self, request: ts.ResumeMatchRequest, context: grpc.aio.ServicerContext
     ) -> ts.ResumeMatchResponse:
-        v = await self._act(
-            context, request, request.request_id, request.match_id, "resume_match", lambda m: m.trader_resume()
-        )
-        return ts.ResumeMatchResponse(version=v)
+        return ts.ResumeMatchResponse(version=await self._call(context, "resume_match", request))
 
     async def SetMargin(self, request: ts.SetMarginRequest, context: grpc.aio.ServicerContext) -> ts.SetMarginResponse:
-        try:
-            margin = float(request.margin)
-        except ValueError:
-            await context.abort(
-                grpc.StatusCode.INVALID_ARGUMENT, f"margin must be a decimal like 0.05, got {request.margin!r}"
-            )
-            raise AssertionError("unreachable") from None
-        v = await self._act(
-            context,
-            request,
-            request.request_id,
-            request.match_id,
-            "set_margin",
-            lambda m: m.set_margin(margin, request.market_type),
-        )
-        return ts.SetMarginResponse(version=v)
+        return ts.SetMarginResponse(version=await self._call(context, "set_margin", request))

@@ -1,7 +1,12 @@
 """The FEED stream in NATS JetStream: configuration and the publisher.
 
-Stream ``FEED``: subjects ``feed.<provider>.<match>`` (``feed.<provider>._provider`` for
-provider-wide events such as alive or provider down), file storage, one replica locally (three in
+Stream ``FEED``: events are published on ``feed.<provider>.<match>`` (``feed.<provider>`` for
+provider-wide events such as alive or provider down). The stream's **subject transform** stores a
+match's events as ``feed.<provider>.<partition>.<match>``, where ``partition`` is NATS's
+deterministic ``partition(PARTITIONS)`` hash of the match token (FNV-1a, see
+:func:`partition_of`), so pricing engine replicas can each consume a share of the matches
+(:func:`partition_subjects`); provider-wide events are not transformed and reach every share.
+File storage, one replica locally (three in
 a cluster), a **duplicate window of 10 minutes** (any retry or replay of the same message within it
 is stored once: every publish carries ``Nats-Msg-Id`` = the event id), messages kept 7 days.
 
@@ -13,6 +18,7 @@ acknowledged (a retry is safe: the events that did get stored are recognised as 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import re
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -23,13 +29,25 @@ from livebet.feed.v1 import event_pb2
 from nats.aio.client import Client as NatsClient
 from nats.aio.msg import Msg
 from nats.js import JetStreamContext
-from nats.js.api import ConsumerConfig, DeliverPolicy, DiscardPolicy, StorageType, StreamConfig, StreamInfo
+from nats.js.api import (
+    AckPolicy,
+    ConsumerConfig,
+    DeliverPolicy,
+    DiscardPolicy,
+    StorageType,
+    StreamConfig,
+    StreamInfo,
+    SubjectTransform,
+)
 
 STREAM = "FEED"
 SUBJECT_ROOT = "feed"
 DUPLICATE_WINDOW_S = 600.0
 MAX_AGE_S = 7 * 24 * 3600.0
 GAP_HEADER = "Livebet-Gap"
+# How many shares the matches are hashed into (fixed for the life of the stream: changing it moves
+# matches between shares, so a change needs the engines stopped and the stream re-created).
+PARTITIONS = 16
 _UNSAFE = re.compile(r"[.\s*>]")
 
 
@@ -42,14 +60,33 @@ def token(text: str) -> str:
     return _UNSAFE.sub("_", text) or "_"
 
 
-def subject_for(provider: str, match_id: str) -> str:
-    return f"{SUBJECT_ROOT}.{token(provider)}.{token(match_id) if match_id else '_provider'}"
+def subject_for(provider: str, match_id: str, root: str = SUBJECT_ROOT) -> str:
+    """The subject an event is published on (before the stream's partition transform)."""
+    return f"{root}.{token(provider)}.{token(match_id)}" if match_id else f"{root}.{token(provider)}"
+
+
+def partition_of(match_id: str, partitions: int = PARTITIONS) -> int:
+    """The share a match belongs to: NATS's ``{{partition(n,k)}}`` (32-bit FNV-1a of the subject
+    token, modulo ``n``), computed here so a service can route by match without asking NATS."""
+    h = 0x811C9DC5
+    for byte in token(match_id).encode():
+        h = ((h ^ byte) * 0x01000193) & 0xFFFFFFFF
+    return h % partitions
+
+
+def partition_subjects(k: int, root: str = SUBJECT_ROOT) -> list[str]:
+    """What the consumer of share ``k`` filters on: its matches' events and every provider-wide event."""
+    return [f"{root}.*.{k}.*", f"{root}.*"]
 
 
 def stream_config(name: str = STREAM, replicas: int = 1) -> StreamConfig:
+    root = SUBJECT_ROOT if name == STREAM else name.lower()
     return StreamConfig(
         name=name,
-        subjects=[f"{SUBJECT_ROOT}.>"] if name == STREAM else [f"{name.lower()}.>"],
+        subjects=[f"{root}.>"],
+        subject_transform=SubjectTransform(
+            src=f"{root}.*.*", dest=f"{root}.{{{{wildcard(1)}}}}.{{{{partition({PARTITIONS},2)}}}}.{{{{wildcard(2)}}}}"
+        ),
         storage=StorageType.FILE,
         num_replicas=replicas,
         duplicate_window=DUPLICATE_WINDOW_S,
@@ -107,7 +144,7 @@ class JetStreamPublisher:
         self._counter = 0
 
     def _subject(self, e: event_pb2.FeedEvent) -> str:
-        return f"{self.subject_root}.{token(e.provider)}.{token(e.match_id) if e.match_id else '_provider'}"
+        return subject_for(e.provider, e.match_id, self.subject_root)
 
     async def start(self) -> None:
         self._inbox = self.nc.new_inbox()
@@ -162,28 +199,43 @@ class JetStreamPublisher:
 
 
 async def replay(
-    js: JetStreamContext, upto: int, handle: Callable[[event_pb2.FeedEvent], object], timeout: float = 300.0
+    js: JetStreamContext,
+    upto: int,
+    handle: Callable[[event_pb2.FeedEvent], object],
+    subjects: list[str] | None = None,
+    timeout: float = 300.0,
 ) -> int:
-    """Hand every FEED event up to stream sequence ``upto`` (inclusive), in order, to ``handle``
-    (an ordered consumer: nothing is acknowledged or changed). Returns how many were handled."""
+    """Hand every FEED event up to stream sequence ``upto`` (inclusive) on ``subjects`` (default:
+    all), in order, to ``handle``. An ephemeral consumer that acknowledges nothing and changes
+    nothing. Returns how many were handled."""
     if upto <= 0:
         return 0
-    done = asyncio.Event()
-    count = 0
-
-    async def on_msg(msg: Msg) -> None:
-        nonlocal count
-        seq = msg.metadata.sequence.stream
-        if seq <= upto:
-            handle(event_pb2.FeedEvent.FromString(msg.data))
-            count += 1
-        if seq >= upto:
-            done.set()
-
-    config = ConsumerConfig(deliver_policy=DeliverPolicy.ALL)
-    sub = await js.subscribe(f"{SUBJECT_ROOT}.>", stream=STREAM, ordered_consumer=True, cb=on_msg, config=config)
+    config = ConsumerConfig(
+        deliver_policy=DeliverPolicy.ALL,
+        ack_policy=AckPolicy.NONE,
+        filter_subjects=subjects or [f"{SUBJECT_ROOT}.>"],
+        inactive_threshold=30.0,
+        mem_storage=True,
+    )
+    info = await js.add_consumer(STREAM, config)
+    sub = await js.pull_subscribe_bind(info.name, stream=STREAM)
+    count, pending = 0, info.num_pending or 0
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout
     try:
-        await asyncio.wait_for(done.wait(), timeout)
+        while pending > 0:
+            if loop.time() > deadline:
+                raise TimeoutError(f"replay of {STREAM} did not reach sequence {upto} in {timeout} s")
+            for msg in await sub.fetch(1000, timeout=5.0):
+                meta = msg.metadata
+                pending = meta.num_pending
+                if meta.sequence.stream > upto:
+                    return count
+                handle(event_pb2.FeedEvent.FromString(msg.data))
+                count += 1
+                if meta.sequence.stream == upto:
+                    return count
     finally:
-        await sub.unsubscribe()
+        with contextlib.suppress(Exception):
+            await js.delete_consumer(STREAM, info.name)
     return count

@@ -87,7 +87,7 @@ def test_children_die_with_a_killed_supervisor(tmp_path: Path) -> None:
     tmp_path.chmod(0o755)
     m = start_mesh(tmp_path / "data", free_port_topology(tmp_path), tmp_path / "mesh.log")
     pids = all_pids(m)
-    assert len(pids) == 11  # servers, service replicas, Envoy and the simulator
+    assert len(pids) == 12  # servers, service replicas, Envoy and the simulator
     m.popen.kill()
     m.popen.wait(10)
     wait_for(lambda: not any(pid_alive(p) for p in pids), 30, what="children gone after the supervisor died")

@@ -83,3 +83,28 @@ def test_holds_keep_markets_suspended_until_resolved() -> None:
     missed.penalty.phase = ev.PENALTY_PHASE_MISSED
     engine.apply(missed)
     assert any(q.status is Status.OPEN for q in m.quotes.values())
+
+
+def test_lease_plan_takes_a_fair_part_and_gives_back_the_extra() -> None:
+    from pricing.leases import plan
+
+    take, give = plan("a", 16, {}, set())
+    assert len(take) == 16 and give == []
+    take, give = plan("b", 16, {k: "a" for k in range(16)}, {"a"})
+    assert take == [] and give == []  # nothing free: b waits for a to give back
+    take, give = plan("a", 16, {k: "a" for k in range(16)}, {"a", "b"})
+    assert give == list(range(8, 16)) and take == []
+    take, give = plan("b", 16, {k: "a" for k in range(8)}, {"a", "b"})
+    assert sorted(take) == list(range(8, 16)) and give == []
+    take, _ = plan("c", 16, {k: "a" for k in range(6)} | {k: "b" for k in range(6, 12)}, {"a", "b", "c"})
+    assert sorted(take) == [12, 13, 14, 15]  # ceil(16 / 3) = 6, only 4 free
+    a, _ = plan("a", 16, {}, {"a", "b"})
+    b, _ = plan("b", 16, {}, {"a", "b"})
+    assert len(a) == len(b) == 8 and a != b  # replicas starting together try different shares first
+
+
+def test_partition_of_is_nats_fnv1a_modulo() -> None:
+    from feed.adapters.jetstream import partition_of
+
+    # the values nats-server 2.15's {{partition(4,2)}} gave for these tokens
+    assert [partition_of(m, 4) for m in ["m1", "m2", "m3", "m4", "m5"]] == [3, 2, 1, 0, 3]

@@ -1,0 +1,115 @@
+"""Which engine replica prices which matches: leases on the FEED stream's partitions.
+
+The matches are hashed into ``PARTITIONS`` shares by the FEED stream itself (see
+:mod:`feed.adapters.jetstream`). A replica prices a share only while it holds that share's
+**lease**, a key ``p.<k>`` in the NATS key-value bucket ``pricing-leases`` whose value is the
+replica's instance id. The bucket's keys live ``LEASE_TTL`` seconds; the holder renews its leases
+every ``RENEW_EVERY`` seconds with a compare-and-set on the key's revision, so
+
+- at most one replica holds a share at a time (creating a lease is a compare-and-set too);
+- a replica that dies stops renewing and its shares are free ``LEASE_TTL`` s later, when the
+  others take them (worst case ``LEASE_TTL + RENEW_EVERY`` plus the share's rebuild);
+- a replica that cannot renew (NATS slow, process paused) stops pricing the share at once.
+
+Each replica also keeps a ``member.<instance>`` key alive; the replicas balance the shares between
+the live members (:func:`plan`): a replica above its fair share gives the extra ones back, so a
+replica that joins gets work without anyone restarting.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import math
+from dataclasses import dataclass
+
+import nats.js.errors
+from nats.js import JetStreamContext
+from nats.js.api import KeyValueConfig, StorageType
+from nats.js.kv import KeyValue
+
+BUCKET = "pricing-leases"
+LEASE_TTL = 2.5
+RENEW_EVERY = 0.75
+
+
+@dataclass(frozen=True)
+class Lease:
+    partition: int
+    holder: str
+    revision: int
+
+
+def plan(me: str, partitions: int, holders: dict[int, str], members: set[str]) -> tuple[list[int], list[int]]:
+    """The shares ``me`` should try to take and the ones it should give back (pure).
+
+    Fair share = ceil(partitions / live members). Free shares are tried in an order that depends
+    on the replica, so replicas starting together mostly try different ones."""
+    n = len(members | {me})
+    fair = math.ceil(partitions / n)
+    mine = sorted(k for k, h in holders.items() if h == me)
+    if len(mine) > fair:
+        return [], mine[fair:]
+    free = sorted(
+        (k for k in range(partitions) if k not in holders),
+        key=lambda k: hashlib.sha256(f"{me}:{k}".encode()).digest(),
+    )
+    return free[: fair - len(mine)], []
+
+
+async def lease_store(js: JetStreamContext) -> KeyValue:
+    try:
+        return await js.key_value(BUCKET)
+    except nats.js.errors.BucketNotFoundError:
+        return await js.create_key_value(
+            KeyValueConfig(bucket=BUCKET, history=1, ttl=LEASE_TTL, storage=StorageType.FILE)
+        )
+
+
+class Leases:
+    """The lease table seen from one replica (all I/O on the key-value bucket)."""
+
+    def __init__(self, kv: KeyValue, js: JetStreamContext, me: str, partitions: int) -> None:
+        self.kv, self.js, self.me, self.partitions = kv, js, me, partitions
+        self.held: dict[int, int] = {}  # partition -> revision of our lease
+
+    async def heartbeat(self) -> None:
+        await self.kv.put(f"member.{self.me}", b"1")
+
+    async def members(self) -> set[str]:
+        info = await self.js.stream_info(f"KV_{BUCKET}", subjects_filter=f"$KV.{BUCKET}.member.>")
+        subjects = info.state.subjects or {}
+        return {s.rsplit(".", 1)[1] for s in subjects}
+
+    async def holders(self) -> dict[int, str]:
+        out: dict[int, str] = {}
+        for k in range(self.partitions):
+            try:
+                entry = await self.kv.get(f"p.{k}")
+            except (nats.js.errors.KeyNotFoundError, nats.js.errors.KeyDeletedError):
+                continue
+            if entry.value:
+                out[k] = entry.value.decode()
+        return out
+
+    async def renew(self, k: int) -> bool:
+        """Extend our lease on ``k``; False when it is no longer ours."""
+        try:
+            self.held[k] = await self.kv.update(f"p.{k}", self.me.encode(), last=self.held[k])
+            return True
+        except (KeyError, nats.js.errors.KeyWrongLastSequenceError, nats.js.errors.APIError):
+            self.held.pop(k, None)
+            return False
+
+    async def take(self, k: int) -> bool:
+        try:
+            self.held[k] = await self.kv.create(f"p.{k}", self.me.encode())
+            return True
+        except (nats.js.errors.KeyWrongLastSequenceError, nats.js.errors.APIError):
+            return False
+
+    async def give(self, k: int) -> None:
+        rev = self.held.pop(k, None)
+        if rev is not None:
+            with contextlib.suppress(nats.js.errors.APIError):  # expired or taken: nothing of ours
+                await self.kv.delete(f"p.{k}", last=rev)
