@@ -25,6 +25,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import os
 import time
 import uuid
 
@@ -51,6 +52,12 @@ FIRST_WAIT = 1.0
 FETCH = 500
 
 
+def provider_mode_setting() -> frozenset[str]:
+    """``LIVEBET_PRICING_PROVIDER_MODE``: comma-separated providers whose matches are priced in
+    provider mode (their odds re-margined) rather than by the model; empty by default."""
+    return frozenset(p.strip() for p in os.environ.get("LIVEBET_PRICING_PROVIDER_MODE", "").split(",") if p.strip())
+
+
 def durable(k: int) -> str:
     return f"pricing-p{k}"
 
@@ -69,7 +76,14 @@ class Share:
 
 
 class Runner:
-    def __init__(self, nats_dep: NatsDependency, redis_dep: RedisDependency, instance: str) -> None:
+    def __init__(
+        self,
+        nats_dep: NatsDependency,
+        redis_dep: RedisDependency,
+        instance: str,
+        provider_mode: frozenset[str] = frozenset(),
+    ) -> None:
+        self.provider_mode = provider_mode
         self.nats_dep = nats_dep
         self.redis_dep = redis_dep
         self.instance = instance
@@ -112,7 +126,7 @@ class Runner:
             await js.delete_consumer(STREAM, durable(share.k))
         except nats.js.errors.NotFoundError:
             floor = 0
-        share.engine = Engine()
+        share.engine = Engine(self.provider_mode)
         count = await replay(js, floor, share.engine.apply, partition_subjects(share.k))
         redis = self.redis_dep.client
         for match_id, m in share.engine.matches.items():
@@ -184,7 +198,7 @@ def build(app: ServiceApp) -> None:
     ready = app.add_dependency(Readiness("engine"))
     # a lease holder's identity: unique per process, so a restarted replica never mistakes a
     # previous life's leases for its own
-    runner = Runner(nats_dep, redis_dep, f"{s.instance}-{uuid.uuid4().hex[:8]}")
+    runner = Runner(nats_dep, redis_dep, f"{s.instance}-{uuid.uuid4().hex[:8]}", provider_mode_setting())
     trader = TraderApi(runner)
     app.add_service(
         "livebet.odds.v1.TraderService", trader, trader_service_pb2_grpc.add_TraderServiceServicer_to_server

@@ -34,7 +34,7 @@ from nats.js.kv import KeyValue
 
 from feed.adapters.jetstream import partition_of
 from pricing.live.book import Delta, LiveMatch
-from pricing.live.engine import Engine
+from pricing.live.engine import Engine, market_key
 
 if TYPE_CHECKING:
     from pricing.server import Runner
@@ -57,13 +57,6 @@ def _match_key(match_id: str) -> str:
     return "match." + hashlib.sha256(match_id.encode()).hexdigest()[:40]
 
 
-def engine_key(ref: common_pb2.MarketRef) -> str:
-    """``total|total=2.5`` → ``total:2.5`` (the engine's and the CLI's key)."""
-    parts = ref.market_key.split("|") if ref.market_key else [ref.market_type]
-    values = [p.partition("=")[2] for p in parts[1:]]
-    return ":".join([parts[0], *values]) if values else parts[0]
-
-
 def _state(m: LiveMatch) -> dict[str, Any]:
     return {
         "match_id": m.match_id,
@@ -71,6 +64,7 @@ def _state(m: LiveMatch) -> dict[str, Any]:
         "markets": sorted(m.trader_markets),
         "margin": m.margin,
         "margins": m.margins_by_type,
+        "mode": m.mode,
     }
 
 
@@ -96,6 +90,7 @@ async def apply_trader_state(engine: Engine, kv: KeyValue) -> int:
         m.trader_markets = set(state.get("markets", []))
         m.margin = float(state.get("margin", m.margin))
         m.margins_by_type = {k: float(v) for k, v in state.get("margins", {}).items()}
+        m.mode = state.get("mode", m.mode)
         count += 1
     return count
 
@@ -107,7 +102,7 @@ class TraderError(Exception):
 
 
 def _market(m: LiveMatch, ref: common_pb2.MarketRef) -> str:
-    key = engine_key(ref)
+    key = market_key(ref)
     if key not in m.quotes:
         raise KeyError(f"match {m.match_id} has no market {ref.market_key or ref.market_type!r}")
     return key
@@ -123,6 +118,15 @@ def _margin(text: str) -> float:
 
 # name -> (request type, its match id, the action on the match)
 _Action = Callable[[LiveMatch], Delta | None]
+
+
+def _mode_action(mode: int) -> _Action:
+    name = {ts.PRICING_MODE_MODEL: "model", ts.PRICING_MODE_PROVIDER: "provider"}.get(mode)  # type: ignore[call-overload]
+    if name is None:
+        raise TraderError(grpc.StatusCode.INVALID_ARGUMENT, "mode must be PRICING_MODE_MODEL or PRICING_MODE_PROVIDER")
+    return lambda m: m.set_mode(name)
+
+
 _ACTIONS: dict[str, tuple[type[Message], Callable[[Any], str], Callable[[Any], _Action]]] = {
     "suspend_market": (
         ts.SuspendMarketRequest,
@@ -141,6 +145,7 @@ _ACTIONS: dict[str, tuple[type[Message], Callable[[Any], str], Callable[[Any], _
         lambda r: r.match_id,
         lambda r: (lambda margin: lambda m: m.set_margin(margin, r.market_type))(_margin(r.margin)),
     ),
+    "set_pricing_mode": (ts.SetPricingModeRequest, lambda r: r.match_id, lambda r: _mode_action(r.mode)),
 }
 
 
@@ -261,3 +266,8 @@ class TraderApi(trader_service_pb2_grpc.TraderServiceServicer):
 
     async def SetMargin(self, request: ts.SetMarginRequest, context: grpc.aio.ServicerContext) -> ts.SetMarginResponse:
         return ts.SetMarginResponse(version=await self._call(context, "set_margin", request))
+
+    async def SetPricingMode(
+        self, request: ts.SetPricingModeRequest, context: grpc.aio.ServicerContext
+    ) -> ts.SetPricingModeResponse:
+        return ts.SetPricingModeResponse(version=await self._call(context, "set_pricing_mode", request))

@@ -9,6 +9,10 @@ Rules
   goal by the next safe signal, goal or clock update; a penalty by its goal or miss; VAR by its
   decision; a bet stop by the next provider state; provider down by its ``snapshot_complete``.
   A trader suspension is lifted only by the trader.
+- **Provider mode** (``mode == "provider"``): instead of the model's prices, the provider's latest
+  odds for each market (its margin removed, or its probabilities as given) with the operator's
+  margin; markets the provider does not quote are not offered, markets it suspends are suspended.
+  The model still decides which markets are settled by the score (closed).
 - Only what changed is published: a market appears in a delta when its status or any offered price
   changed. Decided markets close and stay closed.
 """
@@ -21,7 +25,9 @@ from enum import Enum
 import numpy as np
 from numpy.typing import NDArray
 
+from pricing import ladder
 from pricing.football import MatchState, Period, fit_expected_goals
+from pricing.margin import MarginError, apply_margin
 from pricing.markets import CATALOGUE, ROW_START, market_identity, row_values
 from pricing.pricer import DEFAULT_MARGIN, DEFAULT_METHOD, PricedBook, price_match
 
@@ -47,6 +53,9 @@ _FIRST_ROW = np.array([s.rows[0] for s in CATALOGUE])
 _INDEX = {s.key: k for k, s in enumerate(CATALOGUE)}
 _HT = _INDEX["halftime_1x2"]
 _NEXT = _INDEX["next_goal"]
+
+
+_Probs = dict[int, tuple[float, ...]]
 
 
 class Hold(Enum):
@@ -108,6 +117,9 @@ class LiveMatch:
     _next_n: int = 0
     quotes: dict[str, MarketQuote] = field(default_factory=dict)
     last_event_ms: int = 0
+    mode: str = "model"  # or "provider"
+    # provider mode: market key -> (quoted active, outcome -> fair probability)
+    provider_markets: dict[str, tuple[bool, dict[str, float]]] = field(default_factory=dict)
 
     # --- inputs --------------------------------------------------------------------------------
     def set_fixture(
@@ -169,6 +181,10 @@ class LiveMatch:
         )
         f = book.fair
         cents = np.where(_MASK, book.odds_cents[_POS], 0)
+        provider_probs: _Probs = {}
+        provider_off = np.zeros(_N_SPECS, dtype=bool)
+        if self.mode == "provider":
+            cents, provider_probs, provider_off = self._provider_rows(f.next_goal)
         closed = f.closed[_FIRST_ROW]
         if not f.has_halftime:
             closed[_HT] = True
@@ -181,7 +197,7 @@ class LiveMatch:
             if k >= 0:
                 trader[k] = True
         held = bool(self.holds) or self.ended
-        status = np.where(closed, _CLOSED, np.where(~offered | held | trader, _SUSPENDED, _OPEN))
+        status = np.where(closed, _CLOSED, np.where(~offered | held | trader | provider_off, _SUSPENDED, _OPEN))
         new_next = f.next_goal != self._next_n
         if self._status is None or self._cents is None:
             changed = np.ones(_N_SPECS, dtype=bool)
@@ -206,11 +222,13 @@ class LiveMatch:
                 reason = "not_offered"
             elif trader[k]:
                 reason = "trader"
+            elif provider_off[k] and not held:
+                reason = "provider"
             elif st == _SUSPENDED:
                 reason = hold_reason
             else:
                 reason = ""
-            probs = tuple(round(float(x), 6) for x in row_values(spec, f.p))
+            probs = provider_probs.get(k) or tuple(round(float(x), 6) for x in row_values(spec, f.p))
             n = len(spec.outcomes)
             out.append(
                 MarketQuote(
@@ -244,6 +262,32 @@ class LiveMatch:
         self._next_n = f.next_goal
         return self._next(out, cause)
 
+    def _provider_rows(self, next_goal: int) -> tuple[NDArray[np.int64], _Probs, NDArray[np.bool_]]:
+        """Provider mode: each catalogue market's prices from the provider's fair probabilities
+        with our margin (zero where the provider has no usable quote), those probabilities, and
+        which markets the provider has suspended."""
+        cents = np.zeros((_N_SPECS, _WIDTH), dtype=np.int64)
+        probs: _Probs = {}
+        off = np.zeros(_N_SPECS, dtype=bool)
+        for key, (active, fair) in self.provider_markets.items():
+            k = _NEXT if key == f"next_goal:{next_goal}" else _INDEX.get(key, -1)
+            if k < 0 or CATALOGUE[k].complement:
+                continue  # unknown here, or a market whose outcomes overlap (priced by the model only)
+            spec = CATALOGUE[k]
+            ps = [fair.get(o, 0.0) for o in spec.outcomes]
+            margin = self.margins_by_type.get(spec.market_type, self.margin)
+            try:
+                odds = apply_margin(ps, margin, self.method)
+            except MarginError:
+                continue  # a decided or degenerate quote: not offered
+            cents[k, : len(ps)] = ladder.round_down(np.asarray(odds, dtype=np.float64))
+            probs[k] = tuple(round(x, 6) for x in ps)
+            off[k] = not active
+        return cents, probs, off
+
+    def set_provider_market(self, key: str, active: bool, fair: dict[str, float]) -> None:
+        self.provider_markets[key] = (active, fair)
+
     # --- trader actions ------------------------------------------------------------------------
     def trader_suspend(self, market_key: str = "") -> Delta | None:
         """Suspend the match, or one market (``market_key`` as in ``MarketQuote.key``)."""
@@ -259,6 +303,12 @@ class LiveMatch:
         else:
             self.holds.discard(Hold.TRADER)
         return self.reprice("trader")
+
+    def set_mode(self, mode: str) -> Delta | None:
+        if mode not in ("model", "provider"):
+            raise ValueError(f"pricing mode must be model or provider, got {mode!r}")
+        self.mode = mode
+        return self.reprice("pricing_mode")
 
     def set_margin(self, margin: float, market_type: str = "") -> Delta | None:
         if not 0 <= margin < 1:

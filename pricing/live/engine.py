@@ -9,10 +9,13 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 
+from livebet.common.v1 import common_pb2
 from livebet.feed.v1 import event_pb2 as ev
 
 from pricing.football import Period
 from pricing.live.book import Delta, Hold, LiveMatch
+from pricing.margin import MarginError, remove_margin
+from pricing.pricer import DEFAULT_METHOD
 
 _PERIOD = {
     ev.PERIOD_FIRST_HALF: Period.FIRST_HALF,
@@ -30,16 +33,67 @@ def _odds(text: str) -> float | None:
     return value if value > 1.0 else None
 
 
+_LINES = {"total", "asian_handicap"}  # specifier values that are numbers: "3" and "3.0" are one line
+
+
+def market_key(ref: common_pb2.MarketRef) -> str:
+    """A market reference as the engine's key: ``total|total=2.5`` → ``total:2.5``."""
+    parts = ref.market_key.split("|") if ref.market_key else [ref.market_type]
+    values = [p.partition("=")[2] for p in parts[1:]] or [s.value for s in ref.specifiers]
+    if parts[0] in _LINES:
+        values = [_number(v) for v in values]
+    return ":".join([parts[0], *values]) if values else parts[0]
+
+
+def _number(text: str) -> str:
+    try:
+        return str(float(text))
+    except ValueError:
+        return text
+
+
+def provider_fair(pm: ev.ProviderMarket, method: str = DEFAULT_METHOD) -> dict[str, float] | None:
+    """A provider market's fair probabilities: its probabilities when it gives them all, else its
+    odds with the margin removed; None when neither is usable."""
+    probs = [_probability(o.probability.decimal) for o in pm.outcomes]
+    if pm.outcomes and all(p is not None for p in probs):
+        total = sum(p for p in probs if p is not None)
+        if total > 0:
+            return {o.outcome_id: (p or 0.0) / total for o, p in zip(pm.outcomes, probs, strict=True)}
+    odds = [_odds(o.odds.decimal) for o in pm.outcomes]
+    if len(odds) >= 2 and all(x is not None for x in odds):
+        try:
+            fair = remove_margin([x for x in odds if x is not None], method)
+        except MarginError:
+            return None
+        return {o.outcome_id: p for o, p in zip(pm.outcomes, fair, strict=True)}
+    return None
+
+
+def _probability(text: str) -> float | None:
+    try:
+        value = float(text)
+    except ValueError:
+        return None
+    return value if 0 <= value <= 1 else None
+
+
 class Engine:
-    def __init__(self) -> None:
+    """``provider_mode``: providers whose matches are priced in provider mode from the start
+    (a trader can switch any match either way)."""
+
+    def __init__(self, provider_mode: frozenset[str] = frozenset()) -> None:
         self.matches: dict[str, LiveMatch] = {}
         self.provider_of: dict[str, str] = {}
         self.processed = 0
+        self.provider_mode = provider_mode
 
     def match(self, match_id: str) -> LiveMatch:
         m = self.matches.get(match_id)
         if m is None:
             m = self.matches[match_id] = LiveMatch(match_id)
+            if self.provider_of.get(match_id) in self.provider_mode:
+                m.mode = "provider"
         return m
 
     def apply(self, e: ev.FeedEvent) -> list[Delta]:
@@ -53,8 +107,10 @@ class Engine:
         if not e.match_id or kind is None:
             return []
         self.provider_of[e.match_id] = e.provider
-        if kind != "fixture_change" and e.match_id not in self.matches:
-            return []  # prices need the fixture's pre-match odds first
+        if e.match_id not in self.matches and not (
+            kind == "fixture_change" or (kind == "provider_odds" and e.provider in self.provider_mode)
+        ):
+            return []  # the model needs the fixture's pre-match odds first
         m = self.match(e.match_id)
         out: list[Delta] = []
 
@@ -116,8 +172,20 @@ class Engine:
                 emit(_release(m, Hold.POSSIBLE_GOAL, "safe"))
         elif kind == "bet_stop":
             emit(_hold(m, Hold.BET_STOP, "bet_stop"))
-        elif kind == "provider_odds" and Hold.BET_STOP in m.holds:
-            emit(_release(m, Hold.BET_STOP, "provider_odds"))
+        elif kind == "provider_odds":
+            for pm in e.provider_odds.markets:
+                key = market_key(pm.market)
+                if pm.status in (ev.PROVIDER_MARKET_STATUS_ACTIVE, ev.PROVIDER_MARKET_STATUS_SUSPENDED):
+                    fair = provider_fair(pm, m.method)
+                    if fair is not None:
+                        active = pm.status == ev.PROVIDER_MARKET_STATUS_ACTIVE and all(o.active for o in pm.outcomes)
+                        m.set_provider_market(key, active, fair)
+                        continue
+                m.provider_markets.pop(key, None)  # deactivated, settled, cancelled or unusable
+            if Hold.BET_STOP in m.holds:
+                emit(_release(m, Hold.BET_STOP, "provider_odds"))
+            elif m.mode == "provider":
+                emit(m.reprice("provider_odds"))
         if e.HasField("received_at"):
             m.last_event_ms = e.received_at.ToMilliseconds()
         return out

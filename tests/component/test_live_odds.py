@@ -41,6 +41,7 @@ class Live:
 def live(servers_root: Path) -> Iterator[Live]:
     n, r = start_nats(servers_root, "nats-live"), start_valkey(servers_root, "redis-live")
     env = {"LIVEBET_NATS_URL": n.url, "LIVEBET_REDIS_URL": r.url, "LIVEBET_FEED_PROVIDER_SILENCE_SECONDS": "120"}
+    env["LIVEBET_PRICING_PROVIDER_MODE"] = "prov"
     procs = [
         Proc(service_spec("feed", "feed.server", env), servers_root / "live-feed.log").start(),
         Proc(service_spec("pricing", "pricing.server", env), servers_root / "live-pricing.log").start(),
@@ -250,3 +251,42 @@ def test_a_client_that_never_reads_does_not_delay_others_and_is_conflated(live: 
     conflations = float(line.split()[1])
     assert conflations > 0  # the stuck client was conflated, not queued without bound
     stuck.cancel()
+
+
+def test_provider_mode_publishes_the_providers_odds_re_margined(live: Live) -> None:
+    from livebet.odds.v1 import trader_service_pb2 as ts
+    from livebet.odds.v1 import trader_service_pb2_grpc
+
+    from pricing.margin import remove_margin
+
+    live.send(fixture("lo-prov", provider="prov"), provider="prov")
+    e = ev.FeedEvent(event_id="prov:lo-prov:1", provider="prov", match_id="lo-prov", sequence=1)
+    pm = e.provider_odds.markets.add(status=ev.PROVIDER_MARKET_STATUS_ACTIVE)
+    pm.market.market_type = pm.market.market_key = "1x2"
+    for outcome, odds in (("home", "2.00"), ("draw", "3.50"), ("away", "4.00")):
+        pm.outcomes.add(outcome_id=outcome, active=True).odds.decimal = odds
+    live.send(e, provider="prov")
+
+    def priced() -> bool:
+        s = live.snapshot("lo-prov")
+        return s is not None and by_key(s.markets)["1x2"].status == market_pb2.MARKET_STATUS_OPEN
+
+    wait_for(priced, 30, what="priced from the provider's odds")
+    image = live.snapshot("lo-prov")
+    assert image is not None
+    one = by_key(image.markets)["1x2"]
+    fair = remove_margin([2.0, 3.5, 4.0], "shin")
+    assert [o.probability.decimal for o in one.outcomes] == [f"{p:.6f}" for p in fair]
+    assert one.status == market_pb2.MARKET_STATUS_OPEN
+    assert by_key(image.markets)["btts"].status == market_pb2.MARKET_STATUS_SUSPENDED  # not quoted by it
+
+    trader = trader_service_pb2_grpc.TraderServiceStub(grpc.insecure_channel(live.pricing.spec.health_target))
+    with pytest.raises(grpc.RpcError) as err:
+        trader.SetPricingMode(ts.SetPricingModeRequest(request_id="pm0", match_id="lo-prov"), timeout=10)
+    assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    reply = trader.SetPricingMode(
+        ts.SetPricingModeRequest(request_id="pm1", match_id="lo-prov", mode=ts.PRICING_MODE_MODEL), timeout=10
+    )
+    after = live.snapshot("lo-prov")
+    assert after is not None and after.version == reply.version
+    assert by_key(after.markets)["btts"].status == market_pb2.MARKET_STATUS_OPEN  # the model prices everything

@@ -108,3 +108,74 @@ def test_partition_of_is_nats_fnv1a_modulo() -> None:
 
     # the values nats-server 2.15's {{partition(4,2)}} gave for these tokens
     assert [partition_of(m, 4) for m in ["m1", "m2", "m3", "m4", "m5"]] == [3, 2, 1, 0, 3]
+
+
+Quote = tuple[str, "ev.ProviderMarketStatus", list[tuple[str, str]]]
+
+
+def _provider_odds(match_id: str, markets: list[Quote]) -> ev.FeedEvent:
+    e = ev.FeedEvent(event_id=f"po:{match_id}:{len(markets)}", provider="p", match_id=match_id)
+    for key, status, outcomes in markets:
+        pm = e.provider_odds.markets.add(status=status)
+        pm.market.market_key = key
+        pm.market.market_type = key.split("|")[0]
+        for outcome, odds in outcomes:
+            pm.outcomes.add(outcome_id=outcome, active=True).odds.decimal = odds
+    return e
+
+
+ACTIVE, SUSPENDED = ev.PROVIDER_MARKET_STATUS_ACTIVE, ev.PROVIDER_MARKET_STATUS_SUSPENDED
+
+
+def test_provider_mode_re_margins_the_providers_odds() -> None:
+    from pricing.margin import remove_margin
+
+    engine = Engine(provider_mode=frozenset({"p"}))
+    one_x_two = [("home", "2.00"), ("draw", "3.50"), ("away", "4.00")]
+    (d,) = engine.apply(
+        _provider_odds(
+            "pm", [("1x2", ACTIVE, one_x_two), ("total|total=3", SUSPENDED, [("over", "2.10"), ("under", "1.75")])]
+        )
+    )
+    m = engine.matches["pm"]
+    assert m.mode == "provider"
+    q = m.quotes["1x2"]
+    fair = remove_margin([2.0, 3.5, 4.0], "shin")
+    assert q.status is Status.OPEN
+    assert q.probabilities == tuple(round(p, 6) for p in fair)
+    booksum = sum(100 / c for c in q.odds_cents)
+    assert 1.05 <= booksum < 1.05 + 0.03  # the operator's 5 % margin, rounded down to the ladder
+    assert m.quotes["total:3.0"].status is Status.SUSPENDED and m.quotes["total:3.0"].reason == "provider"
+    assert m.quotes["btts"].status is Status.SUSPENDED and m.quotes["btts"].reason == "not_offered"
+    # the provider moves its price: only that market is republished
+    moved = [("home", "1.80"), ("draw", "3.80"), ("away", "4.60")]
+    (d2,) = engine.apply(_provider_odds("pm", [("1x2", ACTIVE, moved)]))
+    assert [q.key for q in d2.markets] == ["1x2"] and d2.version == d.version + 1
+    assert m.quotes["1x2"].odds_cents[0] < q.odds_cents[0]
+
+
+def test_a_trader_switches_a_model_match_to_provider_mode_and_back() -> None:
+    engine = Engine()
+    engine.apply(_event("fixture_change", fixture_change__fixture__match_id="m"))
+    m = engine.matches["m"]
+    model_home = m.quotes["1x2"].odds_cents[0]
+    short = [("home", "1.20"), ("draw", "6.0"), ("away", "12.0")]
+    assert engine.apply(_provider_odds("m", [("1x2", ACTIVE, short)])) == []  # model mode: kept, not used
+    d = m.set_mode("provider")
+    assert d is not None and m.quotes["1x2"].odds_cents[0] < 130 < model_home
+    assert m.quotes["btts"].status is Status.SUSPENDED
+    m.set_mode("model")
+    assert m.quotes["1x2"].odds_cents[0] == model_home and m.quotes["btts"].status is Status.OPEN
+
+
+def test_market_keys_from_references() -> None:
+    from livebet.common.v1 import common_pb2
+
+    from pricing.live.engine import market_key
+
+    assert market_key(common_pb2.MarketRef(market_key="total|total=3")) == "total:3.0"
+    assert market_key(common_pb2.MarketRef(market_key="asian_handicap|hcp=-0.5")) == "asian_handicap:-0.5"
+    assert market_key(common_pb2.MarketRef(market_key="next_goal|goalnr=2")) == "next_goal:2"
+    ref = common_pb2.MarketRef(market_type="total", specifiers=[common_pb2.Specifier(key="total", value="2.5")])
+    assert market_key(ref) == "total:2.5"
+    assert market_key(common_pb2.MarketRef(market_type="1x2")) == "1x2"
