@@ -1,34 +1,106 @@
 """The betting service process: ``python -m betting.server``.
 
-Depends on PostgreSQL (bets and the ledger; migrations run on start) and NATS (outbox relay).
-BettingService and WalletService are answered UNIMPLEMENTED by the generated base servicers until
-the bet-acceptance issue fills them in.
+Depends on PostgreSQL (bets and the wallet ledger; migrations run on start), Redis (the live odds
+bets are checked against) and NATS (the BETS stream the outbox relay publishes to, and WatchBets).
+Besides the gRPC services it runs two loops, safe to run in every replica at once:
+
+- the **decider**: pending in-play bets whose delay is over are accepted or rejected, each in its
+  own transaction with the bet row locked (``SKIP LOCKED``), so a bet is decided exactly once even
+  across replicas and restarts (a bet pending when the service stopped is decided when it is back);
+- the **outbox relay** (:mod:`betting.adapters.outbox`).
 """
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
+import logging
+from datetime import UTC, datetime
 from pathlib import Path
 
 from livebet.betting.v1 import betting_service_pb2_grpc, wallet_service_pb2_grpc
 
-from mesh.deps import NatsDependency, PostgresDependency
+from betting.adapters.odds import OddsView
+from betting.adapters.outbox import ensure_stream, run_relay
+from betting.adapters.store import STATUS_NAME, Store
+from betting.domain.rules import Config
+from betting.service import BettingApi, Decider, WalletApi
+from mesh.deps import NatsDependency, PostgresDependency, RedisDependency
 from mesh.service import ServiceApp, run
 
 MIGRATIONS = Path(__file__).with_name("migrations")
+log = logging.getLogger("betting")
+MAX_SLEEP = 0.5
+MAX_REQUEST_BYTES = 64 * 1024  # a 20-leg bet slip is about 3 KiB
+
+
+async def decide_due(store: Store, decider: Decider) -> int:
+    done = 0
+    for bet_id in await store.due():
+        bet = await store.decide(bet_id, decider)
+        if bet is not None:
+            done += 1
+            log.info(
+                "bet decided",
+                extra={"bet_id": bet.bet_id, "status": STATUS_NAME[bet.status], "detail": bet.reject_detail},
+            )
+    return done
 
 
 def build(app: ServiceApp) -> None:
     s = app.settings
-    app.add_dependency(PostgresDependency(s.postgres_dsn, MIGRATIONS, "betting", s.health_interval_seconds))
-    app.add_dependency(NatsDependency(s.nats_url, s.instance, s.health_interval_seconds))
-    bets = betting_service_pb2_grpc.BettingServiceServicer()
-    wallet = wallet_service_pb2_grpc.WalletServiceServicer()
+    config = Config.from_env()
+    app.max_receive_bytes = MAX_REQUEST_BYTES
+    pg = app.add_dependency(PostgresDependency(s.postgres_dsn, MIGRATIONS, "betting", s.health_interval_seconds, 20))
+    nats_dep = app.add_dependency(NatsDependency(s.nats_url, s.instance, s.health_interval_seconds))
+    redis_dep = app.add_dependency(RedisDependency(s.redis_url, s.health_interval_seconds))
+    store = Store(pg)
+    odds = OddsView(redis_dep)
+    bets = BettingApi(store, odds, config, nats_dep)
+    wallet = WalletApi(store)
+    decider = Decider(odds, config)
     app.add_service(
         "livebet.betting.v1.BettingService", bets, betting_service_pb2_grpc.add_BettingServiceServicer_to_server
     )
     app.add_service(
         "livebet.betting.v1.WalletService", wallet, wallet_service_pb2_grpc.add_WalletServiceServicer_to_server
     )
+
+    async def decide_loop() -> None:
+        while not app.stopping.is_set():
+            try:
+                await decide_due(store, decider)
+                nxt = await store.next_due()
+                wait = MAX_SLEEP
+                if nxt is not None:
+                    wait = min(MAX_SLEEP, max(0.0, (nxt - datetime.now(UTC)).total_seconds()))
+            except asyncio.CancelledError:
+                raise
+            except Exception:
+                log.warning("deciding pending bets failed; retrying", exc_info=True)
+                wait = 1.0
+            await asyncio.sleep(wait)
+
+    async def start() -> None:
+        await pg.wait_ready()
+        await redis_dep.wait_ready()
+        await nats_dep.wait_ready()
+        await ensure_stream(nats_dep.js)
+        tasks = [app.spawn(decide_loop()), app.spawn(run_relay(pg.pool, s.postgres_dsn, nats_dep, app.stopping))]
+
+        async def stop() -> None:
+            for t in tasks:
+                t.cancel()
+            for t in tasks:
+                with contextlib.suppress(asyncio.CancelledError, Exception):
+                    await t
+
+        app.on_stop(stop)
+
+    async def on_start() -> None:
+        app.spawn(start())
+
+    app.on_start(on_start)
 
 
 if __name__ == "__main__":

@@ -48,8 +48,8 @@ SERVER_OPTIONS = [
     ("grpc.keepalive_time_ms", 20_000),
     ("grpc.keepalive_timeout_ms", 10_000),
     ("grpc.http2.min_ping_interval_without_data_ms", 5_000),
-    ("grpc.max_receive_message_length", 8 * 1024 * 1024),
 ]
+DEFAULT_MAX_RECEIVE_BYTES = 8 * 1024 * 1024
 
 
 class ServiceApp:
@@ -62,6 +62,8 @@ class ServiceApp:
         self.health = health_aio.HealthServicer()
         self.stopping = asyncio.Event()
         self.grpc_port = 0
+        #: largest request message accepted (bigger: RESOURCE_EXHAUSTED before it is parsed)
+        self.max_receive_bytes = DEFAULT_MAX_RECEIVE_BYTES
         self._service_names: list[str] = []
         self._registrations: list[Register] = []
         self._on_start: list[Hook] = []
@@ -168,7 +170,10 @@ class ServiceApp:
     async def start(self) -> None:
         s = self.settings
         contracts.load_all()
-        server = grpc.aio.server(interceptors=[ObservabilityInterceptor(self.metrics)], options=SERVER_OPTIONS)
+        server = grpc.aio.server(
+            interceptors=[ObservabilityInterceptor(self.metrics)],
+            options=[*SERVER_OPTIONS, ("grpc.max_receive_message_length", self.max_receive_bytes)],
+        )
         for register in self._registrations:
             register(server)
         # Health starts NOT_SERVING: nothing is connected yet.

@@ -118,6 +118,7 @@ class LiveMatch:
     quotes: dict[str, MarketQuote] = field(default_factory=dict)
     last_event_ms: int = 0
     mode: str = "model"  # or "provider"
+    sport: int = 0  # livebet.common.v1.Sport
     # provider mode: market key -> (quoted active, outcome -> fair probability)
     provider_markets: dict[str, tuple[bool, dict[str, float]]] = field(default_factory=dict)
 

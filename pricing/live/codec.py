@@ -109,8 +109,10 @@ def snapshot(m: LiveMatch, published: Timestamp, cache: MarketCache | None = Non
         away_team=m.away,
         score=f"{m.home_goals}-{m.away_goals}",
         minute=int(m.minute),
-        source=market_pb2.PRICE_SOURCE_MODEL,
+        source=market_pb2.PRICE_SOURCE_PROVIDER if m.mode == "provider" else market_pb2.PRICE_SOURCE_MODEL,
         markets=markets,
+        in_play=m.live and not m.ended,
+        sport=m.sport or common_pb2.SPORT_FOOTBALL,  # type: ignore[arg-type]
     )
     out.published_at.CopyFrom(published)
     return out

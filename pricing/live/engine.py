@@ -126,6 +126,7 @@ class Engine:
             one = (h, d, a) if h and d and a else None
             ou = (over, under) if over and under else None
             m.set_fixture(f.home.name, f.away.name, one, ou)
+            m.sport = f.sport
             emit(m.reprice("fixture"))
         elif kind == "match_state":
             s = e.match_state.state

@@ -60,11 +60,12 @@ def test_health_follows_redis(servers_root: Path, nats_server: Server) -> None:
         redis.proc.kill()
 
 
-def test_health_follows_postgres_and_migrations_ran(servers_root: Path, nats_server: Server) -> None:
+def test_health_follows_postgres_and_migrations_ran(
+    servers_root: Path, nats_server: Server, redis_server: Server
+) -> None:
     pg = start_postgres(servers_root, "pg-health")
-    spec = service_spec(
-        "betting", "betting.server", {"LIVEBET_NATS_URL": nats_server.url, "LIVEBET_POSTGRES_DSN": pg.url}
-    )
+    env = {"LIVEBET_NATS_URL": nats_server.url, "LIVEBET_POSTGRES_DSN": pg.url, "LIVEBET_REDIS_URL": redis_server.url}
+    spec = service_spec("betting", "betting.server", env)
     svc = Proc(spec, servers_root / "betting-health.log").start()
     try:
         import psycopg

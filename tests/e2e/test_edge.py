@@ -98,9 +98,9 @@ def test_grpc_errors_keep_their_status_through_envoy_grpc_web(mesh: Mesh) -> Non
     _, trailers = _grpc_web(mesh.edge, "/livebet.odds.v1.OddsService/GetOddsSnapshot", request, {})
     assert trailers["grpc-status"] == str(grpc.StatusCode.NOT_FOUND.value[0])
     assert "no-such-match" in trailers.get("grpc-message", "")
-    request = betting_service_pb2.GetBetRequest(bet_id="b1").SerializeToString()  # betting: not filled in yet
+    request = betting_service_pb2.GetBetRequest(bet_id="b1").SerializeToString()  # no account: refused
     _, trailers = _grpc_web(mesh.edge, "/livebet.betting.v1.BettingService/GetBet", request, {})
-    assert trailers["grpc-status"] == str(grpc.StatusCode.UNIMPLEMENTED.value[0])
+    assert trailers["grpc-status"] == str(grpc.StatusCode.UNAUTHENTICATED.value[0])
 
 
 def test_cors_preflight_is_answered_for_the_web_app_origin(mesh: Mesh) -> None:

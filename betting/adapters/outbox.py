@@ -1,0 +1,119 @@
+"""The outbox relay: bet events written in the same transaction as the change they report are
+published to the JetStream stream ``BETS`` (subjects ``bets.<account>.<bet_id>``) with
+``Nats-Msg-Id`` = the event id, then marked published.
+
+At-least-once: a relay that dies after publishing and before marking publishes again, and the
+stream's duplicate window (10 minutes) drops the copy; consumers also key on the event id. Several
+relays (one per betting replica) share the work with ``FOR UPDATE SKIP LOCKED``. A PostgreSQL
+``NOTIFY betting_outbox`` in the writing transaction wakes the relay at once; it also polls.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+
+import nats.js.errors
+import psycopg
+from nats.js import JetStreamContext
+from nats.js.api import DiscardPolicy, StorageType, StreamConfig
+from psycopg_pool import AsyncConnectionPool
+
+log = logging.getLogger("betting.outbox")
+STREAM = "BETS"
+BATCH = 500
+POLL_SECONDS = 1.0
+KEEP_PUBLISHED = "1 day"
+
+
+def stream_config(replicas: int = 1) -> StreamConfig:
+    return StreamConfig(
+        name=STREAM,
+        subjects=["bets.>"],
+        storage=StorageType.FILE,
+        num_replicas=replicas,
+        duplicate_window=600.0,
+        max_age=30 * 24 * 3600.0,
+        discard=DiscardPolicy.OLD,
+    )
+
+
+async def ensure_stream(js: JetStreamContext) -> None:
+    try:
+        await js.add_stream(stream_config())
+    except nats.js.errors.BadRequestError:
+        await js.update_stream(stream_config())
+
+
+async def relay_once(pool: AsyncConnectionPool, js: JetStreamContext) -> int:
+    """Publish one batch of unpublished events in order; how many."""
+    async with pool.connection() as conn, conn.transaction(), conn.cursor() as cur:
+        await cur.execute(
+            "SELECT id, subject, msg_id, payload FROM betting.outbox WHERE published_at IS NULL"
+            " ORDER BY id LIMIT %s FOR UPDATE SKIP LOCKED",
+            (BATCH,),
+        )
+        rows = await cur.fetchall()
+        if not rows:
+            return 0
+        # sent in order on one connection, so stored in order; the acks are awaited together
+        await asyncio.gather(
+            *(js.publish(subj, bytes(data), headers={"Nats-Msg-Id": msg_id}) for _, subj, msg_id, data in rows)
+        )
+        await cur.execute("UPDATE betting.outbox SET published_at = now() WHERE id = ANY(%s)", ([r[0] for r in rows],))
+        return len(rows)
+
+
+async def run_relay(pool: AsyncConnectionPool, dsn: str, js_of: object, stopping: asyncio.Event) -> None:
+    """Relay until ``stopping``; survives NATS or PostgreSQL outages (retries with backoff)."""
+    wake = asyncio.Event()
+
+    async def listen() -> None:
+        while not stopping.is_set():
+            try:
+                async with await psycopg.AsyncConnection.connect(dsn, autocommit=True) as conn:
+                    await conn.execute("LISTEN betting_outbox")
+                    async for _ in conn.notifies():
+                        wake.set()
+            except (psycopg.Error, OSError):
+                await asyncio.sleep(1.0)
+
+    listener = asyncio.create_task(listen())
+    delay = 0.2
+    try:
+        while not stopping.is_set():
+            try:
+                sent = await relay_once(pool, js_of.js)  # type: ignore[attr-defined]
+                delay = 0.2
+                if sent == BATCH:
+                    continue
+                await _cleanup(pool)
+            except asyncio.CancelledError:
+                raise
+            except Exception:
+                log.warning("outbox relay failed; retrying", exc_info=True)
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, 5.0)
+                continue
+            wake.clear()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(wake.wait(), POLL_SECONDS)
+    finally:
+        listener.cancel()
+        with contextlib.suppress(asyncio.CancelledError, Exception):
+            await listener
+
+
+_last_cleanup = 0.0
+
+
+async def _cleanup(pool: AsyncConnectionPool) -> None:
+    """Drop events published more than a day ago (at most once a minute)."""
+    global _last_cleanup
+    now = asyncio.get_running_loop().time()
+    if now - _last_cleanup < 60:
+        return
+    _last_cleanup = now
+    async with pool.connection() as conn:
+        await conn.execute(f"DELETE FROM betting.outbox WHERE published_at < now() - interval '{KEEP_PUBLISHED}'")

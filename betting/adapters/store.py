@@ -1,0 +1,546 @@
+"""Bets and the wallet ledger in PostgreSQL (schema ``betting``, see ``migrations/``).
+
+Every function runs one transaction: a bet row, its legs, the stake hold in the ledger, the
+liability and the outbox event are written together or not at all. The database enforces what
+must never break even if this code had a bug: balanced ledger transactions, player balances never
+negative, append-only ledger rows, one bet per (account, request id).
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import uuid
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from decimal import Decimal
+from typing import Any, Protocol
+
+import psycopg
+from google.protobuf.timestamp_pb2 import Timestamp
+from livebet.betting.v1 import bet_pb2
+from livebet.common.v1 import common_pb2
+from psycopg.rows import dict_row
+from psycopg_pool import AsyncConnectionPool
+
+from betting.domain.money import format_minor
+from betting.domain.rules import Leg, Ticket
+from feed.adapters.jetstream import token
+
+STATUS = {
+    "pending": bet_pb2.BET_STATUS_PENDING,
+    "accepted": bet_pb2.BET_STATUS_ACCEPTED,
+    "rejected": bet_pb2.BET_STATUS_REJECTED,
+    "settled": bet_pb2.BET_STATUS_SETTLED,
+    "voided": bet_pb2.BET_STATUS_VOIDED,
+}
+STATUS_NAME = {v: k for k, v in STATUS.items()}
+SUBJECT_ROOT = "bets"
+
+
+class InsufficientFunds(Exception):
+    pass
+
+
+class LiabilityExceeded(Exception):
+    def __init__(self, leg: Leg) -> None:
+        super().__init__(f"liability limit reached on {leg.match_id} {leg.market_key} {leg.outcome_id}")
+
+
+class DailyLimitExceeded(Exception):
+    pass
+
+
+class Conflict(Exception):
+    """The request id was used for a different request."""
+
+
+def digest(data: bytes) -> bytes:
+    return hashlib.sha256(data).digest()
+
+
+def money(units: int, currency: str) -> common_pb2.Money:
+    return common_pb2.Money(currency_code=currency, minor_units=units, decimal=format_minor(units, currency))
+
+
+def subject(account: str, bet_id: str) -> str:
+    return f"{SUBJECT_ROOT}.{token(account)}.{bet_id}"
+
+
+def _ts(value: datetime | None) -> Timestamp | None:
+    if value is None:
+        return None
+    t = Timestamp()
+    t.FromDatetime(value)
+    return t
+
+
+def _odds(value: Decimal) -> common_pb2.Odds:
+    return common_pb2.Odds(decimal=f"{value:.2f}")
+
+
+def bet_proto(row: dict[str, Any], legs: Sequence[dict[str, Any]]) -> bet_pb2.Bet:
+    cur = row["currency"]
+    b = bet_pb2.Bet(
+        bet_id=str(row["bet_id"]),
+        request_id=row["request_id"],
+        account_id=row["account_id"],
+        stake=money(row["stake"], cur),
+        accepted_odds=_odds(row["odds"]),
+        potential_payout=money(row["potential_payout"], cur),
+        odds_change_policy=row["policy"],
+        status=STATUS[row["status"]],
+        reject_reason=row["reject_reason"],
+        reject_detail=row["reject_detail"],
+        result=row["result"],
+        payout=money(row["payout"], cur),
+        settlement_version=row["settlement_version"],
+    )
+    for name in ("placed_at", "decided_at", "settled_at"):
+        t = _ts(row[name])
+        if t is not None:
+            getattr(b, name).CopyFrom(t)
+    for leg in legs:
+        s = b.selections.add(
+            requested_odds=_odds(leg["requested_odds"]),
+            market_version=leg["market_version"],
+            accepted_odds=_odds(leg["odds"]),
+            result=leg["result"],
+        )
+        s.outcome.outcome_id = leg["outcome_id"]
+        ref = s.outcome.market
+        ref.match_id, ref.market_type, ref.market_key = leg["match_id"], leg["market_type"], leg["market_key"]
+        for part in leg["market_key"].split("|")[1:]:
+            k, _, v = part.partition("=")
+            ref.specifiers.add(key=k, value=v)
+    return b
+
+
+@dataclass(frozen=True)
+class Placement:
+    """What to write for a new bet (decided by the rules before the transaction)."""
+
+    ticket: Ticket
+    account: str
+    request_digest: bytes
+    odds: list[Decimal]  # per leg, the price it stands at
+    seen_versions: list[int]  # per leg, the match version it was checked against
+    combined: Decimal
+    potential_payout: int
+    in_play: bool
+    delay_seconds: float
+    max_liability: int  # minor units
+    max_daily_stake: int  # minor units (a per-account row overrides it)
+
+
+class PoolSource(Protocol):
+    @property
+    def pool(self) -> AsyncConnectionPool: ...
+
+
+class Store:
+    """``source``: anything with a ``pool`` (the service's PostgreSQL dependency, which has one
+    once connected)."""
+
+    def __init__(self, source: PoolSource) -> None:
+        self.source = source
+
+    @property
+    def pool(self) -> AsyncConnectionPool:
+        return self.source.pool
+
+    # --- wallet -------------------------------------------------------------------------------
+    @staticmethod
+    async def _ensure_accounts(cur: psycopg.AsyncCursor[Any], owner: str, currency: str) -> None:
+        await cur.execute(
+            """INSERT INTO betting.ledger_accounts (account_id, kind, owner, currency) VALUES
+               (%(p)s, 'player', %(o)s, %(c)s), (%(h)s, 'held', %(o)s, %(c)s),
+               (%(house)s, 'house', '', %(c)s), (%(cash)s, 'cash', '', %(c)s)
+               ON CONFLICT (account_id) DO NOTHING""",
+            {
+                "p": f"player:{owner}:{currency}",
+                "h": f"held:{owner}:{currency}",
+                "house": f"house:{currency}",
+                "cash": f"cash:{currency}",
+                "o": owner,
+                "c": currency,
+            },
+        )
+
+    @staticmethod
+    async def _post(
+        cur: psycopg.AsyncCursor[Any],
+        kind: str,
+        owner: str,
+        currency: str,
+        moves: list[tuple[str, int]],
+        bet_id: uuid.UUID | None = None,
+        request_id: str | None = None,
+        request_digest: bytes | None = None,
+        reason: str = "",
+    ) -> tuple[uuid.UUID, int]:
+        """One balanced ledger transaction; returns its id and the player's balance after it."""
+        txn = uuid.uuid4()
+        await cur.execute(
+            """INSERT INTO betting.transactions
+               (transaction_id, kind, owner, currency, bet_id, request_id, request_digest, reason)
+               VALUES (%s, %s, %s, %s, %s, %s, %s, %s)""",
+            (txn, kind, owner, currency, bet_id, request_id, request_digest, reason),
+        )
+        player = f"player:{owner}:{currency}"
+        balance = None
+        for account, amount in moves:
+            await cur.execute(
+                "INSERT INTO betting.postings (transaction_id, account_id, amount) VALUES (%s, %s, %s)"
+                " RETURNING balance_after",
+                (txn, account, amount),
+            )
+            row = await cur.fetchone()
+            if account == player and row is not None:
+                balance = row["balance_after"]
+        if balance is None:
+            await cur.execute("SELECT balance FROM betting.ledger_accounts WHERE account_id = %s", (player,))
+            row = await cur.fetchone()
+            balance = row["balance"] if row else 0
+        return txn, int(balance)
+
+    async def wallet(
+        self, owner: str, currency: str, amount: int, request_id: str, request_digest: bytes, withdraw: bool
+    ) -> tuple[str, int]:
+        """Deposit or withdraw; idempotent by request id. Returns (transaction id, balance after)."""
+        kind = "withdrawal" if withdraw else "deposit"
+        sign = -1 if withdraw else 1
+        try:
+            async with self.pool.connection() as conn, conn.transaction(), conn.cursor(row_factory=dict_row) as cur:
+                await self._ensure_accounts(cur, owner, currency)
+                txn, balance = await self._post(
+                    cur,
+                    kind,
+                    owner,
+                    currency,
+                    [(f"player:{owner}:{currency}", sign * amount), (f"cash:{currency}", -sign * amount)],
+                    request_id=request_id,
+                    request_digest=request_digest,
+                )
+                return str(txn), balance
+        except psycopg.errors.CheckViolation as err:
+            raise InsufficientFunds(f"balance is below {format_minor(amount, currency)} {currency}") from err
+        except psycopg.errors.UniqueViolation:
+            pass
+        async with self.pool.connection() as conn, conn.cursor(row_factory=dict_row) as cur:
+            await cur.execute(
+                """SELECT t.transaction_id, t.kind, t.currency, t.request_digest, p.balance_after
+                   FROM betting.transactions t JOIN betting.postings p USING (transaction_id)
+                   WHERE t.owner = %s AND t.request_id = %s AND t.kind IN ('deposit', 'withdrawal')
+                     AND p.account_id LIKE 'player:%%'""",
+                (owner, request_id),
+            )
+            row = await cur.fetchone()
+        if row is None or row["request_digest"] != request_digest:
+            raise Conflict(f"request_id {request_id!r} was used for a different request")
+        return str(row["transaction_id"]), int(row["balance_after"])
+
+    async def balance(self, owner: str, currency: str) -> tuple[int, int]:
+        """(available, held) in minor units."""
+        async with self.pool.connection() as conn, conn.cursor() as cur:
+            await cur.execute(
+                "SELECT kind, balance FROM betting.ledger_accounts WHERE account_id = ANY(%s)",
+                ([f"player:{owner}:{currency}", f"held:{owner}:{currency}"],),
+            )
+            found: dict[str, int] = {kind: balance for kind, balance in await cur.fetchall()}
+        return int(found.get("player", 0)), int(found.get("held", 0))
+
+    async def currencies(self, owner: str) -> list[str]:
+        async with self.pool.connection() as conn, conn.cursor() as cur:
+            await cur.execute(
+                "SELECT currency FROM betting.ledger_accounts WHERE owner = %s AND kind = 'player' ORDER BY created_at",
+                (owner,),
+            )
+            return [r[0] for r in await cur.fetchall()]
+
+    async def transactions(self, owner: str, currency: str, limit: int, before: int | None) -> list[dict[str, Any]]:
+        async with self.pool.connection() as conn, conn.cursor(row_factory=dict_row) as cur:
+            await cur.execute(
+                """SELECT p.posting_id, t.transaction_id, t.kind, t.bet_id, t.created_at, p.amount, p.balance_after
+                   FROM betting.postings p JOIN betting.transactions t USING (transaction_id)
+                   WHERE p.account_id = %s AND (%s::bigint IS NULL OR p.posting_id < %s)
+                   ORDER BY p.posting_id DESC LIMIT %s""",
+                (f"player:{owner}:{currency}", before, before, limit),
+            )
+            return list(await cur.fetchall())
+
+    # --- bets ---------------------------------------------------------------------------------
+    async def existing(self, account: str, request_id: str, request_digest: bytes) -> bet_pb2.Bet | None:
+        """The bet an earlier call with this request id placed (Conflict if it was another request)."""
+        async with self.pool.connection() as conn, conn.cursor(row_factory=dict_row) as cur:
+            await cur.execute(
+                "SELECT * FROM betting.bets WHERE account_id = %s AND request_id = %s", (account, request_id)
+            )
+            row = await cur.fetchone()
+            if row is None:
+                return None
+            if bytes(row["request_digest"]) != request_digest:
+                raise Conflict(f"request_id {request_id!r} was used for a different request")
+            return await self._load(cur, row)
+
+    @staticmethod
+    async def _load(cur: psycopg.AsyncCursor[Any], row: dict[str, Any]) -> bet_pb2.Bet:
+        await cur.execute("SELECT * FROM betting.selections WHERE bet_id = %s ORDER BY leg", (row["bet_id"],))
+        return bet_proto(row, await cur.fetchall())
+
+    async def place(self, p: Placement) -> tuple[bet_pb2.Bet, bool]:
+        """Write a new bet, PENDING (in-play delay) or ACCEPTED (no delay), with its stake held.
+        Returns (bet, created); an earlier bet under the same request id is returned as it is."""
+        t = p.ticket
+        bet_id = uuid.uuid4()
+        status = "pending" if p.delay_seconds > 0 else "accepted"
+        try:
+            async with self.pool.connection() as conn, conn.transaction(), conn.cursor(row_factory=dict_row) as cur:
+                await cur.execute(
+                    """INSERT INTO betting.bets (bet_id, account_id, request_id, request_digest, currency, stake,
+                         policy, status, odds, potential_payout, in_play, decide_at, decided_at)
+                       VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s,
+                               clock_timestamp() + %s * interval '1 second',
+                               CASE WHEN %s = 'accepted' THEN clock_timestamp() END)
+                       ON CONFLICT (account_id, request_id) DO NOTHING
+                       RETURNING *""",
+                    (
+                        bet_id, p.account, t.request_id, p.request_digest, t.currency, t.stake, t.policy, status,
+                        p.combined, p.potential_payout, p.in_play, p.delay_seconds, status,
+                    ),
+                )  # fmt: skip
+                row = await cur.fetchone()
+                if row is None:  # placed before (or by a concurrent call that just committed)
+                    raise _Again()
+                await cur.executemany(
+                    """INSERT INTO betting.selections (bet_id, leg, match_id, market_key, market_type, outcome_id,
+                         requested_odds, market_version, seen_version, odds)
+                       VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s)""",
+                    [
+                        (
+                            bet_id, i, leg.match_id, leg.market_key, leg.market_type, leg.outcome_id,
+                            leg.requested_odds, leg.market_version, p.seen_versions[i], p.odds[i],
+                        )
+                        for i, leg in enumerate(t.legs)
+                    ],
+                )  # fmt: skip
+                await self._ensure_accounts(cur, p.account, t.currency)
+                try:
+                    _, balance = await self._post(
+                        cur,
+                        "stake_hold",
+                        p.account,
+                        t.currency,
+                        [(f"player:{p.account}:{t.currency}", -t.stake), (f"held:{p.account}:{t.currency}", t.stake)],
+                        bet_id=bet_id,
+                    )
+                except psycopg.errors.CheckViolation as err:
+                    raise InsufficientFunds(
+                        f"stake {format_minor(t.stake, t.currency)} {t.currency} is more than the available balance"
+                    ) from err
+                # the player's ledger row is locked by the hold: the daily sum below is serialised per player
+                await cur.execute(
+                    """SELECT coalesce(sum(stake), 0) AS staked,
+                              (SELECT max_daily_stake FROM betting.account_limits
+                                WHERE account_id = %(a)s AND currency = %(c)s) AS own_limit
+                       FROM betting.bets WHERE account_id = %(a)s AND currency = %(c)s
+                         AND placed_at > now() - interval '24 hours' AND status <> 'rejected'""",
+                    {"a": p.account, "c": t.currency},
+                )
+                limits = await cur.fetchone()
+                assert limits is not None
+                if limits["staked"] > (limits["own_limit"] or p.max_daily_stake):
+                    raise DailyLimitExceeded(f"stakes over 24 hours would exceed the limit for {p.account}")
+                if status == "accepted":
+                    await self._add_liability(cur, t, p.potential_payout, p.max_liability)
+                bet = await self._load(cur, row)
+                await self._outbox(cur, bet, balance)
+                return bet, True
+        except _Again:
+            pass
+        earlier = await self.existing(p.account, t.request_id, p.request_digest)
+        assert earlier is not None
+        return earlier, False
+
+    @staticmethod
+    async def _add_liability(cur: psycopg.AsyncCursor[Any], t: Ticket, win: int, limit: int) -> None:
+        for leg in t.legs:
+            await cur.execute(
+                """INSERT INTO betting.liability (match_id, market_key, outcome_id, currency, amount)
+                   VALUES (%s, %s, %s, %s, %s)
+                   ON CONFLICT (match_id, market_key, outcome_id, currency)
+                   DO UPDATE SET amount = betting.liability.amount + excluded.amount
+                   RETURNING amount""",
+                (leg.match_id, leg.market_key, leg.outcome_id, t.currency, win),
+            )
+            row = await cur.fetchone()
+            if row is not None and row["amount"] > limit:
+                raise LiabilityExceeded(leg)
+
+    @staticmethod
+    async def _outbox(cur: psycopg.AsyncCursor[Any], bet: bet_pb2.Bet, balance: int) -> None:
+        now = Timestamp()
+        now.GetCurrentTime()
+        event = bet_pb2.BetEvent(
+            event_id=f"{bet.bet_id}:{STATUS_NAME[bet.status]}:{bet.settlement_version}",
+            bet=bet,
+            balance=money(balance, bet.stake.currency_code),
+            occurred_at=now,
+        )
+        await cur.execute(
+            "INSERT INTO betting.outbox (subject, msg_id, payload) VALUES (%s, %s, %s)",
+            (subject(bet.account_id, bet.bet_id), event.event_id, event.SerializeToString()),
+        )
+        await cur.execute("SELECT pg_notify('betting_outbox', '')")
+
+    async def due(self, limit: int = 100) -> list[uuid.UUID]:
+        """Pending bets whose delay is over (nothing locked: each is decided in its own transaction)."""
+        async with self.pool.connection() as conn, conn.cursor() as cur:
+            await cur.execute(
+                "SELECT bet_id FROM betting.bets WHERE status = 'pending' AND decide_at <= clock_timestamp()"
+                " ORDER BY decide_at LIMIT %s",
+                (limit,),
+            )
+            return [r[0] for r in await cur.fetchall()]
+
+    async def next_due(self) -> datetime | None:
+        async with self.pool.connection() as conn, conn.cursor() as cur:
+            await cur.execute("SELECT min(decide_at) FROM betting.bets WHERE status = 'pending'")
+            row = await cur.fetchone()
+            return row[0] if row else None
+
+    async def decide(self, bet_id: uuid.UUID, decide: Any) -> bet_pb2.Bet | None:
+        """Decide one pending bet exactly once: ``decide(row, legs)`` (async) returns
+        ``("accepted", odds per leg, combined, payout, max_liability)`` or ``("rejected", reason, detail)``.
+        The bet row is locked (SKIP LOCKED: another replica deciding it is left alone)."""
+        async with self.pool.connection() as conn, conn.transaction(), conn.cursor(row_factory=dict_row) as cur:
+            await cur.execute(
+                "SELECT * FROM betting.bets WHERE bet_id = %s AND status = 'pending' FOR UPDATE SKIP LOCKED",
+                (bet_id,),
+            )
+            row = await cur.fetchone()
+            if row is None:
+                return None  # decided already, or being decided elsewhere
+            await cur.execute("SELECT * FROM betting.selections WHERE bet_id = %s ORDER BY leg", (bet_id,))
+            legs = await cur.fetchall()
+            outcome = await decide(row, legs)
+            owner, cur_code, stake = row["account_id"], row["currency"], row["stake"]
+            if outcome[0] == "accepted":
+                _, odds, combined, win, max_liability = outcome
+                try:
+                    async with conn.transaction():  # a savepoint: the liability may refuse it
+                        for i, o in enumerate(odds):
+                            await cur.execute(
+                                "UPDATE betting.selections SET odds = %s WHERE bet_id = %s AND leg = %s",
+                                (o, bet_id, i),
+                            )
+                        ticket = _ticket_of(row, legs)
+                        await self._add_liability(cur, ticket, win, max_liability)
+                        await cur.execute(
+                            """UPDATE betting.bets SET status = 'accepted', odds = %s, potential_payout = %s,
+                               decided_at = clock_timestamp() WHERE bet_id = %s RETURNING *""",
+                            (combined, win, bet_id),
+                        )
+                        row = await cur.fetchone()
+                    await cur.execute(
+                        "SELECT balance FROM betting.ledger_accounts WHERE account_id = %s",
+                        (f"player:{owner}:{cur_code}",),
+                    )
+                    bal = await cur.fetchone()
+                    balance = int(bal["balance"]) if bal else 0
+                except LiabilityExceeded as err:
+                    outcome = ("rejected", bet_pb2.REJECT_REASON_LIABILITY_LIMIT, str(err))
+            if outcome[0] == "rejected":
+                _, reason, detail = outcome
+                await cur.execute(
+                    """UPDATE betting.bets SET status = 'rejected', reject_reason = %s, reject_detail = %s,
+                       decided_at = clock_timestamp() WHERE bet_id = %s RETURNING *""",
+                    (reason, detail, bet_id),
+                )
+                row = await cur.fetchone()
+                _, balance = await self._post(
+                    cur,
+                    "stake_release",
+                    owner,
+                    cur_code,
+                    [(f"held:{owner}:{cur_code}", -stake), (f"player:{owner}:{cur_code}", stake)],
+                    bet_id=bet_id,
+                )
+            assert row is not None
+            bet = await self._load(cur, row)
+            await self._outbox(cur, bet, balance)
+            return bet
+
+    async def get(self, account: str, bet_id: str) -> bet_pb2.Bet | None:
+        try:
+            key = uuid.UUID(bet_id)
+        except ValueError:
+            return None
+        async with self.pool.connection() as conn, conn.cursor(row_factory=dict_row) as cur:
+            await cur.execute("SELECT * FROM betting.bets WHERE bet_id = %s AND account_id = %s", (key, account))
+            row = await cur.fetchone()
+            return None if row is None else await self._load(cur, row)
+
+    async def list_bets(
+        self, account: str, limit: int, after: tuple[datetime, uuid.UUID] | None, status: str | None
+    ) -> list[bet_pb2.Bet]:
+        """The account's bets, newest first, after a keyset position."""
+        async with self.pool.connection() as conn, conn.cursor(row_factory=dict_row) as cur:
+            await cur.execute(
+                """SELECT * FROM betting.bets
+                   WHERE account_id = %(a)s AND (%(s)s::text IS NULL OR status = %(s)s)
+                     AND (%(t)s::timestamptz IS NULL OR (placed_at, bet_id) < (%(t)s, %(b)s::uuid))
+                   ORDER BY placed_at DESC, bet_id DESC LIMIT %(n)s""",
+                {
+                    "a": account,
+                    "s": status,
+                    "t": after[0] if after else None,
+                    "b": after[1] if after else None,
+                    "n": limit,
+                },
+            )
+            rows = await cur.fetchall()
+            if not rows:
+                return []
+            await cur.execute(
+                "SELECT * FROM betting.selections WHERE bet_id = ANY(%s) ORDER BY bet_id, leg",
+                ([r["bet_id"] for r in rows],),
+            )
+            legs: dict[uuid.UUID, list[dict[str, Any]]] = {}
+            for leg in await cur.fetchall():
+                legs.setdefault(leg["bet_id"], []).append(leg)
+            return [bet_proto(r, legs.get(r["bet_id"], [])) for r in rows]
+
+    async def open_bets(self, account: str) -> list[bet_pb2.Bet]:
+        return [b for s in ("pending", "accepted") for b in await self.list_bets(account, 1000, None, s)]
+
+
+class _Again(Exception):
+    """The bet exists already (the insert conflicted): answer with it."""
+
+
+def _ticket_of(row: dict[str, Any], legs: Sequence[dict[str, Any]]) -> Ticket:
+    return Ticket(
+        row["request_id"],
+        tuple(
+            Leg(g["match_id"], g["market_key"], g["market_type"], g["outcome_id"], g["requested_odds"], 0) for g in legs
+        ),
+        row["currency"],
+        row["stake"],
+        row["policy"],
+    )
+
+
+def page_token(bet: bet_pb2.Bet) -> str:
+    raw = f"{bet.placed_at.ToDatetime(tzinfo=UTC).isoformat()}|{bet.bet_id}"
+    return base64.urlsafe_b64encode(raw.encode()).decode()
+
+
+def parse_page_token(text: str) -> tuple[datetime, uuid.UUID]:
+    """Raises ValueError for a token this service did not make."""
+    at, _, bet_id = base64.urlsafe_b64decode(text.encode()).decode().partition("|")
+    return datetime.fromisoformat(at), uuid.UUID(bet_id)
+
+
+DAY = timedelta(days=1)

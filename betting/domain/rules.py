@@ -1,0 +1,277 @@
+"""Bet acceptance rules (pure: no I/O).
+
+- :func:`parse_request` turns a ``PlaceBetRequest`` into a :class:`Ticket` or raises
+  :class:`BadRequest` with one field violation per problem (INVALID_ARGUMENT).
+- :func:`price_leg` checks one leg against the market as it is now under the bettor's odds-change
+  policy; :func:`check_ticket` combines the legs and applies the limits. Both raise
+  :class:`Refusal` (NOT_FOUND or FAILED_PRECONDITION with a ``RejectReason``).
+- :class:`Config` holds every limit and the in-play delays; ``Config.from_env`` reads them.
+
+Prices are ``Decimal`` with two places; money is integer minor units.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from decimal import ROUND_DOWN, Decimal
+from enum import Enum
+
+from livebet.betting.v1 import bet_pb2
+from livebet.betting.v1 import betting_service_pb2 as bs
+
+from betting.domain.money import MoneyError, major_to_minor, to_minor
+
+MAX_LEGS = 20
+MAX_ID = 128
+TWO_PLACES = Decimal("0.01")
+_ODDS = re.compile(r"^[0-9]{1,6}(\.[0-9]{1,2})?$")
+_POLICIES = {
+    bet_pb2.ODDS_CHANGE_POLICY_UNSPECIFIED: bet_pb2.ODDS_CHANGE_POLICY_NONE,
+    bet_pb2.ODDS_CHANGE_POLICY_NONE: bet_pb2.ODDS_CHANGE_POLICY_NONE,
+    bet_pb2.ODDS_CHANGE_POLICY_HIGHER: bet_pb2.ODDS_CHANGE_POLICY_HIGHER,
+    bet_pb2.ODDS_CHANGE_POLICY_ANY: bet_pb2.ODDS_CHANGE_POLICY_ANY,
+}
+
+
+# --- configuration ----------------------------------------------------------------------------
+_LIMITS = ("min_stake", "max_stake", "max_payout", "min_odds", "max_odds", "max_liability", "max_daily_stake")
+
+
+@dataclass(frozen=True)
+class Config:
+    """Limits in major units of the stake's currency; delays in seconds."""
+
+    min_stake: Decimal = Decimal("0.10")
+    max_stake: Decimal = Decimal("10000")
+    max_payout: Decimal = Decimal("250000")
+    min_odds: Decimal = Decimal("1.01")
+    max_odds: Decimal = Decimal("1000")  # per leg, and for the combined odds of an accumulator
+    max_liability: Decimal = Decimal("100000")  # worst-case payout per outcome over accepted bets
+    max_daily_stake: Decimal = Decimal("50000")  # per account, over 24 hours (per-account rows override)
+    # in-play delay by sport name and market type ("" = any market type of the sport)
+    in_play_delay: Mapping[tuple[str, str], float] = field(default_factory=lambda: {("football", ""): 5.0})
+    pre_match_delay: Mapping[tuple[str, str], float] = field(default_factory=lambda: {("football", ""): 0.0})
+
+    def delay(self, sport: str, market_type: str, in_play: bool) -> float:
+        table = self.in_play_delay if in_play else self.pre_match_delay
+        return float(table.get((sport, market_type), table.get((sport, ""), 0.0)))
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str] | None = None) -> Config:
+        """``LIVEBET_BETTING_<LIMIT>`` (e.g. ``LIVEBET_BETTING_MAX_STAKE=500``) and
+        ``LIVEBET_BETTING_IN_PLAY_DELAY`` / ``..._PRE_MATCH_DELAY`` as ``football=5,football/next_goal=8``."""
+        e = os.environ if env is None else env
+        values: dict[str, object] = {}
+        for name in _LIMITS:
+            raw = e.get(f"LIVEBET_BETTING_{name.upper()}")
+            if raw:
+                try:
+                    value = Decimal(raw)
+                except ArithmeticError:
+                    raise ValueError(f"LIVEBET_BETTING_{name.upper()} must be a decimal, got {raw!r}") from None
+                if not value.is_finite() or value <= 0:
+                    raise ValueError(f"LIVEBET_BETTING_{name.upper()} must be positive, got {raw!r}")
+                values[name] = value
+        for name in ("in_play_delay", "pre_match_delay"):
+            raw = e.get(f"LIVEBET_BETTING_{name.upper()}")
+            if raw:
+                values[name] = _delays(raw, f"LIVEBET_BETTING_{name.upper()}")
+        return cls(**values)  # type: ignore[arg-type]
+
+
+def _delays(text: str, what: str) -> dict[tuple[str, str], float]:
+    out: dict[tuple[str, str], float] = {}
+    for item in filter(None, (p.strip() for p in text.split(","))):
+        key, _, seconds = item.partition("=")
+        sport, _, market_type = key.partition("/")
+        try:
+            value = float(seconds)
+        except ValueError:
+            value = -1.0
+        if not sport or not 0 <= value <= 60:
+            raise ValueError(f"{what}: expected sport[/market_type]=seconds (0-60), got {item!r}")
+        out[(sport, market_type)] = value
+    return out
+
+
+# --- errors -----------------------------------------------------------------------------------
+class BadRequest(Exception):
+    """The request is malformed: INVALID_ARGUMENT with these (field, description) violations."""
+
+    def __init__(self, violations: list[tuple[str, str]]) -> None:
+        super().__init__("; ".join(f"{f}: {d}" for f, d in violations))
+        self.violations = violations
+
+
+class Kind(Enum):
+    NOT_FOUND = "not_found"
+    FAILED_PRECONDITION = "failed_precondition"
+
+
+class Refusal(Exception):
+    """The bet cannot be taken as asked: NOT_FOUND (unknown match, market, outcome) or
+    FAILED_PRECONDITION with a reject reason (market not open, odds changed, a limit)."""
+
+    def __init__(self, kind: Kind, reason: int, message: str) -> None:
+        super().__init__(message)
+        self.kind, self.reason, self.message = kind, reason, message
+
+
+def _refuse(reason: int, message: str) -> Refusal:
+    return Refusal(Kind.FAILED_PRECONDITION, reason, message)
+
+
+# --- the request ------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class Leg:
+    match_id: str
+    market_key: str  # canonical: type|spec=value|...
+    market_type: str
+    outcome_id: str
+    requested_odds: Decimal
+    market_version: int
+
+
+@dataclass(frozen=True)
+class Ticket:
+    request_id: str
+    legs: tuple[Leg, ...]
+    currency: str
+    stake: int  # minor units
+    policy: int  # OddsChangePolicy (UNSPECIFIED made NONE)
+
+
+def parse_odds(text: str) -> Decimal | None:
+    """Decimal odds with at most two places, or None when malformed."""
+    if not _ODDS.match(text):
+        return None
+    return Decimal(text).quantize(TWO_PLACES)
+
+
+def market_key(market_type: str, specifiers: list[tuple[str, str]], given: str) -> str:
+    """The canonical key of a market reference (as ``Market.ref.market_key``)."""
+    if given:
+        return given
+    return market_type + "".join(f"|{k}={v}" for k, v in specifiers)
+
+
+def parse_request(req: bs.PlaceBetRequest, config: Config) -> Ticket:
+    bad: list[tuple[str, str]] = []
+    if not req.request_id:
+        bad.append(("request_id", "is required (an idempotency key chosen by the client)"))
+    elif len(req.request_id) > MAX_ID:
+        bad.append(("request_id", f"is longer than {MAX_ID} characters"))
+    n = len(req.selections)
+    if n == 0:
+        bad.append(("selections", "at least one selection is required"))
+    elif n > MAX_LEGS:
+        bad.append(("selections", f"at most {MAX_LEGS} selections, got {n}"))
+    if req.odds_change_policy not in _POLICIES:
+        bad.append(("odds_change_policy", f"unknown policy {req.odds_change_policy}"))
+    legs: list[Leg] = []
+    for i, s in enumerate(req.selections[:MAX_LEGS]):
+        where = f"selections[{i}]"
+        ref = s.outcome.market
+        key = market_key(ref.market_type, [(x.key, x.value) for x in ref.specifiers], ref.market_key)
+        market_type = ref.market_type or key.split("|", 1)[0]
+        for name, value in (
+            ("outcome.market.match_id", ref.match_id),
+            ("outcome.market.market_key", key),
+            ("outcome.outcome_id", s.outcome.outcome_id),
+        ):
+            if not value:
+                bad.append((f"{where}.{name}", "is required"))
+            elif len(value) > MAX_ID:
+                bad.append((f"{where}.{name}", f"is longer than {MAX_ID} characters"))
+        odds = parse_odds(s.requested_odds.decimal)
+        if odds is None:
+            bad.append((f"{where}.requested_odds", f"{s.requested_odds.decimal!r} is not decimal odds like 2.10"))
+        elif odds < config.min_odds:
+            bad.append((f"{where}.requested_odds", f"odds {odds} are below the minimum {config.min_odds}"))
+        legs.append(Leg(ref.match_id, key, market_type, s.outcome.outcome_id, odds or Decimal(0), s.market_version))
+    seen_outcomes = set()
+    matches = set()
+    for i, leg in enumerate(legs):
+        if (leg.match_id, leg.market_key, leg.outcome_id) in seen_outcomes:
+            bad.append((f"selections[{i}]", "the same outcome appears twice"))
+        elif n > 1 and leg.match_id in matches:
+            bad.append((f"selections[{i}]", f"legs on the same match ({leg.match_id}) cannot be combined"))
+        seen_outcomes.add((leg.match_id, leg.market_key, leg.outcome_id))
+        matches.add(leg.match_id)
+    currency = req.stake.currency_code
+    stake = 0
+    try:
+        stake = to_minor(currency, req.stake.minor_units, req.stake.decimal)
+    except MoneyError as err:
+        bad.append(("stake", str(err)))
+    if bad:
+        raise BadRequest(bad)
+    return Ticket(req.request_id, tuple(legs), currency, stake, _POLICIES[req.odds_change_policy])
+
+
+# --- pricing ----------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class Quote:
+    """A market's outcome as on offer now."""
+
+    open: bool  # market open and outcome active
+    odds: Decimal | None  # None when not offered
+    market_version: int
+    status_reason: str = ""
+
+
+def price_leg(leg: Leg, quote: Quote, policy: int, config: Config) -> Decimal:
+    """The odds the leg stands at, or a Refusal."""
+    where = f"{leg.match_id} {leg.market_key} {leg.outcome_id}"
+    if not quote.open or quote.odds is None:
+        why = f" ({quote.status_reason})" if quote.status_reason else ""
+        raise _refuse(bet_pb2.REJECT_REASON_MARKET_NOT_OPEN, f"{where} is not open for betting{why}")
+    if leg.market_version > quote.market_version:
+        raise _refuse(
+            bet_pb2.REJECT_REASON_ODDS_CHANGED,
+            f"{where}: market version {leg.market_version} was never published (current {quote.market_version})",
+        )
+    current, asked = quote.odds, leg.requested_odds
+    if policy == bet_pb2.ODDS_CHANGE_POLICY_NONE and current != asked:
+        raise _refuse(bet_pb2.REJECT_REASON_ODDS_CHANGED, f"{where}: odds are {current}, not {asked}")
+    if policy == bet_pb2.ODDS_CHANGE_POLICY_HIGHER and current < asked:
+        raise _refuse(bet_pb2.REJECT_REASON_ODDS_CHANGED, f"{where}: odds fell to {current} from {asked}")
+    if current > config.max_odds:
+        message = f"{where}: odds {current} are above the maximum {config.max_odds}"
+        raise _refuse(bet_pb2.REJECT_REASON_ODDS_LIMIT, message)
+    return current
+
+
+def combined_odds(odds: list[Decimal]) -> Decimal:
+    """The accumulator's odds: the product, rounded down to two places."""
+    product = Decimal(1)
+    for o in odds:
+        product *= o
+    return product.quantize(TWO_PLACES, rounding=ROUND_DOWN)
+
+
+def payout(stake: int, odds: Decimal) -> int:
+    """Potential payout in minor units, rounded down."""
+    return int((Decimal(stake) * odds).to_integral_value(rounding=ROUND_DOWN))
+
+
+def check_ticket(ticket: Ticket, odds: list[Decimal], config: Config) -> tuple[Decimal, int]:
+    """Combined odds and potential payout, or a Refusal for a stake, odds or payout limit."""
+    cur = ticket.currency
+    total = combined_odds(odds)
+    if total > config.max_odds:
+        message = f"combined odds {total} are above the maximum {config.max_odds}"
+        raise _refuse(bet_pb2.REJECT_REASON_ODDS_LIMIT, message)
+    lo, hi = major_to_minor(config.min_stake, cur), major_to_minor(config.max_stake, cur)
+    if ticket.stake < lo:
+        raise _refuse(bet_pb2.REJECT_REASON_STAKE_LIMIT, f"stake is below the minimum {config.min_stake} {cur}")
+    if ticket.stake > hi:
+        raise _refuse(bet_pb2.REJECT_REASON_STAKE_LIMIT, f"stake is above the maximum {config.max_stake} {cur}")
+    win = payout(ticket.stake, total)
+    if win > major_to_minor(config.max_payout, cur):
+        message = f"potential payout is above the maximum {config.max_payout} {cur}"
+        raise _refuse(bet_pb2.REJECT_REASON_PAYOUT_LIMIT, message)
+    return total, win

@@ -1,0 +1,357 @@
+"""``livebet.betting.v1.BettingService`` and ``WalletService`` over the rules, the live odds view
+and the PostgreSQL store.
+
+The account acting is the one in the ``x-livebet-account`` header, which the edge sets from the
+caller's token (and strips from what clients send); a call without it is UNAUTHENTICATED. Nothing
+in a request body chooses whose money moves.
+
+Errors: INVALID_ARGUMENT with ``google.rpc.BadRequest`` field violations for malformed requests;
+NOT_FOUND for an unknown match, market, outcome or bet; FAILED_PRECONDITION with a
+``google.rpc.ErrorInfo`` whose reason is the ``RejectReason`` name (market not open, odds changed,
+limits, insufficient funds); ALREADY_EXISTS for a request id reused for another request. In every
+one of these cases nothing was written.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import uuid
+from collections.abc import AsyncIterator
+from datetime import UTC
+from decimal import Decimal
+from typing import Any, NoReturn
+
+import grpc
+from google.protobuf import any_pb2
+from google.rpc import code_pb2, error_details_pb2, status_pb2
+from grpc_status import rpc_status
+from livebet.betting.v1 import bet_pb2, betting_service_pb2_grpc, wallet_service_pb2_grpc
+from livebet.betting.v1 import betting_service_pb2 as bs
+from livebet.betting.v1 import wallet_service_pb2 as ws
+from nats.aio.client import Client as NatsClient
+from nats.aio.msg import Msg
+
+from betting.adapters.odds import MatchView, OddsView
+from betting.adapters.store import (
+    STATUS_NAME,
+    Conflict,
+    DailyLimitExceeded,
+    InsufficientFunds,
+    LiabilityExceeded,
+    Placement,
+    Store,
+    digest,
+    money,
+    page_token,
+    parse_page_token,
+)
+from betting.domain.money import MoneyError, major_to_minor, to_minor
+from betting.domain.rules import BadRequest, Config, Kind, Leg, Refusal, check_ticket, parse_request, price_leg
+from feed.adapters.jetstream import token
+
+log = logging.getLogger("betting")
+ACCOUNT_HEADER = "x-livebet-account"
+DOMAIN = "livebet.betting.v1"
+MAX_PAGE = 100
+
+
+def _pack(message: Any) -> any_pb2.Any:
+    a = any_pb2.Any()
+    a.Pack(message)
+    return a
+
+
+async def abort_bad_request(context: grpc.aio.ServicerContext, violations: list[tuple[str, str]]) -> NoReturn:
+    detail = error_details_pb2.BadRequest(
+        field_violations=[error_details_pb2.BadRequest.FieldViolation(field=f, description=d) for f, d in violations]
+    )
+    message = "invalid request: " + "; ".join(f"{f}: {d}" for f, d in violations)
+    status = status_pb2.Status(code=code_pb2.INVALID_ARGUMENT, message=message, details=[_pack(detail)])
+    await context.abort_with_status(rpc_status.to_status(status))
+    raise AssertionError("unreachable")
+
+
+async def abort_refused(context: grpc.aio.ServicerContext, reason: int, message: str) -> NoReturn:
+    info = error_details_pb2.ErrorInfo(reason=bet_pb2.RejectReason.Name(reason), domain=DOMAIN)
+    status = status_pb2.Status(code=code_pb2.FAILED_PRECONDITION, message=message, details=[_pack(info)])
+    await context.abort_with_status(rpc_status.to_status(status))
+    raise AssertionError("unreachable")
+
+
+async def account_of(context: grpc.aio.ServicerContext) -> str:
+    account = dict(context.invocation_metadata() or ()).get(ACCOUNT_HEADER, "")
+    if not account or len(account) > 128:
+        await context.abort(grpc.StatusCode.UNAUTHENTICATED, "no authenticated account (sign in through the edge)")
+    return str(account)
+
+
+class Decider:
+    """Turns a pending bet into accepted or rejected at the end of its delay."""
+
+    def __init__(self, odds: OddsView, config: Config) -> None:
+        self.odds, self.config = odds, config
+
+    async def __call__(self, row: dict[str, Any], legs: list[dict[str, Any]]) -> tuple[Any, ...]:
+        prices: list[Decimal] = []
+        for g in legs:
+            leg = Leg(g["match_id"], g["market_key"], g["market_type"], g["outcome_id"], g["requested_odds"], 0)
+            try:
+                view = await self.odds.match(leg.match_id)
+                why = await self.odds.interrupted_since(leg, g["seen_version"], view.version)
+                if why:
+                    return ("rejected", bet_pb2.REJECT_REASON_SUSPENDED_DURING_DELAY, f"{leg.market_key}: {why}")
+                prices.append(price_leg(leg, view.quote(leg), row["policy"], self.config))
+            except Refusal as r:
+                return ("rejected", r.reason or bet_pb2.REJECT_REASON_MARKET_NOT_OPEN, r.message)
+        from betting.domain.rules import Ticket  # the stored ticket, for the limits
+
+        ticket = Ticket(row["request_id"], (), row["currency"], row["stake"], row["policy"])
+        try:
+            combined, win = check_ticket(ticket, prices, self.config)
+        except Refusal as r:
+            return ("rejected", r.reason, r.message)
+        return ("accepted", prices, combined, win, major_to_minor(self.config.max_liability, row["currency"]))
+
+
+class BettingApi(betting_service_pb2_grpc.BettingServiceServicer):
+    def __init__(self, store: Store, odds: OddsView, config: Config, nats: Any) -> None:
+        self.store, self.odds, self.config, self.nats = store, odds, config, nats
+        self.placed = 0
+
+    async def PlaceBet(self, request: bs.PlaceBetRequest, context: grpc.aio.ServicerContext) -> bs.PlaceBetResponse:
+        account = await account_of(context)
+        try:
+            ticket = parse_request(request, self.config)
+        except BadRequest as err:
+            await abort_bad_request(context, err.violations)
+        request_digest = digest(request.SerializeToString(deterministic=True))
+        try:
+            earlier = await self.store.existing(account, ticket.request_id, request_digest)
+        except Conflict as err:
+            await context.abort(grpc.StatusCode.ALREADY_EXISTS, str(err))
+        if earlier is not None:
+            return bs.PlaceBetResponse(bet=earlier)
+        try:
+            views: list[MatchView] = [await self.odds.match(leg.match_id) for leg in ticket.legs]
+            prices = [
+                price_leg(leg, v.quote(leg), ticket.policy, self.config)
+                for leg, v in zip(ticket.legs, views, strict=True)
+            ]
+            combined, win = check_ticket(ticket, prices, self.config)
+        except Refusal as r:
+            if r.kind is Kind.NOT_FOUND:
+                await context.abort(grpc.StatusCode.NOT_FOUND, r.message)
+            await abort_refused(context, r.reason, r.message)
+        in_play = any(v.in_play for v in views)
+        delay = max(
+            self.config.delay(v.sport, leg.market_type, v.in_play) for leg, v in zip(ticket.legs, views, strict=True)
+        )
+        placement = Placement(
+            ticket=ticket,
+            account=account,
+            request_digest=request_digest,
+            odds=prices,
+            seen_versions=[v.version for v in views],
+            combined=combined,
+            potential_payout=win,
+            in_play=in_play,
+            delay_seconds=delay,
+            max_liability=major_to_minor(self.config.max_liability, ticket.currency),
+            max_daily_stake=major_to_minor(self.config.max_daily_stake, ticket.currency),
+        )
+        try:
+            bet, created = await self.store.place(placement)
+        except InsufficientFunds as err:
+            await abort_refused(context, bet_pb2.REJECT_REASON_INSUFFICIENT_FUNDS, str(err))
+        except LiabilityExceeded as err:
+            await abort_refused(context, bet_pb2.REJECT_REASON_LIABILITY_LIMIT, str(err))
+        except DailyLimitExceeded as err:
+            await abort_refused(context, bet_pb2.REJECT_REASON_ACCOUNT_LIMIT, str(err))
+        except Conflict as err:
+            await context.abort(grpc.StatusCode.ALREADY_EXISTS, str(err))
+        if created:
+            self.placed += 1
+            log.info(
+                "bet placed",
+                extra={"bet_id": bet.bet_id, "account": account, "status": STATUS_NAME[bet.status], "delay": delay},
+            )
+        return bs.PlaceBetResponse(bet=bet)
+
+    async def GetBet(self, request: bs.GetBetRequest, context: grpc.aio.ServicerContext) -> bs.GetBetResponse:
+        account = await account_of(context)
+        try:
+            uuid.UUID(request.bet_id)
+        except ValueError:
+            await abort_bad_request(context, [("bet_id", f"{request.bet_id!r} is not a bet id")])
+        bet = await self.store.get(account, request.bet_id)
+        if bet is None:
+            await context.abort(grpc.StatusCode.NOT_FOUND, f"no bet {request.bet_id} for this account")
+        return bs.GetBetResponse(bet=bet)
+
+    async def ListBets(self, request: bs.ListBetsRequest, context: grpc.aio.ServicerContext) -> bs.ListBetsResponse:
+        account = await account_of(context)
+        bad = []
+        if request.page_size < 0 or request.page_size > MAX_PAGE:
+            bad.append(("page_size", f"must be 0-{MAX_PAGE} (0: the default 20)"))
+        after = None
+        if request.page_token:
+            try:
+                after = parse_page_token(request.page_token)
+            except (ValueError, UnicodeDecodeError):
+                bad.append(("page_token", "is not a token this service returned"))
+        if request.status and request.status not in STATUS_NAME:
+            bad.append(("status", f"unknown status {request.status}"))
+        if bad:
+            await abort_bad_request(context, bad)
+        size = request.page_size or 20
+        bets = await self.store.list_bets(account, size + 1, after, STATUS_NAME.get(request.status))
+        more = len(bets) > size
+        bets = bets[:size]
+        return bs.ListBetsResponse(bets=bets, next_page_token=page_token(bets[-1]) if more else "")
+
+    async def WatchBets(
+        self, request: bs.WatchBetsRequest, context: grpc.aio.ServicerContext
+    ) -> AsyncIterator[bs.WatchBetsResponse]:
+        """The account's bet events as they happen (pending → accepted/rejected → settled); with
+        ``include_open`` first the open bets as they stand. Subscribes before reading, drops repeats
+        and anything older than what was sent for a bet."""
+        account = await account_of(context)
+        nc: NatsClient = self.nats.nc
+        queue: asyncio.Queue[bytes] = asyncio.Queue(maxsize=1000)
+
+        async def on_msg(msg: Msg) -> None:
+            with contextlib.suppress(asyncio.QueueFull):
+                queue.put_nowait(msg.data)  # a stream this far behind gets GetBet/ListBets, not a backlog
+
+        sub = await nc.subscribe(f"bets.{token(account)}.*", cb=on_msg)
+        rank: dict[str, tuple[int, int]] = {}
+
+        def fresh(bet: bet_pb2.Bet) -> bool:
+            order = {bet_pb2.BET_STATUS_PENDING: 0}.get(bet.status, 1)
+            key = (
+                (bet.settlement_version, order)
+                if bet.status != bet_pb2.BET_STATUS_SETTLED
+                else (bet.settlement_version + 1, 0)
+            )
+            if rank.get(bet.bet_id, (-1, -1)) >= key:
+                return False
+            rank[bet.bet_id] = key
+            return True
+
+        try:
+            if request.include_open:
+                for bet in await self.store.open_bets(account):
+                    if fresh(bet):
+                        event = bet_pb2.BetEvent(event_id=f"{bet.bet_id}:{STATUS_NAME[bet.status]}:open", bet=bet)
+                        yield bs.WatchBetsResponse(event=event)
+            while True:
+                data = await queue.get()
+                event = bet_pb2.BetEvent.FromString(data)
+                if fresh(event.bet):
+                    yield bs.WatchBetsResponse(event=event)
+        finally:
+            with contextlib.suppress(Exception):
+                await sub.unsubscribe()
+
+
+class WalletApi(wallet_service_pb2_grpc.WalletServiceServicer):
+    def __init__(self, store: Store) -> None:
+        self.store = store
+
+    async def _move(self, request: Any, context: grpc.aio.ServicerContext, withdraw: bool) -> tuple[str, int, str]:
+        account = await account_of(context)
+        bad = []
+        if not request.request_id or len(request.request_id) > 128:
+            bad.append(("request_id", "is required (at most 128 characters)"))
+        currency = request.amount.currency_code
+        amount = 0
+        try:
+            amount = to_minor(currency, request.amount.minor_units, request.amount.decimal)
+        except MoneyError as err:
+            bad.append(("amount", str(err)))
+        if bad:
+            await abort_bad_request(context, bad)
+        try:
+            txn, balance = await self.store.wallet(
+                account,
+                currency,
+                amount,
+                request.request_id,
+                digest(request.SerializeToString(deterministic=True)),
+                withdraw,
+            )
+        except InsufficientFunds as err:
+            await abort_refused(context, bet_pb2.REJECT_REASON_INSUFFICIENT_FUNDS, str(err))
+        except Conflict as err:
+            await context.abort(grpc.StatusCode.ALREADY_EXISTS, str(err))
+        return txn, balance, currency
+
+    async def Deposit(self, request: ws.DepositRequest, context: grpc.aio.ServicerContext) -> ws.DepositResponse:
+        txn, balance, currency = await self._move(request, context, False)
+        return ws.DepositResponse(transaction_id=txn, balance=money(balance, currency))
+
+    async def Withdraw(self, request: ws.WithdrawRequest, context: grpc.aio.ServicerContext) -> ws.WithdrawResponse:
+        txn, balance, currency = await self._move(request, context, True)
+        return ws.WithdrawResponse(transaction_id=txn, balance=money(balance, currency))
+
+    async def _currency(self, account: str, given: str, context: grpc.aio.ServicerContext) -> str:
+        if given:
+            from betting.domain.money import EXPONENT
+
+            if given not in EXPONENT:
+                await abort_bad_request(context, [("currency_code", f"currency {given!r} is not supported")])
+            return given
+        found = await self.store.currencies(account)
+        return found[0] if found else "EUR"
+
+    async def GetBalance(
+        self, request: ws.GetBalanceRequest, context: grpc.aio.ServicerContext
+    ) -> ws.GetBalanceResponse:
+        account = await account_of(context)
+        currency = await self._currency(account, request.currency_code, context)
+        available, held = await self.store.balance(account, currency)
+        return ws.GetBalanceResponse(available=money(available, currency), held=money(held, currency))
+
+    async def ListTransactions(
+        self, request: ws.ListTransactionsRequest, context: grpc.aio.ServicerContext
+    ) -> ws.ListTransactionsResponse:
+        account = await account_of(context)
+        bad = []
+        if request.page_size < 0 or request.page_size > MAX_PAGE:
+            bad.append(("page_size", f"must be 0-{MAX_PAGE} (0: the default 20)"))
+        before = None
+        if request.page_token:
+            try:
+                before = int(request.page_token)
+            except ValueError:
+                bad.append(("page_token", "is not a token this service returned"))
+        if bad:
+            await abort_bad_request(context, bad)
+        currency = await self._currency(account, request.currency_code, context)
+        size = request.page_size or 20
+        rows = await self.store.transactions(account, currency, size + 1, before)
+        out = ws.ListTransactionsResponse()
+        for r in rows[:size]:
+            t = out.transactions.add(
+                transaction_id=str(r["transaction_id"]),
+                kind=_KINDS[r["kind"]],
+                amount=money(int(r["amount"]), currency),
+                balance_after=money(int(r["balance_after"]), currency),
+                bet_id=str(r["bet_id"] or ""),
+            )
+            t.booked_at.FromDatetime(r["created_at"].astimezone(UTC))
+        if len(rows) > size:
+            out.next_page_token = str(rows[size - 1]["posting_id"])
+        return out
+
+
+_KINDS = {
+    "deposit": ws.TRANSACTION_KIND_DEPOSIT,
+    "withdrawal": ws.TRANSACTION_KIND_WITHDRAWAL,
+    "stake_hold": ws.TRANSACTION_KIND_STAKE_HOLD,
+    "stake_release": ws.TRANSACTION_KIND_STAKE_RELEASE,
+    "settlement": ws.TRANSACTION_KIND_SETTLEMENT,
+    "correction": ws.TRANSACTION_KIND_CORRECTION,
+}

@@ -1,0 +1,458 @@
+"""Bet acceptance end to end on real PostgreSQL, NATS, Valkey, the feed and the pricing engine:
+the wallet ledger, PlaceBet with its policies, limits and the in-play delay, idempotency, events
+through the outbox, and the money invariants after every test."""
+
+from __future__ import annotations
+
+import asyncio
+import signal
+import time
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+from decimal import Decimal
+from pathlib import Path
+
+import grpc
+import nats
+import psycopg
+import pytest
+from google.rpc import error_details_pb2
+from grpc_status import rpc_status
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+from livebet.betting.v1 import bet_pb2
+from livebet.betting.v1 import betting_service_pb2 as bs
+from livebet.betting.v1 import wallet_service_pb2 as ws
+from livebet.odds.v1 import trader_service_pb2 as ts
+
+from tests.component.betting_env import (
+    IN_PLAY_DELAY,
+    Env,
+    balance,
+    deposit,
+    eur,
+    md,
+    place,
+    priced,
+    selection,
+    start,
+    state_event,
+)
+from tests.component.test_feed_service import fixture
+from tests.component.test_live_odds import goal
+from tests.helpers import wait_for
+
+ONE = "1x2"
+
+
+@pytest.fixture(scope="module")
+def env(servers_root: Path) -> Iterator[Env]:
+    yield from start(servers_root, "bet", {"LIVEBET_BETTING_MAX_LIABILITY": "5000"})
+
+
+@pytest.fixture(autouse=True)
+def ledger_stays_balanced(env: Env) -> Iterator[None]:
+    yield
+    env.check_ledger()
+
+
+def _error(err: grpc.RpcError) -> tuple[grpc.StatusCode, str, list[object]]:
+    status = rpc_status.from_call(err)  # type: ignore[arg-type]
+    details: list[object] = []
+    for d in status.details if status else []:
+        for kind in (error_details_pb2.BadRequest, error_details_pb2.ErrorInfo):
+            if d.Is(kind.DESCRIPTOR):
+                msg = kind()
+                d.Unpack(msg)
+                details.append(msg)
+    return err.code(), err.details() or "", details
+
+
+def _refused(call: object) -> tuple[grpc.StatusCode, str, list[object]]:
+    with pytest.raises(grpc.RpcError) as info:
+        call()  # type: ignore[operator]
+    return _error(info.value)
+
+
+def test_deposit_withdraw_and_balance_are_ledger_transactions(env: Env) -> None:
+    r = deposit(env, "w1", 10_000, "w1-d1")
+    assert r.balance.minor_units == 10_000 and r.balance.decimal == "100.00"
+    again = deposit(env, "w1", 10_000, "w1-d1")  # the same request: the first answer, nothing new
+    assert again.transaction_id == r.transaction_id and again.balance.minor_units == 10_000
+    code, msg, _ = _refused(lambda: deposit(env, "w1", 500, "w1-d1"))
+    assert code == grpc.StatusCode.ALREADY_EXISTS and "different request" in msg
+    w = env.wallet.Withdraw(ws.WithdrawRequest(request_id="w1-w1", amount=eur(2_550)), metadata=md("w1"), timeout=10)
+    assert w.balance.minor_units == 7_450
+    before = env.counts()
+    code, msg, details = _refused(
+        lambda: env.wallet.Withdraw(
+            ws.WithdrawRequest(request_id="w1-w2", amount=eur(7_451)), metadata=md("w1"), timeout=10
+        )
+    )
+    assert code == grpc.StatusCode.FAILED_PRECONDITION and "balance" in msg
+    assert details and details[0].reason == "REJECT_REASON_INSUFFICIENT_FUNDS"  # type: ignore[attr-defined]
+    assert env.counts() == before
+    assert balance(env, "w1") == (7_450, 0)
+    listed = env.wallet.ListTransactions(ws.ListTransactionsRequest(page_size=1), metadata=md("w1"), timeout=10)
+    assert [t.kind for t in listed.transactions] == [ws.TRANSACTION_KIND_WITHDRAWAL] and listed.next_page_token
+    rest = env.wallet.ListTransactions(
+        ws.ListTransactionsRequest(page_size=5, page_token=listed.next_page_token), metadata=md("w1"), timeout=10
+    )
+    assert [t.kind for t in rest.transactions] == [ws.TRANSACTION_KIND_DEPOSIT] and not rest.next_page_token
+
+
+def test_no_account_header_is_unauthenticated(env: Env) -> None:
+    with pytest.raises(grpc.RpcError) as err:
+        env.wallet.GetBalance(ws.GetBalanceRequest(), timeout=10)
+    assert err.value.code() == grpc.StatusCode.UNAUTHENTICATED
+
+
+def test_the_ledger_itself_refuses_edits_and_overdrafts(env: Env) -> None:
+    deposit(env, "w2", 1_000, "w2-d1")
+    with pytest.raises(psycopg.errors.InsufficientPrivilege):
+        env.sql("UPDATE betting.postings SET amount = amount + 1")
+    with pytest.raises(psycopg.errors.InsufficientPrivilege):
+        env.sql("DELETE FROM betting.transactions")
+    with pytest.raises(psycopg.errors.CheckViolation):  # even a balanced transaction cannot overdraw
+        env.sql(
+            """WITH t AS (INSERT INTO betting.transactions (transaction_id, kind, owner, currency)
+                          VALUES (gen_random_uuid(), 'correction', 'w2', 'EUR') RETURNING transaction_id)
+               INSERT INTO betting.postings (transaction_id, account_id, amount)
+               SELECT transaction_id, a, v FROM t, (VALUES ('player:w2:EUR', -1001), ('cash:EUR', 1001)) x(a, v)"""
+        )
+    with pytest.raises(psycopg.errors.CheckViolation):  # an unbalanced transaction fails at commit
+        env.sql(
+            """WITH t AS (INSERT INTO betting.transactions (transaction_id, kind, owner, currency)
+                          VALUES (gen_random_uuid(), 'correction', 'w2', 'EUR') RETURNING transaction_id)
+               INSERT INTO betting.postings (transaction_id, account_id, amount)
+               SELECT transaction_id, 'player:w2:EUR', 5 FROM t"""
+        )
+    assert balance(env, "w2") == (1_000, 0)
+
+
+def test_a_pre_match_single_is_accepted_at_once_and_holds_the_stake(env: Env) -> None:
+    env.send(fixture("b1"))
+    priced(env, "b1")
+    deposit(env, "p1", 5_000, "p1-d")
+    odds, version = env.price("b1", ONE, "home")
+    bet = place(env, "p1", "p1-b1", [selection("b1", ONE, "home", odds, version)], 1_000)
+    assert bet.status == bet_pb2.BET_STATUS_ACCEPTED
+    assert bet.accepted_odds.decimal == odds and bet.stake.minor_units == 1_000
+    assert bet.potential_payout.minor_units == int(Decimal(odds) * 1_000)
+    assert balance(env, "p1") == (4_000, 1_000)
+    again = place(env, "p1", "p1-b1", [selection("b1", ONE, "home", odds, version)], 1_000)
+    assert again.bet_id == bet.bet_id and balance(env, "p1") == (4_000, 1_000)  # the first answer, once
+    code, _, _ = _refused(lambda: place(env, "p1", "p1-b1", [selection("b1", ONE, "home", odds, version)], 999))
+    assert code == grpc.StatusCode.ALREADY_EXISTS
+    got = env.bets.GetBet(bs.GetBetRequest(bet_id=bet.bet_id), metadata=md("p1"), timeout=10).bet
+    assert got == bet
+    code, _, _ = _refused(lambda: env.bets.GetBet(bs.GetBetRequest(bet_id=bet.bet_id), metadata=md("x"), timeout=10))
+    assert code == grpc.StatusCode.NOT_FOUND  # another account's bet does not exist for you
+
+
+def test_odds_change_policies(env: Env) -> None:
+    env.send(fixture("b2"))
+    priced(env, "b2")
+    deposit(env, "p2", 10_000, "p2-d")
+    odds, version = env.price("b2", ONE, "draw")
+    higher = f"{Decimal(odds) + Decimal('0.50'):.2f}"
+    lower = f"{Decimal(odds) - Decimal('0.20'):.2f}"
+    before = env.counts()
+    code, msg, details = _refused(lambda: place(env, "p2", "p2-none", [selection("b2", ONE, "draw", higher)], 100))
+    assert code == grpc.StatusCode.FAILED_PRECONDITION and f"odds are {odds}" in msg
+    assert details[0].reason == "REJECT_REASON_ODDS_CHANGED"  # type: ignore[attr-defined]
+    code, _, _ = _refused(
+        lambda: place(
+            env, "p2", "p2-hi", [selection("b2", ONE, "draw", higher)], 100, bet_pb2.ODDS_CHANGE_POLICY_HIGHER
+        )
+    )
+    assert code == grpc.StatusCode.FAILED_PRECONDITION
+    assert env.counts() == before  # refused: nothing written
+    up = place(env, "p2", "p2-hi2", [selection("b2", ONE, "draw", lower)], 100, bet_pb2.ODDS_CHANGE_POLICY_HIGHER)
+    assert up.status == bet_pb2.BET_STATUS_ACCEPTED and up.accepted_odds.decimal == odds  # stands at the current
+    anyp = place(env, "p2", "p2-any", [selection("b2", ONE, "draw", higher)], 100, bet_pb2.ODDS_CHANGE_POLICY_ANY)
+    assert anyp.accepted_odds.decimal == odds
+    code, msg, _ = _refused(lambda: place(env, "p2", "p2-v", [selection("b2", ONE, "draw", odds, version + 100)], 100))
+    assert code == grpc.StatusCode.FAILED_PRECONDITION and "never published" in msg
+
+
+def test_accumulators_combine_odds_and_refuse_same_match_legs(env: Env) -> None:
+    env.send(fixture("b3"), fixture("b4"))
+    priced(env, "b3")
+    priced(env, "b4")
+    deposit(env, "p3", 10_000, "p3-d")
+    o1, _ = env.price("b3", ONE, "home")
+    o2, _ = env.price("b4", "total|total=2.5", "over")
+    bet = place(
+        env, "p3", "p3-acca", [selection("b3", ONE, "home", o1), selection("b4", "total|total=2.5", "over", o2)], 500
+    )
+    combined = (Decimal(o1) * Decimal(o2)).quantize(Decimal("0.01"), rounding="ROUND_DOWN")
+    assert bet.accepted_odds.decimal == f"{combined:.2f}" and len(bet.selections) == 2
+    assert bet.potential_payout.minor_units == int(combined * 500)
+    code, msg, details = _refused(
+        lambda: place(
+            env, "p3", "p3-same", [selection("b3", ONE, "home", o1), selection("b3", "btts", "yes", "1.90")], 500
+        )
+    )
+    assert code == grpc.StatusCode.INVALID_ARGUMENT and "same match" in msg
+    assert details[0].field_violations[0].field == "selections[1]"  # type: ignore[attr-defined]
+
+
+@pytest.mark.parametrize(
+    ("stake", "odds", "field"),
+    [
+        ({"minor_units": 0}, "2.00", "stake"),
+        ({"minor_units": -5}, "2.00", "stake"),
+        ({"decimal": "NaN"}, "2.00", "stake"),
+        ({"decimal": "inf"}, "2.00", "stake"),
+        ({"decimal": "1.005"}, "2.00", "stake"),
+        ({"decimal": "1e3"}, "2.00", "stake"),
+        ({"minor_units": 10**18}, "2.00", "stake"),
+        ({"minor_units": 100, "decimal": "2.00"}, "2.00", "stake"),
+        ({"minor_units": 100, "currency_code": "XXX"}, "2.00", "stake"),
+        ({"minor_units": 100}, "1.00", "selections[0].requested_odds"),
+        ({"minor_units": 100}, "abc", "selections[0].requested_odds"),
+        ({"minor_units": 100}, "2.001", "selections[0].requested_odds"),
+        ({"minor_units": 100}, "NaN", "selections[0].requested_odds"),
+        ({"minor_units": 100}, "-3", "selections[0].requested_odds"),
+    ],
+)
+def test_bad_input_is_invalid_argument_with_field_violations_and_writes_nothing(
+    env: Env, stake: dict[str, object], odds: str, field: str
+) -> None:
+    money = {"currency_code": "EUR", **stake}
+    before = env.counts()
+    req = bs.PlaceBetRequest(request_id="bad", selections=[selection("b1", ONE, "home", odds)], stake=money)  # type: ignore[arg-type]
+    code, msg, details = _refused(lambda: env.bets.PlaceBet(req, metadata=md("bad"), timeout=10))
+    assert code == grpc.StatusCode.INVALID_ARGUMENT, msg
+    assert [v.field for v in details[0].field_violations] == [field]  # type: ignore[attr-defined]
+    assert env.counts() == before
+
+
+def test_unknown_things_are_not_found_and_closed_markets_failed_precondition(env: Env) -> None:
+    env.send(fixture("b5"))
+    priced(env, "b5")
+    deposit(env, "p5", 10_000, "p5-d")
+    before = env.counts()
+    for sel, code, text in [
+        (selection("nope", ONE, "home", "2.00"), grpc.StatusCode.NOT_FOUND, "no priced match"),
+        (selection("b5", "corners", "over", "2.00"), grpc.StatusCode.NOT_FOUND, "no market"),
+        (selection("b5", ONE, "nobody", "2.00"), grpc.StatusCode.NOT_FOUND, "no outcome"),
+    ]:
+        got, msg, _ = _refused(lambda sel=sel: place(env, "p5", "p5-x", [sel], 100))
+        assert got == code and text in msg
+    env.trader.SuspendMarket(
+        ts.SuspendMarketRequest(request_id="b5-s", market={"match_id": "b5", "market_key": ONE}, reason="test"),
+        timeout=10,
+    )
+    wait_for(lambda: env.snapshot("b5").markets[0].status == 2, 10, what="1x2 suspended")  # type: ignore[union-attr]
+    odds, _ = env.price("b5", ONE, "home")
+    got, msg, details = _refused(lambda: place(env, "p5", "p5-s", [selection("b5", ONE, "home", odds)], 100))
+    assert got == grpc.StatusCode.FAILED_PRECONDITION and "not open" in msg
+    assert details[0].reason == "REJECT_REASON_MARKET_NOT_OPEN"  # type: ignore[attr-defined]
+    dup = selection("b5", "btts", "yes", "1.90")
+    got, msg, _ = _refused(lambda: place(env, "p5", "p5-d2", [dup, dup], 100))
+    assert got == grpc.StatusCode.INVALID_ARGUMENT and "twice" in msg
+    assert env.counts() == before
+
+
+def test_limits_stake_payout_odds_and_liability(env: Env) -> None:
+    env.send(fixture("b6"))
+    priced(env, "b6")
+    deposit(env, "p6", 2_000_000, "p6-d")
+    odds, _ = env.price("b6", ONE, "away")
+    for stake, reason in [(5, "REJECT_REASON_STAKE_LIMIT"), (1_000_001, "REJECT_REASON_STAKE_LIMIT")]:
+        _, _, details = _refused(
+            lambda stake=stake: place(env, "p6", f"p6-{stake}", [selection("b6", ONE, "away", odds)], stake)
+        )
+        assert details[0].reason == reason  # type: ignore[attr-defined]
+    # max liability is 5000 EUR per outcome in this environment: two bets of 1000 at ~3.5 break it
+    first = place(env, "p6", "p6-l1", [selection("b6", ONE, "away", odds)], 100_000)
+    assert first.status == bet_pb2.BET_STATUS_ACCEPTED
+    before = env.counts()
+    _, msg, details = _refused(lambda: place(env, "p6", "p6-l2", [selection("b6", ONE, "away", odds)], 100_000))
+    assert details[0].reason == "REJECT_REASON_LIABILITY_LIMIT", msg  # type: ignore[attr-defined]
+    assert env.counts() == before
+
+
+def test_fifty_concurrent_bets_against_a_balance_for_ten_accept_exactly_ten(env: Env) -> None:
+    env.send(fixture("b7"))
+    priced(env, "b7")
+    deposit(env, "p7", 10 * 300, "p7-d")
+    odds, _ = env.price("b7", ONE, "home")
+
+    def one(i: int) -> str:
+        try:
+            return bet_pb2.BetStatus.Name(place(env, "p7", f"p7-{i}", [selection("b7", ONE, "home", odds)], 300).status)
+        except grpc.RpcError as err:
+            return _error(err)[2][0].reason  # type: ignore[attr-defined,no-any-return]
+
+    with ThreadPoolExecutor(50) as pool:
+        results = list(pool.map(one, range(50)))
+    assert results.count("BET_STATUS_ACCEPTED") == 10
+    assert results.count("REJECT_REASON_INSUFFICIENT_FUNDS") == 40
+    assert balance(env, "p7") == (0, 3_000)
+
+
+def test_the_same_request_in_flight_twice_is_placed_once(env: Env) -> None:
+    env.send(fixture("b8"))
+    priced(env, "b8")
+    deposit(env, "p8", 10_000, "p8-d")
+    odds, _ = env.price("b8", ONE, "home")
+    with ThreadPoolExecutor(8) as pool:
+        bets = list(
+            pool.map(lambda _: place(env, "p8", "p8-same", [selection("b8", ONE, "home", odds)], 700), range(8))
+        )
+    assert len({b.bet_id for b in bets}) == 1
+    assert balance(env, "p8") == (9_300, 700)
+
+
+def test_in_play_bets_wait_for_the_delay_and_a_suspension_in_it_rejects_them(env: Env) -> None:
+    env.send(fixture("b9"), state_event("b9", 1, 10))
+    priced(env, "b9", 10)
+    snap = env.snapshot("b9")
+    assert snap is not None and snap.in_play
+    deposit(env, "p9", 10_000, "p9-d")
+    odds, _ = env.price("b9", "btts", "yes")
+    t0 = time.monotonic()
+    ok = place(env, "p9", "p9-ok", [selection("b9", "btts", "yes", odds)], 1_000, bet_pb2.ODDS_CHANGE_POLICY_ANY)
+    assert ok.status == bet_pb2.BET_STATUS_PENDING and balance(env, "p9") == (9_000, 1_000)
+    wait_for(lambda: _status(env, "p9", ok.bet_id) != bet_pb2.BET_STATUS_PENDING, 20, what="decided")
+    waited = time.monotonic() - t0
+    assert _status(env, "p9", ok.bet_id) == bet_pb2.BET_STATUS_ACCEPTED
+    assert waited >= IN_PLAY_DELAY - 0.05  # never decided before the delay is over
+
+    odds, _ = env.price("b9", "btts", "yes")
+    late = place(env, "p9", "p9-goal", [selection("b9", "btts", "yes", odds)], 2_000, bet_pb2.ODDS_CHANGE_POLICY_ANY)
+    assert late.status == bet_pb2.BET_STATUS_PENDING
+    env.send(goal("b9", 1, 0, 2))  # suspends every market, then reprices: the bet must not stand
+    wait_for(lambda: _status(env, "p9", late.bet_id) != bet_pb2.BET_STATUS_PENDING, 20, what="decided")
+    got = env.bets.GetBet(bs.GetBetRequest(bet_id=late.bet_id), metadata=md("p9"), timeout=10).bet
+    assert got.status == bet_pb2.BET_STATUS_REJECTED
+    assert got.reject_reason == bet_pb2.REJECT_REASON_SUSPENDED_DURING_DELAY and "suspended" in got.reject_detail
+    assert balance(env, "p9") == (9_000, 1_000)  # the rejected stake is back
+
+
+def _status(env: Env, account: str, bet_id: str) -> int:
+    return env.bets.GetBet(bs.GetBetRequest(bet_id=bet_id), metadata=md(account), timeout=10).bet.status
+
+
+def test_a_restart_during_the_delay_neither_loses_nor_double_decides(env: Env) -> None:
+    env.send(fixture("b10"), state_event("b10", 1, 30))
+    priced(env, "b10", 30)
+    deposit(env, "p10", 10_000, "p10-d")
+    odds, _ = env.price("b10", "btts", "no")
+    bet = place(env, "p10", "p10-b", [selection("b10", "btts", "no", odds)], 1_000, bet_pb2.ODDS_CHANGE_POLICY_ANY)
+    env.betting.signal(signal.SIGKILL)
+    assert env.betting.popen is not None
+    env.betting.popen.wait(10)
+    time.sleep(IN_PLAY_DELAY)
+    env.betting.start()
+    wait_for(lambda: _status(env, "p10", bet.bet_id) == bet_pb2.BET_STATUS_ACCEPTED, 30, what="decided after restart")
+    assert env.sql("SELECT count(*) FROM betting.outbox WHERE msg_id LIKE %s", f"{bet.bet_id}:%") == [(2,)]
+    assert balance(env, "p10") == (9_000, 1_000)
+
+
+def test_events_leave_through_the_outbox_to_the_bets_stream_and_watchbets(env: Env) -> None:
+    env.send(fixture("b11"), state_event("b11", 1, 5))
+    priced(env, "b11", 5)
+    deposit(env, "p11", 10_000, "p11-d")
+    stream = env.bets.WatchBets(bs.WatchBetsRequest(include_open=True), metadata=md("p11"), timeout=30)
+    odds, _ = env.price("b11", "btts", "yes")
+    bet = place(env, "p11", "p11-b", [selection("b11", "btts", "yes", odds)], 500, bet_pb2.ODDS_CHANGE_POLICY_ANY)
+    seen = []
+    for msg in stream:
+        if msg.event.bet.bet_id == bet.bet_id:
+            seen.append(msg.event.bet.status)
+        if seen and seen[-1] != bet_pb2.BET_STATUS_PENDING:
+            break
+    stream.cancel()
+    assert seen == [bet_pb2.BET_STATUS_PENDING, bet_pb2.BET_STATUS_ACCEPTED]
+
+    async def stored() -> list[tuple[str, str]]:
+        nc = await nats.connect(env.nats_url)
+        js = nc.jetstream()
+        sub = await js.subscribe(f"bets.p11.{bet.bet_id}", ordered_consumer=True)
+        out = []
+        for _ in range(2):
+            msg = await sub.next_msg(timeout=10)
+            out.append((msg.headers["Nats-Msg-Id"], bet_pb2.BetEvent.FromString(msg.data).bet.bet_id))  # type: ignore[index]
+        await nc.close()
+        return out
+
+    got = asyncio.run(stored())
+    assert got == [(f"{bet.bet_id}:pending:0", bet.bet_id), (f"{bet.bet_id}:accepted:0", bet.bet_id)]
+    wait_for(
+        lambda: env.sql("SELECT count(*) FROM betting.outbox WHERE published_at IS NULL") == [(0,)], 10, what="relayed"
+    )
+
+
+def test_list_bets_pages_newest_first(env: Env) -> None:
+    env.send(fixture("b12"))
+    priced(env, "b12")
+    deposit(env, "p12", 10_000, "p12-d")
+    odds, _ = env.price("b12", ONE, "home")
+    ids = [place(env, "p12", f"p12-{i}", [selection("b12", ONE, "home", odds)], 100).bet_id for i in range(5)]
+    page = env.bets.ListBets(bs.ListBetsRequest(page_size=2), metadata=md("p12"), timeout=10)
+    got = [b.bet_id for b in page.bets]
+    while page.next_page_token:
+        page = env.bets.ListBets(
+            bs.ListBetsRequest(page_size=2, page_token=page.next_page_token), metadata=md("p12"), timeout=10
+        )
+        got += [b.bet_id for b in page.bets]
+    assert got == list(reversed(ids))
+    code, _, details = _refused(
+        lambda: env.bets.ListBets(bs.ListBetsRequest(page_token="garbage!"), metadata=md("p12"), timeout=10)
+    )
+    assert code == grpc.StatusCode.INVALID_ARGUMENT and details[0].field_violations[0].field == "page_token"  # type: ignore[attr-defined]
+
+
+_TEXT = st.text(alphabet=st.characters(codec="utf-8", exclude_categories=("Cs",)), max_size=40)
+_ODDS = st.one_of(
+    st.sampled_from(["", "1.00", "1.01", "2.10", "NaN", "inf", "-2", "1e5", "2.001", "999999.99", "0x10", " 2.0"]),
+    st.decimals(allow_nan=True, allow_infinity=True).map(str),
+    _TEXT,
+)
+_MONEY = st.builds(
+    dict,
+    currency_code=st.sampled_from(["EUR", "JPY", "KWD", "", "eur", "XXX"]) | _TEXT,
+    minor_units=st.integers(-(2**63), 2**63 - 1),
+    decimal=st.sampled_from(["", "1", "1.5", "0.001", "NaN", "-1", "1e3", "99999999999999999"]) | _TEXT,
+)
+
+
+@st.composite
+def _requests(draw: st.DrawFn) -> bs.PlaceBetRequest:
+    sels = []
+    for _ in range(draw(st.integers(0, 22))):
+        s = selection(
+            draw(st.sampled_from(["b1", "b2", "nope", ""]) | _TEXT),
+            draw(st.sampled_from([ONE, "total|total=2.5", "btts", ""]) | _TEXT),
+            draw(st.sampled_from(["home", "draw", "over", "yes", ""]) | _TEXT),
+            draw(_ODDS),
+            draw(st.integers(0, 2**64 - 1)),
+        )
+        sels.append(s)
+    return bs.PlaceBetRequest(
+        request_id=draw(st.sampled_from(["fz1", "fz2", ""]) | _TEXT),
+        selections=sels,
+        stake=draw(_MONEY),  # type: ignore[arg-type]
+        odds_change_policy=draw(st.integers(0, 6)),  # type: ignore[arg-type]
+    )
+
+
+@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(req=_requests())
+def test_no_placebet_request_yields_internal_or_unknown(env: Env, req: bs.PlaceBetRequest) -> None:
+    try:
+        env.bets.PlaceBet(req, metadata=md("fuzz"), timeout=10)
+    except grpc.RpcError as err:
+        assert err.code() not in (grpc.StatusCode.INTERNAL, grpc.StatusCode.UNKNOWN), err.details()
+
+
+def test_an_oversized_request_is_refused_before_it_is_read(env: Env) -> None:
+    big = bs.PlaceBetRequest(
+        request_id="big", selections=[selection("b1", ONE, "home", "2.00")] * 200_000, stake=eur(100)
+    )
+    code, _, _ = _refused(lambda: env.bets.PlaceBet(big, metadata=md("big"), timeout=10))
+    assert code == grpc.StatusCode.RESOURCE_EXHAUSTED
