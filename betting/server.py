@@ -57,7 +57,7 @@ def build(app: ServiceApp) -> None:
     store = Store(pg)
     odds = OddsView(redis_dep)
     bets = BettingApi(store, odds, config, nats_dep)
-    wallet = WalletApi(store)
+    wallet = WalletApi(store, config)
     decider = Decider(odds, config)
     app.add_service(
         "livebet.betting.v1.BettingService", bets, betting_service_pb2_grpc.add_BettingServiceServicer_to_server

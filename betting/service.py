@@ -257,8 +257,8 @@ class BettingApi(betting_service_pb2_grpc.BettingServiceServicer):
 
 
 class WalletApi(wallet_service_pb2_grpc.WalletServiceServicer):
-    def __init__(self, store: Store) -> None:
-        self.store = store
+    def __init__(self, store: Store, config: Config) -> None:
+        self.store, self.config = store, config
 
     async def _move(self, request: Any, context: grpc.aio.ServicerContext, withdraw: bool) -> tuple[str, int, str]:
         account = await account_of(context)
@@ -305,6 +305,38 @@ class WalletApi(wallet_service_pb2_grpc.WalletServiceServicer):
             return given
         found = await self.store.currencies(account)
         return found[0] if found else "EUR"
+
+    async def SetStakeLimits(
+        self, request: ws.SetStakeLimitsRequest, context: grpc.aio.ServicerContext
+    ) -> ws.SetStakeLimitsResponse:
+        account = await account_of(context)
+        bad: list[tuple[str, str]] = []
+        amounts: dict[str, int | None] = {}
+        currencies = set()
+        for name in ("max_stake", "max_daily_stake"):
+            m = getattr(request, name)
+            if not request.HasField(name):
+                amounts[name] = None
+                continue
+            currencies.add(m.currency_code)
+            try:
+                amounts[name] = to_minor(m.currency_code, m.minor_units, m.decimal)
+                cap = self.config.max_stake if name == "max_stake" else self.config.max_daily_stake
+                if amounts[name] > major_to_minor(cap, m.currency_code):  # type: ignore[operator]
+                    bad.append((name, f"is above the operator's limit of {cap} {m.currency_code}"))
+            except MoneyError as err:
+                bad.append((name, str(err)))
+        if len(currencies) != 1:
+            bad.append(("max_stake", "set at least one limit, both in the same currency"))
+        if bad:
+            await abort_bad_request(context, bad)
+        currency = currencies.pop()
+        await self.store.set_limits(account, currency, amounts["max_stake"], amounts["max_daily_stake"])
+        out = ws.SetStakeLimitsResponse()
+        for name, value in amounts.items():
+            if value is not None:
+                getattr(out, name).CopyFrom(money(value, currency))
+        return out
 
     async def GetBalance(
         self, request: ws.GetBalanceRequest, context: grpc.aio.ServicerContext

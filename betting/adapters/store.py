@@ -251,6 +251,15 @@ class Store:
             found: dict[str, int] = {kind: balance for kind, balance in await cur.fetchall()}
         return int(found.get("player", 0)), int(found.get("held", 0))
 
+    async def set_limits(self, owner: str, currency: str, max_stake: int | None, max_daily: int | None) -> None:
+        async with self.pool.connection() as conn:
+            await conn.execute(
+                """INSERT INTO betting.account_limits (account_id, currency, max_stake, max_daily_stake)
+                   VALUES (%s, %s, %s, %s) ON CONFLICT (account_id, currency)
+                   DO UPDATE SET max_stake = excluded.max_stake, max_daily_stake = excluded.max_daily_stake""",
+                (owner, currency, max_stake, max_daily),
+            )
+
     async def currencies(self, owner: str) -> list[str]:
         async with self.pool.connection() as conn, conn.cursor() as cur:
             await cur.execute(
@@ -341,17 +350,22 @@ class Store:
                     ) from err
                 # the player's ledger row is locked by the hold: the daily sum below is serialised per player
                 await cur.execute(
-                    """SELECT coalesce(sum(stake), 0) AS staked,
-                              (SELECT max_daily_stake FROM betting.account_limits
-                                WHERE account_id = %(a)s AND currency = %(c)s) AS own_limit
-                       FROM betting.bets WHERE account_id = %(a)s AND currency = %(c)s
-                         AND placed_at > now() - interval '24 hours' AND status <> 'rejected'""",
+                    """SELECT coalesce(sum(stake), 0) AS staked, l.max_daily_stake AS own_limit, l.max_stake AS own_max
+                       FROM betting.bets
+                       LEFT JOIN betting.account_limits l ON l.account_id = %(a)s AND l.currency = %(c)s
+                       WHERE bets.account_id = %(a)s AND bets.currency = %(c)s
+                         AND placed_at > now() - interval '24 hours' AND status <> 'rejected'
+                       GROUP BY l.max_daily_stake, l.max_stake""",
                     {"a": p.account, "c": t.currency},
                 )
                 limits = await cur.fetchone()
                 assert limits is not None
+                if limits["own_max"] is not None and t.stake > limits["own_max"]:
+                    raise DailyLimitExceeded(
+                        f"stake is above your limit of {format_minor(limits['own_max'], t.currency)} {t.currency} a bet"
+                    )
                 if limits["staked"] > (limits["own_limit"] or p.max_daily_stake):
-                    raise DailyLimitExceeded(f"stakes over 24 hours would exceed the limit for {p.account}")
+                    raise DailyLimitExceeded("stakes over 24 hours would exceed your limit")
                 if status == "accepted":
                     await self._add_liability(cur, t, p.potential_payout, p.max_liability)
                 bet = await self._load(cur, row)

@@ -456,3 +456,25 @@ def test_an_oversized_request_is_refused_before_it_is_read(env: Env) -> None:
     )
     code, _, _ = _refused(lambda: env.bets.PlaceBet(big, metadata=md("big"), timeout=10))
     assert code == grpc.StatusCode.RESOURCE_EXHAUSTED
+
+
+def test_a_player_sets_own_stake_limits(env: Env) -> None:
+    env.send(fixture("b13"))
+    priced(env, "b13")
+    deposit(env, "p13", 10_000, "p13-d")
+    odds, _ = env.price("b13", ONE, "home")
+    r = env.wallet.SetStakeLimits(
+        ws.SetStakeLimitsRequest(max_stake=eur(500), max_daily_stake=eur(800)), metadata=md("p13"), timeout=10
+    )
+    assert r.max_stake.decimal == "5.00" and r.max_daily_stake.decimal == "8.00"
+    _, msg, details = _refused(lambda: place(env, "p13", "p13-a", [selection("b13", ONE, "home", odds)], 600))
+    assert details[0].reason == "REJECT_REASON_ACCOUNT_LIMIT" and "5.00" in msg  # type: ignore[attr-defined]
+    place(env, "p13", "p13-b", [selection("b13", ONE, "home", odds)], 500)
+    _, msg, details = _refused(lambda: place(env, "p13", "p13-c", [selection("b13", ONE, "home", odds)], 400))
+    assert details[0].reason == "REJECT_REASON_ACCOUNT_LIMIT" and "24 hours" in msg  # type: ignore[attr-defined]
+    code, _, _ = _refused(
+        lambda: env.wallet.SetStakeLimits(
+            ws.SetStakeLimitsRequest(max_stake=eur(10**9)), metadata=md("p13"), timeout=10
+        )
+    )
+    assert code == grpc.StatusCode.INVALID_ARGUMENT  # above the operator's own limit
