@@ -88,8 +88,12 @@ bench-feed: gen ## sustained feed ingestion vs raw JetStream publishing (goal >=
 bench-live: gen ## feed event -> WatchOdds client latency and throughput vs raw grpc.aio streaming
 	$(PY) -m pricing.bench_live
 
+.PHONY: bench-bets
+bench-bets: gen ## PlaceBet throughput and p50/p99 vs raw grpc.aio unary and raw PostgreSQL transactions
+	$(PY) -m betting.bench
+
 .PHONY: bench
-bench: bench-pricing bench-feed bench-live ## every benchmark the platform has so far
+bench: bench-pricing bench-feed bench-live bench-bets ## every benchmark the platform has so far
 
 .PHONY: calibrate
 calibrate: gen ## fit the model to Pinnacle closing odds (EPL 2023-24) and score it

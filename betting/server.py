@@ -51,7 +51,17 @@ def build(app: ServiceApp) -> None:
     s = app.settings
     config = Config.from_env()
     app.max_receive_bytes = MAX_REQUEST_BYTES
-    pg = app.add_dependency(PostgresDependency(s.postgres_dsn, MIGRATIONS, "betting", s.health_interval_seconds, 20))
+    pg = app.add_dependency(
+        PostgresDependency(
+            s.postgres_dsn,
+            MIGRATIONS,
+            "betting",
+            s.health_interval_seconds,
+            max_size=20,
+            autocommit=True,  # a bet is one statement (betting.place_bet): no BEGIN/COMMIT round trips
+            check_on_checkout=False,  # a dead connection fails UNAVAILABLE once; the client retries
+        )
+    )
     nats_dep = app.add_dependency(NatsDependency(s.nats_url, s.instance, s.health_interval_seconds))
     redis_dep = app.add_dependency(RedisDependency(s.redis_url, s.health_interval_seconds))
     store = Store(pg)

@@ -24,6 +24,7 @@ from decimal import Decimal
 from typing import Any, NoReturn
 
 import grpc
+import psycopg
 from google.protobuf import any_pb2
 from google.rpc import code_pb2, error_details_pb2, status_pb2
 from grpc_status import rpc_status
@@ -32,6 +33,7 @@ from livebet.betting.v1 import betting_service_pb2 as bs
 from livebet.betting.v1 import wallet_service_pb2 as ws
 from nats.aio.client import Client as NatsClient
 from nats.aio.msg import Msg
+from redis.exceptions import RedisError
 
 from betting.adapters.odds import MatchView, OddsView
 from betting.adapters.store import (
@@ -48,7 +50,17 @@ from betting.adapters.store import (
     parse_page_token,
 )
 from betting.domain.money import MoneyError, major_to_minor, to_minor
-from betting.domain.rules import BadRequest, Config, Kind, Leg, Refusal, check_ticket, parse_request, price_leg
+from betting.domain.rules import (
+    BadRequest,
+    Config,
+    Kind,
+    Leg,
+    Refusal,
+    Ticket,
+    check_ticket,
+    parse_request,
+    price_leg,
+)
 from feed.adapters.jetstream import token
 
 log = logging.getLogger("betting")
@@ -105,8 +117,6 @@ class Decider:
                 prices.append(price_leg(leg, view.quote(leg), row["policy"], self.config))
             except Refusal as r:
                 return ("rejected", r.reason or bet_pb2.REJECT_REASON_MARKET_NOT_OPEN, r.message)
-        from betting.domain.rules import Ticket  # the stored ticket, for the limits
-
         ticket = Ticket(row["request_id"], (), row["currency"], row["stake"], row["policy"])
         try:
             combined, win = check_ticket(ticket, prices, self.config)
@@ -128,11 +138,17 @@ class BettingApi(betting_service_pb2_grpc.BettingServiceServicer):
             await abort_bad_request(context, err.violations)
         request_digest = digest(request.SerializeToString(deterministic=True))
         try:
-            earlier = await self.store.existing(account, ticket.request_id, request_digest)
-        except Conflict as err:
-            await context.abort(grpc.StatusCode.ALREADY_EXISTS, str(err))
-        if earlier is not None:
-            return bs.PlaceBetResponse(bet=earlier)
+            return await self._place(account, ticket, request_digest, context)
+        except (psycopg.OperationalError, RedisError) as err:
+            log.warning("PlaceBet: a dependency failed", extra={"error": str(err)})
+            await context.abort(
+                grpc.StatusCode.UNAVAILABLE, "bets are unavailable right now; retry with the same request_id"
+            )
+            raise AssertionError("unreachable") from err
+
+    async def _place(
+        self, account: str, ticket: Ticket, request_digest: bytes, context: grpc.aio.ServicerContext
+    ) -> bs.PlaceBetResponse:
         try:
             views: list[MatchView] = [await self.odds.match(leg.match_id) for leg in ticket.legs]
             prices = [
@@ -141,6 +157,13 @@ class BettingApi(betting_service_pb2_grpc.BettingServiceServicer):
             ]
             combined, win = check_ticket(ticket, prices, self.config)
         except Refusal as r:
+            # a retry of a bet that was placed must get the first answer, whatever the price is now
+            try:
+                earlier = await self.store.existing(account, ticket.request_id, request_digest)
+            except Conflict as err:
+                await context.abort(grpc.StatusCode.ALREADY_EXISTS, str(err))
+            if earlier is not None:
+                return bs.PlaceBetResponse(bet=earlier)
             if r.kind is Kind.NOT_FOUND:
                 await context.abort(grpc.StatusCode.NOT_FOUND, r.message)
             await abort_refused(context, r.reason, r.message)

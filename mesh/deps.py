@@ -231,8 +231,16 @@ class PostgresDependency(_PollingDependency):
         component: str = "",
         interval: float = 0.5,
         max_size: int = 10,
+        autocommit: bool = False,
+        check_on_checkout: bool = True,
     ) -> None:
+        """``autocommit``: statements outside ``conn.transaction()`` commit on their own (one round
+        trip for a single-statement change). ``check_on_checkout``: ping every connection taken from
+        the pool (safer after a database restart, one more round trip per use); without it a dead
+        connection fails its statement and is dropped by the pool."""
         super().__init__(interval)
+        self.autocommit = autocommit
+        self.check_on_checkout = check_on_checkout
         self.dsn = dsn
         self.migrations = migrations
         self.component = component
@@ -254,8 +262,8 @@ class PostgresDependency(_PollingDependency):
             open=False,
             timeout=5,
             reconnect_timeout=0,  # keep trying forever; health reflects the outage meanwhile
-            check=AsyncConnectionPool.check_connection,
-            kwargs={"connect_timeout": 2},
+            check=AsyncConnectionPool.check_connection if self.check_on_checkout else None,
+            kwargs={"connect_timeout": 2, "autocommit": self.autocommit},
         )
         await self._pool.open(wait=False)
 

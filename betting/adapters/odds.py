@@ -55,8 +55,10 @@ class RedisSource(Protocol):
 class OddsView:
     """``source``: anything with a Redis ``client`` (the service's Redis dependency)."""
 
-    def __init__(self, source: RedisSource) -> None:
+    def __init__(self, source: RedisSource, cache_size: int = 10_000) -> None:
         self.source = source
+        self._cache: dict[str, tuple[bytes, MatchView]] = {}  # the last snapshot read per match, parsed
+        self._cache_size = cache_size
 
     @property
     def redis(self) -> Redis:
@@ -66,14 +68,21 @@ class OddsView:
         raw = await self.redis.get(SNAP_KEY + match_id)
         if raw is None:
             raise Refusal(Kind.NOT_FOUND, 0, f"no priced match {match_id!r}")
+        cached = self._cache.get(match_id)
+        if cached is not None and cached[0] == raw:
+            return cached[1]  # unchanged since the last bet on it: no parse
         snap = market_pb2.MatchOdds.FromString(raw)
-        return MatchView(
+        view = MatchView(
             snap.match_id,
             snap.version,
             snap.in_play,
             _sport(snap.sport),
             {m.ref.market_key: m for m in snap.markets},
         )
+        if len(self._cache) >= self._cache_size:
+            self._cache.pop(next(iter(self._cache)))
+        self._cache[match_id] = (raw, view)
+        return view
 
     async def interrupted_since(self, leg: Leg, version: int, current: int) -> str:
         """Why the leg's market was not open at some version in (``version``, ``current``] (a

@@ -16,9 +16,12 @@ import logging
 
 import nats.js.errors
 import psycopg
+from livebet.betting.v1 import bet_pb2
 from nats.js import JetStreamContext
 from nats.js.api import DiscardPolicy, StorageType, StreamConfig
 from psycopg_pool import AsyncConnectionPool
+
+from betting.adapters.store import money
 
 log = logging.getLogger("betting.outbox")
 STREAM = "BETS"
@@ -50,19 +53,29 @@ async def relay_once(pool: AsyncConnectionPool, js: JetStreamContext) -> int:
     """Publish one batch of unpublished events in order; how many."""
     async with pool.connection() as conn, conn.transaction(), conn.cursor() as cur:
         await cur.execute(
-            "SELECT id, subject, msg_id, payload FROM betting.outbox WHERE published_at IS NULL"
-            " ORDER BY id LIMIT %s FOR UPDATE SKIP LOCKED",
+            "SELECT id, subject, msg_id, payload, balance, currency FROM betting.outbox"
+            " WHERE published_at IS NULL ORDER BY id LIMIT %s FOR UPDATE SKIP LOCKED",
             (BATCH,),
         )
-        rows = await cur.fetchall()
-        if not rows:
+        found = await cur.fetchall()
+        if not found:
             return 0
+        rows = [(r[0], r[1], r[2], _with_balance(bytes(r[3]), r[4], r[5])) for r in found]
         # sent in order on one connection, so stored in order; the acks are awaited together
         await asyncio.gather(
-            *(js.publish(subj, bytes(data), headers={"Nats-Msg-Id": msg_id}) for _, subj, msg_id, data in rows)
+            *(js.publish(subj, data, headers={"Nats-Msg-Id": msg_id}) for _, subj, msg_id, data in rows)
         )
         await cur.execute("UPDATE betting.outbox SET published_at = now() WHERE id = ANY(%s)", ([r[0] for r in rows],))
         return len(rows)
+
+
+def _with_balance(payload: bytes, balance: int | None, currency: str | None) -> bytes:
+    """Events written by ``betting.place_bet`` carry the balance beside them: put it in."""
+    if balance is None or currency is None:
+        return payload
+    event = bet_pb2.BetEvent.FromString(payload)
+    event.balance.CopyFrom(money(balance, currency))
+    return event.SerializeToString()
 
 
 async def run_relay(pool: AsyncConnectionPool, dsn: str, js_of: object, stopping: asyncio.Event) -> None:

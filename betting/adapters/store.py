@@ -22,6 +22,7 @@ from google.protobuf.timestamp_pb2 import Timestamp
 from livebet.betting.v1 import bet_pb2
 from livebet.common.v1 import common_pb2
 from psycopg.rows import dict_row
+from psycopg.types.json import Jsonb
 from psycopg_pool import AsyncConnectionPool
 
 from betting.domain.money import format_minor
@@ -46,6 +47,12 @@ class InsufficientFunds(Exception):
 class LiabilityExceeded(Exception):
     def __init__(self, leg: Leg) -> None:
         super().__init__(f"liability limit reached on {leg.match_id} {leg.market_key} {leg.outcome_id}")
+
+    @classmethod
+    def of(cls, message: str) -> LiabilityExceeded:
+        err = cls.__new__(cls)
+        Exception.__init__(err, message)
+        return err
 
 
 class DailyLimitExceeded(Exception):
@@ -299,80 +306,87 @@ class Store:
         return bet_proto(row, await cur.fetchall())
 
     async def place(self, p: Placement) -> tuple[bet_pb2.Bet, bool]:
-        """Write a new bet, PENDING (in-play delay) or ACCEPTED (no delay), with its stake held.
-        Returns (bet, created); an earlier bet under the same request id is returned as it is."""
+        """Write a new bet, PENDING (in-play delay) or ACCEPTED (no delay), with its stake held and
+        its event in the outbox: one statement, ``betting.place_bet``, one round trip. Returns
+        (bet, created); an earlier bet under the same request id is returned as it is (Conflict when
+        that was another request)."""
         t = p.ticket
         bet_id = uuid.uuid4()
         status = "pending" if p.delay_seconds > 0 else "accepted"
+        legs = [
+            {
+                "match_id": leg.match_id,
+                "market_key": leg.market_key,
+                "market_type": leg.market_type,
+                "outcome_id": leg.outcome_id,
+                "requested_odds": str(leg.requested_odds),
+                "market_version": leg.market_version,
+                "seen_version": p.seen_versions[i],
+                "odds": str(p.odds[i]),
+            }
+            for i, leg in enumerate(t.legs)
+        ]
+        now = datetime.now(UTC)
+        bet = bet_proto(
+            {
+                "bet_id": bet_id,
+                "request_id": t.request_id,
+                "account_id": p.account,
+                "currency": t.currency,
+                "stake": t.stake,
+                "odds": p.combined,
+                "potential_payout": p.potential_payout,
+                "policy": t.policy,
+                "status": status,
+                "reject_reason": 0,
+                "reject_detail": "",
+                "result": 0,
+                "payout": 0,
+                "settlement_version": 0,
+                "placed_at": now,
+                "decided_at": now if status == "accepted" else None,
+                "settled_at": None,
+            },
+            [
+                {**leg, "requested_odds": t.legs[i].requested_odds, "odds": p.odds[i], "result": 0}
+                for i, leg in enumerate(legs)
+            ],
+        )
+        event = _event(bet, None)
+        params = (
+            bet_id, p.account, t.request_id, p.request_digest, t.currency, t.stake, t.policy, status, p.combined,
+            p.potential_payout, p.in_play, p.delay_seconds, Jsonb(legs), p.max_liability, p.max_daily_stake,
+            now, subject(p.account, str(bet_id)), event.event_id, event.SerializeToString(),
+        )  # fmt: skip
         try:
-            async with self.pool.connection() as conn, conn.transaction(), conn.cursor(row_factory=dict_row) as cur:
-                await cur.execute(
-                    """INSERT INTO betting.bets (bet_id, account_id, request_id, request_digest, currency, stake,
-                         policy, status, odds, potential_payout, in_play, decide_at, decided_at)
-                       VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s,
-                               clock_timestamp() + %s * interval '1 second',
-                               CASE WHEN %s = 'accepted' THEN clock_timestamp() END)
-                       ON CONFLICT (account_id, request_id) DO NOTHING
-                       RETURNING *""",
-                    (
-                        bet_id, p.account, t.request_id, p.request_digest, t.currency, t.stake, t.policy, status,
-                        p.combined, p.potential_payout, p.in_play, p.delay_seconds, status,
-                    ),
-                )  # fmt: skip
-                row = await cur.fetchone()
-                if row is None:  # placed before (or by a concurrent call that just committed)
-                    raise _Again()
-                await cur.executemany(
-                    """INSERT INTO betting.selections (bet_id, leg, match_id, market_key, market_type, outcome_id,
-                         requested_odds, market_version, seen_version, odds)
-                       VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s)""",
-                    [
-                        (
-                            bet_id, i, leg.match_id, leg.market_key, leg.market_type, leg.outcome_id,
-                            leg.requested_odds, leg.market_version, p.seen_versions[i], p.odds[i],
-                        )
-                        for i, leg in enumerate(t.legs)
-                    ],
-                )  # fmt: skip
-                await self._ensure_accounts(cur, p.account, t.currency)
-                try:
-                    _, balance = await self._post(
-                        cur,
-                        "stake_hold",
-                        p.account,
-                        t.currency,
-                        [(f"player:{p.account}:{t.currency}", -t.stake), (f"held:{p.account}:{t.currency}", t.stake)],
-                        bet_id=bet_id,
-                    )
-                except psycopg.errors.CheckViolation as err:
-                    raise InsufficientFunds(
-                        f"stake {format_minor(t.stake, t.currency)} {t.currency} is more than the available balance"
-                    ) from err
-                # the player's ledger row is locked by the hold: the daily sum below is serialised per player
-                await cur.execute(
-                    """SELECT coalesce(sum(stake), 0) AS staked, l.max_daily_stake AS own_limit, l.max_stake AS own_max
-                       FROM betting.bets
-                       LEFT JOIN betting.account_limits l ON l.account_id = %(a)s AND l.currency = %(c)s
-                       WHERE bets.account_id = %(a)s AND bets.currency = %(c)s
-                         AND placed_at > now() - interval '24 hours' AND status <> 'rejected'
-                       GROUP BY l.max_daily_stake, l.max_stake""",
-                    {"a": p.account, "c": t.currency},
+            async with self.pool.connection() as conn:
+                cur = await conn.execute(
+                    "SELECT * FROM betting.place_bet(%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s,"
+                    " %s, %s, %s, %s)",
+                    params,
                 )
-                limits = await cur.fetchone()
-                assert limits is not None
-                if limits["own_max"] is not None and t.stake > limits["own_max"]:
-                    raise DailyLimitExceeded(
-                        f"stake is above your limit of {format_minor(limits['own_max'], t.currency)} {t.currency} a bet"
-                    )
-                if limits["staked"] > (limits["own_limit"] or p.max_daily_stake):
-                    raise DailyLimitExceeded("stakes over 24 hours would exceed your limit")
-                if status == "accepted":
-                    await self._add_liability(cur, t, p.potential_payout, p.max_liability)
-                bet = await self._load(cur, row)
-                await self._outbox(cur, bet, balance)
+                row = await cur.fetchone()
+            assert row is not None
+            outcome, _, _, _, _, found_digest = row
+            if outcome == "placed":
                 return bet, True
-        except _Again:
-            pass
+            if bytes(found_digest) != p.request_digest:
+                raise Conflict(f"request_id {t.request_id!r} was used for a different request")
+        except psycopg.Error as err:
+            state = getattr(err, "sqlstate", None)
+            detail = err.diag.message_primary or str(err)
+            if state == "LB001":
+                raise InsufficientFunds(
+                    f"stake {format_minor(t.stake, t.currency)} {t.currency} is more than the available balance"
+                ) from err
+            if state == "LB002":
+                raise LiabilityExceeded.of(detail) from err
+            if state == "LB003":
+                limit = err.diag.message_detail
+                if limit and limit.isdigit():
+                    detail = f"stake is above your limit of {format_minor(int(limit), t.currency)} {t.currency} a bet"
+                raise DailyLimitExceeded(detail) from err
+            raise
         earlier = await self.existing(p.account, t.request_id, p.request_digest)
         assert earlier is not None
         return earlier, False
@@ -393,7 +407,9 @@ class Store:
                 raise LiabilityExceeded(leg)
 
     @staticmethod
-    async def _outbox(cur: psycopg.AsyncCursor[Any], bet: bet_pb2.Bet, balance: int) -> None:
+    async def _outbox(
+        cur: psycopg.AsyncCursor[Any] | psycopg.AsyncConnection[Any], bet: bet_pb2.Bet, balance: int
+    ) -> None:
         now = Timestamp()
         now.GetCurrentTime()
         event = bet_pb2.BetEvent(
@@ -406,7 +422,7 @@ class Store:
             "INSERT INTO betting.outbox (subject, msg_id, payload) VALUES (%s, %s, %s)",
             (subject(bet.account_id, bet.bet_id), event.event_id, event.SerializeToString()),
         )
-        await cur.execute("SELECT pg_notify('betting_outbox', '')")
+        await cur.execute("NOTIFY betting_outbox")
 
     async def due(self, limit: int = 100) -> list[uuid.UUID]:
         """Pending bets whose delay is over (nothing locked: each is decided in its own transaction)."""
@@ -530,8 +546,15 @@ class Store:
         return [b for s in ("pending", "accepted") for b in await self.list_bets(account, 1000, None, s)]
 
 
-class _Again(Exception):
-    """The bet exists already (the insert conflicted): answer with it."""
+def _event(bet: bet_pb2.Bet, balance: int | None) -> bet_pb2.BetEvent:
+    now = Timestamp()
+    now.GetCurrentTime()
+    event = bet_pb2.BetEvent(
+        event_id=f"{bet.bet_id}:{STATUS_NAME[bet.status]}:{bet.settlement_version}", bet=bet, occurred_at=now
+    )
+    if balance is not None:
+        event.balance.CopyFrom(money(balance, bet.stake.currency_code))
+    return event
 
 
 def _ticket_of(row: dict[str, Any], legs: Sequence[dict[str, Any]]) -> Ticket:

@@ -1,0 +1,330 @@
+"""``python -m betting.bench`` (make bench-bets): PlaceBet throughput and latency, next to the two
+raw figures that bound it, measured in the same run on the same servers.
+
+It starts nats-server, Valkey and PostgreSQL (durable, as ``make run`` runs it) in a temporary
+folder, writes priced pre-match matches to Redis the way the pricing engine does, starts the
+betting service and then measures, each with ``--clients`` concurrent grpc.aio / psycopg clients:
+
+1. **raw grpc.aio unary**: a bare grpc.aio server process echoing a PlaceBet-sized message;
+2. **raw PostgreSQL**: a bet-shaped transaction (a bet, a leg, two ledger postings moving two
+   balances, an outbox row) written with plain SQL, no service in between;
+3. **PlaceBet at full load** (pre-match, no delay, spread over the matches): throughput, p50/p99;
+4. **PlaceBet at half that load** (rate-limited): p50/p99;
+5. **PlaceBet with every client on one outcome** (a derby favourite): the outcome's liability row
+   is locked by each bet until it commits, so these bets queue behind each other.
+
+Goals (issue 6): PlaceBet throughput ≥ 50 % of the lower raw figure; p99 ≤ 25 ms at half load.
+Latencies are recorded in an HdrHistogram (1 µs .. 60 s, 3 digits).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+import uuid
+from pathlib import Path
+
+import grpc
+import psycopg
+import redis
+from google.protobuf.timestamp_pb2 import Timestamp
+from hdrh.histogram import HdrHistogram
+from livebet.betting.v1 import bet_pb2, betting_service_pb2_grpc, wallet_service_pb2_grpc
+from livebet.betting.v1 import betting_service_pb2 as bs
+from livebet.betting.v1 import wallet_service_pb2 as ws
+from livebet.common.v1 import common_pb2
+from livebet.feed.v1 import event_pb2 as ev
+from psycopg_pool import AsyncConnectionPool
+
+from mesh import infra
+from mesh.process import Process, service_spec, wait_for
+from pricing.live import codec
+from pricing.live.engine import Engine
+
+GOAL_RAW_SHARE = 0.5
+GOAL_P99_MS = 25.0
+ECHO = "/livebet.bench.Echo/Call"
+
+
+def _request(i: int, account: str, matches: int, odds: dict[int, str], m: int = 0) -> bs.PlaceBetRequest:
+    s = bet_pb2.Selection()
+    s.outcome.market.match_id, s.outcome.market.market_key, s.outcome.market.market_type = f"bb:{m}", "1x2", "1x2"
+    s.outcome.outcome_id = "home"
+    s.requested_odds.decimal = odds[m]
+    return bs.PlaceBetRequest(
+        request_id=f"{account}-{i}",
+        selections=[s],
+        stake=common_pb2.Money(currency_code="EUR", minor_units=100),
+        odds_change_policy=bet_pb2.ODDS_CHANGE_POLICY_ANY,
+    )
+
+
+def _seed_odds(redis_url: str, matches: int) -> dict[int, str]:
+    """Priced pre-match matches in Redis, written with the engine's own code."""
+    engine = Engine()
+    r = redis.Redis.from_url(redis_url)
+    now = Timestamp()
+    now.GetCurrentTime()
+    out = {}
+    for m in range(matches):
+        e = ev.FeedEvent(event_id=f"bb:{m}", provider="bench", match_id=f"bb:{m}")
+        f = e.fixture_change.fixture
+        f.match_id = f"bb:{m}"
+        f.pre_match_odds.home.decimal, f.pre_match_odds.draw.decimal, f.pre_match_odds.away.decimal = (
+            "2.1",
+            "3.4",
+            "3.6",
+        )
+        engine.apply(e)
+        lm = engine.matches[f"bb:{m}"]
+        r.set(codec.SNAP_KEY + lm.match_id, codec.snapshot(lm, now).SerializeToString())
+        out[m] = codec.market(lm.match_id, lm.quotes["1x2"], lm.version).outcomes[0].odds.decimal
+    return out
+
+
+# --- 1. raw grpc.aio ------------------------------------------------------------------------
+def echo_server(port: int) -> None:
+    async def main() -> None:
+        async def call(request: bytes, context: grpc.aio.ServicerContext) -> bytes:
+            return request
+
+        handler = grpc.method_handlers_generic_handler(
+            "livebet.bench.Echo", {"Call": grpc.unary_unary_rpc_method_handler(call)}
+        )
+        server = grpc.aio.server()
+        server.add_generic_rpc_handlers((handler,))
+        server.add_insecure_port(f"127.0.0.1:{port}")
+        await server.start()
+        await server.wait_for_termination()
+
+    asyncio.run(main())
+
+
+async def _drive(clients: int, seconds: float, call: object, rate: float = 0.0) -> dict[str, float]:
+    """``clients`` loops calling ``call(client, i)`` for ``seconds`` (at ``rate``/s in all when set)."""
+    hist = HdrHistogram(1, 60_000_000, 3)
+    done = 0
+    failed = 0
+    start = time.perf_counter()
+    end = start + seconds
+
+    async def loop(c: int) -> None:
+        nonlocal done, failed
+        i = 0
+        while time.perf_counter() < end:
+            if rate:
+                due = start + (i * clients + c) / rate
+                await asyncio.sleep(max(0.0, due - time.perf_counter()))
+            t0 = time.perf_counter()
+            try:
+                await call(c, i)  # type: ignore[operator]
+                hist.record_value(max(1, int((time.perf_counter() - t0) * 1e6)))
+                done += 1
+            except Exception:
+                failed += 1
+            i += 1
+
+    await asyncio.gather(*(loop(c) for c in range(clients)))
+    elapsed = time.perf_counter() - start
+    return {
+        "per_s": round(done / elapsed, 1),
+        "p50_ms": hist.get_value_at_percentile(50) / 1000,
+        "p99_ms": hist.get_value_at_percentile(99) / 1000,
+        "failed": failed,
+    }
+
+
+async def raw_grpc(target: str, clients: int, seconds: float, payload: bytes) -> dict[str, float]:
+    channel = grpc.aio.insecure_channel(target)
+    rpc = channel.unary_unary(ECHO)
+
+    async def call(c: int, i: int) -> None:
+        await rpc(payload, timeout=10)
+
+    await rpc(payload, timeout=10)
+    out = await _drive(clients, seconds, call)
+    await channel.close()
+    return out
+
+
+# --- 2. raw PostgreSQL ----------------------------------------------------------------------
+RAW_SCHEMA = """
+DROP SCHEMA IF EXISTS bench_raw CASCADE;
+CREATE SCHEMA bench_raw;
+CREATE TABLE bench_raw.balances (account text PRIMARY KEY, balance bigint NOT NULL CHECK (balance >= 0));
+CREATE TABLE bench_raw.bets (bet_id uuid PRIMARY KEY, account text, request_id text, stake bigint,
+  odds numeric(12,2), status text, placed_at timestamptz DEFAULT now(), UNIQUE (account, request_id));
+CREATE TABLE bench_raw.legs (bet_id uuid, leg smallint, match_id text, market_key text, outcome_id text,
+  odds numeric(12,2), PRIMARY KEY (bet_id, leg));
+CREATE TABLE bench_raw.postings (id bigserial PRIMARY KEY, txn uuid, account text, amount bigint, balance_after bigint);
+CREATE TABLE bench_raw.outbox (id bigserial PRIMARY KEY, subject text, payload bytea);
+"""
+
+
+async def raw_postgres(dsn: str, clients: int, seconds: float) -> dict[str, float]:
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        conn.execute(RAW_SCHEMA)
+        conn.execute("INSERT INTO bench_raw.balances SELECT 'p' || g, 10^12 FROM generate_series(0, %s) g", (clients,))
+        conn.execute("INSERT INTO bench_raw.balances SELECT 'h' || g, 0 FROM generate_series(0, %s) g", (clients,))
+    pool = AsyncConnectionPool(dsn, min_size=clients, max_size=clients, open=False)
+    await pool.open(wait=True)
+    payload = b"x" * 300
+
+    async def call(c: int, i: int) -> None:
+        bet, txn = uuid.uuid4(), uuid.uuid4()
+        async with pool.connection() as conn, conn.transaction(), conn.cursor() as cur:
+            await cur.execute(
+                "INSERT INTO bench_raw.bets VALUES (%s, %s, %s, 100, 2.10, 'accepted')", (bet, f"p{c}", f"r{i}")
+            )
+            await cur.execute("INSERT INTO bench_raw.legs VALUES (%s, 0, 'm', '1x2', 'home', 2.10)", (bet,))
+            for account, amount in ((f"p{c}", -100), (f"h{c}", 100)):
+                await cur.execute(
+                    "UPDATE bench_raw.balances SET balance = balance + %s WHERE account = %s RETURNING balance",
+                    (amount, account),
+                )
+                row = await cur.fetchone()
+                await cur.execute(
+                    "INSERT INTO bench_raw.postings (txn, account, amount, balance_after) VALUES (%s, %s, %s, %s)",
+                    (txn, account, amount, row[0] if row else 0),
+                )
+            await cur.execute("INSERT INTO bench_raw.outbox (subject, payload) VALUES ('bets.x', %s)", (payload,))
+
+    out = await _drive(clients, seconds, call)
+    await pool.close()
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        conn.execute("DROP SCHEMA bench_raw CASCADE")
+    return out
+
+
+# --- 3/4. PlaceBet --------------------------------------------------------------------------
+async def place_bets(
+    target: str,
+    clients: int,
+    seconds: float,
+    odds: dict[int, str],
+    matches: int,
+    rate: float,
+    tag: str,
+    hot: bool = False,
+) -> dict[str, float]:
+    channel = grpc.aio.insecure_channel(target)
+    bets = betting_service_pb2_grpc.BettingServiceStub(channel)
+    wallet = wallet_service_pb2_grpc.WalletServiceStub(channel)
+    accounts = [f"bench-{tag}-{c}" for c in range(clients)]
+    for a in accounts:
+        await wallet.Deposit(
+            ws.DepositRequest(request_id="seed", amount=common_pb2.Money(currency_code="EUR", minor_units=10**11)),
+            metadata=(("x-livebet-account", a),),
+        )
+
+    async def call(c: int, i: int) -> None:
+        # spread over the matches (or all on one outcome: its liability row serialises the bets)
+        m = 0 if hot else (i * clients + c) % matches
+        reply = await bets.PlaceBet(
+            _request(i, accounts[c], matches, odds, m), metadata=(("x-livebet-account", accounts[c]),), timeout=10
+        )
+        if reply.bet.status != bet_pb2.BET_STATUS_ACCEPTED:
+            raise RuntimeError(bet_pb2.BetStatus.Name(reply.bet.status))
+
+    out = await _drive(clients, seconds, call, rate)
+    await channel.close()
+    return out
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0] if __doc__ else "")
+    ap.add_argument("--clients", type=int, default=16)
+    ap.add_argument("--seconds", type=float, default=8.0)
+    ap.add_argument("--matches", type=int, default=200)
+    ap.add_argument("--json", action="store_true", help="print the figures as JSON")
+    ap.add_argument("--echo-server", type=int, default=0, help=argparse.SUPPRESS)
+    args = ap.parse_args(argv)
+    if args.echo_server:
+        echo_server(args.echo_server)
+        return 0
+    root = Path(tempfile.mkdtemp(prefix="livebet-bench-bets-"))
+    root.chmod(0o755)
+    procs: list[Process] = []
+    try:
+        nats_port, redis_port, pg_port = infra.free_port(), infra.free_port(), infra.free_port()
+        for spec in (
+            infra.nats(root / "nats", nats_port, infra.free_port()),
+            infra.valkey(root / "redis", redis_port, persist=False),
+            infra.postgres(root / "pg", pg_port, durable=True),
+        ):
+            procs.append(Process(spec, root / f"{spec.name}.log").start())
+        dsn, redis_url = infra.postgres_dsn(pg_port), f"redis://127.0.0.1:{redis_port}/0"
+        env = {"LIVEBET_NATS_URL": f"nats://127.0.0.1:{nats_port}", "LIVEBET_REDIS_URL": redis_url}
+        env["LIVEBET_POSTGRES_DSN"] = dsn
+        env["LIVEBET_LOG_LEVEL"] = "WARNING"
+        betting = Process(service_spec("betting", "betting.server", env), root / "betting.log").start()
+        procs.append(betting)
+        echo_port = infra.free_port()
+        echo = subprocess.Popen([sys.executable, "-m", "betting.bench", "--echo-server", str(echo_port)])
+        odds = _seed_odds(redis_url, args.matches)
+        payload = _request(0, "bench-x", args.matches, odds).SerializeToString()
+
+        async def probe() -> None:
+            async with grpc.aio.insecure_channel(f"127.0.0.1:{echo_port}") as ch:
+                await ch.unary_unary(ECHO)(payload, timeout=1, wait_for_ready=True)
+
+        wait_for(lambda: asyncio.run(probe()) is None, 20, what="echo server")
+        n, secs = args.clients, args.seconds
+        print(f"raw grpc.aio unary ({n} clients, {secs:.0f} s) ...", file=sys.stderr)
+        grpc_raw = asyncio.run(raw_grpc(f"127.0.0.1:{echo_port}", n, secs, payload))
+        echo.terminate()
+        echo.wait(10)
+        print("raw PostgreSQL bet-shaped transactions ...", file=sys.stderr)
+        pg_raw = asyncio.run(raw_postgres(dsn, n, secs))
+        print("PlaceBet, full load ...", file=sys.stderr)
+        full = asyncio.run(place_bets(betting.spec.health_target, n, secs, odds, args.matches, 0.0, "full"))
+        half_rate = full["per_s"] / 2
+        print(f"PlaceBet at half that load ({half_rate:.0f}/s) ...", file=sys.stderr)
+        half = asyncio.run(place_bets(betting.spec.health_target, n, secs, odds, args.matches, half_rate, "half"))
+        print("PlaceBet, every client on the same outcome ...", file=sys.stderr)
+        hot = asyncio.run(place_bets(betting.spec.health_target, n, secs, odds, args.matches, 0.0, "hot", True))
+    finally:
+        for p in reversed(procs):
+            p.stop()
+        shutil.rmtree(root, ignore_errors=True)
+    lower = min(grpc_raw["per_s"], pg_raw["per_s"])
+    share = full["per_s"] / lower if lower else 0.0
+    report = {
+        "clients": n,
+        "raw_grpc_unary": grpc_raw,
+        "raw_postgres_txn": pg_raw,
+        "placebet_full": full,
+        "placebet_half": half,
+        "placebet_same_outcome": hot,
+        "share_of_lower_raw": round(share, 3),
+        "goal_share": GOAL_RAW_SHARE,
+        "goal_p99_half_ms": GOAL_P99_MS,
+    }
+    if args.json:
+        print(json.dumps(report, indent=2))
+        return 0
+    print(f"\nPlaceBet benchmark, {n} concurrent clients, {secs:.0f} s per phase, pre-match (no delay)")
+    print(f"{'figure':<38}{'per s':>10}{'p50 ms':>10}{'p99 ms':>10}{'failed':>8}")
+    for name, r in (
+        ("raw grpc.aio unary (echo)", grpc_raw),
+        ("raw PostgreSQL bet-shaped transaction", pg_raw),
+        ("PlaceBet, full load", full),
+        (f"PlaceBet at half load ({half_rate:.0f}/s)", half),
+        ("PlaceBet, all on one outcome", hot),
+    ):
+        print(f"{name:<38}{r['per_s']:>10.0f}{r['p50_ms']:>10.2f}{r['p99_ms']:>10.2f}{r['failed']:>8.0f}")
+    ok_share = "met" if share >= GOAL_RAW_SHARE else "NOT met"
+    ok_p99 = "met" if half["p99_ms"] <= GOAL_P99_MS else "NOT met"
+    print(f"\nPlaceBet / lower raw figure = {share:.2f} (goal >= {GOAL_RAW_SHARE}): {ok_share}")
+    print(f"p99 at half load = {half['p99_ms']:.1f} ms (goal <= {GOAL_P99_MS:.0f} ms): {ok_p99}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
