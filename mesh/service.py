@@ -220,11 +220,14 @@ class ServiceApp:
             await self._server.stop(self.settings.grace_seconds)
         for task in list(self._tasks):
             task.cancel()
+        # every step is bounded: a dependency that is already gone must not keep the process alive
+        limit = max(1.0, self.settings.grace_seconds)
         for hook in self._on_stop:
             with contextlib.suppress(Exception):
-                await hook()
+                await asyncio.wait_for(hook(), limit)
         for d in reversed(self.dependencies):
-            await d.close()
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(d.close(), limit)
         self._health_task.cancel()
         self._stopped.set()
         log.info("stopped")

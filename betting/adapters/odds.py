@@ -65,9 +65,10 @@ class OddsView:
         return self.source.client
 
     async def match(self, match_id: str) -> MatchView:
-        raw = await self.redis.get(SNAP_KEY + match_id)
-        if raw is None:
+        got = await self.redis.get(SNAP_KEY + match_id)
+        if got is None:
             raise Refusal(Kind.NOT_FOUND, 0, f"no priced match {match_id!r}")
+        raw = got if isinstance(got, bytes) else got.encode()
         cached = self._cache.get(match_id)
         if cached is not None and cached[0] == raw:
             return cached[1]  # unchanged since the last bet on it: no parse

@@ -18,8 +18,8 @@ def test_default_topology_names_every_service_with_its_grpc_services() -> None:
 def test_replicas_get_consecutive_ports() -> None:
     odds = topology.load().service("odds")
     assert odds.replicas == 2
-    assert odds.grpc_ports == (50300, 50301)
-    assert odds.metrics_ports == (9300, 9301)
+    assert odds.grpc_ports == (18300, 18301)
+    assert odds.metrics_ports == (19300, 19301)
 
 
 def test_zero_ports_are_resolved_to_distinct_free_ports() -> None:
