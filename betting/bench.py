@@ -204,7 +204,7 @@ async def raw_postgres(dsn: str, clients: int, seconds: float) -> dict[str, floa
 
 # --- 3/4. PlaceBet --------------------------------------------------------------------------
 async def place_bets(
-    target: str,
+    targets: list[str],
     clients: int,
     seconds: float,
     odds: dict[int, str],
@@ -213,9 +213,9 @@ async def place_bets(
     tag: str,
     hot: bool = False,
 ) -> dict[str, float]:
-    channel = grpc.aio.insecure_channel(target)
-    bets = betting_service_pb2_grpc.BettingServiceStub(channel)
-    wallet = wallet_service_pb2_grpc.WalletServiceStub(channel)
+    channels = [grpc.aio.insecure_channel(t) for t in targets]
+    stubs = [betting_service_pb2_grpc.BettingServiceStub(ch) for ch in channels]
+    wallet = wallet_service_pb2_grpc.WalletServiceStub(channels[0])
     accounts = [f"bench-{tag}-{c}" for c in range(clients)]
     for a in accounts:
         await wallet.Deposit(
@@ -226,14 +226,15 @@ async def place_bets(
     async def call(c: int, i: int) -> None:
         # spread over the matches (or all on one outcome: its liability row serialises the bets)
         m = 0 if hot else (i * clients + c) % matches
-        reply = await bets.PlaceBet(
+        reply = await stubs[c % len(stubs)].PlaceBet(
             _request(i, accounts[c], matches, odds, m), metadata=(("x-livebet-account", accounts[c]),), timeout=10
         )
         if reply.bet.status != bet_pb2.BET_STATUS_ACCEPTED:
             raise RuntimeError(bet_pb2.BetStatus.Name(reply.bet.status))
 
     out = await _drive(clients, seconds, call, rate)
-    await channel.close()
+    for ch in channels:
+        await ch.close()
     return out
 
 
@@ -242,6 +243,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--clients", type=int, default=16)
     ap.add_argument("--seconds", type=float, default=8.0)
     ap.add_argument("--matches", type=int, default=200)
+    ap.add_argument("--replicas", type=int, default=1, help="betting service processes (clients spread over them)")
     ap.add_argument("--json", action="store_true", help="print the figures as JSON")
     ap.add_argument("--echo-server", type=int, default=0, help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
@@ -263,8 +265,11 @@ def main(argv: list[str] | None = None) -> int:
         env = {"LIVEBET_NATS_URL": f"nats://127.0.0.1:{nats_port}", "LIVEBET_REDIS_URL": redis_url}
         env["LIVEBET_POSTGRES_DSN"] = dsn
         env["LIVEBET_LOG_LEVEL"] = "WARNING"
-        betting = Process(service_spec("betting", "betting.server", env), root / "betting.log").start()
-        procs.append(betting)
+        targets = []
+        for k in range(args.replicas):
+            betting = Process(service_spec(f"betting-{k}", "betting.server", env), root / f"betting-{k}.log").start()
+            procs.append(betting)
+            targets.append(betting.spec.health_target)
         echo_port = infra.free_port()
         echo = subprocess.Popen([sys.executable, "-m", "betting.bench", "--echo-server", str(echo_port)])
         odds = _seed_odds(redis_url, args.matches)
@@ -283,12 +288,12 @@ def main(argv: list[str] | None = None) -> int:
         print("raw PostgreSQL bet-shaped transactions ...", file=sys.stderr)
         pg_raw = asyncio.run(raw_postgres(dsn, n, secs))
         print("PlaceBet, full load ...", file=sys.stderr)
-        full = asyncio.run(place_bets(betting.spec.health_target, n, secs, odds, args.matches, 0.0, "full"))
+        full = asyncio.run(place_bets(targets, n, secs, odds, args.matches, 0.0, "full"))
         half_rate = full["per_s"] / 2
         print(f"PlaceBet at half that load ({half_rate:.0f}/s) ...", file=sys.stderr)
-        half = asyncio.run(place_bets(betting.spec.health_target, n, secs, odds, args.matches, half_rate, "half"))
+        half = asyncio.run(place_bets(targets, n, secs, odds, args.matches, half_rate, "half"))
         print("PlaceBet, every client on the same outcome ...", file=sys.stderr)
-        hot = asyncio.run(place_bets(betting.spec.health_target, n, secs, odds, args.matches, 0.0, "hot", True))
+        hot = asyncio.run(place_bets(targets, n, secs, odds, args.matches, 0.0, "hot", True))
     finally:
         for p in reversed(procs):
             p.stop()
@@ -297,6 +302,7 @@ def main(argv: list[str] | None = None) -> int:
     share = full["per_s"] / lower if lower else 0.0
     report = {
         "clients": n,
+        "replicas": args.replicas,
         "raw_grpc_unary": grpc_raw,
         "raw_postgres_txn": pg_raw,
         "placebet_full": full,
@@ -309,7 +315,10 @@ def main(argv: list[str] | None = None) -> int:
     if args.json:
         print(json.dumps(report, indent=2))
         return 0
-    print(f"\nPlaceBet benchmark, {n} concurrent clients, {secs:.0f} s per phase, pre-match (no delay)")
+    print(
+        f"\nPlaceBet benchmark, {n} concurrent clients, {args.replicas} betting process(es), {secs:.0f} s per phase,"
+        " pre-match (no delay)"
+    )
     print(f"{'figure':<38}{'per s':>10}{'p50 ms':>10}{'p99 ms':>10}{'failed':>8}")
     for name, r in (
         ("raw grpc.aio unary (echo)", grpc_raw),
