@@ -1,26 +1,43 @@
 """The settlement service process: ``python -m settlement.server``.
 
-Depends on PostgreSQL (settlements; migrations run on start) and NATS (results in, events out).
-SettlementService and ReportService are answered UNIMPLEMENTED by the generated base servicers
-until the settlement issue fills them in.
+Depends on PostgreSQL (its schema ``settlement``; the money moves through ``betting.settle_market``)
+and NATS. It consumes the FEED stream through the durable consumer ``settlement`` (explicit acks,
+each event acknowledged after it was recorded and what it decided was settled), so a restart or a
+second replica picks up where the last acknowledgement was, and settling again changes nothing.
+
+SettlementService (manual settlement) and ReportService still answer UNIMPLEMENTED: see issue 7.
 """
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
+import logging
 from pathlib import Path
 
+import nats.errors
+from livebet.feed.v1 import event_pb2 as ev
 from livebet.settlement.v1 import report_service_pb2_grpc, settlement_service_pb2_grpc
+from nats.js.api import AckPolicy, ConsumerConfig
 
-from mesh.deps import NatsDependency, PostgresDependency
+from feed.adapters.jetstream import STREAM, ensure_stream
+from mesh.deps import NatsDependency, PostgresDependency, Readiness
 from mesh.service import ServiceApp, run
+from settlement.adapters.store import Store
+from settlement.service import Settler
 
 MIGRATIONS = Path(__file__).with_name("migrations")
+DURABLE = "settlement"
+BATCH = 200
+log = logging.getLogger("settlement")
 
 
 def build(app: ServiceApp) -> None:
     s = app.settings
-    app.add_dependency(PostgresDependency(s.postgres_dsn, MIGRATIONS, "settlement", s.health_interval_seconds))
-    app.add_dependency(NatsDependency(s.nats_url, s.instance, s.health_interval_seconds))
+    pg = app.add_dependency(PostgresDependency(s.postgres_dsn, MIGRATIONS, "settlement", s.health_interval_seconds))
+    nats_dep = app.add_dependency(NatsDependency(s.nats_url, s.instance, s.health_interval_seconds))
+    ready = app.add_dependency(Readiness("consumer"))
+    settler = Settler(Store(pg))
     settle = settlement_service_pb2_grpc.SettlementServiceServicer()
     reports = report_service_pb2_grpc.ReportServiceServicer()
     app.add_service(
@@ -31,6 +48,53 @@ def build(app: ServiceApp) -> None:
     app.add_service(
         "livebet.settlement.v1.ReportService", reports, report_service_pb2_grpc.add_ReportServiceServicer_to_server
     )
+
+    async def consume() -> None:
+        js = nats_dep.js
+        await ensure_stream(js)
+        config = ConsumerConfig(
+            durable_name=DURABLE, ack_policy=AckPolicy.EXPLICIT, max_ack_pending=BATCH * 2, ack_wait=60
+        )
+        sub = await js.pull_subscribe("feed.>", durable=DURABLE, stream=STREAM, config=config)
+        ready.set()
+        while not app.stopping.is_set():
+            try:
+                msgs = await sub.fetch(BATCH, timeout=1.0)
+            except (TimeoutError, nats.errors.TimeoutError):
+                continue
+            for msg in msgs:  # in stream order; each acknowledged once its effect is in PostgreSQL
+                await settler.on_event(ev.FeedEvent.FromString(msg.data), msg.metadata.sequence.stream)
+                await msg.ack()
+
+    async def supervise() -> None:
+        delay = 0.2
+        while not app.stopping.is_set():
+            try:
+                await consume()
+            except asyncio.CancelledError:
+                raise
+            except Exception:
+                ready.set(False)
+                log.warning("settlement consumer stopped; restarting it", exc_info=True)
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, 5.0)
+
+    async def start() -> None:
+        await pg.wait_ready()
+        await nats_dep.wait_ready()
+        task = app.spawn(supervise())
+
+        async def stop() -> None:
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await task
+
+        app.on_stop(stop)
+
+    async def on_start() -> None:
+        app.spawn(start())
+
+    app.on_start(on_start)
 
 
 if __name__ == "__main__":

@@ -13,6 +13,9 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+from datetime import datetime
+from decimal import Decimal
+from typing import Any
 
 import nats.js.errors
 import psycopg
@@ -21,7 +24,7 @@ from nats.js import JetStreamContext
 from nats.js.api import DiscardPolicy, StorageType, StreamConfig
 from psycopg_pool import AsyncConnectionPool
 
-from betting.adapters.store import money
+from betting.adapters.store import bet_proto, money
 
 log = logging.getLogger("betting.outbox")
 STREAM = "BETS"
@@ -53,20 +56,58 @@ async def relay_once(pool: AsyncConnectionPool, js: JetStreamContext) -> int:
     """Publish one batch of unpublished events in order; how many."""
     async with pool.connection() as conn, conn.transaction(), conn.cursor() as cur:
         await cur.execute(
-            "SELECT id, subject, msg_id, payload, balance, currency FROM betting.outbox"
+            "SELECT id, subject, msg_id, payload, balance, currency, bet_id FROM betting.outbox"
             " WHERE published_at IS NULL ORDER BY id LIMIT %s FOR UPDATE SKIP LOCKED",
             (BATCH,),
         )
         found = await cur.fetchall()
         if not found:
             return 0
-        rows = [(r[0], r[1], r[2], _with_balance(bytes(r[3]), r[4], r[5])) for r in found]
+        built = await _events(cur, [r[0] for r in found if r[3] is None])
+        rows = [
+            (r[0], r[1], r[2], built[r[0]] if r[3] is None else _with_balance(bytes(r[3]), r[4], r[5])) for r in found
+        ]
         # sent in order on one connection, so stored in order; the acks are awaited together
         await asyncio.gather(
             *(js.publish(subj, data, headers={"Nats-Msg-Id": msg_id}) for _, subj, msg_id, data in rows)
         )
         await cur.execute("UPDATE betting.outbox SET published_at = now() WHERE id = ANY(%s)", ([r[0] for r in rows],))
         return len(rows)
+
+
+async def _events(cur: psycopg.AsyncCursor[Any], ids: list[int]) -> dict[int, bytes]:
+    """Events written without a payload (by set-based SQL such as betting.settle_market): built here
+    from the bet as it is, with the player's balance."""
+    if not ids:
+        return {}
+    await cur.execute(
+        """SELECT o.id, o.msg_id, to_jsonb(b) AS bet, a.balance
+           FROM betting.outbox o JOIN betting.bets b ON b.bet_id = o.bet_id
+           LEFT JOIN betting.ledger_accounts a ON a.account_id = 'player:' || b.account_id || ':' || b.currency
+           WHERE o.id = ANY(%s)""",
+        (ids,),
+    )
+    rows = await cur.fetchall()
+    bet_ids = list({r[2]["bet_id"] for r in rows})
+    await cur.execute(
+        "SELECT to_jsonb(s) FROM betting.selections s WHERE bet_id = ANY(%s::uuid[]) ORDER BY bet_id, leg", (bet_ids,)
+    )
+    legs: dict[str, list[dict[str, Any]]] = {}
+    for (leg,) in await cur.fetchall():
+        leg["requested_odds"], leg["odds"] = Decimal(str(leg["requested_odds"])), Decimal(str(leg["odds"]))
+        legs.setdefault(leg["bet_id"], []).append(leg)
+    out = {}
+    for outbox_id, msg_id, bet, balance in rows:
+        bet["odds"] = Decimal(str(bet["odds"]))
+        for name in ("placed_at", "decided_at", "settled_at"):
+            bet[name] = datetime.fromisoformat(bet[name]) if bet[name] else None
+        proto = bet_proto(bet, legs.get(bet["bet_id"], []))
+        event = bet_pb2.BetEvent(event_id=msg_id, bet=proto)
+        event.occurred_at.GetCurrentTime()
+        if balance is not None:
+            event.balance.CopyFrom(money(int(balance), bet["currency"]))
+        out[outbox_id] = event.SerializeToString()
+    return out
 
 
 def _with_balance(payload: bytes, balance: int | None, currency: str | None) -> bytes:

@@ -138,7 +138,7 @@ def balance(env: Env, account: str) -> tuple[int, int]:
     return r.available.minor_units, r.held.minor_units
 
 
-def start(root: Path, name: str, extra_env: dict[str, str] | None = None) -> Iterator[Env]:
+def start(root: Path, name: str, extra_env: dict[str, str] | None = None, settlement: bool = False) -> Iterator[Env]:
     n, r, p = start_nats(root, f"nats-{name}"), start_valkey(root, f"redis-{name}"), start_postgres(root, f"pg-{name}")
     env = {
         "LIVEBET_NATS_URL": n.url,
@@ -153,7 +153,11 @@ def start(root: Path, name: str, extra_env: dict[str, str] | None = None) -> Ite
         Proc(service_spec("pricing", "pricing.server", env), root / f"{name}-pricing.log").start(),
         Proc(service_spec("betting", "betting.server", env), root / f"{name}-betting.log").start(),
     ]
-    feed, pricing, betting = (grpc.insecure_channel(x.spec.health_target) for x in procs)
+    if settlement:
+        procs.append(
+            Proc(service_spec("settlement", "settlement.server", env), root / f"{name}-settlement.log").start()
+        )
+    feed, pricing, betting = (grpc.insecure_channel(x.spec.health_target) for x in procs[:3])
     out = Env(
         feed_service_pb2_grpc.FeedServiceStub(feed),
         betting_service_pb2_grpc.BettingServiceStub(betting),

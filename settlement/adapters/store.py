@@ -1,0 +1,137 @@
+"""The settlement service's PostgreSQL: what it knows of results (schema ``settlement``), the open
+legs it has to settle (read from ``betting``), and the call that moves the money
+(``betting.settle_market``, owned by the betting service's migrations)."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from decimal import Decimal
+from typing import Any, Protocol
+
+from psycopg.types.json import Jsonb
+from psycopg_pool import AsyncConnectionPool
+
+from settlement.domain.results import MatchResult, OpenLeg
+
+
+class PoolSource(Protocol):
+    @property
+    def pool(self) -> AsyncConnectionPool: ...
+
+
+class Store:
+    def __init__(self, source: PoolSource) -> None:
+        self.source = source
+
+    @property
+    def pool(self) -> AsyncConnectionPool:
+        return self.source.pool
+
+    async def record_state(
+        self, match_id: str, home: int, away: int, ended: bool, halftime: tuple[int, int] | None, at: datetime
+    ) -> None:
+        async with self.pool.connection() as conn:
+            await conn.execute(
+                """INSERT INTO settlement.matches AS m (match_id, home, away, ht_home, ht_away, ht_at, ended, ended_at)
+                   VALUES (%(m)s, %(h)s, %(a)s, %(hh)s, %(ha)s, CASE WHEN %(hh)s::int IS NULL THEN NULL ELSE %(t)s END,
+                           %(e)s, CASE WHEN %(e)s THEN %(t)s END)
+                   ON CONFLICT (match_id) DO UPDATE SET
+                     home = excluded.home, away = excluded.away,
+                     ht_home = coalesce(m.ht_home, excluded.ht_home), ht_away = coalesce(m.ht_away, excluded.ht_away),
+                     ht_at = coalesce(m.ht_at, excluded.ht_at),
+                     ended = m.ended OR excluded.ended, ended_at = coalesce(m.ended_at, excluded.ended_at),
+                     updated_at = now()""",
+                {
+                    "m": match_id,
+                    "h": home,
+                    "a": away,
+                    "hh": halftime[0] if halftime else None,
+                    "ha": halftime[1] if halftime else None,
+                    "e": ended,
+                    "t": at,
+                },
+            )
+
+    async def record_goal(self, event_id: str, match_id: str, seq: int, side: str, at: datetime) -> None:
+        async with self.pool.connection() as conn:
+            await conn.execute(
+                """INSERT INTO settlement.goals (event_id, match_id, stream_seq, side, received_at)
+                   VALUES (%s, %s, %s, %s, %s) ON CONFLICT (event_id) DO NOTHING""",
+                (event_id, match_id, seq, side, at),
+            )
+
+    async def result(self, match_id: str) -> tuple[MatchResult, dict[str, datetime]] | None:
+        """The match's result so far and when each part became known (``ft``, ``ht``, ``goal<n>``)."""
+        async with self.pool.connection() as conn, conn.cursor() as cur:
+            await cur.execute(
+                "SELECT home, away, ht_home, ht_away, ht_at, ended, ended_at FROM settlement.matches"
+                " WHERE match_id = %s",
+                (match_id,),
+            )
+            row = await cur.fetchone()
+            if row is None:
+                return None
+            await cur.execute(
+                "SELECT side, received_at FROM settlement.goals WHERE match_id = %s ORDER BY stream_seq", (match_id,)
+            )
+            goals = await cur.fetchall()
+        home, away, hth, hta, ht_at, ended, ended_at = row
+        times: dict[str, datetime] = {f"goal{i + 1}": at for i, (_, at) in enumerate(goals)}
+        if ended_at:
+            times["ft"] = ended_at
+        if ht_at:
+            times["ht"] = ht_at
+        halftime = (hth, hta) if hth is not None else None
+        return MatchResult(home, away, ended, halftime, tuple(side for side, _ in goals)), times
+
+    async def open_legs(self, match_id: str) -> list[OpenLeg]:
+        async with self.pool.connection() as conn, conn.cursor() as cur:
+            await cur.execute(
+                """SELECT DISTINCT s.market_key, s.outcome_id, s.odds
+                   FROM betting.selections s JOIN betting.bets b ON b.bet_id = s.bet_id
+                   WHERE s.match_id = %s AND s.settled_version IS NULL AND b.status = 'accepted'""",
+                (match_id,),
+            )
+            return [OpenLeg(k, o, Decimal(odds)) for k, o, odds in await cur.fetchall()]
+
+    async def settle(
+        self, match_id: str, market_key: str, results: list[dict[str, Any]], decided_at: datetime, origin: str
+    ) -> tuple[int, int, int]:
+        """Settle one market at its current version (version 1 the first time); returns
+        (version, bets settled now, their total payout). Safe to repeat."""
+        async with self.pool.connection() as conn, conn.transaction(), conn.cursor() as cur:
+            await cur.execute(
+                """INSERT INTO settlement.settlements (match_id, market_key, version, origin, results, decided_at)
+                   VALUES (%s, %s, 1, %s, %s, %s) ON CONFLICT (match_id, market_key, version) DO NOTHING""",
+                (match_id, market_key, origin, Jsonb(results), decided_at),
+            )
+            await cur.execute(
+                "SELECT version, results, decided_at FROM settlement.settlements"
+                " WHERE match_id = %s AND market_key = %s ORDER BY version DESC LIMIT 1",
+                (match_id, market_key),
+            )
+            row = await cur.fetchone()
+            assert row is not None
+            version, stored, decided = row
+            # the stored results win: a leg with new odds is added to them, a known one keeps its result
+            known = {(r["outcome_id"], r["odds"]) for r in stored}
+            merged = list(stored) + [r for r in results if (r["outcome_id"], r["odds"]) not in known]
+            if len(merged) != len(stored):
+                await cur.execute(
+                    "UPDATE settlement.settlements SET results = %s WHERE match_id = %s AND market_key = %s"
+                    " AND version = %s",
+                    (Jsonb(merged), match_id, market_key, version),
+                )
+            await cur.execute(
+                "SELECT * FROM betting.settle_market(%s, %s, %s, %s, %s)",
+                (match_id, market_key, version, Jsonb(merged), decided),
+            )
+            got = await cur.fetchone()
+            count, payout = (int(got[0]), int(got[1])) if got else (0, 0)
+            if count:
+                await cur.execute(
+                    "UPDATE settlement.settlements SET bets_settled = bets_settled + %s,"
+                    " total_payout = total_payout + %s WHERE match_id = %s AND market_key = %s AND version = %s",
+                    (count, payout, match_id, market_key, version),
+                )
+            return int(version), count, payout

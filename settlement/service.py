@@ -1,0 +1,81 @@
+"""Results from the feed become settlements (the I/O around :mod:`settlement.domain.results`)."""
+
+from __future__ import annotations
+
+import logging
+from datetime import UTC, datetime
+
+from livebet.feed.v1 import event_pb2 as ev
+
+from settlement.adapters.store import Store
+from settlement.domain.results import parse_market_key, results_by_market
+
+log = logging.getLogger("settlement")
+_ENDED = (ev.MATCH_STATUS_ENDED, ev.MATCH_STATUS_CLOSED)
+_SIDE = {1: "home", 2: "away"}
+
+
+def _when(e: ev.FeedEvent) -> datetime:
+    if e.HasField("received_at"):
+        return e.received_at.ToDatetime(tzinfo=UTC)
+    return datetime.now(UTC)
+
+
+class Settler:
+    def __init__(self, store: Store) -> None:
+        self.store = store
+        self.settled_bets = 0
+
+    async def on_event(self, e: ev.FeedEvent, stream_seq: int) -> None:
+        """Record what the event says about the result; settle whatever it decided."""
+        kind = e.WhichOneof("payload")
+        if not e.match_id:
+            return
+        if kind == "match_state":
+            s = e.match_state.state
+            ended = s.status in _ENDED or s.period == ev.PERIOD_FULL_TIME
+            halftime = None
+            if s.period in (ev.PERIOD_HALFTIME, ev.PERIOD_SECOND_HALF) and s.period_scores:
+                halftime = (s.period_scores[0].home, s.period_scores[0].away)
+            elif s.period == ev.PERIOD_HALFTIME:
+                halftime = (s.score.home, s.score.away)
+            await self.store.record_state(e.match_id, s.score.home, s.score.away, ended, halftime, _when(e))
+            if ended or halftime is not None:
+                await self.settle_match(e.match_id)
+        elif kind == "goal" and e.goal.side in _SIDE:
+            await self.store.record_goal(e.event_id, e.match_id, stream_seq, _SIDE[e.goal.side], _when(e))
+            await self.settle_match(e.match_id)
+
+    async def settle_match(self, match_id: str) -> int:
+        """Settle every market of the match whose result is known and has open bets."""
+        known = await self.store.result(match_id)
+        if known is None:
+            return 0
+        result, times = known
+        legs = await self.store.open_legs(match_id)
+        total = 0
+        for market_key, results in results_by_market(result, legs).items():
+            market_type, specs = parse_market_key(market_key)
+            if market_type == "halftime_1x2":
+                decided = times.get("ht")
+            elif market_type == "next_goal" and f"goal{specs.get('goalnr')}" in times:
+                decided = times[f"goal{specs['goalnr']}"]
+            else:
+                decided = times.get("ft")
+            if decided is None:
+                continue
+            version, count, payout = await self.store.settle(match_id, market_key, results, decided, "score")
+            if count:
+                log.info(
+                    "market settled",
+                    extra={
+                        "match_id": match_id,
+                        "market": market_key,
+                        "version": version,
+                        "bets": count,
+                        "payout": payout,
+                    },
+                )
+            total += count
+        self.settled_bets += total
+        return total

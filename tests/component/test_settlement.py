@@ -1,0 +1,144 @@
+"""Settlement from the feed's results on real PostgreSQL, NATS, Valkey and the services: every
+rule through the shared pricing.settlement functions, the ledger and the bettor's events, and
+exactly once however often the result arrives."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Iterator
+from decimal import ROUND_DOWN, Decimal
+from pathlib import Path
+
+import nats
+import pytest
+from livebet.betting.v1 import bet_pb2
+from livebet.betting.v1 import betting_service_pb2 as bs
+from livebet.feed.v1 import event_pb2 as ev
+
+from tests.component.betting_env import Env, balance, deposit, md, place, priced, selection, start
+from tests.component.test_feed_service import fixture
+from tests.helpers import wait_for
+
+
+@pytest.fixture(scope="module")
+def env(servers_root: Path) -> Iterator[Env]:
+    yield from start(servers_root, "settle", settlement=True)
+
+
+@pytest.fixture(autouse=True)
+def ledger_stays_balanced(env: Env) -> Iterator[None]:
+    yield
+    env.check_ledger()
+
+
+def final(match_id: str, seq: int, home: int, away: int) -> ev.FeedEvent:
+    e = ev.FeedEvent(event_id=f"push:{match_id}:ft:{seq}", provider="push", match_id=match_id, sequence=seq)
+    s = e.match_state.state
+    s.match_id, s.status, s.period = match_id, ev.MATCH_STATUS_ENDED, ev.PERIOD_FULL_TIME
+    s.score.home, s.score.away, s.clock.minute = home, away, 90
+    return e
+
+
+def _caught_up(env: Env) -> bool:
+    """Whether the settlement service has consumed and acknowledged everything in FEED."""
+
+    async def go() -> bool:
+        nc = await nats.connect(env.nats_url)
+        info = await nc.jetstream().consumer_info("FEED", "settlement")
+        await nc.close()
+        return info.num_ack_pending == 0 and info.num_pending == 0
+
+    return asyncio.run(go())
+
+
+def _bet(env: Env, account: str, bet_id: str) -> bet_pb2.Bet:
+    return env.bets.GetBet(bs.GetBetRequest(bet_id=bet_id), metadata=md(account), timeout=10).bet
+
+
+def _payout(stake: int, odds: str, factor: str = "1") -> int:
+    return int((Decimal(stake) * Decimal(odds) * Decimal(factor)).to_integral_value(rounding=ROUND_DOWN))
+
+
+def test_full_time_settles_every_market_by_the_rules_once(env: Env) -> None:
+    env.send(fixture("s1"), fixture("s2"))
+    priced(env, "s1")
+    priced(env, "s2")
+    deposit(env, "q1", 1_000_000, "q1-d")
+    picks = {
+        "home": ("1x2", "home"),
+        "draw": ("1x2", "draw"),
+        "over": ("total|total=2.5", "over"),
+        "under": ("total|total=2.5", "under"),
+        "ah_q": ("asian_handicap|hcp=-1.25", "home"),  # 1-0 on -1.25: half lost (-1 void, -1.5 lost)
+        "ah_q2": ("asian_handicap|hcp=-0.75", "home"),  # 1-0 on -0.75: half won
+        "btts": ("btts", "no"),
+    }
+    bets = {}
+    for name, (key, outcome) in picks.items():
+        odds, _ = env.price("s1", key, outcome)
+        bets[name] = (place(env, "q1", f"q1-{name}", [selection("s1", key, outcome, odds)], 1_000), odds)
+    o1, _ = env.price("s1", "1x2", "home")
+    o2, _ = env.price("s2", "1x2", "away")
+    acca = place(env, "q1", "q1-acca", [selection("s1", "1x2", "home", o1), selection("s2", "1x2", "away", o2)], 500)
+    stream = env.bets.WatchBets(bs.WatchBetsRequest(), metadata=md("q1"), timeout=30)
+
+    env.send(final("s1", 50, 1, 0))
+    wait_for(
+        lambda: all(_bet(env, "q1", b.bet_id).status == bet_pb2.BET_STATUS_SETTLED for b, _ in bets.values()),
+        30,
+        what="every single settled",
+    )
+    expected = {
+        "home": (bet_pb2.BET_RESULT_WON, _payout(1_000, bets["home"][1])),
+        "draw": (bet_pb2.BET_RESULT_LOST, 0),
+        "over": (bet_pb2.BET_RESULT_LOST, 0),
+        "under": (bet_pb2.BET_RESULT_WON, _payout(1_000, bets["under"][1])),
+        "ah_q": (bet_pb2.BET_RESULT_HALF_LOST, 500),
+        "ah_q2": (bet_pb2.BET_RESULT_HALF_WON, _payout(1_000, str((Decimal(bets["ah_q2"][1]) + 1) / 2))),
+        "btts": (bet_pb2.BET_RESULT_WON, _payout(1_000, bets["btts"][1])),
+    }
+    for name, (result, payout) in expected.items():
+        b = _bet(env, "q1", bets[name][0].bet_id)
+        assert (b.status, b.result, b.payout.minor_units) == (bet_pb2.BET_STATUS_SETTLED, result, payout), name
+    assert _bet(env, "q1", acca.bet_id).status == bet_pb2.BET_STATUS_ACCEPTED  # s2 still open
+    paid = sum(p for _, p in expected.values())
+    assert balance(env, "q1") == (1_000_000 - 7_000 - 500 + paid, 500)
+
+    settled = set()
+    for msg in stream:
+        if msg.event.bet.status == bet_pb2.BET_STATUS_SETTLED:
+            settled.add(msg.event.bet.bet_id)
+            assert msg.event.balance.currency_code == "EUR"
+        if len(settled) == len(expected):
+            break
+    stream.cancel()
+
+    # the same result again, and again from another event: nothing moves
+    before = env.counts()
+    env.send(final("s1", 51, 1, 0))
+    wait_for(lambda: _caught_up(env), 10, what="the repeated result consumed")
+    assert env.counts() == before
+
+    env.send(final("s2", 50, 0, 2))  # the accumulator's last leg: won
+    wait_for(lambda: _bet(env, "q1", acca.bet_id).status == bet_pb2.BET_STATUS_SETTLED, 30, what="acca settled")
+    b = _bet(env, "q1", acca.bet_id)
+    product = (Decimal(o1) * Decimal(o2)).quantize(Decimal("0.01"), rounding=ROUND_DOWN)
+    assert b.result == bet_pb2.BET_RESULT_WON
+    assert b.payout.minor_units == _payout(500, str(product)) == acca.potential_payout.minor_units
+    assert balance(env, "q1")[1] == 0  # nothing held any more
+    assert env.sql("SELECT count(*) FROM betting.liability WHERE match_id IN ('s1', 's2') AND amount <> 0") == [(0,)]
+
+
+def test_an_accumulator_with_a_lost_leg_is_lost_at_once(env: Env) -> None:
+    env.send(fixture("s3"), fixture("s4"))
+    priced(env, "s3")
+    priced(env, "s4")
+    deposit(env, "q2", 10_000, "q2-d")
+    o1, _ = env.price("s3", "1x2", "draw")
+    o2, _ = env.price("s4", "1x2", "home")
+    acca = place(env, "q2", "q2-acca", [selection("s3", "1x2", "draw", o1), selection("s4", "1x2", "home", o2)], 1_000)
+    env.send(final("s3", 50, 2, 0))
+    wait_for(lambda: _bet(env, "q2", acca.bet_id).status == bet_pb2.BET_STATUS_SETTLED, 30, what="lost at once")
+    b = _bet(env, "q2", acca.bet_id)
+    assert (b.result, b.payout.minor_units) == (bet_pb2.BET_RESULT_LOST, 0)
+    assert balance(env, "q2") == (9_000, 0)
