@@ -92,8 +92,12 @@ bench-live: gen ## feed event -> WatchOdds client latency and throughput vs raw 
 bench-bets: gen ## PlaceBet throughput and p50/p99 vs raw grpc.aio unary and raw PostgreSQL transactions
 	$(PY) -m betting.bench
 
+.PHONY: bench-settle
+bench-settle: gen ## time to settle 100,000 open bets on one match (goal <= 10 s)
+	$(PY) -m settlement.bench
+
 .PHONY: bench
-bench: bench-pricing bench-feed bench-live bench-bets ## every benchmark the platform has so far
+bench: bench-pricing bench-feed bench-live bench-bets bench-settle ## every benchmark the platform has so far
 
 .PHONY: calibrate
 calibrate: gen ## fit the model to Pinnacle closing odds (EPL 2023-24) and score it

@@ -196,20 +196,21 @@ class Store:
             (txn, kind, owner, currency, bet_id, request_id, request_digest, reason),
         )
         player = f"player:{owner}:{currency}"
+        ordered = sorted(moves)  # accounts locked in one order by every movement: no deadlock cycles
+        rows = ", ".join(["(%s, %s, %s, %s)"] * len(ordered))
+        await cur.execute(
+            f"INSERT INTO betting.postings (transaction_id, account_id, amount, bet_id) VALUES {rows}"
+            " RETURNING account_id, balance_after",
+            [x for account, amount in ordered for x in (txn, account, amount, bet_id)],
+        )
         balance = None
-        for account, amount in moves:
-            await cur.execute(
-                "INSERT INTO betting.postings (transaction_id, account_id, amount) VALUES (%s, %s, %s)"
-                " RETURNING balance_after",
-                (txn, account, amount),
-            )
-            row = await cur.fetchone()
-            if account == player and row is not None:
+        for row in await cur.fetchall():
+            if row["account_id"] == player:
                 balance = row["balance_after"]
         if balance is None:
             await cur.execute("SELECT balance FROM betting.ledger_accounts WHERE account_id = %s", (player,))
-            row = await cur.fetchone()
-            balance = row["balance"] if row else 0
+            found = await cur.fetchone()
+            balance = found["balance"] if found else 0
         return txn, int(balance)
 
     async def wallet(
