@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from datetime import UTC, datetime
 
@@ -13,6 +14,7 @@ from settlement.domain.results import parse_market_key, results_by_market
 log = logging.getLogger("settlement")
 _ENDED = (ev.MATCH_STATUS_ENDED, ev.MATCH_STATUS_CLOSED)
 _SIDE = {1: "home", 2: "away"}
+PARALLEL_MARKETS = 2  # markets settled at once (each on its own connection)
 
 
 def _when(e: ev.FeedEvent) -> datetime:
@@ -53,8 +55,9 @@ class Settler:
             return 0
         result, times = known
         legs = await self.store.open_legs(match_id)
-        total = 0
-        for market_key, results in results_by_market(result, legs).items():
+        gate = asyncio.Semaphore(PARALLEL_MARKETS)
+
+        async def one(market_key: str, results: list[dict[str, object]]) -> int:
             market_type, specs = parse_market_key(market_key)
             if market_type == "halftime_1x2":
                 decided = times.get("ht")
@@ -63,8 +66,9 @@ class Settler:
             else:
                 decided = times.get("ft")
             if decided is None:
-                continue
-            version, count, payout = await self.store.settle(match_id, market_key, results, decided, "score")
+                return 0
+            async with gate:
+                version, count, payout = await self.store.settle(match_id, market_key, results, decided, "score")
             if count:
                 log.info(
                     "market settled",
@@ -76,6 +80,11 @@ class Settler:
                         "payout": payout,
                     },
                 )
-            total += count
+            return count
+
+        # markets of a match hold disjoint bets and lock ledger accounts in one order: they can
+        # settle side by side
+        done = await asyncio.gather(*(one(k, r) for k, r in results_by_market(result, legs).items()))
+        total = sum(done)
         self.settled_bets += total
         return total

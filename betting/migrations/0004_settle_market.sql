@@ -34,7 +34,12 @@ END $$;
 CREATE TRIGGER postings_balanced AFTER INSERT ON betting.postings
     REFERENCING NEW TABLE AS inserted FOR EACH STATEMENT EXECUTE FUNCTION betting.check_balanced();
 
--- the same posting trigger without a catalogue lookup per row (the sequence by name)
+-- the same posting trigger without a catalogue lookup per row (the sequence by name), standing
+-- aside only while betting.settle_market writes its postings in bulk (it moves the balances itself)
+DROP TRIGGER postings_apply ON betting.postings;
+CREATE TRIGGER postings_apply BEFORE INSERT ON betting.postings FOR EACH ROW
+    WHEN (coalesce(current_setting('betting.bulk_postings', true), '') <> 'on')
+    EXECUTE FUNCTION betting.apply_posting();
 CREATE OR REPLACE FUNCTION betting.apply_posting() RETURNS trigger LANGUAGE plpgsql AS $$
 BEGIN
     UPDATE betting.ledger_accounts SET balance = balance + NEW.amount
@@ -207,14 +212,38 @@ BEGIN
     INSERT INTO betting.transactions (transaction_id, kind, owner, currency, reason)
     SELECT v_txn, 'settlement', '', min(currency), p_match || ' ' || p_market_key || ' v' || p_version
       FROM settle_batch;
-    INSERT INTO betting.postings (transaction_id, account_id, amount, bet_id)
-    SELECT v_txn, 'held:' || account_id || ':' || currency, -stake, bet_id FROM settle_batch
+    -- The postings, written in bulk: the accounts are locked in account order (as every movement
+    -- does), each posting's balance_after is the account's balance plus the running sum, and each
+    -- account's balance moves once by its total (the CHECK still refuses a negative one). The
+    -- per-row posting trigger stands aside for this one statement (betting.bulk_postings); the
+    -- statement-level balance check still runs.
+    CREATE TEMP TABLE IF NOT EXISTS settle_moves (ord bigserial, account_id text, amount bigint, bet_id uuid)
+        ON COMMIT DROP;
+    TRUNCATE settle_moves;
+    INSERT INTO settle_moves (account_id, amount, bet_id)
+    SELECT 'held:' || account_id || ':' || currency, -stake, bet_id FROM settle_batch
     UNION ALL
-    SELECT v_txn, 'player:' || account_id || ':' || currency, payout, bet_id FROM settle_batch WHERE payout > 0
+    SELECT 'player:' || account_id || ':' || currency, payout, bet_id FROM settle_batch WHERE payout > 0
     UNION ALL
-    SELECT v_txn, 'house:' || currency, sum(stake) - sum(payout), NULL FROM settle_batch
-     GROUP BY currency HAVING sum(stake) <> sum(payout)
-    ORDER BY 2;  -- accounts in a fixed order: two settlements never wait on each other in a cycle
+    SELECT 'house:' || currency, sum(stake) - sum(payout), NULL FROM settle_batch
+     GROUP BY currency HAVING sum(stake) <> sum(payout);
+    PERFORM 1 FROM betting.ledger_accounts
+     WHERE account_id IN (SELECT DISTINCT account_id FROM settle_moves) ORDER BY account_id FOR UPDATE;
+    PERFORM set_config('betting.bulk_postings', 'on', true);
+    INSERT INTO betting.postings (posting_id, transaction_id, account_id, amount, bet_id, balance_after)
+    SELECT nextval('betting.postings_posting_id_seq'), v_txn, x.account_id, x.amount, x.bet_id, x.after
+      FROM (SELECT m.account_id, m.amount, m.bet_id,
+                   a.balance + sum(m.amount) OVER (PARTITION BY m.account_id ORDER BY m.ord) AS after
+              FROM settle_moves m JOIN betting.ledger_accounts a ON a.account_id = m.account_id
+             ORDER BY m.account_id, m.ord OFFSET 0) x;
+    PERFORM set_config('betting.bulk_postings', 'off', true);
+    UPDATE betting.ledger_accounts a SET balance = a.balance + t.total
+      FROM (SELECT account_id, sum(amount) AS total FROM settle_moves GROUP BY account_id) t
+     WHERE a.account_id = t.account_id;
+    IF (SELECT count(DISTINCT account_id) FROM settle_moves) <>
+       (SELECT count(*) FROM betting.ledger_accounts WHERE account_id IN (SELECT account_id FROM settle_moves)) THEN
+        RAISE EXCEPTION 'a settlement posting names no ledger account' USING ERRCODE = 'foreign_key_violation';
+    END IF;
 
     UPDATE betting.liability l SET amount = l.amount - x.total
       FROM (SELECT s.match_id, s.market_key, s.outcome_id, b.currency, sum(b.potential_payout) AS total
