@@ -142,3 +142,39 @@ def test_an_accumulator_with_a_lost_leg_is_lost_at_once(env: Env) -> None:
     b = _bet(env, "q2", acca.bet_id)
     assert (b.result, b.payout.minor_units) == (bet_pb2.BET_RESULT_LOST, 0)
     assert balance(env, "q2") == (9_000, 0)
+
+
+def test_two_settlement_replicas_settle_each_bet_exactly_once(env: Env, servers_root: Path) -> None:
+    from tests.helpers import Proc, service_spec
+
+    base = {k: v for k, v in env.procs[3].spec.env.items() if k not in ("LIVEBET_GRPC_PORT", "LIVEBET_METRICS_PORT")}
+    second = Proc(
+        service_spec("settlement-2", "settlement.server", {**base, "LIVEBET_REPLICA": "1"}), servers_root / "s2.log"
+    )
+    second.start()
+    try:
+        env.send(fixture("s5"))
+        priced(env, "s5")
+        deposit(env, "q3", 1_000_000, "q3-d")
+        ids = []
+        for i, (key, outcome) in enumerate(
+            [("1x2", "home"), ("1x2", "away"), ("btts", "yes"), ("odd_even", "odd")] * 10
+        ):
+            odds, _ = env.price("s5", key, outcome)
+            ids.append(place(env, "q3", f"q3-{i}", [selection("s5", key, outcome, odds)], 100 + i).bet_id)
+        # both replicas share the durable consumer; the result arrives twice, once via each perhaps
+        env.send(final("s5", 50, 2, 1), final("s5", 51, 2, 1))
+        wait_for(
+            lambda: all(_bet(env, "q3", b).status == bet_pb2.BET_STATUS_SETTLED for b in ids), 30, what="all settled"
+        )
+        wait_for(lambda: _caught_up(env), 10, what="both results consumed")
+        rows = env.sql(
+            "SELECT bet_id FROM betting.postings WHERE bet_id = ANY(%s::uuid[]) GROUP BY 1 HAVING count(*) > 4",
+            ids,
+        )
+        assert rows == []  # hold (2) + settlement (held out, maybe a payout) per bet, never twice
+        assert env.sql(
+            "SELECT count(*) FROM betting.outbox WHERE msg_id LIKE '%%:settled:%%' AND bet_id = ANY(%s::uuid[])", ids
+        ) == [(len(ids),)]
+    finally:
+        second.stop()
