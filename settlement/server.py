@@ -5,7 +5,8 @@ and NATS. It consumes the FEED stream through the durable consumer ``settlement`
 each event acknowledged after it was recorded and what it decided was settled), so a restart or a
 second replica picks up where the last acknowledgement was, and settling again changes nothing.
 
-SettlementService (manual settlement) and ReportService still answer UNIMPLEMENTED: see issue 7.
+ReportService: :mod:`settlement.reports`. SettlementService (manual settlement, rollbacks) still
+answers UNIMPLEMENTED: see issue 7.
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ from feed.adapters.jetstream import STREAM, ensure_stream
 from mesh.deps import NatsDependency, PostgresDependency, Readiness
 from mesh.service import ServiceApp, run
 from settlement.adapters.store import Store
+from settlement.reports import ReportApi
 from settlement.service import Settler
 
 MIGRATIONS = Path(__file__).with_name("migrations")
@@ -39,7 +41,7 @@ def build(app: ServiceApp) -> None:
     ready = app.add_dependency(Readiness("consumer"))
     settler = Settler(Store(pg))
     settle = settlement_service_pb2_grpc.SettlementServiceServicer()
-    reports = report_service_pb2_grpc.ReportServiceServicer()
+    reports = ReportApi(pg)
     app.add_service(
         "livebet.settlement.v1.SettlementService",
         settle,
