@@ -26,7 +26,7 @@ from mesh.deps import NatsDependency, PostgresDependency, Readiness
 from mesh.service import ServiceApp, run
 from settlement.adapters.store import Store
 from settlement.reports import ReportApi
-from settlement.service import Settler
+from settlement.service import Settler, certainty_setting
 
 MIGRATIONS = Path(__file__).with_name("migrations")
 DURABLE = "settlement"
@@ -39,7 +39,7 @@ def build(app: ServiceApp) -> None:
     pg = app.add_dependency(PostgresDependency(s.postgres_dsn, MIGRATIONS, "settlement", s.health_interval_seconds))
     nats_dep = app.add_dependency(NatsDependency(s.nats_url, s.instance, s.health_interval_seconds))
     ready = app.add_dependency(Readiness("consumer"))
-    settler = Settler(Store(pg))
+    settler = Settler(Store(pg), certainty_setting())
     settle = settlement_service_pb2_grpc.SettlementServiceServicer()
     reports = ReportApi(pg)
     app.add_service(

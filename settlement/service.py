@@ -4,12 +4,13 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 from datetime import UTC, datetime
 
 from livebet.feed.v1 import event_pb2 as ev
 
 from settlement.adapters.store import Store
-from settlement.domain.results import parse_market_key, results_by_market
+from settlement.domain.results import parse_market_key, provider_results, results_by_market
 
 log = logging.getLogger("settlement")
 _ENDED = (ev.MATCH_STATUS_ENDED, ev.MATCH_STATUS_CLOSED)
@@ -23,9 +24,20 @@ def _when(e: ev.FeedEvent) -> datetime:
     return datetime.now(UTC)
 
 
+def certainty_setting() -> int:
+    """``LIVEBET_SETTLEMENT_CERTAINTY``: the least certain provider settlement acted on, ``live``
+    or ``confirmed`` (the default: wait for the provider's confirmation after the match)."""
+    value = os.environ.get("LIVEBET_SETTLEMENT_CERTAINTY", "confirmed").strip().lower()
+    levels = {"live": ev.SETTLEMENT_CERTAINTY_LIVE, "confirmed": ev.SETTLEMENT_CERTAINTY_CONFIRMED}
+    if value not in levels:
+        raise ValueError(f"LIVEBET_SETTLEMENT_CERTAINTY must be live or confirmed, got {value!r}")
+    return levels[value]
+
+
 class Settler:
-    def __init__(self, store: Store) -> None:
+    def __init__(self, store: Store, certainty: int = ev.SETTLEMENT_CERTAINTY_CONFIRMED) -> None:
         self.store = store
+        self.certainty = certainty
         self.settled_bets = 0
 
     async def on_event(self, e: ev.FeedEvent, stream_seq: int) -> None:
@@ -44,9 +56,36 @@ class Settler:
             await self.store.record_state(e.match_id, s.score.home, s.score.away, ended, halftime, _when(e))
             if ended or halftime is not None:
                 await self.settle_match(e.match_id)
+        elif kind == "bet_settlement":
+            await self.provider_settlement(e)
         elif kind == "goal" and e.goal.side in _SIDE:
             await self.store.record_goal(e.event_id, e.match_id, stream_seq, _SIDE[e.goal.side], _when(e))
             await self.settle_match(e.match_id)
+
+    async def provider_settlement(self, e: ev.FeedEvent) -> int:
+        """The provider's results, when at least as certain as the operator requires. A market
+        already settled from the score with other results is left alone and logged: a correction
+        needs a rollback and a new settlement version (not built yet)."""
+        bs = e.bet_settlement
+        if bs.certainty < self.certainty:
+            return 0
+        legs = await self.store.open_legs(e.match_id)
+        total = 0
+        for m in bs.markets:
+            key = m.market.market_key or m.market.market_type
+            outcomes = [(o.outcome_id, o.result, o.void_factor, o.dead_heat_factor) for o in m.outcomes]
+            results = provider_results(outcomes, legs, key)
+            if not results:
+                continue
+            version, count, _, conflict = await self.store.settle_provider(e.match_id, key, results, _when(e))
+            if conflict:
+                log.warning(
+                    "provider settlement differs from the settled result; left for a rollback",
+                    extra={"match_id": e.match_id, "market": key, "version": version},
+                )
+            total += count
+        self.settled_bets += total
+        return total
 
     async def settle_match(self, match_id: str) -> int:
         """Settle every market of the match whose result is known and has open bets."""

@@ -94,6 +94,27 @@ class Store:
             )
             return [OpenLeg(k, o, Decimal(odds)) for k, o, odds in await cur.fetchall()]
 
+    async def settle_provider(
+        self, match_id: str, market_key: str, results: list[dict[str, Any]], decided_at: datetime
+    ) -> tuple[int, int, int, bool]:
+        """A provider's settlement: like :meth:`settle`, unless the market was settled before with
+        another result for one of these outcomes (then nothing is done and ``conflict`` is True)."""
+        async with self.pool.connection() as conn, conn.cursor() as cur:
+            await cur.execute(
+                "SELECT version, results FROM settlement.settlements WHERE match_id = %s AND market_key = %s"
+                " ORDER BY version DESC LIMIT 1",
+                (match_id, market_key),
+            )
+            row = await cur.fetchone()
+        if row is not None:
+            before = {(r["outcome_id"], r["odds"]): (r["result"], r["rpu"]) for r in row[1]}
+            for r in results:
+                old = before.get((r["outcome_id"], r["odds"]))
+                if old is not None and (old[0], Decimal(str(old[1]))) != (r["result"], Decimal(str(r["rpu"]))):
+                    return int(row[0]), 0, 0, True
+        version, count, payout = await self.settle(match_id, market_key, results, decided_at, "provider")
+        return version, count, payout, False
+
     async def settle(
         self, match_id: str, market_key: str, results: list[dict[str, Any]], decided_at: datetime, origin: str
     ) -> tuple[int, int, int]:

@@ -82,3 +82,34 @@ def results_by_market(result: MatchResult, legs: Iterable[OpenLeg]) -> dict[str,
             {"outcome_id": leg.outcome_id, "odds": str(leg.odds), "result": BET_RESULT[outcome], "rpu": str(rpu)}
         )
     return out
+
+
+_PROVIDER_RESULT = {1: Result.WIN, 2: Result.LOSE, 3: Result.VOID, 4: Result.HALF_WIN, 5: Result.HALF_LOSE}
+
+
+def _factor(text: str, default: Decimal) -> Decimal:
+    try:
+        value = Decimal(text) if text else default
+    except ArithmeticError:
+        return default
+    return value if value.is_finite() else default
+
+
+def provider_results(
+    outcomes: Iterable[tuple[str, int, str, str]], legs: Iterable[OpenLeg], market_key: str
+) -> list[dict[str, object]]:
+    """A provider's settlement of one market (per outcome: id, OutcomeResult, void_factor,
+    dead_heat_factor) applied to the open legs on that market: the same shape as
+    :func:`results_by_market`. Legs on outcomes the provider did not settle are left open."""
+    given = {o: (_PROVIDER_RESULT.get(r), _factor(v, Decimal(0)), _factor(d, Decimal(1))) for o, r, v, d in outcomes}
+    out: list[dict[str, object]] = []
+    for leg in sorted({x for x in legs if x.market_key == market_key}, key=lambda x: (x.outcome_id, x.odds)):
+        result, void, dead_heat = given.get(leg.outcome_id, (None, Decimal(0), Decimal(1)))
+        if result is None:
+            continue
+        try:
+            rpu = Settled(result, void, dead_heat).return_per_unit(leg.odds)
+        except SettlementError:
+            continue  # factors out of range: leave it for a trader
+        out.append({"outcome_id": leg.outcome_id, "odds": str(leg.odds), "result": BET_RESULT[result], "rpu": str(rpu)})
+    return out

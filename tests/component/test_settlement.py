@@ -210,3 +210,34 @@ def test_reports_reconcile_with_the_ledger(env: Env) -> None:
         r[0] for r in env.sql("SELECT coalesce(sum(stake), 0) FROM betting.bets WHERE status = 'settled'")
     )
     assert held[0] == open_stakes  # stakes of open bets are what is held
+
+
+def _provider_settlement(match_id: str, seq: int, certainty: int, outcomes: list[tuple[str, int, str]]) -> ev.FeedEvent:
+    e = ev.FeedEvent(event_id=f"push:{match_id}:bs:{seq}", provider="push", match_id=match_id, sequence=seq)
+    e.bet_settlement.certainty = certainty
+    m = e.bet_settlement.markets.add()
+    m.market.match_id, m.market.market_type, m.market.market_key = match_id, "btts", "btts"
+    for outcome_id, result, void_factor in outcomes:
+        m.outcomes.add(outcome_id=outcome_id, result=result, void_factor=void_factor)  # type: ignore[arg-type]
+    return e
+
+
+def test_provider_settlements_apply_their_factors_at_the_configured_certainty(env: Env) -> None:
+    env.send(fixture("s7"))
+    priced(env, "s7")
+    deposit(env, "q5", 10_000, "q5-d")
+    odds, _ = env.price("s7", "btts", "yes")
+    bet = place(env, "q5", "q5-b", [selection("s7", "btts", "yes", odds)], 1_000)
+    win, lose = ev.OUTCOME_RESULT_WIN, ev.OUTCOME_RESULT_LOSE
+    env.send(_provider_settlement("s7", 10, ev.SETTLEMENT_CERTAINTY_LIVE, [("yes", win, "0.5"), ("no", lose, "")]))
+    wait_for(lambda: _caught_up(env), 10, what="live settlement consumed")
+    assert _bet(env, "q5", bet.bet_id).status == bet_pb2.BET_STATUS_ACCEPTED  # live certainty: not acted on
+    env.send(_provider_settlement("s7", 11, ev.SETTLEMENT_CERTAINTY_CONFIRMED, [("yes", win, "0.5"), ("no", lose, "")]))
+    wait_for(lambda: _bet(env, "q5", bet.bet_id).status == bet_pb2.BET_STATUS_SETTLED, 30, what="provider settled")
+    b = _bet(env, "q5", bet.bet_id)
+    assert b.payout.minor_units == _payout(1_000, str(Decimal("0.5") + Decimal("0.5") * Decimal(odds)))
+    # a later full time that disagrees (0-0: btts no) does not pay twice or take back: a rollback's job
+    before = env.counts()
+    env.send(final("s7", 50, 0, 0))
+    wait_for(lambda: _caught_up(env), 10, what="full time consumed")
+    assert env.counts() == before and _bet(env, "q5", bet.bet_id).payout == b.payout

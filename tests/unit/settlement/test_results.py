@@ -39,3 +39,13 @@ def test_only_what_the_result_decides_is_settled() -> None:
     ended = MatchResult(1, 0, ended=True, goal_sides=("home",))
     assert _one(ended, "next_goal|goalnr=2", "none") == (bet_pb2.BET_RESULT_WON, D("2.00"))
     assert _one(ended, "1x2", "nobody") == (bet_pb2.BET_RESULT_VOID, D(1))  # unknown outcome: stake back
+
+
+def test_provider_results_apply_void_and_dead_heat_factors() -> None:
+    from settlement.domain.results import provider_results
+
+    legs = [OpenLeg("1x2", "home", D("3.00")), OpenLeg("1x2", "draw", D("3.00")), OpenLeg("btts", "yes", D("2.00"))]
+    got = provider_results([("home", 1, "", "0.5"), ("draw", 1, "0.5", "")], legs, "1x2")
+    assert [(r["outcome_id"], D(str(r["rpu"]))) for r in got] == [("draw", D("2.00")), ("home", D("1.50"))]
+    assert provider_results([("away", 2, "", "")], legs, "1x2") == []  # nothing open on it
+    assert provider_results([("home", 1, "", "7")], legs, "1x2") == []  # a factor out of range: left open
