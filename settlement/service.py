@@ -58,6 +58,14 @@ class Settler:
                 await self.settle_match(e.match_id)
         elif kind == "bet_settlement":
             await self.provider_settlement(e)
+        elif kind == "rollback_bet_settlement":
+            for ref in e.rollback_bet_settlement.markets:
+                key = ref.market_key or ref.market_type
+                version, reopened = await self.store.rollback(e.match_id, key, "provider rollback")
+                log.info(
+                    "settlement rolled back",
+                    extra={"match_id": e.match_id, "market": key, "version": version, "bets": reopened},
+                )
         elif kind == "goal" and e.goal.side in _SIDE:
             await self.store.record_goal(e.event_id, e.match_id, stream_seq, _SIDE[e.goal.side], _when(e))
             await self.settle_match(e.match_id)
@@ -93,7 +101,7 @@ class Settler:
         if known is None:
             return 0
         result, times = known
-        legs = await self.store.open_legs(match_id)
+        legs = await self.store.open_legs(match_id, include_settled=True)  # a corrected result reopens them
         gate = asyncio.Semaphore(PARALLEL_MARKETS)
 
         async def one(market_key: str, results: list[dict[str, object]]) -> int:

@@ -84,13 +84,17 @@ class Store:
         halftime = (hth, hta) if hth is not None else None
         return MatchResult(home, away, ended, halftime, tuple(side for side, _ in goals)), times
 
-    async def open_legs(self, match_id: str) -> list[OpenLeg]:
+    async def open_legs(self, match_id: str, include_settled: bool = False) -> list[OpenLeg]:
+        """The distinct (market, outcome, odds) of the legs of accepted bets not settled yet; with
+        ``include_settled`` those of settled bets too (to notice a corrected result)."""
+        statuses = ["accepted", "settled"] if include_settled else ["accepted"]
         async with self.pool.connection() as conn, conn.cursor() as cur:
             await cur.execute(
                 """SELECT DISTINCT s.market_key, s.outcome_id, s.odds
                    FROM betting.selections s JOIN betting.bets b ON b.bet_id = s.bet_id
-                   WHERE s.match_id = %s AND s.settled_version IS NULL AND b.status = 'accepted'""",
-                (match_id,),
+                   WHERE s.match_id = %s AND b.status = ANY(%s)
+                     AND (s.settled_version IS NULL OR %s)""",
+                (match_id, statuses, include_settled),
             )
             return [OpenLeg(k, o, Decimal(odds)) for k, o, odds in await cur.fetchall()]
 
@@ -118,22 +122,44 @@ class Store:
     async def settle(
         self, match_id: str, market_key: str, results: list[dict[str, Any]], decided_at: datetime, origin: str
     ) -> tuple[int, int, int]:
-        """Settle one market at its current version (version 1 the first time); returns
-        (version, bets settled now, their total payout). Safe to repeat."""
+        """Settle one market; returns (version, bets settled now, their total payout). The first
+        settlement is version 1. The same results again change nothing. Other results for an
+        outcome already settled from the same origin are a correction: that version is rolled back
+        and the market settled again at the next version."""
         async with self.pool.connection() as conn, conn.transaction(), conn.cursor() as cur:
             await cur.execute(
-                """INSERT INTO settlement.settlements (match_id, market_key, version, origin, results, decided_at)
-                   VALUES (%s, %s, 1, %s, %s, %s) ON CONFLICT (match_id, market_key, version) DO NOTHING""",
-                (match_id, market_key, origin, Jsonb(results), decided_at),
-            )
-            await cur.execute(
-                "SELECT version, results, decided_at FROM settlement.settlements"
-                " WHERE match_id = %s AND market_key = %s ORDER BY version DESC LIMIT 1",
+                "SELECT version, results, decided_at, origin, rolled_back_at FROM settlement.settlements"
+                " WHERE match_id = %s AND market_key = %s ORDER BY version DESC LIMIT 1 FOR UPDATE",
                 (match_id, market_key),
             )
             row = await cur.fetchone()
-            assert row is not None
-            version, stored, decided = row
+            if row is None or row[4] is not None:
+                version = 1 if row is None else int(row[0]) + 1
+                await cur.execute(
+                    """INSERT INTO settlement.settlements (match_id, market_key, version, origin, results, decided_at)
+                       VALUES (%s, %s, %s, %s, %s, %s) ON CONFLICT (match_id, market_key, version) DO NOTHING""",
+                    (match_id, market_key, version, origin, Jsonb(results), decided_at),
+                )
+                stored, decided = results, decided_at
+            else:
+                version, stored, decided, stored_origin = int(row[0]), row[1], row[2], row[3]
+                before = {(r["outcome_id"], r["odds"]): (r["result"], str(r["rpu"])) for r in stored}
+                changed = [
+                    r
+                    for r in results
+                    if (r["outcome_id"], r["odds"]) in before
+                    and before[(r["outcome_id"], r["odds"])] != (r["result"], str(r["rpu"]))
+                ]
+                if changed and stored_origin == origin:  # a corrected result: roll back, settle anew
+                    await self._rollback(cur, match_id, market_key, version, "corrected result")
+                    version += 1
+                    await cur.execute(
+                        """INSERT INTO settlement.settlements
+                           (match_id, market_key, version, origin, results, decided_at)
+                           VALUES (%s, %s, %s, %s, %s, %s)""",
+                        (match_id, market_key, version, origin, Jsonb(results), decided_at),
+                    )
+                    stored, decided = results, decided_at
             # the stored results win: a leg with new odds is added to them, a known one keeps its result
             known = {(r["outcome_id"], r["odds"]) for r in stored}
             merged = list(stored) + [r for r in results if (r["outcome_id"], r["odds"]) not in known]
@@ -155,4 +181,28 @@ class Store:
                     " total_payout = total_payout + %s WHERE match_id = %s AND market_key = %s AND version = %s",
                     (count, payout, match_id, market_key, version),
                 )
-            return int(version), count, payout
+            return version, count, payout
+
+    @staticmethod
+    async def _rollback(cur: Any, match_id: str, market_key: str, version: int, reason: str) -> int:
+        await cur.execute("SELECT * FROM betting.rollback_market(%s, %s, %s)", (match_id, market_key, version))
+        got = await cur.fetchone()
+        await cur.execute(
+            "UPDATE settlement.settlements SET rolled_back_at = now(), rollback_reason = %s"
+            " WHERE match_id = %s AND market_key = %s AND version = %s",
+            (reason, match_id, market_key, version),
+        )
+        return int(got[0]) if got else 0
+
+    async def rollback(self, match_id: str, market_key: str, reason: str) -> tuple[int, int]:
+        """Roll back the market's latest settlement (its bets reopen); (version, bets reopened)."""
+        async with self.pool.connection() as conn, conn.transaction(), conn.cursor() as cur:
+            await cur.execute(
+                "SELECT version FROM settlement.settlements WHERE match_id = %s AND market_key = %s"
+                " AND rolled_back_at IS NULL ORDER BY version DESC LIMIT 1 FOR UPDATE",
+                (match_id, market_key),
+            )
+            row = await cur.fetchone()
+            if row is None:
+                return 0, 0
+            return int(row[0]), await self._rollback(cur, match_id, market_key, int(row[0]), reason)

@@ -241,3 +241,53 @@ def test_provider_settlements_apply_their_factors_at_the_configured_certainty(en
     env.send(final("s7", 50, 0, 0))
     wait_for(lambda: _caught_up(env), 10, what="full time consumed")
     assert env.counts() == before and _bet(env, "q5", bet.bet_id).payout == b.payout
+
+
+def test_a_corrected_result_rolls_back_with_new_entries_and_resettles(env: Env) -> None:
+    from livebet.betting.v1 import wallet_service_pb2 as ws
+
+    from tests.component.betting_env import eur
+
+    env.send(fixture("s8"))
+    priced(env, "s8")
+    deposit(env, "q6", 10_000, "q6-d")
+    deposit(env, "q7", 10_000, "q7-d")
+    home, _ = env.price("s8", "1x2", "home")
+    draw, _ = env.price("s8", "1x2", "draw")
+    won = place(env, "q6", "q6-b", [selection("s8", "1x2", "home", home)], 5_000)
+    lost = place(env, "q7", "q7-b", [selection("s8", "1x2", "draw", draw)], 1_000)
+    env.send(final("s8", 50, 1, 0))
+    wait_for(lambda: _bet(env, "q6", won.bet_id).status == bet_pb2.BET_STATUS_SETTLED, 30, what="settled 1-0")
+    # q6 withdraws all of it before the correction
+    available, _ = balance(env, "q6")
+    env.wallet.Withdraw(ws.WithdrawRequest(request_id="q6-w", amount=eur(available)), metadata=md("q6"), timeout=10)
+    postings_before = env.sql("SELECT count(*) FROM betting.postings")[0][0]
+
+    env.send(final("s8", 51, 1, 1))  # the result is corrected: a draw
+    wait_for(lambda: _bet(env, "q7", lost.bet_id).result == bet_pb2.BET_RESULT_WON, 30, what="resettled 1-1")
+    w, d = _bet(env, "q6", won.bet_id), _bet(env, "q7", lost.bet_id)
+    assert (w.status, w.result, w.payout.minor_units, w.settlement_version) == (
+        bet_pb2.BET_STATUS_SETTLED,
+        bet_pb2.BET_RESULT_LOST,
+        0,
+        2,
+    )
+    assert (d.status, d.payout.minor_units, d.settlement_version) == (
+        bet_pb2.BET_STATUS_SETTLED,
+        _payout(1_000, draw),
+        2,
+    )
+    assert env.sql("SELECT count(*) FROM betting.postings")[0][0] > postings_before  # new entries, none edited
+    assert balance(env, "q6") == (0, 0)  # what was paid and spent is owed
+    assert env.sql("SELECT balance FROM betting.ledger_accounts WHERE account_id = 'receivable:q6:EUR'") == [
+        (-_payout(5_000, home),)
+    ]
+    assert balance(env, "q7") == (9_000 + _payout(1_000, draw), 0)
+
+    # the provider rolls the market back: both bets are open again, the money back where it was
+    e = ev.FeedEvent(event_id="push:s8:rb:60", provider="push", match_id="s8", sequence=60)
+    e.rollback_bet_settlement.markets.add(match_id="s8", market_type="1x2", market_key="1x2")
+    env.send(e)
+    wait_for(lambda: _bet(env, "q7", lost.bet_id).status == bet_pb2.BET_STATUS_ACCEPTED, 30, what="reopened")
+    assert balance(env, "q7") == (9_000, 1_000)
+    assert _bet(env, "q6", won.bet_id).status == bet_pb2.BET_STATUS_ACCEPTED
