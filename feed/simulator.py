@@ -218,6 +218,13 @@ async def run(target: str, n: int, seed: int, speed: float, rounds: int, uof: bo
         norm = Normaliser()
         start = time.time()
         await send([norm.fixture(m, int((start + m.kick_off_offset / speed) * 1000)) for m in matches])
+        if round_no == 0:
+            # like a provider recovering after a (re)connect: its state is sent, then snapshot_complete,
+            # which lifts a "provider down" the feed may have declared while the simulator was away
+            done = ev.FeedEvent(event_id=f"{PROVIDER}:snapshot_complete:{int(start * 1000)}", provider=PROVIDER)
+            done.snapshot_complete.request_id = "startup"
+            done.produced_at.FromMilliseconds(int(start * 1000))
+            await stub.PublishBatch(fs.PublishBatchRequest(provider=PROVIDER, events=[done]), timeout=10)
         pending: list[ev.FeedEvent] = []
         for second, m, i in schedule(matches):
             due = start + second / speed

@@ -151,6 +151,9 @@ class Supervisor:
 
     def tool_specs(self) -> list[ProcessSpec]:
         addresses = {s.name: f"{self.t.host}:{s.grpc_ports[0]}" for s in self.t.services}
+        # {run}: a number new at every start (minutes since 1970), so what a tool creates - the
+        # simulator's match ids - never collides with what an earlier run left in the data folder
+        addresses["run"] = str(int(time.time()) // 60)
         specs = []
         for tool in self.t.tools:
             args = [a.format(**addresses) for a in tool.args]
