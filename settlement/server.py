@@ -13,12 +13,14 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import logging
 from pathlib import Path
 
 import nats.errors
 from livebet.feed.v1 import event_pb2 as ev
 from livebet.settlement.v1 import report_service_pb2_grpc, settlement_service_pb2_grpc
+from nats.aio.msg import Msg
 from nats.js.api import AckPolicy, ConsumerConfig
 
 from feed.adapters.jetstream import STREAM, ensure_stream
@@ -31,7 +33,15 @@ from settlement.service import Settler, certainty_setting
 MIGRATIONS = Path(__file__).with_name("migrations")
 DURABLE = "settlement"
 BATCH = 200
+ACK_WAIT = 6.0
 log = logging.getLogger("settlement")
+
+
+async def _keep_in_progress(msg: Msg) -> None:
+    while True:
+        await asyncio.sleep(ACK_WAIT / 3)
+        with contextlib.suppress(Exception):
+            await msg.in_progress()
 
 
 def build(app: ServiceApp) -> None:
@@ -54,9 +64,13 @@ def build(app: ServiceApp) -> None:
     async def consume() -> None:
         js = nats_dep.js
         await ensure_stream(js)
+        # a short ack wait so that what a killed settler had in hand comes back within seconds; a
+        # long settlement keeps its message with in-progress acks
         config = ConsumerConfig(
-            durable_name=DURABLE, ack_policy=AckPolicy.EXPLICIT, max_ack_pending=BATCH * 2, ack_wait=60
+            durable_name=DURABLE, ack_policy=AckPolicy.EXPLICIT, max_ack_pending=BATCH * 2, ack_wait=ACK_WAIT
         )
+        # create the consumer, or bring an existing one to this configuration (e.g. its ack wait)
+        await js.add_consumer(STREAM, dataclasses.replace(config, filter_subject="feed.>"))
         sub = await js.pull_subscribe("feed.>", durable=DURABLE, stream=STREAM, config=config)
         ready.set()
         while not app.stopping.is_set():
@@ -65,7 +79,11 @@ def build(app: ServiceApp) -> None:
             except (TimeoutError, nats.errors.TimeoutError):
                 continue
             for msg in msgs:  # in stream order; each acknowledged once its effect is in PostgreSQL
-                await settler.on_event(ev.FeedEvent.FromString(msg.data), msg.metadata.sequence.stream)
+                keep = asyncio.create_task(_keep_in_progress(msg))
+                try:
+                    await settler.on_event(ev.FeedEvent.FromString(msg.data), msg.metadata.sequence.stream)
+                finally:
+                    keep.cancel()
                 await msg.ack()
 
     async def supervise() -> None:

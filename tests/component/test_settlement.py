@@ -291,3 +291,51 @@ def test_a_corrected_result_rolls_back_with_new_entries_and_resettles(env: Env) 
     wait_for(lambda: _bet(env, "q7", lost.bet_id).status == bet_pb2.BET_STATUS_ACCEPTED, 30, what="reopened")
     assert balance(env, "q7") == (9_000, 1_000)
     assert _bet(env, "q6", won.bet_id).status == bet_pb2.BET_STATUS_ACCEPTED
+
+
+def test_a_settler_killed_while_settling_finishes_after_a_restart_without_doubling(env: Env) -> None:
+    import signal
+
+    env.send(fixture("s9"))
+    priced(env, "s9")
+    deposit(env, "q8", 10_000_000, "q8-d")
+    picks = [("1x2", "home"), ("1x2", "draw"), ("total|total=2.5", "over"), ("btts", "yes"), ("odd_even", "odd")]
+    picks += [("asian_handicap|hcp=-0.25", "home"), ("total|total=1.5", "under"), ("correct_score", "1-0")]
+    ids = []
+    for i in range(160):
+        key, outcome = picks[i % len(picks)]
+        odds, _ = env.price("s9", key, outcome)
+        ids.append(place(env, "q8", f"q8-{i}", [selection("s9", key, outcome, odds)], 100 + i).bet_id)
+    settler = env.procs[3]
+
+    def some_settled() -> bool:
+        return (
+            env.sql("SELECT count(*) FROM betting.bets WHERE status = 'settled' AND bet_id = ANY(%s::uuid[])", ids)[0][
+                0
+            ]
+            > 0
+        )
+
+    env.send(final("s9", 50, 1, 0))
+    wait_for(some_settled, 30, interval=0.01, what="settling started")
+    settler.signal(signal.SIGKILL)
+    assert settler.popen is not None
+    settler.popen.wait(10)
+    settler.start()
+    wait_for(
+        lambda: (
+            env.sql("SELECT count(*) FROM betting.bets WHERE status = 'settled' AND bet_id = ANY(%s::uuid[])", ids)
+            == [(len(ids),)]
+        ),
+        30,
+        what="every bet settled after the restart",
+    )
+    assert (
+        env.sql(
+            "SELECT bet_id FROM betting.postings WHERE bet_id = ANY(%s::uuid[]) GROUP BY 1 HAVING count(*) > 4", ids
+        )
+        == []
+    )
+    assert env.sql(
+        "SELECT count(*) FROM betting.outbox WHERE msg_id LIKE '%%:settled:%%' AND bet_id = ANY(%s::uuid[])", ids
+    ) == [(len(ids),)]
