@@ -58,6 +58,25 @@ class Settler:
                 await self.settle_match(e.match_id)
         elif kind == "bet_settlement":
             await self.provider_settlement(e)
+        elif kind == "bet_cancel":
+            c = e.bet_cancel
+            start = (
+                c.start_time.ToDatetime(tzinfo=UTC) if c.HasField("start_time") else datetime.min.replace(tzinfo=UTC)
+            )
+            end = c.end_time.ToDatetime(tzinfo=UTC) if c.HasField("end_time") else None
+            for ref in c.markets:
+                key = ref.market_key or ref.market_type
+                voided = await self.store.cancel(f"{e.event_id}:{key}", e.match_id, key, start, end, c.void_reason)
+                log.info("bets cancelled", extra={"match_id": e.match_id, "market": key, "bets": voided})
+        elif kind == "rollback_bet_cancel":
+            c = e.rollback_bet_cancel
+            start = c.start_time.ToDatetime(tzinfo=UTC) if c.HasField("start_time") else None
+            end = c.end_time.ToDatetime(tzinfo=UTC) if c.HasField("end_time") else None
+            for ref in c.markets:
+                key = ref.market_key or ref.market_type
+                reopened = await self.store.rollback_cancels(e.match_id, key, start, end)
+                log.info("cancel rolled back", extra={"match_id": e.match_id, "market": key, "bets": reopened})
+            await self.settle_match(e.match_id)  # a result already known settles them now
         elif kind == "rollback_bet_settlement":
             for ref in e.rollback_bet_settlement.markets:
                 key = ref.market_key or ref.market_type

@@ -206,3 +206,55 @@ class Store:
             if row is None:
                 return 0, 0
             return int(row[0]), await self._rollback(cur, match_id, market_key, int(row[0]), reason)
+
+    async def cancel(
+        self, cancel_id: str, match_id: str, market_key: str, start: datetime, end: datetime | None, reason: str
+    ) -> int:
+        """Void the open legs on the market of bets placed in [start, end) and settle what that
+        decides (version 0); once per cancel id. Returns how many bets were settled by it."""
+        async with self.pool.connection() as conn, conn.transaction(), conn.cursor() as cur:
+            await cur.execute(
+                """INSERT INTO settlement.cancels (cancel_id, match_id, market_key, start_time, end_time, reason)
+                   VALUES (%s, %s, %s, %s, %s, %s) ON CONFLICT (cancel_id) DO NOTHING""",
+                (cancel_id, match_id, market_key, start, end, reason),
+            )
+            if cur.rowcount == 0:
+                return 0  # this cancel was applied before
+            await cur.execute(
+                """UPDATE betting.selections s
+                      SET result = 3, return_per_unit = 1, settled_version = 0, cancelled_by = %s
+                     FROM betting.bets b
+                    WHERE b.bet_id = s.bet_id AND b.status = 'accepted' AND s.match_id = %s AND s.market_key = %s
+                      AND s.settled_version IS NULL AND s.cancelled_by IS NULL
+                      AND b.placed_at >= %s AND (%s::timestamptz IS NULL OR b.placed_at < %s)""",
+                (cancel_id, match_id, market_key, start, end, end),
+            )
+            await cur.execute(
+                "SELECT * FROM betting.settle_market(%s, %s, 0, '[]'::jsonb, now())", (match_id, market_key)
+            )
+            got = await cur.fetchone()
+            count = int(got[0]) if got else 0
+            await cur.execute("UPDATE settlement.cancels SET bets_voided = %s WHERE cancel_id = %s", (count, cancel_id))
+            return count
+
+    async def rollback_cancels(
+        self, match_id: str, market_key: str, start: datetime | None, end: datetime | None
+    ) -> int:
+        """Undo the cancels of the market (those within [start, end) when given): their legs are open
+        again and the bets they settled reopened with compensating entries. Returns bets reopened."""
+        async with self.pool.connection() as conn, conn.transaction(), conn.cursor() as cur:
+            await cur.execute(
+                """UPDATE settlement.cancels SET rolled_back_at = now()
+                    WHERE match_id = %s AND market_key = %s AND rolled_back_at IS NULL
+                      AND (%s::timestamptz IS NULL OR start_time >= %s)
+                      AND (%s::timestamptz IS NULL OR coalesce(end_time, 'infinity') <= %s)
+                RETURNING cancel_id""",
+                (match_id, market_key, start, start, end, end),
+            )
+            ids = [r[0] for r in await cur.fetchall()]
+            if not ids:
+                return 0
+            await cur.execute("UPDATE betting.selections SET cancelled_by = NULL WHERE cancelled_by = ANY(%s)", (ids,))
+            await cur.execute("SELECT * FROM betting.rollback_market(%s, %s, 0)", (match_id, market_key))
+            got = await cur.fetchone()
+            return int(got[0]) if got else 0

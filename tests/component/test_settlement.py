@@ -5,6 +5,7 @@ exactly once however often the result arrives."""
 from __future__ import annotations
 
 import asyncio
+import time
 from collections.abc import Iterator
 from decimal import ROUND_DOWN, Decimal
 from pathlib import Path
@@ -339,3 +340,43 @@ def test_a_settler_killed_while_settling_finishes_after_a_restart_without_doubli
     assert env.sql(
         "SELECT count(*) FROM betting.outbox WHERE msg_id LIKE '%%:settled:%%' AND bet_id = ANY(%s::uuid[])", ids
     ) == [(len(ids),)]
+
+
+def test_bet_cancel_voids_bets_in_its_window_and_its_rollback_settles_them_by_the_result(env: Env) -> None:
+    from google.protobuf.timestamp_pb2 import Timestamp
+
+    env.send(fixture("s10"))
+    priced(env, "s10")
+    deposit(env, "q9", 10_000, "q9-d")
+    odds, _ = env.price("s10", "1x2", "home")
+    before = Timestamp()
+    before.GetCurrentTime()
+    inside = place(env, "q9", "q9-in", [selection("s10", "1x2", "home", odds)], 1_000)
+    after = Timestamp()
+    after.GetCurrentTime()
+    time.sleep(0.05)
+    outside = place(env, "q9", "q9-out", [selection("s10", "1x2", "home", odds)], 2_000)
+
+    e = ev.FeedEvent(event_id="push:s10:cancel:40", provider="push", match_id="s10", sequence=40)
+    e.bet_cancel.markets.add(match_id="s10", market_type="1x2", market_key="1x2")
+    e.bet_cancel.start_time.CopyFrom(before)
+    e.bet_cancel.end_time.CopyFrom(after)
+    e.bet_cancel.void_reason = "goal reported late"
+    env.send(e)
+    wait_for(lambda: _bet(env, "q9", inside.bet_id).status == bet_pb2.BET_STATUS_SETTLED, 30, what="voided")
+    b = _bet(env, "q9", inside.bet_id)
+    assert (b.result, b.payout.minor_units) == (bet_pb2.BET_RESULT_VOID, 1_000)  # the stake back
+    assert _bet(env, "q9", outside.bet_id).status == bet_pb2.BET_STATUS_ACCEPTED  # placed after the window
+
+    env.send(final("s10", 50, 1, 0))
+    wait_for(lambda: _bet(env, "q9", outside.bet_id).status == bet_pb2.BET_STATUS_SETTLED, 30, what="full time")
+    assert _bet(env, "q9", outside.bet_id).result == bet_pb2.BET_RESULT_WON
+    assert _bet(env, "q9", inside.bet_id).payout.minor_units == 1_000  # the cancel holds against the result
+
+    r = ev.FeedEvent(event_id="push:s10:rbc:60", provider="push", match_id="s10", sequence=60)
+    r.rollback_bet_cancel.markets.add(match_id="s10", market_type="1x2", market_key="1x2")
+    env.send(r)
+    wait_for(lambda: _bet(env, "q9", inside.bet_id).result == bet_pb2.BET_RESULT_WON, 30, what="cancel undone")
+    b = _bet(env, "q9", inside.bet_id)
+    assert (b.status, b.payout.minor_units) == (bet_pb2.BET_STATUS_SETTLED, _payout(1_000, odds))
+    assert balance(env, "q9") == (10_000 - 3_000 + _payout(1_000, odds) + _payout(2_000, odds), 0)
