@@ -5,8 +5,8 @@ and NATS. It consumes the FEED stream through the durable consumer ``settlement`
 each event acknowledged after it was recorded and what it decided was settled), so a restart or a
 second replica picks up where the last acknowledgement was, and settling again changes nothing.
 
-ReportService: :mod:`settlement.reports`. SettlementService (manual settlement, rollbacks) still
-answers UNIMPLEMENTED: see issue 7.
+SettlementService (manual settle, void, rollback): :mod:`settlement.admin`; ReportService:
+:mod:`settlement.reports`.
 """
 
 from __future__ import annotations
@@ -27,6 +27,7 @@ from feed.adapters.jetstream import STREAM, ensure_stream
 from mesh.deps import NatsDependency, PostgresDependency, Readiness
 from mesh.service import ServiceApp, run
 from settlement.adapters.store import Store
+from settlement.admin import SettlementApi
 from settlement.reports import ReportApi
 from settlement.service import Settler, certainty_setting
 
@@ -50,7 +51,7 @@ def build(app: ServiceApp) -> None:
     nats_dep = app.add_dependency(NatsDependency(s.nats_url, s.instance, s.health_interval_seconds))
     ready = app.add_dependency(Readiness("consumer"))
     settler = Settler(Store(pg), certainty_setting())
-    settle = settlement_service_pb2_grpc.SettlementServiceServicer()
+    settle = SettlementApi(settler.store, pg)
     reports = ReportApi(pg)
     app.add_service(
         "livebet.settlement.v1.SettlementService",

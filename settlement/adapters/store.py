@@ -120,7 +120,15 @@ class Store:
         return version, count, payout, False
 
     async def settle(
-        self, match_id: str, market_key: str, results: list[dict[str, Any]], decided_at: datetime, origin: str
+        self,
+        match_id: str,
+        market_key: str,
+        results: list[dict[str, Any]],
+        decided_at: datetime,
+        origin: str,
+        correct_any: bool = False,
+        actor: str = "",
+        reason: str = "",
     ) -> tuple[int, int, int]:
         """Settle one market; returns (version, bets settled now, their total payout). The first
         settlement is version 1. The same results again change nothing. Other results for an
@@ -150,8 +158,8 @@ class Store:
                     if (r["outcome_id"], r["odds"]) in before
                     and before[(r["outcome_id"], r["odds"])] != (r["result"], str(r["rpu"]))
                 ]
-                if changed and stored_origin == origin:  # a corrected result: roll back, settle anew
-                    await self._rollback(cur, match_id, market_key, version, "corrected result")
+                if changed and (stored_origin == origin or correct_any):  # a correction: roll back, settle anew
+                    await self._rollback(cur, match_id, market_key, version, reason or "corrected result")
                     version += 1
                     await cur.execute(
                         """INSERT INTO settlement.settlements
@@ -175,6 +183,12 @@ class Store:
             )
             got = await cur.fetchone()
             count, payout = (int(got[0]), int(got[1])) if got else (0, 0)
+            if actor:
+                await cur.execute(
+                    "UPDATE settlement.settlements SET actor = %s, reason = %s WHERE match_id = %s AND market_key = %s"
+                    " AND version = %s",
+                    (actor, reason, match_id, market_key, version),
+                )
             if count:
                 await cur.execute(
                     "UPDATE settlement.settlements SET bets_settled = bets_settled + %s,"

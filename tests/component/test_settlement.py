@@ -380,3 +380,66 @@ def test_bet_cancel_voids_bets_in_its_window_and_its_rollback_settles_them_by_th
     b = _bet(env, "q9", inside.bet_id)
     assert (b.status, b.payout.minor_units) == (bet_pb2.BET_STATUS_SETTLED, _payout(1_000, odds))
     assert balance(env, "q9") == (10_000 - 3_000 + _payout(1_000, odds) + _payout(2_000, odds), 0)
+
+
+def test_a_trader_settles_voids_and_rolls_back_by_hand_with_a_reason(env: Env) -> None:
+    import grpc
+    from livebet.settlement.v1 import settlement_pb2 as sp
+    from livebet.settlement.v1 import settlement_service_pb2 as ss
+    from livebet.settlement.v1 import settlement_service_pb2_grpc
+
+    admin = settlement_service_pb2_grpc.SettlementServiceStub(grpc.insecure_channel(env.procs[3].spec.health_target))
+    who = (("x-livebet-account", "trader-7"),)
+    env.send(fixture("s11"))
+    priced(env, "s11")
+    deposit(env, "q10", 10_000, "q10-d")
+    odds, _ = env.price("s11", "btts", "yes")
+    bet = place(env, "q10", "q10-b", [selection("s11", "btts", "yes", odds)], 1_000)
+    market = {"match_id": "s11", "market_type": "btts", "market_key": "btts"}
+    req = ss.SettleMarketRequest(
+        request_id="m1",
+        market=market,  # type: ignore[arg-type]
+        outcomes=[ev.OutcomeSettlement(outcome_id="yes", result=ev.OUTCOME_RESULT_WIN)],
+        reason="official report",
+    )
+    got = admin.SettleMarket(req, metadata=who, timeout=10).settlement
+    assert (got.action, got.origin, got.actor, got.bets_affected) == (
+        sp.SETTLEMENT_ACTION_SETTLE,
+        sp.SETTLEMENT_ORIGIN_MANUAL,
+        "trader-7",
+        1,
+    )
+    assert _bet(env, "q10", bet.bet_id).payout.minor_units == _payout(1_000, odds)
+    assert admin.SettleMarket(req, metadata=who, timeout=10).settlement == got  # the same request: the same answer
+    with pytest.raises(grpc.RpcError) as err:
+        admin.SettleMarket(ss.SettleMarketRequest(request_id="m1", market=market), metadata=who, timeout=10)  # type: ignore[arg-type]
+    assert err.value.code() == grpc.StatusCode.ALREADY_EXISTS
+
+    # the trader changes their mind: the result is corrected by hand, the bet now loses
+    fix = ss.SettleMarketRequest(
+        request_id="m2",
+        market=market,  # type: ignore[arg-type]
+        outcomes=[ev.OutcomeSettlement(outcome_id="yes", result=ev.OUTCOME_RESULT_LOSE)],
+        reason="report corrected",
+    )
+    assert admin.SettleMarket(fix, metadata=who, timeout=10).settlement.version == 2
+    assert _bet(env, "q10", bet.bet_id).result == bet_pb2.BET_RESULT_LOST
+    rb = admin.RollbackSettlement(
+        ss.RollbackSettlementRequest(request_id="m3", market=market, reason="under review"),  # type: ignore[arg-type]
+        metadata=who,
+        timeout=10,
+    ).settlement
+    assert rb.action == sp.SETTLEMENT_ACTION_ROLLBACK_SETTLEMENT and rb.bets_affected == 1
+    assert _bet(env, "q10", bet.bet_id).status == bet_pb2.BET_STATUS_ACCEPTED
+    void = admin.VoidMarket(
+        ss.VoidMarketRequest(request_id="m4", market=market, reason="match abandoned"),  # type: ignore[arg-type]
+        metadata=who,
+        timeout=10,
+    ).settlement
+    assert void.action == sp.SETTLEMENT_ACTION_VOID and void.bets_affected == 1
+    b = _bet(env, "q10", bet.bet_id)
+    assert (b.result, b.payout.minor_units) == (bet_pb2.BET_RESULT_VOID, 1_000)
+    assert balance(env, "q10") == (10_000, 0)
+    listed = admin.ListSettlements(ss.ListSettlementsRequest(match_id="s11"), timeout=10).settlements
+    assert [(s.version, s.actor) for s in listed] == [(2, "trader-7"), (1, "trader-7")]
+    assert admin.GetSettlement(ss.GetSettlementRequest(settlement_id="m4"), timeout=10).settlement == void
