@@ -18,10 +18,14 @@ _SIDE = {1: "home", 2: "away"}
 PARALLEL_MARKETS = 2  # markets settled at once (each on its own connection)
 
 
-def _when(e: ev.FeedEvent) -> datetime:
-    if e.HasField("received_at"):
-        return e.received_at.ToDatetime(tzinfo=UTC)
-    return datetime.now(UTC)
+def _when(e: ev.FeedEvent, produced: bool = True) -> datetime:
+    """When the result became known: when the provider produced the event (a late feed does not
+    make a result known later), else when the feed received it. A provider's settlement message is
+    produced long after the result, so for those (``produced=False``) the receipt time counts:
+    bets placed on a result the feed reported late are for ``bet_cancel`` to void."""
+    stamps = (e.produced_at, e.received_at) if produced else (e.received_at,)
+    times = [t.ToDatetime(tzinfo=UTC) for t in stamps if t.seconds or t.nanos]
+    return min(times) if times else datetime.now(UTC)
 
 
 def certainty_setting() -> int:
@@ -104,7 +108,9 @@ class Settler:
             results = provider_results(outcomes, legs, key)
             if not results:
                 continue
-            version, count, _, conflict = await self.store.settle_provider(e.match_id, key, results, _when(e))
+            version, count, _, conflict = await self.store.settle_provider(
+                e.match_id, key, results, _when(e, produced=False)
+            )
             if conflict:
                 log.warning(
                     "provider settlement differs from the settled result; left for a rollback",

@@ -443,3 +443,78 @@ def test_a_trader_settles_voids_and_rolls_back_by_hand_with_a_reason(env: Env) -
     listed = admin.ListSettlements(ss.ListSettlementsRequest(match_id="s11"), timeout=10).settlements
     assert [(s.version, s.actor) for s in listed] == [(2, "trader-7"), (1, "trader-7")]
     assert admin.GetSettlement(ss.GetSettlementRequest(settlement_id="m4"), timeout=10).settlement == void
+
+
+SAMPLES = Path(__file__).resolve().parents[2].parent / "shared" / "data" / "uof"
+
+
+@pytest.mark.skipif(not (SAMPLES / "bet_settlement.xml").exists(), reason="needs ../shared/data/uof")
+def test_the_uof_samples_settle_cancel_and_roll_back_a_cancel(env: Env) -> None:
+    """The three UOF samples through the feed's UOF path. Their markets are not ones livebet trades
+    (193, 62, 48), so each is mapped to one it does, with the same outcome ids where they agree:
+    193 (outcomes 74/76, yes/no) -> 29 btts; 62 (1st goal) -> 8 next goal; 48 -> 8 next goal. The
+    cancel's window is moved to now; everything else is the sample as shipped (and the other markets
+    of bet_settlement.xml are skipped, as unknown markets must be)."""
+    from livebet.feed.v1 import feed_service_pb2 as fs
+
+    match = "sr:match:16807109"
+    env.send(fixture(match))
+    priced(env, match)
+    deposit(env, "q11", 10_000, "q11-d")
+    yes, _ = env.price(match, "btts", "yes")
+    no, _ = env.price(match, "btts", "no")
+    first, _ = env.price(match, "next_goal|goalnr=1", "home")
+    b_yes = place(env, "q11", "q11-y", [selection(match, "btts", "yes", yes)], 1_000)
+    b_no = place(env, "q11", "q11-n", [selection(match, "btts", "no", no)], 1_000)
+    b_first = place(env, "q11", "q11-f", [selection(match, "next_goal|goalnr=1", "home", first)], 500)
+
+    def raw(name: str, *swaps: tuple[bytes, bytes]) -> None:
+        doc = (SAMPLES / name).read_bytes()
+        for a, b in swaps:
+            doc = doc.replace(a, b)
+        msg = fs.RawMessage(format=fs.RAW_FORMAT_UOF_XML, payload=doc)
+        env.feed.PublishBatch(fs.PublishBatchRequest(provider="sportradar", raw_messages=[msg]), timeout=10)
+
+    raw("bet_settlement.xml", (b'<market id="193">', b'<market id="29">'))
+    wait_for(lambda: _bet(env, "q11", b_no.bet_id).status == bet_pb2.BET_STATUS_SETTLED, 30, what="settled")
+    assert _bet(env, "q11", b_no.bet_id).result == bet_pb2.BET_RESULT_WON  # outcome 76 result="1"
+    assert _bet(env, "q11", b_yes.bet_id).result == bet_pb2.BET_RESULT_LOST  # outcome 74 result="0"
+
+    now = int(time.time() * 1000)
+    raw(
+        "bet_cancel.xml",
+        (b"sr:match:18941600", match.encode()),
+        (b'id="62"', b'id="8"'),
+        (b'start_time="1564597838000"', f'start_time="{now - 600_000}"'.encode()),
+        (b'end_time="1564598513000"', f'end_time="{now + 600_000}"'.encode()),
+    )
+    wait_for(lambda: _bet(env, "q11", b_first.bet_id).status == bet_pb2.BET_STATUS_SETTLED, 30, what="cancelled")
+    assert _bet(env, "q11", b_first.bet_id).result == bet_pb2.BET_RESULT_VOID
+
+    raw(
+        "rollback_bet_cancel.xml",
+        (b"sr:match:4444", match.encode()),
+        (b'id="48" specifiers="score=41.5"', b'id="8" specifiers="goalnr=1"'),
+    )
+    wait_for(lambda: _bet(env, "q11", b_first.bet_id).status == bet_pb2.BET_STATUS_ACCEPTED, 30, what="reopened")
+    paid = _payout(1_000, no)
+    assert balance(env, "q11") == (10_000 - 2_500 + paid, 500)
+
+
+def test_a_bet_placed_after_its_result_happened_gets_its_stake_back(env: Env) -> None:
+    from google.protobuf.timestamp_pb2 import Timestamp
+
+    env.send(fixture("s12"))
+    priced(env, "s12")
+    deposit(env, "q12", 10_000, "q12-d")
+    happened = Timestamp()
+    happened.GetCurrentTime()
+    time.sleep(0.05)
+    odds, _ = env.price("s12", "1x2", "home")
+    late = place(env, "q12", "q12-b", [selection("s12", "1x2", "home", odds)], 1_000)  # the feed is late
+    e = final("s12", 50, 1, 0)
+    e.produced_at.CopyFrom(happened)  # full time happened before the bet was placed
+    env.send(e)
+    wait_for(lambda: _bet(env, "q12", late.bet_id).status == bet_pb2.BET_STATUS_SETTLED, 30, what="settled")
+    b = _bet(env, "q12", late.bet_id)
+    assert (b.result, b.payout.minor_units) == (bet_pb2.BET_RESULT_VOID, 1_000)  # a winner, but past-posted
