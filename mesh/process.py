@@ -4,6 +4,7 @@ it. Also a blocking gRPC health call and a polling helper."""
 
 from __future__ import annotations
 
+import functools
 import os
 import signal
 import subprocess
@@ -63,7 +64,7 @@ class Process:
             stdout=self._log,
             stderr=subprocess.STDOUT,
             start_new_session=True,
-            preexec_fn=_die_with_parent,
+            preexec_fn=functools.partial(_die_with_parent, self.spec.stop_signal),
             **self.spec.identity(),
         )
         wait_for(lambda: self.alive_or_fail() and self.spec.ready(), timeout, what=f"{self.spec.name} ready")
