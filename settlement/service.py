@@ -58,7 +58,9 @@ class Settler:
             elif s.period == ev.PERIOD_HALFTIME:
                 halftime = (s.score.home, s.score.away)
             await self.store.record_state(e.match_id, s.score.home, s.score.away, ended, halftime, _when(e))
-            if ended or halftime is not None:
+            # settle at full time and at half time; the second half's clock ticks also carry the
+            # half-time score (recorded above) but decide nothing new, so they settle nothing
+            if ended or s.period == ev.PERIOD_HALFTIME:
                 await self.settle_match(e.match_id)
         elif kind == "bet_settlement":
             await self.provider_settlement(e)

@@ -18,6 +18,7 @@ from mesh.supervisor import REPO_ROOT
 from tests.component.test_feed_service import fixture, state
 from tests.conftest import start_nats
 from tests.helpers import Proc, service_spec
+from tests.shared_data import UOF, needs
 
 
 async def _ids(url: str) -> list[str]:
@@ -82,10 +83,9 @@ def test_a_corrupt_recording_is_a_clear_error(tmp_path: Path) -> None:
     assert "bad.rec:1: not a recording line" in out.stderr
 
 
+@needs(UOF)
 def test_uof_xml_files_are_ingested_from_disk(servers_root: Path, tmp_path: Path) -> None:
-    samples = REPO_ROOT.parent / "shared" / "data" / "uof"
-    if not samples.exists():
-        pytest.skip("shared data not beside the repo")
+    samples = UOF
     n = start_nats(servers_root, "nats-files")
     spec = service_spec("feed", "feed.server", {"LIVEBET_NATS_URL": n.url})
     proc = Proc(spec, servers_root / "feed-files.log").start()

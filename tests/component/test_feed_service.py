@@ -19,8 +19,9 @@ from livebet.feed.v1 import feed_service_pb2_grpc
 from mesh import infra
 from tests.conftest import Server, start_nats
 from tests.helpers import Proc, health, service_spec, wait_for
+from tests.shared_data import UOF, needs
 
-SAMPLES = Path(__file__).resolve().parents[2].parent / "shared" / "data" / "uof"
+SAMPLES = UOF
 
 
 @pytest.fixture(scope="module")
@@ -168,7 +169,7 @@ def test_the_ingest_stream_counts_bad_items_and_keeps_going(feed_env: tuple[Serv
     assert (r.accepted, r.skipped) == (3, 2)
 
 
-@pytest.mark.skipif(not SAMPLES.exists(), reason="shared data not beside the repo")
+@needs(SAMPLES)
 def test_raw_uof_messages_are_normalised_and_published(feed_env: tuple[Server, Proc, str]) -> None:
     _n, _, target = feed_env
     stub = _stub(target)

@@ -8,8 +8,9 @@ from pathlib import Path
 import pytest
 
 from mesh.supervisor import REPO_ROOT
+from tests.shared_data import FOOTBALL_DATA, needs
 
-DATA = REPO_ROOT.parent / "shared" / "data" / "football-data"
+DATA = FOOTBALL_DATA
 
 
 def _run(*args: str) -> subprocess.CompletedProcess[str]:
@@ -52,7 +53,7 @@ def test_bad_input_is_a_clear_error() -> None:
     assert "expected two counts like 1-0" in out.stderr
 
 
-@pytest.mark.skipif(not (DATA / "E0_2023-24.csv").exists(), reason="shared data not beside the repo")
+@needs(DATA / "E0_2023-24.csv")
 def test_calibration_on_the_premier_league_meets_its_goals() -> None:
     out = _run("calibrate", str(DATA / "E0_2023-24.csv"))
     assert out.returncode == 0, out.stdout + out.stderr

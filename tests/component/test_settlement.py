@@ -19,6 +19,7 @@ from livebet.feed.v1 import event_pb2 as ev
 from tests.component.betting_env import Env, balance, deposit, md, place, priced, selection, start
 from tests.component.test_feed_service import fixture
 from tests.helpers import wait_for
+from tests.shared_data import UOF, needs
 
 
 @pytest.fixture(scope="module")
@@ -445,10 +446,10 @@ def test_a_trader_settles_voids_and_rolls_back_by_hand_with_a_reason(env: Env) -
     assert admin.GetSettlement(ss.GetSettlementRequest(settlement_id="m4"), timeout=10).settlement == void
 
 
-SAMPLES = Path(__file__).resolve().parents[2].parent / "shared" / "data" / "uof"
+SAMPLES = UOF
 
 
-@pytest.mark.skipif(not (SAMPLES / "bet_settlement.xml").exists(), reason="needs ../shared/data/uof")
+@needs(SAMPLES / "bet_settlement.xml")
 def test_the_uof_samples_settle_cancel_and_roll_back_a_cancel(env: Env) -> None:
     """The three UOF samples through the feed's UOF path. Their markets are not ones livebet trades
     (193, 62, 48), so each is mapped to one it does, with the same outcome ids where they agree:

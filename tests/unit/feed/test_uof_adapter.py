@@ -4,10 +4,10 @@ import pytest
 from livebet.feed.v1 import event_pb2 as ev
 
 from feed.adapters.uof import MAX_MESSAGE_BYTES, UofError, parse
-from mesh.supervisor import REPO_ROOT
+from tests.shared_data import UOF, needs
 
-SAMPLES = REPO_ROOT.parent / "shared" / "data" / "uof"
-pytestmark = pytest.mark.skipif(not SAMPLES.exists(), reason="shared data not beside the repo")
+SAMPLES = UOF
+pytestmark = needs(SAMPLES)
 
 
 def sample(name: str) -> bytes:
