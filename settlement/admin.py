@@ -12,21 +12,17 @@ from decimal import Decimal, InvalidOperation
 from typing import Any
 
 import grpc
-from livebet.common.v1 import common_pb2
 from livebet.settlement.v1 import settlement_pb2 as sp
 from livebet.settlement.v1 import settlement_service_pb2 as ss
 from livebet.settlement.v1 import settlement_service_pb2_grpc
 
-from betting.adapters.store import money
-from settlement.adapters.store import PoolSource, Store
+from betting.adapters.store import PoolSource, money
+from betting.domain.rules import ref_key
+from settlement.adapters.store import Store
 from settlement.domain.results import provider_results
 
 log = logging.getLogger("settlement.admin")
 ACTOR_HEADER = "x-livebet-account"
-
-
-def _key(ref: common_pb2.MarketRef) -> str:
-    return ref.market_key or ref.market_type + "".join(f"|{s.key}={s.value}" for s in ref.specifiers)
 
 
 class SettlementApi(settlement_service_pb2_grpc.SettlementServiceServicer):
@@ -37,7 +33,7 @@ class SettlementApi(settlement_service_pb2_grpc.SettlementServiceServicer):
         actor = str(dict(context.invocation_metadata() or ()).get(ACTOR_HEADER, "anonymous"))
         if not request.request_id or len(request.request_id) > 128:
             await context.abort(grpc.StatusCode.INVALID_ARGUMENT, "request_id is required (at most 128 characters)")
-        if not request.market.match_id or not _key(request.market):
+        if not request.market.match_id or not ref_key(request.market):
             await context.abort(grpc.StatusCode.INVALID_ARGUMENT, "market.match_id and market.market_key are required")
         digest = hashlib.sha256(request.SerializeToString(deterministic=True)).digest()
         async with self.source.pool.connection() as conn, conn.cursor() as cur:
@@ -83,7 +79,7 @@ class SettlementApi(settlement_service_pb2_grpc.SettlementServiceServicer):
             actor=actor,
             reason=request.reason,
         )
-        s.market.market_key = _key(request.market)
+        s.market.market_key = ref_key(request.market)
         s.created_at.FromDatetime(datetime.now(UTC))
         return s
 
@@ -108,7 +104,7 @@ class SettlementApi(settlement_service_pb2_grpc.SettlementServiceServicer):
                     bad.append(f"outcomes[{i}].{name}: {text!r} is not a decimal")
         if bad:
             await context.abort(grpc.StatusCode.INVALID_ARGUMENT, "; ".join(bad))
-        key, match_id = _key(request.market), request.market.match_id
+        key, match_id = ref_key(request.market), request.market.match_id
         legs = await self.store.open_legs(match_id, include_settled=True)
         outcomes = [(o.outcome_id, o.result, o.void_factor, o.dead_heat_factor) for o in request.outcomes]
         results = provider_results(outcomes, legs, key)
@@ -142,7 +138,7 @@ class SettlementApi(settlement_service_pb2_grpc.SettlementServiceServicer):
         end = request.end_time.ToDatetime(tzinfo=UTC) if request.HasField("end_time") else None
         if end is not None and end <= start:
             await context.abort(grpc.StatusCode.INVALID_ARGUMENT, "end_time must be after start_time")
-        key = _key(request.market)
+        key = ref_key(request.market)
         count = await self.store.cancel(
             f"manual:{request.request_id}", request.market.match_id, key, start, end, request.reason
         )
@@ -156,7 +152,7 @@ class SettlementApi(settlement_service_pb2_grpc.SettlementServiceServicer):
         if earlier is not None:
             return ss.RollbackSettlementResponse(settlement=earlier)
         version, reopened = await self.store.rollback(
-            request.market.match_id, _key(request.market), f"manual: {request.reason}"
+            request.market.match_id, ref_key(request.market), f"manual: {request.reason}"
         )
         if version == 0:
             await context.abort(grpc.StatusCode.FAILED_PRECONDITION, "the market has no settlement to roll back")

@@ -18,9 +18,8 @@ import grpc
 from livebet.settlement.v1 import report_service_pb2 as rs
 from livebet.settlement.v1 import report_service_pb2_grpc
 
-from betting.adapters.store import money
+from betting.adapters.store import PoolSource, money
 from betting.domain.money import EXPONENT
-from settlement.adapters.store import PoolSource
 
 _KEY = {
     rs.REPORT_GROUPING_MATCH: "s.match_id",

@@ -9,6 +9,7 @@ from datetime import UTC, datetime
 
 from livebet.feed.v1 import event_pb2 as ev
 
+from betting.domain.rules import ref_key
 from settlement.adapters.store import Store
 from settlement.domain.results import parse_market_key, provider_results, results_by_market
 
@@ -71,7 +72,7 @@ class Settler:
             )
             end = c.end_time.ToDatetime(tzinfo=UTC) if c.HasField("end_time") else None
             for ref in c.markets:
-                key = ref.market_key or ref.market_type
+                key = ref_key(ref)
                 voided = await self.store.cancel(f"{e.event_id}:{key}", e.match_id, key, start, end, c.void_reason)
                 log.info("bets cancelled", extra={"match_id": e.match_id, "market": key, "bets": voided})
         elif kind == "rollback_bet_cancel":
@@ -79,13 +80,13 @@ class Settler:
             start = c.start_time.ToDatetime(tzinfo=UTC) if c.HasField("start_time") else None
             end = c.end_time.ToDatetime(tzinfo=UTC) if c.HasField("end_time") else None
             for ref in c.markets:
-                key = ref.market_key or ref.market_type
+                key = ref_key(ref)
                 reopened = await self.store.rollback_cancels(e.match_id, key, start, end)
                 log.info("cancel rolled back", extra={"match_id": e.match_id, "market": key, "bets": reopened})
             await self.settle_match(e.match_id)  # a result already known settles them now
         elif kind == "rollback_bet_settlement":
             for ref in e.rollback_bet_settlement.markets:
-                key = ref.market_key or ref.market_type
+                key = ref_key(ref)
                 version, reopened = await self.store.rollback(e.match_id, key, "provider rollback")
                 log.info(
                     "settlement rolled back",
@@ -105,7 +106,7 @@ class Settler:
         legs = await self.store.open_legs(e.match_id)
         total = 0
         for m in bs.markets:
-            key = m.market.market_key or m.market.market_type
+            key = ref_key(m.market)
             outcomes = [(o.outcome_id, o.result, o.void_factor, o.dead_heat_factor) for o in m.outcomes]
             results = provider_results(outcomes, legs, key)
             if not results:

@@ -17,7 +17,6 @@ from datetime import datetime
 from decimal import Decimal
 from typing import Any
 
-import nats.js.errors
 import psycopg
 from livebet.betting.v1 import bet_pb2
 from nats.js import JetStreamContext
@@ -25,6 +24,7 @@ from nats.js.api import DiscardPolicy, StorageType, StreamConfig
 from psycopg_pool import AsyncConnectionPool
 
 from betting.adapters.store import bet_proto, money
+from feed.adapters import jetstream
 
 log = logging.getLogger("betting.outbox")
 STREAM = "BETS"
@@ -46,10 +46,7 @@ def stream_config(replicas: int = 1) -> StreamConfig:
 
 
 async def ensure_stream(js: JetStreamContext) -> None:
-    try:
-        await js.add_stream(stream_config())
-    except nats.js.errors.BadRequestError:
-        await js.update_stream(stream_config())
+    await jetstream.ensure_stream(js, stream_config())
 
 
 async def relay_once(pool: AsyncConnectionPool, js: JetStreamContext) -> int:

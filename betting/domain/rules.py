@@ -21,6 +21,7 @@ from enum import Enum
 
 from livebet.betting.v1 import bet_pb2
 from livebet.betting.v1 import betting_service_pb2 as bs
+from livebet.common.v1 import common_pb2
 
 from betting.domain.money import MoneyError, major_to_minor, to_minor
 
@@ -158,6 +159,11 @@ def market_key(market_type: str, specifiers: list[tuple[str, str]], given: str) 
     return market_type + "".join(f"|{k}={v}" for k, v in specifiers)
 
 
+def ref_key(ref: common_pb2.MarketRef) -> str:
+    """The canonical key of a ``MarketRef`` (its ``market_key``, or type and specifiers)."""
+    return market_key(ref.market_type, [(x.key, x.value) for x in ref.specifiers], ref.market_key)
+
+
 def parse_request(req: bs.PlaceBetRequest, config: Config) -> Ticket:
     bad: list[tuple[str, str]] = []
     if not req.request_id:
@@ -175,7 +181,7 @@ def parse_request(req: bs.PlaceBetRequest, config: Config) -> Ticket:
     for i, s in enumerate(req.selections[:MAX_LEGS]):
         where = f"selections[{i}]"
         ref = s.outcome.market
-        key = market_key(ref.market_type, [(x.key, x.value) for x in ref.specifiers], ref.market_key)
+        key = ref_key(ref)
         market_type = ref.market_type or key.split("|", 1)[0]
         for name, value in (
             ("outcome.market.match_id", ref.match_id),

@@ -6,17 +6,13 @@ from __future__ import annotations
 
 from datetime import datetime
 from decimal import Decimal
-from typing import Any, Protocol
+from typing import Any
 
 from psycopg.types.json import Jsonb
 from psycopg_pool import AsyncConnectionPool
 
+from betting.adapters.store import PoolSource
 from settlement.domain.results import MatchResult, OpenLeg
-
-
-class PoolSource(Protocol):
-    @property
-    def pool(self) -> AsyncConnectionPool: ...
 
 
 class Store:
