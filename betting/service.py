@@ -62,9 +62,9 @@ from betting.domain.rules import (
     price_leg,
 )
 from feed.adapters.jetstream import token
+from mesh import access
 
 log = logging.getLogger("betting")
-ACCOUNT_HEADER = "x-livebet-account"
 DOMAIN = "livebet.betting.v1"
 MAX_PAGE = 100
 
@@ -93,7 +93,8 @@ async def abort_refused(context: grpc.aio.ServicerContext, reason: int, message:
 
 
 async def account_of(context: grpc.aio.ServicerContext) -> str:
-    account = dict(context.invocation_metadata() or ()).get(ACCOUNT_HEADER, "")
+    # mesh.access.AccessInterceptor refused a call without one already; this is belt and braces.
+    account = access.identity(context.invocation_metadata()).account
     if not account or len(account) > 128:
         await context.abort(grpc.StatusCode.UNAUTHENTICATED, "no authenticated account (sign in through the edge)")
     return str(account)

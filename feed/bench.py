@@ -23,14 +23,13 @@ import tempfile
 import time
 from pathlib import Path
 
-import grpc
 import nats
 from livebet.feed.v1 import event_pb2 as ev
 from livebet.feed.v1 import feed_service_pb2 as fs
 from livebet.feed.v1 import feed_service_pb2_grpc
 
 from feed.adapters.jetstream import ensure_stream, stream_config
-from mesh import infra
+from mesh import access, infra
 from mesh.process import Process, service_spec
 
 GOAL_EVENTS_PER_S = 20_000
@@ -63,7 +62,7 @@ async def raw_rate(url: str, events: list[ev.FeedEvent]) -> float:
 
 
 async def feed_rate(target: str, events: list[ev.FeedEvent], matches: int, batch: int, in_flight: int) -> float:
-    async with grpc.aio.insecure_channel(target) as channel:
+    async with access.aio_channel(target, "svc:bench", [access.FEED]) as channel:
         stub = feed_service_pb2_grpc.FeedServiceStub(channel)
         fixtures = []
         for m in range(matches):

@@ -32,6 +32,8 @@ from livebet.feed.v1 import event_pb2 as ev
 from livebet.feed.v1 import feed_service_pb2 as fs
 from livebet.feed.v1 import feed_service_pb2_grpc
 
+from mesh import access
+
 
 class FileRecorder:
     """Appends each accepted batch to a recording (flushed per batch)."""
@@ -90,7 +92,7 @@ def read(path: Path, provider: str = "uof") -> Iterator[Record]:
 async def play(paths: list[Path], target: str, speed: float | None, provider: str = "uof") -> tuple[int, int, int]:
     """Returns (batches, accepted, duplicates)."""
     batches = accepted = duplicates = 0
-    async with grpc.aio.insecure_channel(target) as channel:
+    async with access.aio_channel(target, "svc:replay", [access.FEED]) as channel:
         stub = feed_service_pb2_grpc.FeedServiceStub(channel)
         first_at: int | None = None
         records = [r for path in paths for r in read(path, provider)]  # a corrupt line stops it before any send

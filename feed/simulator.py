@@ -25,6 +25,7 @@ from livebet.feed.v1 import feed_service_pb2 as fs
 from livebet.feed.v1 import feed_service_pb2_grpc
 
 from feed.domain.simulator import Incident, Kind, SimMatch, simulate
+from mesh import access
 from pricing.football import POISSON, MatchState, Period, score_model
 from pricing.margin import apply_margin
 from pricing.markets import fair_probabilities
@@ -178,7 +179,7 @@ def schedule(matches: list[SimMatch]) -> Iterator[tuple[int, SimMatch, Incident]
 
 
 async def run(target: str, n: int, seed: int, speed: float, rounds: int, uof: bool, stagger: int) -> None:
-    channel = grpc.aio.insecure_channel(target)
+    channel = access.aio_channel(target, "svc:simulator", [access.FEED])
     stub = feed_service_pb2_grpc.FeedServiceStub(channel)
     round_no = 0
     last_alive = 0.0

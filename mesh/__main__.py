@@ -4,6 +4,7 @@ up             start NATS, Valkey, PostgreSQL, every service and Envoy; Ctrl-C s
 status         health, pid and restart count of every process of a running `up`
 wipe           delete the platform's data (refused while `up` runs)
 envoy-config   print the Envoy configuration generated from the topology
+token          issue a signed token for a local account (--account A [--role admin])
 schema         write a Buf image of the contracts, for `buf curl --schema` without reflection
 """
 
@@ -19,7 +20,7 @@ import shutil
 import sys
 from pathlib import Path
 
-from edge import envoy_config
+from edge import auth, envoy_config
 from mesh import topology
 from mesh.supervisor import STATE_FILE, Supervisor, grpc_health
 
@@ -98,6 +99,10 @@ def main(argv: list[str] | None = None) -> int:
     wipe = sub.add_parser("wipe", parents=[common], help="delete the platform's data")
     wipe.add_argument("--yes", action="store_true", help="do not ask")
     sub.add_parser("envoy-config", parents=[common], help="print the generated Envoy config")
+    tok = sub.add_parser("token", parents=[common], help="issue a signed token for a local account")
+    tok.add_argument("--account", required=True, help="the account the token acts for (its subject)")
+    tok.add_argument("--role", action="append", default=[], help="a role (admin, feed); repeatable")
+    tok.add_argument("--ttl", type=float, default=auth.DEFAULT_TTL, help="seconds until it expires (default 12 h)")
     sch = sub.add_parser("schema", help="write a Buf image of the contracts (for buf curl --schema)")
     sch.add_argument("-o", "--output", type=Path, required=True)
     args = parser.parse_args(argv)
@@ -137,8 +142,18 @@ def main(argv: list[str] | None = None) -> int:
         args.output.write_bytes(schema_image())
         print(f"wrote {args.output}")
         return 0
+    if args.command == "token":
+        try:
+            print(auth.issue(auth.ensure_keys(args.data_dir / "edge"), args.account, args.role, args.ttl))
+        except ValueError as exc:
+            print(f"mesh token: {exc}", file=sys.stderr)
+            return 2
+        return 0
     t = topology.load(args.topology)
-    print(envoy_config.render(t), end="")
+    keys = auth.ensure_keys(args.data_dir / "edge")
+    root = Path(__file__).resolve().parent.parent
+    descriptor, web = root / "gen" / "livebet.binpb", root / "edge" / "web" / "dist"
+    print(envoy_config.render(t, str(keys.jwks_path.resolve()), str(descriptor), str(web)), end="")
     return 0
 
 

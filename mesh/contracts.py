@@ -32,9 +32,11 @@ def load_all() -> list[str]:
 
 
 def schema_image() -> bytes:
-    """A FileDescriptorSet (a Buf image) of every livebet contract plus grpc.health.v1, so that
-    tools without reflection (``buf curl --schema FILE.binpb`` over HTTP/1.1 gRPC-web) know them."""
+    """A FileDescriptorSet (a Buf image) of every livebet contract plus grpc.health.v1 and the
+    google.rpc error details, so that tools without reflection (``buf curl --schema FILE.binpb``
+    over HTTP/1.1 gRPC-web) and Envoy's REST transcoder know them."""
     from google.protobuf import descriptor_pb2, descriptor_pool
+    from google.rpc import error_details_pb2, status_pb2
     from grpc_health.v1 import health_pb2
 
     load_all()
@@ -54,6 +56,9 @@ def schema_image() -> bytes:
         fds.file.append(proto)
 
     add(health_pb2.DESCRIPTOR.name)
+    # rich error details (BadRequest, ErrorInfo): Envoy's transcoder prints them in REST errors
+    add(error_details_pb2.DESCRIPTOR.name)
+    add(status_pb2.DESCRIPTOR.name)
     for name in sorted(n for n in _livebet_files(pool)):
         add(name)
     return fds.SerializeToString()

@@ -26,6 +26,7 @@ from grpc_health.v1.health import aio as health_aio
 from grpc_reflection.v1alpha import reflection
 
 from mesh import contracts, logs
+from mesh.access import AccessInterceptor
 from mesh.deps import Dependency
 from mesh.metrics import Metrics, ObservabilityInterceptor
 from mesh.settings import Settings
@@ -171,7 +172,7 @@ class ServiceApp:
         s = self.settings
         contracts.load_all()
         server = grpc.aio.server(
-            interceptors=[ObservabilityInterceptor(self.metrics)],
+            interceptors=[ObservabilityInterceptor(self.metrics), AccessInterceptor()],
             options=[*SERVER_OPTIONS, ("grpc.max_receive_message_length", self.max_receive_bytes)],
         )
         for register in self._registrations:

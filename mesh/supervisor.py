@@ -30,7 +30,7 @@ from typing import IO, Any
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-from edge import envoy_config
+from edge import auth, envoy_config
 from mesh import infra
 from mesh.backoff import Backoff
 from mesh.infra import ProcessSpec
@@ -174,7 +174,9 @@ class Supervisor:
 
     def envoy_spec(self) -> ProcessSpec:
         path = self.run_dir / "envoy.json"
-        path.write_text(envoy_config.render(self.t))
+        keys = auth.ensure_keys(self.data_dir / "edge")
+        schema, web = REPO_ROOT / "gen" / "livebet.binpb", REPO_ROOT / "edge" / "web" / "dist"
+        path.write_text(envoy_config.render(self.t, str(keys.jwks_path), str(schema), str(web)))
         return infra.envoy(path, self.t.host, self.t.admin_port, self.t.edge_port)
 
     # --- process control ---------------------------------------------------------------------
@@ -317,6 +319,11 @@ class Supervisor:
                     "pid": m.pid,
                     "port": m.spec.port,
                     "health_target": m.spec.health_target,
+                    "metrics": (
+                        f"{t.host}:{m.spec.env['LIVEBET_METRICS_PORT']}"
+                        if "LIVEBET_METRICS_PORT" in m.spec.env
+                        else None
+                    ),
                     "restarts": m.restarts,
                     "status": m.status,
                     "log": str(m.log_path),
@@ -359,9 +366,13 @@ class Supervisor:
                 await self._start(tool, 10)
             self.out(f"livebet is up in {time.monotonic() - started:.1f}s\n")
             self.out(self.table())
+            edge = f"http://{'localhost' if self.t.host == '127.0.0.1' else self.t.host}:{self.t.edge_port}"
+            demo = auth.issue(auth.ensure_keys(self.data_dir / "edge"), "demo")
             self.out(
-                f"\nEnvoy (gRPC + gRPC-web): http://{self.t.host}:{self.t.edge_port}   "
-                f"logs: {self.log_dir}   Ctrl-C stops everything"
+                f"\nweb app:  {edge}/   (signed in as 'demo': {edge}/#token={demo} )"
+                f"\nEnvoy:    {edge} serves gRPC, gRPC-web and REST (/v1/...)"
+                "   tokens: python -m mesh token --account A"
+                f"\nlogs:     {self.log_dir}   Ctrl-C stops everything"
             )
             await self.stopping.wait()
         finally:

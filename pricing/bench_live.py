@@ -27,7 +27,7 @@ from livebet.feed.v1 import feed_service_pb2 as fs
 from livebet.feed.v1 import feed_service_pb2_grpc
 from livebet.odds.v1 import odds_service_pb2, odds_service_pb2_grpc
 
-from mesh import infra
+from mesh import access, infra
 from mesh.process import Process, service_spec
 
 GOAL_P99_MS = 10.0
@@ -55,7 +55,7 @@ def _clock(i: int, seq: int, minute: int) -> ev.FeedEvent:
 async def live_run(
     feed: str, odds: str, matches: int, subscribers: int, per_client: int, rate: int, seconds: float
 ) -> dict[str, float]:
-    async with grpc.aio.insecure_channel(feed) as fch:
+    async with access.aio_channel(feed, "svc:bench", [access.FEED]) as fch:
         fstub = feed_service_pb2_grpc.FeedServiceStub(fch)
         await fstub.PublishBatch(fs.PublishBatchRequest(provider="bl", events=[_fixture(i) for i in range(matches)]))
         await asyncio.sleep(2.0)  # the engine prices the fixtures

@@ -33,6 +33,7 @@ from nats.js.api import KeyValueConfig, StorageType
 from nats.js.kv import KeyValue
 
 from feed.adapters.jetstream import partition_of
+from mesh import access
 from pricing.live.book import Delta, LiveMatch
 from pricing.live.engine import Engine, market_key
 
@@ -41,7 +42,6 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("pricing.trader")
 BUCKET = "pricing-trader"
-ACTOR_HEADER = "x-livebet-account"
 FORWARD_TIMEOUT = 5.0
 
 
@@ -216,7 +216,7 @@ class TraderApi(trader_service_pb2_grpc.TraderServiceServicer):
             )
 
     async def _call(self, context: grpc.aio.ServicerContext, name: str, request: Any) -> int:
-        actor = dict(context.invocation_metadata() or ()).get(ACTOR_HEADER, "anonymous")
+        actor = access.actor(context)
         match_id = _ACTIONS[name][1](request)
         try:
             if not match_id or self.runner.local(match_id) is not None:

@@ -18,11 +18,11 @@ from livebet.settlement.v1 import settlement_service_pb2_grpc
 
 from betting.adapters.store import PoolSource, money
 from betting.domain.rules import ref_key
+from mesh import access
 from settlement.adapters.store import Store
 from settlement.domain.results import provider_results
 
 log = logging.getLogger("settlement.admin")
-ACTOR_HEADER = "x-livebet-account"
 
 
 class SettlementApi(settlement_service_pb2_grpc.SettlementServiceServicer):
@@ -30,7 +30,7 @@ class SettlementApi(settlement_service_pb2_grpc.SettlementServiceServicer):
         self.store, self.source = store, source
 
     async def _begin(self, context: grpc.aio.ServicerContext, request: Any) -> tuple[str, bytes, sp.Settlement | None]:
-        actor = str(dict(context.invocation_metadata() or ()).get(ACTOR_HEADER, "anonymous"))
+        actor = access.actor(context)
         if not request.request_id or len(request.request_id) > 128:
             await context.abort(grpc.StatusCode.INVALID_ARGUMENT, "request_id is required (at most 128 characters)")
         if not request.market.match_id or not ref_key(request.market):

@@ -104,8 +104,8 @@ def bet_proto(row: dict[str, Any], legs: Sequence[dict[str, Any]]) -> bet_pb2.Be
         payout=money(row["payout"], cur),
         settlement_version=row["settlement_version"],
     )
-    for name in ("placed_at", "decided_at", "settled_at"):
-        t = _ts(row[name])
+    for name in ("placed_at", "decided_at", "settled_at", "decide_at"):
+        t = _ts(row.get(name))
         if t is not None:
             getattr(b, name).CopyFrom(t)
     for leg in legs:

@@ -21,7 +21,7 @@ from livebet.feed.v1 import feed_service_pb2_grpc
 from livebet.odds.v1 import market_pb2, trader_service_pb2_grpc
 
 from tests.conftest import Server, start_nats, start_postgres, start_valkey
-from tests.helpers import Proc, service_spec, wait_for
+from tests.helpers import Proc, admin_channel, feed_channel, service_spec, wait_for
 
 IN_PLAY_DELAY = 1.5
 
@@ -157,7 +157,8 @@ def start(root: Path, name: str, extra_env: dict[str, str] | None = None, settle
         procs.append(
             Proc(service_spec("settlement", "settlement.server", env), root / f"{name}-settlement.log").start()
         )
-    feed, pricing, betting = (grpc.insecure_channel(x.spec.health_target) for x in procs[:3])
+    feed, pricing = feed_channel(procs[0].spec.health_target), admin_channel(procs[1].spec.health_target)
+    betting = grpc.insecure_channel(procs[2].spec.health_target)
     out = Env(
         feed_service_pb2_grpc.FeedServiceStub(feed),
         betting_service_pb2_grpc.BettingServiceStub(betting),

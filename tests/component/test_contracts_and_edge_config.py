@@ -4,16 +4,18 @@ import subprocess
 import sys
 from pathlib import Path
 
+from edge import auth
 from edge import envoy_config as envoy
 from mesh import topology
 from mesh.infra import envoy_binary
 from mesh.supervisor import REPO_ROOT
 
 BUF = str(Path(sys.executable).parent / "buf")
+SCHEMA = REPO_ROOT / "gen" / "livebet.binpb"
 
 
 def test_buf_lint_passes_with_standard_rules() -> None:
-    result = subprocess.run([BUF, "lint"], cwd=REPO_ROOT, capture_output=True, text=True)
+    result = subprocess.run([BUF, "lint", "proto"], cwd=REPO_ROOT, capture_output=True, text=True)
     assert result.returncode == 0, result.stdout + result.stderr
 
 
@@ -32,7 +34,9 @@ def test_buf_lint_catches_a_contract_that_breaks_the_rules(tmp_path: Path) -> No
 
 def test_envoy_accepts_the_generated_config(tmp_path: Path) -> None:
     config = tmp_path / "envoy.json"
-    config.write_text(envoy.render(topology.load().resolve_ports()))
+    keys = auth.ensure_keys(tmp_path / "edge")
+    web = REPO_ROOT / "edge" / "web" / "dist"
+    config.write_text(envoy.render(topology.load().resolve_ports(), str(keys.jwks_path), str(SCHEMA), str(web)))
     result = subprocess.run(
         [envoy_binary(), "--mode", "validate", "-c", str(config), "--use-dynamic-base-id"],
         capture_output=True,

@@ -24,7 +24,7 @@ from pricing.leases import BUCKET
 from tests.component.test_feed_service import fixture, state
 from tests.component.test_live_odds import goal
 from tests.conftest import start_nats, start_valkey
-from tests.helpers import Proc, service_spec, wait_for
+from tests.helpers import Proc, admin_channel, feed_channel, service_spec, wait_for
 
 MATCHES = [f"rep{i}" for i in range(12)]
 
@@ -46,7 +46,7 @@ class Cluster:
             return None
 
     def trader(self, i: int) -> trader_service_pb2_grpc.TraderServiceStub:
-        return trader_service_pb2_grpc.TraderServiceStub(grpc.insecure_channel(self.engines[i].spec.health_target))
+        return trader_service_pb2_grpc.TraderServiceStub(admin_channel(self.engines[i].spec.health_target))
 
     def holders(self) -> dict[int, str]:
         async def read() -> dict[int, str]:
@@ -81,7 +81,7 @@ def cluster(servers_root: Path) -> Iterator[Cluster]:
     odds = Proc(service_spec("odds", "pricing.stream_server", env), servers_root / "rep-odds.log").start()
     yield Cluster(
         n.url,
-        feed_service_pb2_grpc.FeedServiceStub(grpc.insecure_channel(feed.spec.health_target)),
+        feed_service_pb2_grpc.FeedServiceStub(feed_channel(feed.spec.health_target)),
         engines,
         odds_service_pb2_grpc.OddsServiceStub(grpc.insecure_channel(odds.spec.health_target)),
     )

@@ -17,7 +17,7 @@ from livebet.feed.v1 import feed_service_pb2_grpc
 from mesh.supervisor import REPO_ROOT
 from tests.component.test_feed_service import fixture, state
 from tests.conftest import start_nats
-from tests.helpers import Proc, service_spec
+from tests.helpers import Proc, feed_channel, service_spec
 from tests.shared_data import UOF, needs
 
 
@@ -40,7 +40,7 @@ def test_a_recording_replays_into_another_feed_and_twice_stores_once(servers_roo
     other_spec = service_spec("feed", "feed.server", {"LIVEBET_NATS_URL": n2.url})
     other = Proc(other_spec, servers_root / "feed-replay.log").start()
     try:
-        stub = feed_service_pb2_grpc.FeedServiceStub(grpc.insecure_channel(live.spec.health_target))
+        stub = feed_service_pb2_grpc.FeedServiceStub(feed_channel(live.spec.health_target))
         stub.PublishBatch(fs.PublishBatchRequest(provider="push", events=[fixture("rp1")]))
         for i in range(1, 6):
             stub.PublishBatch(fs.PublishBatchRequest(provider="push", events=[state("rp1", i, 0, 0, i)]))
@@ -112,7 +112,7 @@ def test_uof_xml_files_are_ingested_from_disk(servers_root: Path, tmp_path: Path
         )
         assert out.returncode == 0, out.stderr
         assert "2 events stored" in out.stdout
-        stub = feed_service_pb2_grpc.FeedServiceStub(grpc.insecure_channel(spec.health_target))
+        stub = feed_service_pb2_grpc.FeedServiceStub(feed_channel(spec.health_target))
         got = stub.GetMatchState(fs.GetMatchStateRequest(match_id="sr:match:18001015"), timeout=5)
         assert got.fixture.away.name == "Tottenham Hotspur" and got.state.clock.minute == 75
     finally:

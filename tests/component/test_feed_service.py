@@ -18,7 +18,7 @@ from livebet.feed.v1 import feed_service_pb2_grpc
 
 from mesh import infra
 from tests.conftest import Server, start_nats
-from tests.helpers import Proc, health, service_spec, wait_for
+from tests.helpers import Proc, feed_channel, health, service_spec, wait_for
 from tests.shared_data import UOF, needs
 
 SAMPLES = UOF
@@ -37,7 +37,7 @@ def feed_env(servers_root: Path) -> Iterator[tuple[Server, Proc, str]]:
 
 
 def _stub(target: str) -> feed_service_pb2_grpc.FeedServiceStub:
-    return feed_service_pb2_grpc.FeedServiceStub(grpc.insecure_channel(target))
+    return feed_service_pb2_grpc.FeedServiceStub(feed_channel(target))
 
 
 def fixture(match_id: str, provider: str = "push") -> ev.FeedEvent:

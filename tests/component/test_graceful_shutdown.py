@@ -8,14 +8,14 @@ import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from livebet.feed.v1 import feed_service_pb2, feed_service_pb2_grpc
 
-from tests.helpers import Proc, service_spec
+from tests.helpers import Proc, feed_channel, service_spec
 
 
 def test_sigterm_drains_open_stream_and_in_flight_call(servers_root: Path) -> None:
     spec = service_spec("teststream", "tests.component.stream_app", {"LIVEBET_GRACE_SECONDS": "5"})
     svc = Proc(spec, servers_root / "teststream.log").start()
     try:
-        with grpc.insecure_channel(spec.health_target) as channel:
+        with feed_channel(spec.health_target) as channel:
             feed = feed_service_pb2_grpc.FeedServiceStub(channel)
             watch = health_pb2_grpc.HealthStub(channel).Watch(health_pb2.HealthCheckRequest())
             assert next(watch).status == health_pb2.HealthCheckResponse.SERVING

@@ -15,12 +15,12 @@ from livebet.odds.v1 import market_pb2, odds_service_pb2, odds_service_pb2_grpc
 
 from tests.component.test_feed_service import fixture, state
 from tests.conftest import start_nats, start_valkey
-from tests.helpers import Proc, service_spec, wait_for
+from tests.helpers import Proc, admin_channel, feed_channel, service_spec, wait_for
 
 
 class Live:
     def __init__(self, feed: str, pricing: Proc, odds: Proc) -> None:
-        self.feed = feed_service_pb2_grpc.FeedServiceStub(grpc.insecure_channel(feed))
+        self.feed = feed_service_pb2_grpc.FeedServiceStub(feed_channel(feed))
         self.pricing = pricing
         self.odds_target = odds.spec.health_target
         self.odds_metrics_port = odds.spec.env["LIVEBET_METRICS_PORT"]
@@ -171,7 +171,7 @@ def test_trader_actions_take_effect_are_idempotent_and_survive_a_restart(live: L
 
     live.send(fixture("sim:7:1"), state("sim:7:1", 1, 0, 0, 15))
     wait_for(lambda: (s := live.snapshot("sim:7:1")) is not None and s.minute == 15, 30, what="priced")
-    trader = trader_service_pb2_grpc.TraderServiceStub(grpc.insecure_channel(live.pricing.spec.health_target))
+    trader = trader_service_pb2_grpc.TraderServiceStub(admin_channel(live.pricing.spec.health_target))
     who = (("x-livebet-account", "trader-1"),)
     total = common_pb2.MarketRef(match_id="sim:7:1", market_type="total", market_key="total|total=2.5")
     suspend = ts.SuspendMarketRequest(request_id="t-1", market=total, reason="injury news")
@@ -280,7 +280,7 @@ def test_provider_mode_publishes_the_providers_odds_re_margined(live: Live) -> N
     assert one.status == market_pb2.MARKET_STATUS_OPEN
     assert by_key(image.markets)["btts"].status == market_pb2.MARKET_STATUS_SUSPENDED  # not quoted by it
 
-    trader = trader_service_pb2_grpc.TraderServiceStub(grpc.insecure_channel(live.pricing.spec.health_target))
+    trader = trader_service_pb2_grpc.TraderServiceStub(admin_channel(live.pricing.spec.health_target))
     with pytest.raises(grpc.RpcError) as err:
         trader.SetPricingMode(ts.SetPricingModeRequest(request_id="pm0", match_id="lo-prov"), timeout=10)
     assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT

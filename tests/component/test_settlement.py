@@ -16,9 +16,10 @@ from livebet.betting.v1 import bet_pb2
 from livebet.betting.v1 import betting_service_pb2 as bs
 from livebet.feed.v1 import event_pb2 as ev
 
+from mesh import access
 from tests.component.betting_env import Env, balance, deposit, md, place, priced, selection, start
 from tests.component.test_feed_service import fixture
-from tests.helpers import wait_for
+from tests.helpers import admin_channel, wait_for
 from tests.shared_data import UOF, needs
 
 
@@ -183,11 +184,10 @@ def test_two_settlement_replicas_settle_each_bet_exactly_once(env: Env, servers_
 
 
 def test_reports_reconcile_with_the_ledger(env: Env) -> None:
-    import grpc
     from livebet.settlement.v1 import report_service_pb2 as rs
     from livebet.settlement.v1 import report_service_pb2_grpc
 
-    reports = report_service_pb2_grpc.ReportServiceStub(grpc.insecure_channel(env.procs[3].spec.health_target))
+    reports = report_service_pb2_grpc.ReportServiceStub(admin_channel(env.procs[3].spec.health_target))
     env.send(fixture("s6"))
     priced(env, "s6")
     deposit(env, "q4", 100_000, "q4-d")
@@ -389,7 +389,9 @@ def test_a_trader_settles_voids_and_rolls_back_by_hand_with_a_reason(env: Env) -
     from livebet.settlement.v1 import settlement_service_pb2 as ss
     from livebet.settlement.v1 import settlement_service_pb2_grpc
 
-    admin = settlement_service_pb2_grpc.SettlementServiceStub(grpc.insecure_channel(env.procs[3].spec.health_target))
+    admin = settlement_service_pb2_grpc.SettlementServiceStub(
+        access.channel(env.procs[3].spec.health_target, "trader-7", [access.ADMIN])
+    )
     who = (("x-livebet-account", "trader-7"),)
     env.send(fixture("s11"))
     priced(env, "s11")

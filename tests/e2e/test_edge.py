@@ -4,6 +4,7 @@ import json
 import struct
 import subprocess
 import sys
+import urllib.error
 import urllib.parse
 import urllib.request
 from pathlib import Path
@@ -57,10 +58,13 @@ def _grpc_web(edge: str, path: str, message: bytes, headers: dict[str, str]) -> 
         method="POST",
         headers={"content-type": "application/grpc-web+proto", "x-grpc-web": "1", **headers},
     )
-    with urllib.request.urlopen(req, timeout=5) as resp:
-        raw = resp.read()
-        header_status = resp.headers.get("grpc-status")
-        header_message = urllib.parse.unquote(resp.headers.get("grpc-message", ""))
+    try:
+        with urllib.request.urlopen(req, timeout=5) as resp:
+            raw, headers = resp.read(), resp.headers
+    except urllib.error.HTTPError as err:  # the edge refused it (401/403/429): status in the headers
+        raw, headers = err.read(), err.headers
+    header_status = headers.get("grpc-status")
+    header_message = urllib.parse.unquote(headers.get("grpc-message", ""))
     payload, trailers, i = b"", {}, 0
     while i < len(raw):
         flag, length = raw[i], struct.unpack(">I", raw[i + 1 : i + 5])[0]

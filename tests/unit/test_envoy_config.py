@@ -5,7 +5,7 @@ from mesh import topology
 
 
 def _config() -> dict[str, Any]:
-    return envoy.build(topology.load())
+    return envoy.build(topology.load(), "/keys/jwks.json", "/gen/livebet.binpb")
 
 
 def _hcm(cfg: dict[str, Any]) -> dict[str, Any]:
@@ -15,7 +15,9 @@ def _hcm(cfg: dict[str, Any]) -> dict[str, Any]:
 
 def test_every_grpc_service_is_routed_to_its_cluster_without_a_route_timeout() -> None:
     routes = _hcm(_config())["route_config"]["virtual_hosts"][0]["routes"]
-    by_prefix = {r["match"]["prefix"]: r["route"] for r in routes if "headers" not in r["match"]}
+    by_prefix = {
+        r["match"]["prefix"]: r["route"] for r in routes if "prefix" in r["match"] and "headers" not in r["match"]
+    }
     for s in topology.load().services:
         for full in s.grpc_services:
             route = by_prefix[f"/{full}/"]
@@ -25,17 +27,57 @@ def test_every_grpc_service_is_routed_to_its_cluster_without_a_route_timeout() -
 
 def test_health_is_routed_by_the_service_header() -> None:
     routes = _hcm(_config())["route_config"]["virtual_hosts"][0]["routes"]
-    health = [r for r in routes if r["match"]["prefix"] == envoy.HEALTH_PREFIX]
+    health = [r for r in routes if r["match"].get("prefix") == envoy.HEALTH_PREFIX]
     assert {r["match"]["headers"][0]["string_match"]["exact"] for r in health} == {
         s.name for s in topology.load().services
     }
     assert all(r["match"]["headers"][0]["name"] == envoy.SERVICE_HEADER for r in health)
 
 
-def test_filters_are_grpc_web_cors_router_in_that_order_with_v3_types() -> None:
+def test_filters_strip_identity_first_then_authenticate_authorize_limit_route() -> None:
     filters = _hcm(_config())["http_filters"]
-    assert [f["typed_config"]["@type"].rsplit(".", 1)[-1] for f in filters] == ["GrpcWeb", "Cors", "Router"]
-    assert filters[0]["typed_config"]["@type"].endswith("filters.http.grpc_web.v3.GrpcWeb")
+    assert [f["typed_config"]["@type"].rsplit(".", 1)[-1] for f in filters] == [
+        "HeaderMutation",
+        "Cors",
+        "GrpcJsonTranscoder",
+        "GrpcWeb",
+        "JwtAuthentication",
+        "RBAC",
+        "LocalRateLimit",
+        "Router",
+    ]
+    removed = {m["remove"] for m in filters[0]["typed_config"]["mutations"]["request_mutations"]}
+    assert removed == {"x-livebet-account", "x-livebet-roles"}
+
+
+def test_jwt_is_required_exactly_where_the_access_table_says() -> None:
+    jwt = next(f for f in _hcm(_config())["http_filters"] if f["name"] == "envoy.filters.http.jwt_authn")
+    provider = jwt["typed_config"]["providers"][envoy.JWT_PROVIDER]
+    assert provider["require_expiration"] is True
+    assert provider["issuer"] and provider["audiences"]
+    assert provider["local_jwks"] == {"filename": "/keys/jwks.json"}
+    required = {next(iter(r["match"].values())) for r in jwt["typed_config"]["rules"] if "requires" in r}
+    assert "/livebet.betting.v1.BettingService/" in required
+    assert "/livebet.odds.v1.TraderService/" in required
+    assert "/livebet.feed.v1.FeedService/PublishBatch" in required
+    assert "/livebet.odds.v1.OddsService/" not in required
+    # first match wins: a method's own rule comes before its service's
+    paths = [next(iter(r["match"].values())) for r in jwt["typed_config"]["rules"]]
+    assert paths.index("/livebet.feed.v1.FeedService/PublishBatch") < paths.index("/livebet.feed.v1.FeedService/")
+
+
+def test_money_routes_are_rate_limited_per_account_and_streams_are_not_retried() -> None:
+    routes = _hcm(_config())["route_config"]["virtual_hosts"][0]["routes"]
+    by_path = {r["match"].get("path"): r for r in routes if "path" in r["match"]}
+    place = by_path["/livebet.betting.v1.BettingService/PlaceBet"]
+    limit = place["typed_per_filter_config"]["envoy.filters.http.local_ratelimit"]
+    assert limit["rate_limited_as_resource_exhausted"] is True
+    assert limit["descriptors"][0]["entries"] == [{"key": "account"}]
+    assert "unavailable" in place["route"]["retry_policy"]["retry_on"]  # idempotent by request_id
+    assert "retry_policy" not in by_path["/livebet.odds.v1.OddsService/WatchOdds"]["route"]
+    assert "typed_per_filter_config" not in by_path["/livebet.odds.v1.OddsService/WatchOdds"]
+    suspend = by_path["/livebet.odds.v1.TraderService/SuspendMatch"]["route"]["retry_policy"]["retry_on"]
+    assert "unavailable" not in suspend and "refused-stream" in suspend
 
 
 def test_each_cluster_is_http2_health_checked_with_one_endpoint_per_replica() -> None:

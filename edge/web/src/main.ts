@@ -1,0 +1,404 @@
+// livebet web app: live matches and prices over a gRPC-web stream (WatchOdds), a bet slip for
+// singles and accumulators, the wallet balance and the player's bets with their live status.
+// The page never reloads: a dropped stream reconnects with backoff and resumes from the last
+// version it saw, so nothing is missed.
+import { ConnectError, Code } from "@connectrpc/connect";
+import { timestampDate } from "@bufbuild/protobuf/wkt";
+import { betting, odds, session, wallet } from "./api";
+import { combine, formatMinor, parseAmount, potentialReturn } from "./money";
+import { BetStatus, OddsChangePolicy, RejectReason, BetResult, type Bet } from "./gen/livebet/betting/v1/bet_pb";
+import { MarketStatus, type Market, type MatchOdds } from "./gen/livebet/odds/v1/market_pb";
+import type { WatchOddsResponse } from "./gen/livebet/odds/v1/odds_service_pb";
+
+// --- state -----------------------------------------------------------------------------------
+interface MatchView {
+  odds: MatchOdds;
+  markets: Map<string, Market>; // by market_key, in arrival order
+}
+interface Leg {
+  matchId: string;
+  marketKey: string;
+  marketType: string;
+  outcomeId: string;
+  label: string;
+}
+
+const matches = new Map<string, MatchView>();
+const slip = new Map<string, Leg>(); // by match id: one leg per match
+const bets = new Map<string, Bet>();
+const flashes = new Map<string, "up" | "down">(); // outcome key -> direction, for one render
+let balance: { available: bigint; held: bigint; currency: string } | null = null;
+let betsStream: AbortController | null = null;
+
+const $ = <T extends HTMLElement>(id: string) => document.getElementById(id) as T;
+const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
+const outcomeKey = (matchId: string, marketKey: string, outcomeId: string) => `${matchId}|${marketKey}|${outcomeId}`;
+const esc = (s: string) =>
+  s.replace(/[&<>"']/g, (c) => ({ "&": "&amp;", "<": "&lt;", ">": "&gt;", '"': "&quot;", "'": "&#39;" })[c]!);
+
+function setConnection(state: "live" | "reconnecting", detail = ""): void {
+  const el = $("connection");
+  el.textContent = state === "live" ? "● live" : `○ reconnecting… ${detail}`;
+  el.className = state;
+}
+
+// --- live odds -------------------------------------------------------------------------------
+function price(m: Market, outcomeId: string): string | undefined {
+  return m.outcomes.find((o) => o.outcomeId === outcomeId)?.odds?.decimal;
+}
+
+function applyMarkets(view: MatchView, markets: Market[]): void {
+  for (const m of markets) {
+    const key = m.ref?.marketKey ?? "";
+    const before = view.markets.get(key);
+    if (before && before.version > m.version) continue; // never go back
+    for (const o of m.outcomes) {
+      const old = before ? price(before, o.outcomeId) : undefined;
+      const now = o.odds?.decimal;
+      if (old && now && old !== now) {
+        flashes.set(outcomeKey(view.odds.matchId, key, o.outcomeId), Number(now) > Number(old) ? "up" : "down");
+      }
+    }
+    view.markets.set(key, m);
+  }
+}
+
+function onOdds(res: WatchOddsResponse): void {
+  const msg = res.message;
+  if (msg.case === "image") {
+    const image = msg.value;
+    const view = matches.get(image.matchId);
+    if (view && !res.resync && view.odds.version >= image.version) return;
+    const fresh: MatchView = { odds: image, markets: new Map() };
+    if (view) fresh.markets = view.markets; // keep for up/down against the old prices
+    applyMarkets(fresh, image.markets);
+    // markets gone from a fresh image are gone
+    const keep = new Set(image.markets.map((m) => m.ref?.marketKey ?? ""));
+    for (const k of [...fresh.markets.keys()]) if (!keep.has(k)) fresh.markets.delete(k);
+    matches.set(image.matchId, fresh);
+    renderMatch(image.matchId);
+  } else if (msg.case === "delta") {
+    const d = msg.value;
+    const view = matches.get(d.matchId);
+    if (!view || d.version <= view.odds.version) return;
+    applyMarkets(view, d.markets);
+    view.odds.version = d.version;
+    if (d.score) view.odds.score = d.score;
+    view.odds.minute = d.minute || view.odds.minute;
+    renderMatch(d.matchId);
+  }
+  renderSlip();
+}
+
+async function watchOdds(): Promise<void> {
+  let backoff = 250;
+  for (;;) {
+    try {
+      const resumeFrom: { [id: string]: bigint } = {};
+      for (const [id, v] of matches) resumeFrom[id] = v.odds.version;
+      const stream = odds.watchOdds({ matchIds: [], resumeFrom, heartbeatIntervalMs: 2000 });
+      for await (const res of stream) {
+        setConnection("live");
+        backoff = 250;
+        onOdds(res);
+      }
+    } catch (err) {
+      setConnection("reconnecting", err instanceof ConnectError ? Code[err.code] : "");
+    }
+    await sleep(backoff);
+    backoff = Math.min(backoff * 2, 5000);
+  }
+}
+
+// --- rendering -------------------------------------------------------------------------------
+const MARKET_ORDER = ["1x2", "total", "btts", "next_goal", "double_chance", "handicap"];
+
+function marketRank(m: Market): number {
+  const i = MARKET_ORDER.indexOf(m.ref?.marketType ?? "");
+  return i < 0 ? MARKET_ORDER.length : i;
+}
+
+function marketHtml(matchId: string, m: Market): string {
+  const key = m.ref?.marketKey ?? "";
+  const open = m.status === MarketStatus.OPEN;
+  const leg = slip.get(matchId);
+  const buttons = m.outcomes
+    .map((o) => {
+      const k = outcomeKey(matchId, key, o.outcomeId);
+      const flash = flashes.get(k) ?? "";
+      const picked = leg && leg.marketKey === key && leg.outcomeId === o.outcomeId ? "picked" : "";
+      const usable = open && o.active && o.odds?.decimal;
+      return `<button class="price ${flash} ${picked}" data-k="${esc(k)}" ${usable ? "" : "disabled"}>
+        <span class="name">${esc(o.name || o.outcomeId)}</span><span class="odds">${esc(o.odds?.decimal ?? "-")}</span></button>`;
+    })
+    .join("");
+  const status = open ? "" : `<span class="status">${esc(MarketStatus[m.status] ?? "")}</span>`;
+  return `<div class="market ${open ? "open" : "suspended"}" data-market="${esc(key)}">
+    <div class="market-name">${esc(m.name || key)} ${status}</div><div class="outcomes">${buttons}</div></div>`;
+}
+
+function renderMatch(matchId: string): void {
+  const view = matches.get(matchId);
+  if (!view) return;
+  let card = document.getElementById(`m:${matchId}`);
+  if (!card) {
+    card = document.createElement("section");
+    card.id = `m:${matchId}`;
+    card.className = "match";
+    card.dataset.match = matchId;
+    $("matches").appendChild(card);
+    $("empty").hidden = true;
+  }
+  const o = view.odds;
+  const markets = [...view.markets.values()].sort((a, b) => marketRank(a) - marketRank(b));
+  const main = markets.slice(0, 4).map((m) => marketHtml(matchId, m)).join("");
+  const more = markets.slice(4).map((m) => marketHtml(matchId, m)).join("");
+  const wasOpen = card.querySelector("details")?.open ?? false;
+  card.innerHTML = `<header><span class="teams">${esc(o.homeTeam)} – ${esc(o.awayTeam)}</span>
+    <span class="score">${esc(o.score || "0-0")}</span><span class="clock">${o.inPlay ? `${o.minute}'` : "pre-match"}</span>
+    <span class="version" title="odds version">v${o.version}</span></header>
+    <div class="markets">${main}</div>
+    ${more ? `<details ${wasOpen ? "open" : ""}><summary>${markets.length - 4} more markets</summary>${more}</details>` : ""}`;
+  for (const k of [...flashes.keys()]) if (k.startsWith(`${matchId}|`)) flashes.delete(k);
+}
+
+// --- bet slip --------------------------------------------------------------------------------
+function pick(k: string): void {
+  const [matchId, marketKey, outcomeId] = k.split("|");
+  const view = matches.get(matchId);
+  const market = view?.markets.get(marketKey);
+  const outcome = market?.outcomes.find((o) => o.outcomeId === outcomeId);
+  if (!view || !market || !outcome) return;
+  const current = slip.get(matchId);
+  if (current && current.marketKey === marketKey && current.outcomeId === outcomeId) slip.delete(matchId);
+  else
+    slip.set(matchId, {
+      matchId,
+      marketKey,
+      marketType: market.ref?.marketType ?? "",
+      outcomeId,
+      label: `${view.odds.homeTeam} – ${view.odds.awayTeam}: ${market.name || marketKey} · ${outcome.name || outcomeId}`,
+    });
+  renderMatch(matchId);
+  renderSlip();
+}
+
+function legNow(leg: Leg): { market?: Market; odds?: string; open: boolean } {
+  const market = matches.get(leg.matchId)?.markets.get(leg.marketKey);
+  const o = market?.outcomes.find((x) => x.outcomeId === leg.outcomeId);
+  return { market, odds: o?.odds?.decimal, open: !!market && market.status === MarketStatus.OPEN && !!o?.active };
+}
+
+function renderSlip(): void {
+  const legs = [...slip.values()];
+  $("slip-empty").hidden = legs.length > 0;
+  $("slip-form").hidden = legs.length === 0;
+  $("slip-kind").textContent = legs.length > 1 ? `Accumulator (${legs.length} legs)` : "Single";
+  $("slip-legs").innerHTML = legs
+    .map((leg) => {
+      const now = legNow(leg);
+      return `<li class="${now.open ? "" : "suspended"}">${esc(leg.label)} <b>${esc(now.odds ?? "-")}</b>
+        ${now.open ? "" : "<em>suspended</em>"}<button class="remove" data-remove="${esc(leg.matchId)}">×</button></li>`;
+    })
+    .join("");
+  const combined = combine(legs.map((l) => legNow(l).odds ?? "0"));
+  const stake = parseAmount(($("stake") as HTMLInputElement).value);
+  const ret = stake !== null && combined ? potentialReturn(stake, combined) : null;
+  $("slip-odds").textContent = combined ?? "-";
+  $("slip-return").textContent = ret !== null ? formatMinor(ret) : "-";
+  const canPlace = !!session.token && legs.length > 0 && stake !== null && legs.every((l) => legNow(l).open);
+  ($("place") as HTMLButtonElement).disabled = !canPlace;
+}
+
+async function placeBet(): Promise<void> {
+  const stake = parseAmount(($("stake") as HTMLInputElement).value);
+  if (stake === null) return;
+  const policy = Number(($("policy") as HTMLSelectElement).value) as OddsChangePolicy;
+  const selections = [...slip.values()].map((leg) => {
+    const now = legNow(leg);
+    return {
+      outcome: {
+        market: { matchId: leg.matchId, marketType: leg.marketType, marketKey: leg.marketKey },
+        outcomeId: leg.outcomeId,
+      },
+      requestedOdds: { decimal: now.odds ?? "" },
+      marketVersion: now.market?.version ?? 0n,
+    };
+  });
+  const out = $("slip-result");
+  out.className = "";
+  out.textContent = "placing…";
+  try {
+    const res = await betting.placeBet({
+      requestId: crypto.randomUUID(),
+      selections,
+      stake: { currencyCode: "EUR", minorUnits: stake },
+      oddsChangePolicy: policy,
+    });
+    if (res.bet) upsertBet(res.bet);
+    out.textContent = `bet placed: ${BetStatus[res.bet?.status ?? 0]}`;
+    out.className = "ok";
+    for (const leg of [...slip.values()]) {
+      slip.delete(leg.matchId);
+      renderMatch(leg.matchId);
+    }
+    renderSlip();
+    void refreshBalance();
+  } catch (err) {
+    const e = ConnectError.from(err);
+    out.textContent = `${Code[e.code]}: ${e.rawMessage}`;
+    out.className = "error";
+  }
+}
+
+// --- account: balance and bets ---------------------------------------------------------------
+function renderAccount(): void {
+  const signedIn = !!session.token;
+  $("signed-out").hidden = signedIn;
+  $("signed-in").hidden = !signedIn;
+  $("account").textContent = session.account;
+  $("balance").textContent = balance
+    ? `${formatMinor(balance.available, balance.currency)} (held ${formatMinor(balance.held, balance.currency)})`
+    : "-";
+  renderSlip();
+}
+
+async function refreshBalance(): Promise<void> {
+  if (!session.token) return;
+  try {
+    const r = await wallet.getBalance({ currencyCode: "EUR" });
+    balance = { available: r.available?.minorUnits ?? 0n, held: r.held?.minorUnits ?? 0n, currency: "EUR" };
+  } catch (err) {
+    if (ConnectError.from(err).code === Code.Unauthenticated) signOut("your token was refused: sign in again");
+  }
+  renderAccount();
+}
+
+function upsertBet(b: Bet): void {
+  const old = bets.get(b.betId);
+  if (old && old.status === BetStatus.SETTLED && b.status !== BetStatus.SETTLED && b.settlementVersion <= old.settlementVersion) return;
+  bets.set(b.betId, b);
+  renderBets();
+}
+
+function betStatusHtml(b: Bet): string {
+  switch (b.status) {
+    case BetStatus.PENDING: {
+      const due = b.decideAt ? timestampDate(b.decideAt).getTime() : 0;
+      const left = Math.max(0, Math.ceil((due - Date.now()) / 1000));
+      return `<span class="pending">pending <span class="countdown" data-due="${due}">${left}s</span></span>`;
+    }
+    case BetStatus.ACCEPTED:
+      return `<span class="accepted">accepted</span>`;
+    case BetStatus.REJECTED:
+      return `<span class="rejected">rejected: ${esc(RejectReason[b.rejectReason] ?? "")} ${esc(b.rejectDetail)}</span>`;
+    case BetStatus.SETTLED:
+      return `<span class="settled">settled: ${esc(BetResult[b.result] ?? "")} · paid ${b.payout ? formatMinor(b.payout.minorUnits, b.payout.currencyCode) : "-"}</span>`;
+    default:
+      return esc(BetStatus[b.status] ?? "");
+  }
+}
+
+function renderBets(): void {
+  const list = [...bets.values()].sort(
+    (a, b) => Number((b.placedAt?.seconds ?? 0n) - (a.placedAt?.seconds ?? 0n)) || a.betId.localeCompare(b.betId),
+  );
+  $("bets").innerHTML = list
+    .map((b) => {
+      const legs = b.selections
+        .map((s) => `${esc(s.outcome?.market?.marketKey ?? "")} ${esc(s.outcome?.outcomeId ?? "")}`)
+        .join(" × ");
+      const stake = b.stake ? formatMinor(b.stake.minorUnits, b.stake.currencyCode) : "";
+      return `<li class="bet" data-bet="${esc(b.betId)}" data-status="${esc(BetStatus[b.status] ?? "")}">
+        <div>${legs} @ <b>${esc(b.acceptedOdds?.decimal ?? "")}</b> · ${stake}</div><div>${betStatusHtml(b)}</div></li>`;
+    })
+    .join("");
+}
+
+async function watchBets(): Promise<void> {
+  betsStream?.abort();
+  const ctrl = new AbortController();
+  betsStream = ctrl;
+  let backoff = 250;
+  while (!ctrl.signal.aborted && session.token) {
+    try {
+      const page = await betting.listBets({ pageSize: 20 }, { signal: ctrl.signal });
+      for (const b of page.bets) upsertBet(b);
+      for await (const res of betting.watchBets({ includeOpen: true }, { signal: ctrl.signal })) {
+        backoff = 250;
+        const ev = res.event;
+        if (ev?.bet) upsertBet(ev.bet);
+        if (ev?.balance && balance) {
+          balance.available = ev.balance.minorUnits;
+          void refreshBalance();
+        }
+      }
+    } catch (err) {
+      if (ctrl.signal.aborted) return;
+      if (ConnectError.from(err).code === Code.Unauthenticated) return signOut("your token was refused: sign in again");
+    }
+    await sleep(backoff);
+    backoff = Math.min(backoff * 2, 5000);
+  }
+}
+
+function signIn(token: string): void {
+  session.token = token.trim();
+  bets.clear();
+  renderBets();
+  renderAccount();
+  void refreshBalance();
+  void watchBets();
+}
+
+function signOut(why = ""): void {
+  session.token = "";
+  betsStream?.abort();
+  balance = null;
+  bets.clear();
+  renderBets();
+  renderAccount();
+  $("signin-error").textContent = why;
+}
+
+// --- wiring ----------------------------------------------------------------------------------
+function main(): void {
+  const fromLink = new URLSearchParams(location.hash.slice(1)).get("token");
+  if (fromLink) {
+    session.token = fromLink;
+    history.replaceState(null, "", location.pathname); // the token leaves the address bar
+  }
+  $("matches").addEventListener("click", (e) => {
+    const b = (e.target as HTMLElement).closest("button.price") as HTMLButtonElement | null;
+    if (b && !b.disabled && b.dataset.k) pick(b.dataset.k);
+  });
+  $("slip-legs").addEventListener("click", (e) => {
+    const id = (e.target as HTMLElement).dataset.remove;
+    if (id) {
+      slip.delete(id);
+      renderMatch(id);
+      renderSlip();
+    }
+  });
+  $("stake").addEventListener("input", renderSlip);
+  $("place").addEventListener("click", () => void placeBet());
+  $("signin").addEventListener("submit", (e) => {
+    e.preventDefault();
+    signIn(($("token") as HTMLInputElement).value);
+  });
+  $("signout").addEventListener("click", () => signOut());
+  $("deposit").addEventListener("click", async () => {
+    await wallet.deposit({ requestId: crypto.randomUUID(), amount: { currencyCode: "EUR", minorUnits: 10000n } });
+    void refreshBalance();
+  });
+  setInterval(() => {
+    for (const el of document.querySelectorAll<HTMLElement>(".countdown")) {
+      el.textContent = `${Math.max(0, Math.ceil((Number(el.dataset.due) - Date.now()) / 1000))}s`;
+    }
+  }, 250);
+  renderAccount();
+  if (session.token) signIn(session.token);
+  void watchOdds();
+}
+
+main();

@@ -1,0 +1,127 @@
+"""REST/JSON for partners, through Envoy's gRPC-JSON transcoder, with a plain HTTP client."""
+
+from __future__ import annotations
+
+import http.client
+import json
+import uuid
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any
+
+from google.protobuf import json_format
+
+from tests.e2e.conftest import Mesh
+from tests.e2e.test_edge_auth import open_selection, token
+
+
+def call(
+    mesh: Mesh, method: str, path: str, body: Any = None, token: str | None = None, raw: bytes | None = None
+) -> tuple[int, Any]:
+    host, port = mesh.edge.split(":")
+    conn = http.client.HTTPConnection(host, int(port), timeout=15)
+    headers = {"content-type": "application/json"}
+    if token:
+        headers["authorization"] = f"Bearer {token}"
+    data = raw if raw is not None else (json.dumps(body).encode() if body is not None else None)
+    conn.request(method, path, body=data, headers=headers)
+    resp = conn.getresponse()
+    text = resp.read().decode()
+    conn.close()
+    try:
+        return resp.status, json.loads(text) if text else None
+    except json.JSONDecodeError:
+        return resp.status, text
+
+
+def test_public_reads_need_no_token(mesh: Mesh) -> None:
+    match_id = open_selection(mesh).outcome.market.match_id
+    status, page = call(mesh, "GET", "/v1/matches?page_size=50")
+    assert status == 200, page
+    assert match_id in {m["matchId"] for m in page["matches"]}
+    status, snap = call(mesh, "GET", f"/v1/matches/{match_id}/odds")
+    assert status == 200 and snap["odds"]["matchId"] == match_id and snap["odds"]["markets"]
+    status, state = call(mesh, "GET", f"/v1/matches/{match_id}/state")
+    assert status == 200 and state["fixture"]["matchId"] == match_id
+    status, err = call(mesh, "GET", "/v1/matches/no-such-match/odds")
+    assert status == 404 and err["code"] == 5 and "no-such-match" in err["message"]
+
+
+def test_a_bet_over_rest_from_deposit_to_reading_it_back(mesh: Mesh) -> None:
+    account = f"rest-{uuid.uuid4().hex[:6]}"
+    t = token(mesh, account)
+    status, dep = call(mesh, "POST", "/v1/wallet/deposits", {"requestId": "d1", "amount": _eur(5000)}, t)
+    assert status == 200, dep
+    assert dep["balance"]["minorUnits"] == "5000"
+    selection = json.loads(json_format.MessageToJson(open_selection(mesh)))
+    request = {
+        "requestId": uuid.uuid4().hex,
+        "selections": [selection],
+        "stake": _eur(250),
+        "oddsChangePolicy": "ODDS_CHANGE_POLICY_ANY",
+    }
+    status, placed = call(mesh, "POST", "/v1/bets", request, t)
+    assert status == 200, placed
+    bet = placed["bet"]
+    assert bet["accountId"] == account and bet["stake"]["minorUnits"] == "250"
+    # the same request again is the same bet (idempotent by requestId)
+    assert call(mesh, "POST", "/v1/bets", request, t) == (200, placed)
+    status, got = call(mesh, "GET", f"/v1/bets/{bet['betId']}", token=t)
+    assert status == 200 and got["bet"]["betId"] == bet["betId"]
+    status, page = call(mesh, "GET", "/v1/bets?page_size=10", token=t)
+    assert status == 200 and [b["betId"] for b in page["bets"]] == [bet["betId"]]
+    status, bal = call(mesh, "GET", "/v1/wallet/balance/EUR", token=t)
+    assert status == 200 and int(bal["available"]["minorUnits"]) + int(bal["held"]["minorUnits"]) == 5000
+
+
+def test_rest_errors_are_http_statuses_with_a_reason(mesh: Mesh) -> None:
+    t = token(mesh, f"rest-{uuid.uuid4().hex[:6]}")
+    status, err = call(mesh, "POST", "/v1/bets", {"requestId": "x"})
+    assert status == 401, err
+    status, err = call(mesh, "POST", "/v1/bets", {"requestId": "x", "stake": {"currencyCode": "EUR"}}, t)
+    assert status == 400 and err is not None and err["code"] == 3 and "selections" in err["message"], (status, err)
+    status, err = call(mesh, "POST", "/v1/bets", raw=b"{not json", token=t)
+    assert status == 400, err
+    status, err = call(mesh, "GET", "/v1/matches?no_such_param=1")
+    assert status == 400, err
+    status, err = call(mesh, "GET", f"/v1/bets/{uuid.uuid4()}", token=t)
+    assert status == 404, err
+
+
+def test_rest_rate_limit_is_429_and_places_nothing(mesh: Mesh) -> None:
+    t = token(mesh, f"rest-flood-{uuid.uuid4().hex[:6]}")
+    call(mesh, "POST", "/v1/wallet/deposits", {"requestId": "d1", "amount": _eur(1_000_000)}, t)
+    selection = json.loads(json_format.MessageToJson(open_selection(mesh)))
+
+    def one(i: int) -> int:
+        body = {
+            "requestId": f"f{i}",
+            "selections": [selection],
+            "stake": _eur(100),
+            "oddsChangePolicy": "ODDS_CHANGE_POLICY_ANY",
+        }
+        return call(mesh, "POST", "/v1/bets", body, t)[0]
+
+    with ThreadPoolExecutor(16) as pool:
+        statuses = list(pool.map(one, range(60)))
+    assert statuses.count(429) >= 60 - 20 - 10, statuses
+    status, page = call(mesh, "GET", "/v1/bets?page_size=100", token=t)
+    assert status == 200 and len(page["bets"]) == statuses.count(200)
+
+
+def test_watch_odds_streams_newline_delimited_json(mesh: Mesh) -> None:
+    match_id = open_selection(mesh).outcome.market.match_id
+    host, port = mesh.edge.split(":")
+    conn = http.client.HTTPConnection(host, int(port), timeout=15)
+    body = json.dumps({"matchIds": [match_id], "heartbeatIntervalMs": 300})
+    conn.request("POST", "/v1/odds:watch", body=body, headers={"content-type": "application/json"})
+    resp = conn.getresponse()
+    assert resp.status == 200
+    first = json.loads(resp.readline())
+    assert first["image"]["matchId"] == match_id
+    following = [json.loads(resp.readline()) for _ in range(2)]  # each line one message, as it comes
+    assert all({"delta", "heartbeat", "image"} & set(m) for m in following), following
+    conn.close()
+
+
+def _eur(units: int) -> dict[str, str]:
+    return {"currencyCode": "EUR", "minorUnits": str(units)}
