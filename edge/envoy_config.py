@@ -15,7 +15,7 @@ Routes have no timeout (``timeout: 0s``): WatchOdds and WatchBets streams never 
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 from edge import auth
@@ -29,10 +29,17 @@ REFLECTION_PREFIXES = ("/grpc.reflection.v1.ServerReflection/", "/grpc.reflectio
 _T = "type.googleapis.com/envoy.extensions"
 
 
-def _cluster(s: ServiceSpec, host: str) -> dict[str, Any]:
+def _cluster(s: ServiceSpec, host: str, dns: str | None = None) -> dict[str, Any]:
+    """A service's cluster: its replicas' ports on ``host`` locally; in a cluster (``dns``: the
+    namespace), every address of the service's headless DNS name, re-resolved as pods come and go."""
+    if dns is None:
+        endpoints = [(host, port) for port in s.grpc_ports]
+    else:
+        endpoints = [(f"{s.name}.{dns}.svc.cluster.local", s.grpc_ports[0])]
     return {
         "name": s.name,
-        "type": "STATIC",
+        "type": "STATIC" if dns is None else "STRICT_DNS",
+        **({} if dns is None else {"dns_refresh_rate": "5s", "respect_dns_ttl": True}),
         "connect_timeout": "1s",
         "lb_policy": "ROUND_ROBIN",
         "typed_extension_protocol_options": {
@@ -48,8 +55,8 @@ def _cluster(s: ServiceSpec, host: str) -> dict[str, Any]:
             "endpoints": [
                 {
                     "lb_endpoints": [
-                        {"endpoint": {"address": {"socket_address": {"address": host, "port_value": port}}}}
-                        for port in s.grpc_ports
+                        {"endpoint": {"address": {"socket_address": {"address": h, "port_value": port}}}}
+                        for h, port in endpoints
                     ]
                 }
             ],
@@ -300,7 +307,24 @@ def _web_routes(web_dir: str) -> list[dict[str, Any]]:
     ]
 
 
-def build(t: Topology, jwks_path: str, descriptor_path: str, web_dir: str | None = None) -> dict[str, Any]:
+#: Where the cluster's Envoy finds its files (mounted from a Secret and ConfigMaps).
+CLUSTER_FILES = {
+    "jwks": "/etc/livebet/jwks/jwks.json",
+    "schema": "/etc/livebet/schema/livebet.binpb",
+    "web": "/srv/livebet/web",
+}
+
+
+def build_cluster(t: Topology, namespace: str = "livebet") -> dict[str, Any]:
+    """The static Envoy config for Kubernetes: the same edge, listening on every interface, with
+    one STRICT_DNS cluster per service (``<service>.<namespace>.svc.cluster.local``)."""
+    f = CLUSTER_FILES
+    return build(replace(t, host="0.0.0.0"), f["jwks"], f["schema"], f["web"], dns=namespace)
+
+
+def build(
+    t: Topology, jwks_path: str, descriptor_path: str, web_dir: str | None = None, dns: str | None = None
+) -> dict[str, Any]:
     """The whole Envoy bootstrap for topology ``t`` (ports must be resolved); ``jwks_path`` is the
     public keys file tokens are checked against, ``descriptor_path`` the contracts' descriptor set
     (``gen/livebet.binpb``) the REST transcoder reads, ``web_dir`` the built web app (if any)."""
@@ -418,7 +442,8 @@ def build(t: Topology, jwks_path: str, descriptor_path: str, web_dir: str | None
     }
     return {
         "node": {"id": "livebet-edge", "cluster": "livebet-edge"},
-        "admin": {"address": {"socket_address": {"address": t.host, "port_value": t.admin_port}}},
+        # the admin interface never listens beyond the pod or machine
+        "admin": {"address": {"socket_address": {"address": "127.0.0.1", "port_value": t.admin_port}}},
         "static_resources": {
             "listeners": [
                 {
@@ -430,10 +455,14 @@ def build(t: Topology, jwks_path: str, descriptor_path: str, web_dir: str | None
                     ],
                 }
             ],
-            "clusters": [_cluster(s, t.host) for s in t.services],
+            "clusters": [_cluster(s, t.host, dns) for s in t.services],
         },
     }
 
 
 def render(t: Topology, jwks_path: str, descriptor_path: str, web_dir: str | None = None) -> str:
     return json.dumps(build(t, jwks_path, descriptor_path, web_dir), indent=2) + "\n"
+
+
+def render_cluster(t: Topology, namespace: str = "livebet") -> str:
+    return json.dumps(build_cluster(t, namespace), indent=2) + "\n"

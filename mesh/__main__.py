@@ -98,7 +98,10 @@ def main(argv: list[str] | None = None) -> int:
     st.add_argument("--json", action="store_true")
     wipe = sub.add_parser("wipe", parents=[common], help="delete the platform's data")
     wipe.add_argument("--yes", action="store_true", help="do not ask")
-    sub.add_parser("envoy-config", parents=[common], help="print the generated Envoy config")
+    env = sub.add_parser("envoy-config", parents=[common], help="print the generated Envoy config")
+    env.add_argument(
+        "--cluster", action="store_true", help="the static config for Kubernetes (edge/envoy-cluster.json)"
+    )
     tok = sub.add_parser("token", parents=[common], help="issue a signed token for a local account")
     tok.add_argument("--account", required=True, help="the account the token acts for (its subject)")
     tok.add_argument("--role", action="append", default=[], help="a role (admin, feed); repeatable")
@@ -150,6 +153,9 @@ def main(argv: list[str] | None = None) -> int:
             return 2
         return 0
     t = topology.load(args.topology)
+    if args.cluster:
+        print(envoy_config.render_cluster(t), end="")
+        return 0
     keys = auth.ensure_keys(args.data_dir / "edge")
     root = Path(__file__).resolve().parent.parent
     descriptor, web = root / "gen" / "livebet.binpb", root / "edge" / "web" / "dist"

@@ -96,7 +96,7 @@ async def _events(cur: psycopg.AsyncCursor[Any], ids: list[int]) -> dict[int, by
     out = {}
     for outbox_id, msg_id, bet, balance in rows:
         bet["odds"] = Decimal(str(bet["odds"]))
-        for name in ("placed_at", "decided_at", "settled_at"):
+        for name in ("placed_at", "decided_at", "settled_at", "decide_at"):
             bet[name] = datetime.fromisoformat(bet[name]) if bet[name] else None
         proto = bet_proto(bet, legs.get(bet["bet_id"], []))
         event = bet_pb2.BetEvent(event_id=msg_id, bet=proto)

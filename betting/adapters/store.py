@@ -347,6 +347,7 @@ class Store:
                 "placed_at": now,
                 "decided_at": now if status == "accepted" else None,
                 "settled_at": None,
+                "decide_at": now + timedelta(seconds=p.delay_seconds),  # as betting.place_bet stores it
             },
             [
                 {**leg, "requested_odds": t.legs[i].requested_odds, "odds": p.odds[i], "result": 0}

@@ -32,16 +32,32 @@ def test_buf_lint_catches_a_contract_that_breaks_the_rules(tmp_path: Path) -> No
     assert "ENUM_ZERO_VALUE_SUFFIX" in result.stdout or "UNSPECIFIED" in result.stdout
 
 
-def test_envoy_accepts_the_generated_config(tmp_path: Path) -> None:
-    config = tmp_path / "envoy.json"
-    keys = auth.ensure_keys(tmp_path / "edge")
-    web = REPO_ROOT / "edge" / "web" / "dist"
-    config.write_text(envoy.render(topology.load().resolve_ports(), str(keys.jwks_path), str(SCHEMA), str(web)))
-    result = subprocess.run(
+def _validate(config: Path) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
         [envoy_binary(), "--mode", "validate", "-c", str(config), "--use-dynamic-base-id"],
         capture_output=True,
         text=True,
         timeout=60,
     )
+
+
+def test_envoy_accepts_the_generated_config(tmp_path: Path) -> None:
+    config = tmp_path / "envoy.json"
+    keys = auth.ensure_keys(tmp_path / "edge")
+    web = REPO_ROOT / "edge" / "web" / "dist"
+    config.write_text(envoy.render(topology.load().resolve_ports(), str(keys.jwks_path), str(SCHEMA), str(web)))
+    result = _validate(config)
     assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-2000:]
     assert "OK" in result.stdout + result.stderr
+
+
+def test_envoy_accepts_the_static_cluster_config(tmp_path: Path) -> None:
+    keys = auth.ensure_keys(tmp_path / "edge")
+    text = envoy.render_cluster(topology.load())
+    files = envoy.CLUSTER_FILES
+    text = text.replace(files["jwks"], str(keys.jwks_path)).replace(files["schema"], str(SCHEMA))
+    text = text.replace(files["web"], str(REPO_ROOT / "edge" / "web" / "dist"))
+    config = tmp_path / "envoy-cluster.json"
+    config.write_text(text)
+    result = _validate(config)
+    assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-2000:]

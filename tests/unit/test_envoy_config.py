@@ -1,3 +1,4 @@
+from pathlib import Path
 from typing import Any
 
 from edge import envoy_config as envoy
@@ -98,3 +99,22 @@ def test_cors_allows_the_grpc_web_headers_and_exposes_grpc_status() -> None:
     policy = vhost["typed_per_filter_config"]["envoy.filters.http.cors"]
     assert "x-grpc-web" in policy["allow_headers"]
     assert "grpc-status" in policy["expose_headers"]
+
+
+def test_the_committed_cluster_config_is_the_generated_one() -> None:
+    """edge/envoy-cluster.json is what Kubernetes mounts; regenerate it with
+    `python -m mesh envoy-config --cluster > edge/envoy-cluster.json`."""
+    committed = (Path(__file__).resolve().parents[2] / "edge" / "envoy-cluster.json").read_text()
+    assert committed == envoy.render_cluster(topology.load())
+
+
+def test_the_cluster_config_finds_services_by_dns_and_listens_on_every_interface() -> None:
+    cfg = envoy.build_cluster(topology.load(), "bets-prod")
+    listener = cfg["static_resources"]["listeners"][0]["address"]["socket_address"]
+    assert listener["address"] == "0.0.0.0"
+    assert cfg["admin"]["address"]["socket_address"]["address"] == "127.0.0.1"
+    for cluster in cfg["static_resources"]["clusters"]:
+        assert cluster["type"] == "STRICT_DNS"
+        (endpoint,) = cluster["load_assignment"]["endpoints"][0]["lb_endpoints"]
+        address = endpoint["endpoint"]["address"]["socket_address"]["address"]
+        assert address == f"{cluster['name']}.bets-prod.svc.cluster.local"

@@ -90,32 +90,66 @@ function onOdds(res: WatchOddsResponse): void {
   renderSlip();
 }
 
+// A dead connection is not always reported: the server sends a heartbeat every HEARTBEAT_MS, so a
+// stream silent for SILENCE_MS is dropped and reopened. Going offline drops it at once.
+const HEARTBEAT_MS = 2000;
+const SILENCE_MS = 3 * HEARTBEAT_MS;
+let online = new AbortController(); // aborted when the browser goes offline
+window.addEventListener("offline", () => online.abort());
+window.addEventListener("online", () => (online = new AbortController()));
+
+/** Wait ``ms``, or less if the network comes back. */
+function backoffSleep(ms: number): Promise<void> {
+  return new Promise((resolve) => {
+    const done = () => {
+      clearTimeout(timer);
+      window.removeEventListener("online", done);
+      resolve();
+    };
+    const timer = setTimeout(done, ms);
+    window.addEventListener("online", done);
+  });
+}
+
 async function watchOdds(): Promise<void> {
   let backoff = 250;
   for (;;) {
+    const ctrl = new AbortController();
+    const stop = () => ctrl.abort();
+    online.signal.addEventListener("abort", stop);
+    let watchdog = setTimeout(stop, SILENCE_MS);
     try {
+      if (!navigator.onLine) throw new Error("offline");
       const resumeFrom: { [id: string]: bigint } = {};
       for (const [id, v] of matches) resumeFrom[id] = v.odds.version;
-      const stream = odds.watchOdds({ matchIds: [], resumeFrom, heartbeatIntervalMs: 2000 });
+      const stream = odds.watchOdds({ matchIds: [], resumeFrom, heartbeatIntervalMs: HEARTBEAT_MS }, { signal: ctrl.signal });
       for await (const res of stream) {
+        clearTimeout(watchdog);
+        watchdog = setTimeout(stop, SILENCE_MS);
         setConnection("live");
         backoff = 250;
         onOdds(res);
       }
     } catch (err) {
-      setConnection("reconnecting", err instanceof ConnectError ? Code[err.code] : "");
+      setConnection("reconnecting", navigator.onLine ? (err instanceof ConnectError ? Code[err.code] : "") : "offline");
+    } finally {
+      clearTimeout(watchdog);
+      online.signal.removeEventListener("abort", stop);
     }
-    await sleep(backoff);
+    await backoffSleep(backoff);
     backoff = Math.min(backoff * 2, 5000);
   }
 }
 
 // --- rendering -------------------------------------------------------------------------------
-const MARKET_ORDER = ["1x2", "total", "btts", "next_goal", "double_chance", "handicap"];
+// The main markets first (shown), every other one under "more markets". Keys are the contracts'
+// market_key: the type, then its specifiers ("total|total=2.5").
+const MAIN_MARKETS = ["1x2", "total|total=2.5", "next_goal", "btts", "double_chance", "draw_no_bet"];
 
 function marketRank(m: Market): number {
-  const i = MARKET_ORDER.indexOf(m.ref?.marketType ?? "");
-  return i < 0 ? MARKET_ORDER.length : i;
+  const key = m.ref?.marketKey ?? "";
+  const i = MAIN_MARKETS.findIndex((k) => key === k || key.startsWith(`${k}|`));
+  return i < 0 ? MAIN_MARKETS.length : i;
 }
 
 function marketHtml(matchId: string, m: Market): string {
@@ -179,6 +213,7 @@ function pick(k: string): void {
       outcomeId,
       label: `${view.odds.homeTeam} – ${view.odds.awayTeam}: ${market.name || marketKey} · ${outcome.name || outcomeId}`,
     });
+  $("slip-result").textContent = "";
   renderMatch(matchId);
   renderSlip();
 }
@@ -321,10 +356,15 @@ async function watchBets(): Promise<void> {
   betsStream = ctrl;
   let backoff = 250;
   while (!ctrl.signal.aborted && session.token) {
+    const attempt = new AbortController();
+    const stop = () => attempt.abort();
+    ctrl.signal.addEventListener("abort", stop);
+    online.signal.addEventListener("abort", stop);
     try {
-      const page = await betting.listBets({ pageSize: 20 }, { signal: ctrl.signal });
+      if (!navigator.onLine) throw new Error("offline");
+      const page = await betting.listBets({ pageSize: 20 }, { signal: attempt.signal });
       for (const b of page.bets) upsertBet(b);
-      for await (const res of betting.watchBets({ includeOpen: true }, { signal: ctrl.signal })) {
+      for await (const res of betting.watchBets({ includeOpen: true }, { signal: attempt.signal })) {
         backoff = 250;
         const ev = res.event;
         if (ev?.bet) upsertBet(ev.bet);
@@ -336,8 +376,11 @@ async function watchBets(): Promise<void> {
     } catch (err) {
       if (ctrl.signal.aborted) return;
       if (ConnectError.from(err).code === Code.Unauthenticated) return signOut("your token was refused: sign in again");
+    } finally {
+      ctrl.signal.removeEventListener("abort", stop);
+      online.signal.removeEventListener("abort", stop);
     }
-    await sleep(backoff);
+    await backoffSleep(backoff);
     backoff = Math.min(backoff * 2, 5000);
   }
 }

@@ -1,0 +1,198 @@
+"""The web app in real headless Chromium (Debian's package, driven by Playwright), through Envoy
+on the whole running platform: live prices, a suspension after a simulated goal, a bet placed,
+accepted after the in-play delay and settled, and a network drop it recovers from without reload.
+
+The match is the test's own, pushed through the feed with a provider's token, so every step is
+under its control; the simulator's matches run beside it as in `make run`."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import grpc
+import pytest
+from livebet.betting.v1 import wallet_service_pb2 as ws
+from livebet.betting.v1 import wallet_service_pb2_grpc
+from livebet.common.v1 import common_pb2
+from livebet.feed.v1 import event_pb2 as ev
+from livebet.feed.v1 import feed_service_pb2 as fs
+from livebet.feed.v1 import feed_service_pb2_grpc
+from livebet.odds.v1 import odds_service_pb2, odds_service_pb2_grpc
+
+from mesh.supervisor import REPO_ROOT
+from tests.component.test_feed_service import fixture, state
+from tests.e2e.conftest import Mesh
+from tests.e2e.test_edge_auth import bearer, token
+from tests.helpers import wait_for
+
+CHROMIUM = os.environ.get("LIVEBET_CHROMIUM") or shutil.which("chromium") or "/usr/bin/chromium"
+#: where the screenshots go (kept after the run; CI can upload them)
+OUTPUT = Path(os.environ.get("LIVEBET_TEST_OUTPUT", REPO_ROOT / "test-output"))
+FLAGS = [
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+]
+
+
+@pytest.fixture(scope="module")
+def browser() -> Iterator[object]:
+    if not Path(CHROMIUM).exists():
+        message = f"no Chromium at {CHROMIUM}: apt-get install chromium (.ci/run installs it)"
+        if os.environ.get("LIVEBET_REQUIRE_BROWSER") == "1":
+            pytest.fail(message)
+        pytest.skip(message)
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as p:
+        b = p.chromium.launch(executable_path=CHROMIUM, headless=True, args=FLAGS)
+        yield b
+        b.close()
+
+
+class Provider:
+    """A feed provider pushing one match's events through Envoy with a provider (feed) token."""
+
+    def __init__(self, mesh: Mesh) -> None:
+        self.match_id = f"web:{uuid.uuid4().hex[:8]}"
+        self.stub = feed_service_pb2_grpc.FeedServiceStub(grpc.insecure_channel(mesh.edge))
+        self.md = bearer(token(mesh, "provider:e2e", "feed"))
+        self.seq = 0
+
+    def send(self, e: ev.FeedEvent) -> None:
+        self.stub.PublishBatch(fs.PublishBatchRequest(provider="push", events=[e]), metadata=self.md, timeout=10)
+
+    def live(self, minute: int, home: int = 0, away: int = 0) -> None:
+        self.seq += 1
+        self.send(state(self.match_id, self.seq, home, away, minute))
+
+    def possible_goal(self, minute: int) -> None:
+        self.seq += 1
+        e = ev.FeedEvent(
+            event_id=f"push:{self.match_id}:danger:{self.seq}",
+            provider="push",
+            match_id=self.match_id,
+            sequence=self.seq,
+        )
+        e.danger.side, e.danger.level, e.danger.minute = common_pb2.SIDE_HOME, ev.DANGER_LEVEL_POSSIBLE_GOAL, minute
+        self.send(e)
+
+    def full_time(self, home: int, away: int) -> None:
+        self.seq += 1
+        e = ev.FeedEvent(
+            event_id=f"push:{self.match_id}:ft:{self.seq}", provider="push", match_id=self.match_id, sequence=self.seq
+        )
+        s = e.match_state.state
+        s.match_id, s.status, s.period = self.match_id, ev.MATCH_STATUS_ENDED, ev.PERIOD_FULL_TIME
+        s.score.home, s.score.away, s.clock.minute = home, away, 90
+        self.send(e)
+
+
+def test_live_odds_suspension_bet_settlement_and_reconnect_in_chromium(mesh: Mesh, browser: object) -> None:
+    OUTPUT.mkdir(parents=True, exist_ok=True)
+    feed = Provider(mesh)
+    feed.send(fixture(feed.match_id))
+    feed.live(minute=5)
+    odds = odds_service_pb2_grpc.OddsServiceStub(grpc.insecure_channel(mesh.edge))
+
+    def priced() -> bool:
+        try:
+            snap = odds.GetOddsSnapshot(odds_service_pb2.GetOddsSnapshotRequest(match_id=feed.match_id), timeout=5)
+        except grpc.RpcError:
+            return False
+        return snap.odds.minute == 5 and bool(snap.odds.markets)
+
+    wait_for(priced, 30, interval=0.3, what="the test's match priced")
+
+    account = f"web-{uuid.uuid4().hex[:6]}"
+    t = token(mesh, account)
+    wallet = wallet_service_pb2_grpc.WalletServiceStub(grpc.insecure_channel(mesh.edge))
+    wallet.Deposit(
+        ws.DepositRequest(request_id="w1", amount=common_pb2.Money(currency_code="EUR", minor_units=10_000)),
+        metadata=bearer(t),
+        timeout=10,
+    )
+
+    page = browser.new_page(viewport={"width": 1280, "height": 900})  # type: ignore[attr-defined]
+    errors: list[str] = []
+    page.on("pageerror", lambda e: errors.append(str(e)))
+    page.goto(f"http://{mesh.edge}/#token={t}")
+    card = page.locator(f'section.match[data-match="{feed.match_id}"]')
+    home = card.locator(f'button.price[data-k="{feed.match_id}|1x2|home"]')
+    page.wait_for_selector("#connection.live", timeout=20_000)
+    card.wait_for(timeout=20_000)
+    assert page.url.endswith("/")  # the token left the address bar
+    assert page.locator("#account").inner_text() == account
+    page.wait_for_function("document.querySelector('#balance').textContent.startsWith('100.00 EUR')", timeout=10_000)
+    assert card.locator(".clock").inner_text() == "5'"
+
+    # prices change in place as the match clock runs
+    before = home.locator(".odds").inner_text()
+    for minute in (15, 25, 35):
+        feed.live(minute=minute)
+    page.wait_for_function(
+        "([sel, old]) => document.querySelector(sel)?.querySelector('.odds').textContent !== old",
+        arg=[f'button.price[data-k="{feed.match_id}|1x2|home"]', before],
+        timeout=10_000,
+    )
+    assert card.locator(".clock").inner_text() == "35'"
+    assert home.locator(".odds").inner_text() != before
+
+    # a possible goal suspends every market: greyed and not clickable
+    feed.possible_goal(minute=36)
+    card.locator(".market.open").first.wait_for(state="detached", timeout=10_000)
+    assert card.locator(".market.suspended").count() >= 4
+    assert home.is_disabled()
+    page.screenshot(path=str(OUTPUT / "web-app-suspended.png"), full_page=False)
+    # ... until the goal is confirmed: 1-0, prices back, the home side shorter
+    suspended_home_price = home.locator(".odds").inner_text()
+    feed.live(minute=36, home=1)
+    card.locator(".score", has_text="1-0").wait_for(timeout=10_000)
+    card.locator('.market.open[data-market="1x2"]').wait_for(timeout=10_000)
+    assert float(home.locator(".odds").inner_text()) < float(suspended_home_price)
+
+    # a single on the home side: pending with the in-play delay counting down, then accepted
+    home.click()
+    assert page.locator("#slip-legs li").count() == 1
+    page.fill("#stake", "5.00")
+    page.select_option("#policy", "3")  # any price
+    assert page.locator("#slip-return").inner_text().endswith("EUR")
+    page.click("#place")
+    page.locator("#slip-result.ok").wait_for(timeout=10_000)
+    bet = page.locator("#bets li.bet").first
+    bet.wait_for(timeout=10_000)
+    assert bet.get_attribute("data-status") in ("PENDING", "ACCEPTED")
+    if bet.get_attribute("data-status") == "PENDING":
+        assert page.locator("#bets .countdown").first.inner_text().endswith("s")
+    page.locator('#bets li.bet[data-status="ACCEPTED"]').wait_for(timeout=20_000)
+    page.wait_for_function("document.querySelector('#balance').textContent.startsWith('95.00 EUR')", timeout=10_000)
+
+    # a network drop: the stream reconnects by itself and resumes (nothing missed, no reload)
+    page.evaluate("window.__marker = 'same page'")
+    page.context.set_offline(True)
+    page.locator("#connection.reconnecting").wait_for(timeout=20_000)
+    feed.live(minute=40, home=1)  # happens while the browser is offline
+    page.context.set_offline(False)
+    page.locator("#connection.live").wait_for(timeout=20_000)
+    page.wait_for_function(
+        f'document.querySelector(\'section.match[data-match="{feed.match_id}"] .clock\').textContent === "40\'"',
+        timeout=20_000,
+    )
+    assert page.evaluate("window.__marker") == "same page"
+
+    # full time 1-0: the bet is settled as won and paid
+    feed.full_time(1, 0)
+    page.locator('#bets li.bet[data-status="SETTLED"]').wait_for(timeout=30_000)
+    assert "WON" in page.locator("#bets li.bet").first.inner_text()
+    page.wait_for_function("!document.querySelector('#balance').textContent.startsWith('95.00 EUR')", timeout=10_000)
+    page.screenshot(path=str(OUTPUT / "web-app.png"), full_page=True)
+    print(f"\nscreenshots: {OUTPUT / 'web-app.png'} and {OUTPUT / 'web-app-suspended.png'}")
+    assert errors == [], errors
