@@ -24,6 +24,7 @@ from betting.adapters.odds import OddsView
 from betting.adapters.outbox import ensure_stream, run_relay
 from betting.adapters.store import STATUS_NAME, Store
 from betting.domain.rules import Config
+from betting.metrics import BetMetrics
 from betting.service import BettingApi, Decider, WalletApi
 from mesh.deps import NatsDependency, PostgresDependency, RedisDependency
 from mesh.service import ServiceApp, run
@@ -34,12 +35,14 @@ MAX_SLEEP = 0.5
 MAX_REQUEST_BYTES = 64 * 1024  # a 20-leg bet slip is about 3 KiB
 
 
-async def decide_due(store: Store, decider: Decider) -> int:
+async def decide_due(store: Store, decider: Decider, metrics: BetMetrics | None = None) -> int:
     done = 0
     for bet_id in await store.due():
         bet = await store.decide(bet_id, decider)
         if bet is not None:
             done += 1
+            if metrics is not None:
+                metrics.decided(bet)
             log.info(
                 "bet decided",
                 extra={"bet_id": bet.bet_id, "status": STATUS_NAME[bet.status], "detail": bet.reject_detail},
@@ -66,7 +69,8 @@ def build(app: ServiceApp) -> None:
     redis_dep = app.add_dependency(RedisDependency(s.redis_url, s.health_interval_seconds))
     store = Store(pg)
     odds = OddsView(redis_dep)
-    bets = BettingApi(store, odds, config, nats_dep)
+    metrics = BetMetrics(app.metrics.registry)
+    bets = BettingApi(store, odds, config, nats_dep, metrics)
     wallet = WalletApi(store, config)
     decider = Decider(odds, config)
     app.add_service(
@@ -79,8 +83,9 @@ def build(app: ServiceApp) -> None:
     async def decide_loop() -> None:
         while not app.stopping.is_set():
             try:
-                await decide_due(store, decider)
+                await decide_due(store, decider, metrics)
                 nxt = await store.next_due()
+                metrics.pending.set(await store.pending_count())
                 wait = MAX_SLEEP
                 if nxt is not None:
                     wait = min(MAX_SLEEP, max(0.0, (nxt - datetime.now(UTC)).total_seconds()))

@@ -61,6 +61,7 @@ from betting.domain.rules import (
     parse_request,
     price_leg,
 )
+from betting.metrics import BetMetrics
 from feed.adapters.jetstream import token
 from mesh import access
 
@@ -127,9 +128,16 @@ class Decider:
 
 
 class BettingApi(betting_service_pb2_grpc.BettingServiceServicer):
-    def __init__(self, store: Store, odds: OddsView, config: Config, nats: Any) -> None:
+    def __init__(
+        self, store: Store, odds: OddsView, config: Config, nats: Any, metrics: BetMetrics | None = None
+    ) -> None:
         self.store, self.odds, self.config, self.nats = store, odds, config, nats
+        self.metrics = metrics or BetMetrics()
         self.placed = 0
+
+    async def _refuse(self, context: grpc.aio.ServicerContext, reason: int, message: str) -> NoReturn:
+        self.metrics.refused(reason)
+        await abort_refused(context, reason, message)
 
     async def PlaceBet(self, request: bs.PlaceBetRequest, context: grpc.aio.ServicerContext) -> bs.PlaceBetResponse:
         account = await account_of(context)
@@ -167,7 +175,7 @@ class BettingApi(betting_service_pb2_grpc.BettingServiceServicer):
                 return bs.PlaceBetResponse(bet=earlier)
             if r.kind is Kind.NOT_FOUND:
                 await context.abort(grpc.StatusCode.NOT_FOUND, r.message)
-            await abort_refused(context, r.reason, r.message)
+            await self._refuse(context, r.reason, r.message)
         in_play = any(v.in_play for v in views)
         delay = max(
             self.config.delay(v.sport, leg.market_type, v.in_play) for leg, v in zip(ticket.legs, views, strict=True)
@@ -188,15 +196,16 @@ class BettingApi(betting_service_pb2_grpc.BettingServiceServicer):
         try:
             bet, created = await self.store.place(placement)
         except InsufficientFunds as err:
-            await abort_refused(context, bet_pb2.REJECT_REASON_INSUFFICIENT_FUNDS, str(err))
+            await self._refuse(context, bet_pb2.REJECT_REASON_INSUFFICIENT_FUNDS, str(err))
         except LiabilityExceeded as err:
-            await abort_refused(context, bet_pb2.REJECT_REASON_LIABILITY_LIMIT, str(err))
+            await self._refuse(context, bet_pb2.REJECT_REASON_LIABILITY_LIMIT, str(err))
         except DailyLimitExceeded as err:
-            await abort_refused(context, bet_pb2.REJECT_REASON_ACCOUNT_LIMIT, str(err))
+            await self._refuse(context, bet_pb2.REJECT_REASON_ACCOUNT_LIMIT, str(err))
         except Conflict as err:
             await context.abort(grpc.StatusCode.ALREADY_EXISTS, str(err))
         if created:
             self.placed += 1
+            self.metrics.placed(bet)
             log.info(
                 "bet placed",
                 extra={"bet_id": bet.bet_id, "account": account, "status": STATUS_NAME[bet.status], "delay": delay},

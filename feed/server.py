@@ -16,6 +16,7 @@ from livebet.feed.v1 import feed_service_pb2_grpc
 
 from feed.adapters.jetstream import STREAM, JetStreamPublisher, PublishUnavailable, ensure_stream, replay
 from feed.grpc_api import FeedApi, WatchSource
+from feed.metrics import FeedMetrics
 from feed.replay import FileRecorder
 from feed.service import FeedCore, PublishResult
 from feed.settings import FeedSettings
@@ -50,6 +51,7 @@ def build(app: ServiceApp) -> None:
     publisher = _LazyPublisher()
     feed_settings = FeedSettings.from_env()
     core = FeedCore(publisher, feed_settings.provider_silence_seconds)
+    core.observers.append(FeedMetrics(app.metrics.registry).observe)
     if feed_settings.record_path:
         recorder = FileRecorder(Path(feed_settings.record_path))
         core.recorder = recorder

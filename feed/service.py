@@ -126,6 +126,8 @@ class FeedCore:
         self.counters = {"skipped": 0, "stale": 0, "gaps": 0, "unknown_markets": 0}
         self.listeners: list[Callable[[ev.FeedEvent], None]] = []
         self.recorder: Recorder | None = None
+        #: told of every ingested batch once it is stored: (provider, result, events, time) - metrics
+        self.observers: list[Callable[[str, IngestResult, list[ev.FeedEvent], float], None]] = []
 
     # --- projection ----------------------------------------------------------------------------
     def known(self, match_id: str) -> bool:
@@ -257,6 +259,8 @@ class FeedCore:
             self.apply(e, ordered=True, heard=True)
         for key in ("skipped", "stale", "gaps"):
             self.counters[key] += getattr(result, key)
+        for observe in self.observers:
+            observe(provider, result, [e for e, _ in to_publish], now)
         return result
 
     async def check_liveness(self) -> list[ev.FeedEvent]:

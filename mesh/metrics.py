@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import inspect
 import logging
 import time
 import uuid
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Iterator
 from typing import Any
 
 import grpc
@@ -55,8 +56,56 @@ class Metrics:
             ["service"],
             registry=self.registry,
         )
+        self.consumer_pending = Gauge(
+            "livebet_jetstream_consumer_pending",
+            "Messages in the stream this process's consumer has not been delivered yet (its lag).",
+            ["service", "stream", "consumer"],
+            registry=self.registry,
+        )
+        self.consumer_ack_pending = Gauge(
+            "livebet_jetstream_consumer_ack_pending",
+            "Messages delivered to this process's consumer and not acknowledged yet.",
+            ["service", "stream", "consumer"],
+            registry=self.registry,
+        )
+        self.consumer_redelivered = Gauge(
+            "livebet_jetstream_consumer_redelivered",
+            "Messages delivered more than once and not acknowledged yet.",
+            ["service", "stream", "consumer"],
+            registry=self.registry,
+        )
         self.service = service
         self.port = 0
+
+    async def watch_consumers(
+        self,
+        js: Callable[[], Any],
+        stream: str,
+        names: Callable[[], Iterable[str]],
+        stopping: asyncio.Event,
+        interval: float = 5.0,
+    ) -> None:
+        """Every ``interval`` s, the JetStream figures of the durable consumers ``names()`` (the ones
+        this process consumes now); a consumer no longer in the list loses its series."""
+        shown: set[str] = set()
+        gauges = (self.consumer_pending, self.consumer_ack_pending, self.consumer_redelivered)
+        while not stopping.is_set():
+            now = set(names())
+            for gone in shown - now:
+                for g in gauges:
+                    with contextlib.suppress(KeyError):
+                        g.remove(self.service, stream, gone)
+            shown = now
+            for name in now:
+                try:
+                    info = await js().consumer_info(stream, name)
+                except Exception:  # not created yet, or NATS is down: try again next time
+                    continue
+                self.consumer_pending.labels(self.service, stream, name).set(info.num_pending or 0)
+                self.consumer_ack_pending.labels(self.service, stream, name).set(info.num_ack_pending or 0)
+                self.consumer_redelivered.labels(self.service, stream, name).set(info.num_redelivered or 0)
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(stopping.wait(), interval)
 
     def serve(self, host: str, port: int) -> int:
         """Start the ``/metrics`` HTTP endpoint in a thread; returns the bound port."""

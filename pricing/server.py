@@ -37,9 +37,11 @@ from livebet.odds.v1 import market_pb2, trader_service_pb2_grpc
 from nats.aio.subscription import Subscription
 from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
 from nats.js.kv import KeyValue
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
 from feed.adapters.jetstream import PARTITIONS, STREAM, ensure_stream, partition_of, partition_subjects, replay
 from mesh.deps import NatsDependency, Readiness, RedisDependency
+from mesh.metrics import LATENCY_BUCKETS
 from mesh.service import ServiceApp, run
 from pricing.leases import RENEW_EVERY, Leases, lease_store, plan
 from pricing.live import codec
@@ -75,6 +77,22 @@ class Share:
         self.sub: Subscription | None = None  # trader requests forwarded by other replicas
 
 
+class PricingMetrics:
+    def __init__(self, registry: CollectorRegistry | None = None) -> None:
+        registry = registry if registry is not None else CollectorRegistry()
+        self.event_to_publish = Histogram(
+            "livebet_pricing_event_to_publish_seconds",
+            "From the feed receiving an event to the engine publishing the deltas it caused on NATS.",
+            buckets=LATENCY_BUCKETS,
+            registry=registry,
+        )
+        self.events = Counter("livebet_pricing_events_total", "Feed events the engine applied.", registry=registry)
+        self.deltas = Counter(
+            "livebet_pricing_deltas_published_total", "Odds deltas published, by cause.", ["cause"], registry=registry
+        )
+        self.shares = Gauge("livebet_pricing_shares_held", "Match shares this replica prices.", registry=registry)
+
+
 class Runner:
     def __init__(
         self,
@@ -82,7 +100,9 @@ class Runner:
         redis_dep: RedisDependency,
         instance: str,
         provider_mode: frozenset[str] = frozenset(),
+        metrics: PricingMetrics | None = None,
     ) -> None:
+        self.metrics = metrics or PricingMetrics()
         self.provider_mode = provider_mode
         self.nats_dep = nats_dep
         self.redis_dep = redis_dep
@@ -108,6 +128,10 @@ class Runner:
             markets = share.cache.update(d)
             data = codec.delta(d, m, now, (received_ms or {}).get(d.match_id, 0), markets).SerializeToString()
             await nc.publish(codec.subject(d.match_id), data)
+            self.metrics.deltas.labels(d.cause or "none").inc()
+            received = (received_ms or {}).get(d.match_id, 0)
+            if received:
+                self.metrics.event_to_publish.observe(max(0.0, time.time() - received / 1000))
             pipe.lpush(codec.LOG_KEY + d.match_id, data)
             pipe.ltrim(codec.LOG_KEY + d.match_id, 0, codec.LOG_LENGTH - 1)
             touched[d.match_id] = m
@@ -181,6 +205,7 @@ class Runner:
                         if e.match_id and e.HasField("received_at"):
                             received[e.match_id] = e.received_at.ToMilliseconds()
                         deltas += share.engine.apply(e)
+                    self.metrics.events.inc(len(msgs))
                     await self.publish(share, deltas, received)
                 await msgs[-1].ack()  # AckPolicy.ALL: everything up to here is done
         finally:
@@ -198,7 +223,9 @@ def build(app: ServiceApp) -> None:
     ready = app.add_dependency(Readiness("engine"))
     # a lease holder's identity: unique per process, so a restarted replica never mistakes a
     # previous life's leases for its own
-    runner = Runner(nats_dep, redis_dep, f"{s.instance}-{uuid.uuid4().hex[:8]}", provider_mode_setting())
+    metrics = PricingMetrics(app.metrics.registry)
+    runner = Runner(nats_dep, redis_dep, f"{s.instance}-{uuid.uuid4().hex[:8]}", provider_mode_setting(), metrics)
+    metrics.shares.set_function(lambda: sum(1 for sh in runner.shares.values() if sh.ready.is_set()))
     trader = TraderApi(runner)
     app.add_service(
         "livebet.odds.v1.TraderService", trader, trader_service_pb2_grpc.add_TraderServiceServicer_to_server
@@ -259,6 +286,11 @@ def build(app: ServiceApp) -> None:
         runner.kv = await trader_store(js)
         leases = Leases(await lease_store(js), js, runner.instance, PARTITIONS)
         task = app.spawn(balance(leases))
+        app.spawn(
+            app.metrics.watch_consumers(
+                lambda: nats_dep.js, STREAM, lambda: [durable(k) for k in runner.shares], app.stopping
+            )
+        )
 
         async def stop() -> None:
             task.cancel()

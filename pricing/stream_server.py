@@ -20,6 +20,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import time
 from collections import deque
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
@@ -27,10 +28,10 @@ from dataclasses import dataclass, field
 import grpc
 from livebet.odds.v1 import market_pb2, odds_service_pb2, odds_service_pb2_grpc
 from nats.aio.msg import Msg
-from prometheus_client import Counter, Gauge
+from prometheus_client import Counter, Gauge, Histogram
 
 from mesh.deps import NatsDependency, RedisDependency
-from mesh.metrics import Metrics
+from mesh.metrics import LATENCY_BUCKETS, Metrics
 from mesh.service import ServiceApp, run
 from pricing.live import codec
 
@@ -122,6 +123,20 @@ class Hub:
         self.delivered = Counter(
             "livebet_odds_updates_sent_total", "Images and deltas sent to clients.", registry=registry
         )
+        self.queued = Gauge(
+            "livebet_odds_queued_deltas", "Deltas waiting to be sent, over every stream.", registry=registry
+        )
+        self.queued.set_function(lambda: sum(len(w.queue) + len(w.merged) for w in self.watchers))
+        self.deepest = Gauge(
+            "livebet_odds_queue_depth_max", "Deltas waiting in the stream furthest behind.", registry=registry
+        )
+        self.deepest.set_function(lambda: max((len(w.queue) + len(w.merged) for w in self.watchers), default=0))
+        self.feed_to_send = Histogram(
+            "livebet_odds_feed_to_send_seconds",
+            "From the feed receiving an event to this process sending a client the update it caused.",
+            buckets=LATENCY_BUCKETS,
+            registry=registry,
+        )
 
     async def on_msg(self, msg: Msg) -> None:
         d = market_pb2.OddsDelta.FromString(msg.data)
@@ -204,8 +219,12 @@ class OddsApi(odds_service_pb2_grpc.OddsServiceServicer):
         self, request: odds_service_pb2.WatchOddsRequest
     ) -> AsyncIterator[odds_service_pb2.WatchOddsResponse]:
         async for item in self._watch_all(request):
-            if item.WhichOneof("message") in ("image", "delta"):
+            kind = item.WhichOneof("message")
+            if kind in ("image", "delta"):
                 self.hub.delivered.inc()
+                if kind == "delta" and item.delta.HasField("feed_received_at"):
+                    lag = time.time() - item.delta.feed_received_at.ToMilliseconds() / 1000
+                    self.hub.feed_to_send.observe(max(0.0, lag))
                 if request.market_types:
                     item = _only(item, set(request.market_types))
             yield item

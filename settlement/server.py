@@ -15,6 +15,7 @@ import asyncio
 import contextlib
 import dataclasses
 import logging
+import time
 from pathlib import Path
 
 import nats.errors
@@ -22,9 +23,11 @@ from livebet.feed.v1 import event_pb2 as ev
 from livebet.settlement.v1 import report_service_pb2_grpc, settlement_service_pb2_grpc
 from nats.aio.msg import Msg
 from nats.js.api import AckPolicy, ConsumerConfig
+from prometheus_client import Counter, Histogram
 
 from feed.adapters.jetstream import STREAM, ensure_stream
 from mesh.deps import NatsDependency, PostgresDependency, Readiness
+from mesh.metrics import LATENCY_BUCKETS
 from mesh.service import ServiceApp, run
 from settlement.adapters.store import Store
 from settlement.admin import SettlementApi
@@ -51,6 +54,15 @@ def build(app: ServiceApp) -> None:
     nats_dep = app.add_dependency(NatsDependency(s.nats_url, s.instance, s.health_interval_seconds))
     ready = app.add_dependency(Readiness("consumer"))
     settler = Settler(Store(pg), certainty_setting())
+    registry = app.metrics.registry
+    settled = Counter("livebet_settlement_bets_settled_total", "Bets settled from feed results.", registry=registry)
+    handled = Histogram(
+        "livebet_settlement_event_seconds",
+        "Time to apply one FEED event (result, settlement, cancel, rollback) until it is in PostgreSQL.",
+        ["kind"],
+        buckets=LATENCY_BUCKETS,
+        registry=registry,
+    )
     settle = SettlementApi(settler.store, pg)
     reports = ReportApi(pg)
     app.add_service(
@@ -81,10 +93,14 @@ def build(app: ServiceApp) -> None:
                 continue
             for msg in msgs:  # in stream order; each acknowledged once its effect is in PostgreSQL
                 keep = asyncio.create_task(_keep_in_progress(msg))
+                e = ev.FeedEvent.FromString(msg.data)
+                before, started = settler.settled_bets, time.perf_counter()
                 try:
-                    await settler.on_event(ev.FeedEvent.FromString(msg.data), msg.metadata.sequence.stream)
+                    await settler.on_event(e, msg.metadata.sequence.stream)
                 finally:
                     keep.cancel()
+                handled.labels(e.WhichOneof("payload") or "none").observe(time.perf_counter() - started)
+                settled.inc(settler.settled_bets - before)
                 await msg.ack()
 
     async def supervise() -> None:
@@ -104,6 +120,7 @@ def build(app: ServiceApp) -> None:
         await pg.wait_ready()
         await nats_dep.wait_ready()
         task = app.spawn(supervise())
+        app.spawn(app.metrics.watch_consumers(lambda: nats_dep.js, STREAM, lambda: [DURABLE], app.stopping))
 
         async def stop() -> None:
             task.cancel()

@@ -442,6 +442,12 @@ class Store:
             row = await cur.fetchone()
             return row[0] if row else None
 
+    async def pending_count(self) -> int:
+        async with self.pool.connection() as conn, conn.cursor() as cur:
+            await cur.execute("SELECT count(*) FROM betting.bets WHERE status = 'pending'")
+            row = await cur.fetchone()
+            return int(row[0]) if row else 0
+
     async def decide(self, bet_id: uuid.UUID, decide: Any) -> bet_pb2.Bet | None:
         """Decide one pending bet exactly once: ``decide(row, legs)`` (async) returns
         ``("accepted", odds per leg, combined, payout, max_liability)`` or ``("rejected", reason, detail)``.

@@ -1,0 +1,32 @@
+"""The betting service's own Prometheus metrics (beside the RPC metrics every service has)."""
+
+from __future__ import annotations
+
+from livebet.betting.v1 import bet_pb2
+from prometheus_client import CollectorRegistry, Counter, Gauge
+
+
+class BetMetrics:
+    def __init__(self, registry: CollectorRegistry | None = None) -> None:
+        registry = registry if registry is not None else CollectorRegistry()
+        self.bets = Counter(
+            "livebet_bets_total",
+            "Bets by what happened to them: placed (pending or accepted at once), refused at placement, "
+            "accepted or rejected at the end of the in-play delay; with the reject reason.",
+            ["outcome", "reason"],
+            registry=registry,
+        )
+        self.pending = Gauge("livebet_bets_pending", "Bets waiting out the in-play delay.", registry=registry)
+
+    def placed(self, bet: bet_pb2.Bet) -> None:
+        outcome = "placed_pending" if bet.status == bet_pb2.BET_STATUS_PENDING else "placed_accepted"
+        self.bets.labels(outcome, "").inc()
+
+    def refused(self, reason: int) -> None:
+        self.bets.labels("refused", bet_pb2.RejectReason.Name(reason)).inc()
+
+    def decided(self, bet: bet_pb2.Bet) -> None:
+        if bet.status == bet_pb2.BET_STATUS_REJECTED:
+            self.bets.labels("rejected", bet_pb2.RejectReason.Name(bet.reject_reason)).inc()
+        else:
+            self.bets.labels("accepted", "").inc()

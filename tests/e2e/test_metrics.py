@@ -1,0 +1,97 @@
+"""Every service's /metrics moves when traffic flows through the running platform."""
+
+from __future__ import annotations
+
+import time
+import uuid
+
+import grpc
+import pytest
+from livebet.odds.v1 import odds_service_pb2, odds_service_pb2_grpc
+
+from tests.e2e.conftest import Mesh
+from tests.e2e.test_edge_auth import _deposit, _metric, bearer, place, token
+from tests.helpers import wait_for
+
+
+def total(mesh: Mesh, service: str, name: str, **labels: str) -> float:
+    """A metric summed over every replica of ``service``."""
+    return sum(
+        _metric(p["metrics"], name, **labels)
+        for p in mesh.state()["processes"]
+        if p["service"] == service and p["metrics"]
+    )
+
+
+def test_feed_pricing_and_settlement_metrics_move_with_the_simulated_matches(mesh: Mesh) -> None:
+    before = {
+        "stored": total(mesh, "feed", "livebet_feed_events_total", outcome="stored"),
+        "store_lag": total(mesh, "feed", "livebet_feed_store_lag_seconds_count"),
+        "priced": total(mesh, "pricing", "livebet_pricing_events_total"),
+        "published": total(mesh, "pricing", "livebet_pricing_event_to_publish_seconds_count"),
+        "settled_events": total(mesh, "settlement", "livebet_settlement_event_seconds_count"),
+    }
+
+    def moved() -> bool:
+        return all(
+            total(mesh, svc, name) > before[key]
+            for key, svc, name in (
+                ("stored", "feed", "livebet_feed_events_total"),
+                ("store_lag", "feed", "livebet_feed_store_lag_seconds_count"),
+                ("priced", "pricing", "livebet_pricing_events_total"),
+                ("published", "pricing", "livebet_pricing_event_to_publish_seconds_count"),
+                ("settled_events", "settlement", "livebet_settlement_event_seconds_count"),
+            )
+        )
+
+    wait_for(moved, 30, interval=0.5, what="feed, pricing and settlement metrics moving")
+    # the engine replicas hold the 16 shares between them, and report their consumers' lag
+    wait_for(lambda: total(mesh, "pricing", "livebet_pricing_shares_held") == 16, 30, what="16 shares held")
+    wait_for(
+        lambda: 'consumer="settlement"' in _scrape(mesh, "settlement"), 15, what="settlement consumer lag reported"
+    )
+    assert "livebet_jetstream_consumer_pending" in _scrape(mesh, "pricing")
+
+
+def test_stream_metrics_follow_a_watching_client(mesh: Mesh) -> None:
+    odds = odds_service_pb2_grpc.OddsServiceStub(grpc.insecure_channel(mesh.edge))
+    base_subs = total(mesh, "odds", "livebet_odds_subscribers")
+    base_sent = total(mesh, "odds", "livebet_odds_feed_to_send_seconds_count")
+    stream = odds.WatchOdds(odds_service_pb2.WatchOddsRequest(heartbeat_interval_ms=500), timeout=60)
+    deadline = time.monotonic() + 30
+    seen_subscriber = False
+    for msg in stream:
+        seen_subscriber = seen_subscriber or total(mesh, "odds", "livebet_odds_subscribers") > base_subs
+        if seen_subscriber and total(mesh, "odds", "livebet_odds_feed_to_send_seconds_count") > base_sent:
+            break
+        assert time.monotonic() < deadline, "no delta reached the client with its feed time measured"
+        assert msg.WhichOneof("message") in ("image", "delta", "heartbeat")
+    stream.cancel()
+    assert seen_subscriber
+    wait_for(lambda: total(mesh, "odds", "livebet_odds_subscribers") == base_subs, 10, what="subscriber gone")
+
+
+def test_bet_metrics_count_placed_and_refused_bets(mesh: Mesh) -> None:
+    t = token(mesh, f"metrics-{uuid.uuid4().hex[:6]}")
+    placed_before = total(mesh, "betting", "livebet_bets_total", outcome="placed_pending") + total(
+        mesh, "betting", "livebet_bets_total", outcome="placed_accepted"
+    )
+    refused_before = total(mesh, "betting", "livebet_bets_total", reason="REJECT_REASON_INSUFFICIENT_FUNDS")
+    with pytest.raises(grpc.RpcError):
+        place(mesh, bearer(t))  # no money yet
+    _deposit(mesh, t, 10_000)
+    place(mesh, bearer(t))
+    placed = total(mesh, "betting", "livebet_bets_total", outcome="placed_pending") + total(
+        mesh, "betting", "livebet_bets_total", outcome="placed_accepted"
+    )
+    assert placed == placed_before + 1
+    assert total(mesh, "betting", "livebet_bets_total", reason="REJECT_REASON_INSUFFICIENT_FUNDS") == refused_before + 1
+    assert "livebet_bets_pending" in _scrape(mesh, "betting")
+
+
+def _scrape(mesh: Mesh, service: str) -> str:
+    import urllib.request
+
+    p = next(p for p in mesh.state()["processes"] if p["service"] == service and p["metrics"])
+    with urllib.request.urlopen(f"http://{p['metrics']}/metrics", timeout=5) as resp:
+        return str(resp.read().decode())
