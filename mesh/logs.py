@@ -9,6 +9,8 @@ import time
 from contextvars import ContextVar
 from typing import Any
 
+from mesh import tracing
+
 #: Request id of the RPC being served (from the ``x-request-id`` header Envoy sets, or generated).
 request_id: ContextVar[str] = ContextVar("request_id", default="")
 
@@ -16,7 +18,8 @@ _RESERVED = set(logging.LogRecord("", 0, "", 0, "", (), None).__dict__) | {"mess
 
 
 class JsonFormatter(logging.Formatter):
-    """Formats a record as one JSON line: ts, level, service, logger, msg, request_id, extras."""
+    """Formats a record as one JSON line: ts, level, service, logger, msg, request_id, trace_id
+    and span_id (when a span is current), extras."""
 
     def __init__(self, service: str) -> None:
         super().__init__()
@@ -33,6 +36,9 @@ class JsonFormatter(logging.Formatter):
         rid = request_id.get()
         if rid:
             out["request_id"] = rid
+        trace_id, span_id = tracing.current_ids()
+        if trace_id:
+            out["trace_id"], out["span_id"] = trace_id, span_id
         for key, value in record.__dict__.items():
             if key not in _RESERVED and not key.startswith("_"):
                 out[key] = value if isinstance(value, str | int | float | bool | type(None)) else str(value)

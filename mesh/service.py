@@ -25,7 +25,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_health.v1.health import aio as health_aio
 from grpc_reflection.v1alpha import reflection
 
-from mesh import contracts, logs
+from mesh import contracts, logs, tracing
 from mesh.access import AccessInterceptor
 from mesh.deps import Dependency
 from mesh.metrics import Metrics, ObservabilityInterceptor
@@ -172,7 +172,7 @@ class ServiceApp:
         s = self.settings
         contracts.load_all()
         server = grpc.aio.server(
-            interceptors=[ObservabilityInterceptor(self.metrics), AccessInterceptor()],
+            interceptors=[*tracing.server_interceptors(), ObservabilityInterceptor(self.metrics), AccessInterceptor()],
             options=[*SERVER_OPTIONS, ("grpc.max_receive_message_length", self.max_receive_bytes)],
         )
         for register in self._registrations:
@@ -246,6 +246,7 @@ def run(service: str, build: Callable[[ServiceApp], Any]) -> None:
     """Entry point of a service process: settings, logs, wiring via ``build(app)``, serve."""
     settings = Settings.from_env(service)
     logs.configure(settings.instance, settings.log_level)
+    tracing.setup(service, settings.instance)
 
     async def main() -> None:
         app = ServiceApp(settings)

@@ -40,6 +40,7 @@ from nats.js.kv import KeyValue
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
 from feed.adapters.jetstream import PARTITIONS, STREAM, ensure_stream, partition_of, partition_subjects, replay
+from mesh import tracing
 from mesh.deps import NatsDependency, Readiness, RedisDependency
 from mesh.metrics import LATENCY_BUCKETS
 from mesh.service import ServiceApp, run
@@ -127,7 +128,7 @@ class Runner:
             m = share.engine.matches[d.match_id]
             markets = share.cache.update(d)
             data = codec.delta(d, m, now, (received_ms or {}).get(d.match_id, 0), markets).SerializeToString()
-            await nc.publish(codec.subject(d.match_id), data)
+            await nc.publish(codec.subject(d.match_id), data, headers=tracing.inject({}) or None)
             self.metrics.deltas.labels(d.cause or "none").inc()
             received = (received_ms or {}).get(d.match_id, 0)
             if received:
@@ -197,16 +198,20 @@ class Runner:
                     continue
                 while len(msgs) < FETCH and sub.pending_msgs > 0:
                     msgs.append(await sub.next_msg(timeout=FIRST_WAIT))
+                # one span for the batch: the first traced event's trace goes on, the others are linked
+                traced = [c for c in (tracing.extract(m.headers) for m in msgs) if c is not None]
                 async with share.lock:
-                    deltas = []
-                    received: dict[str, int] = {}
-                    for msg in msgs:
-                        e = ev.FeedEvent.FromString(msg.data)
-                        if e.match_id and e.HasField("received_at"):
-                            received[e.match_id] = e.received_at.ToMilliseconds()
-                        deltas += share.engine.apply(e)
-                    self.metrics.events.inc(len(msgs))
-                    await self.publish(share, deltas, received)
+                    parent, links = (traced[0], traced[1:]) if traced else (None, [])
+                    with tracing.span("pricing.price", parent, links, events=len(msgs), partition=share.k):
+                        deltas = []
+                        received: dict[str, int] = {}
+                        for msg in msgs:
+                            e = ev.FeedEvent.FromString(msg.data)
+                            if e.match_id and e.HasField("received_at"):
+                                received[e.match_id] = e.received_at.ToMilliseconds()
+                            deltas += share.engine.apply(e)
+                        self.metrics.events.inc(len(msgs))
+                        await self.publish(share, deltas, received)
                 await msgs[-1].ack()  # AckPolicy.ALL: everything up to here is done
         finally:
             share.ready.clear()

@@ -30,6 +30,7 @@ from livebet.odds.v1 import market_pb2, odds_service_pb2, odds_service_pb2_grpc
 from nats.aio.msg import Msg
 from prometheus_client import Counter, Gauge, Histogram
 
+from mesh import tracing
 from mesh.deps import NatsDependency, RedisDependency
 from mesh.metrics import LATENCY_BUCKETS, Metrics
 from mesh.service import ServiceApp, run
@@ -140,8 +141,14 @@ class Hub:
 
     async def on_msg(self, msg: Msg) -> None:
         d = market_pb2.OddsDelta.FromString(msg.data)
-        for w in list(self.watchers):
-            w.offer(d)
+        parent = tracing.extract(msg.headers)
+        if parent is None:
+            for w in list(self.watchers):
+                w.offer(d)
+            return
+        with tracing.span("odds.fanout", parent, match_id=d.match_id, version=d.version, streams=len(self.watchers)):
+            for w in list(self.watchers):
+                w.offer(d)
 
 
 class OddsApi(odds_service_pb2_grpc.OddsServiceServicer):

@@ -26,6 +26,7 @@ from nats.js.api import AckPolicy, ConsumerConfig
 from prometheus_client import Counter, Histogram
 
 from feed.adapters.jetstream import STREAM, ensure_stream
+from mesh import tracing
 from mesh.deps import NatsDependency, PostgresDependency, Readiness
 from mesh.metrics import LATENCY_BUCKETS
 from mesh.service import ServiceApp, run
@@ -96,7 +97,8 @@ def build(app: ServiceApp) -> None:
                 e = ev.FeedEvent.FromString(msg.data)
                 before, started = settler.settled_bets, time.perf_counter()
                 try:
-                    await settler.on_event(e, msg.metadata.sequence.stream)
+                    with tracing.span("settlement.apply", tracing.extract(msg.headers), match_id=e.match_id):
+                        await settler.on_event(e, msg.metadata.sequence.stream)
                 finally:
                     keep.cancel()
                 handled.labels(e.WhichOneof("payload") or "none").observe(time.perf_counter() - started)

@@ -40,6 +40,8 @@ from nats.js.api import (
     SubjectTransform,
 )
 
+from mesh import tracing
+
 STREAM = "FEED"
 SUBJECT_ROOT = "feed"
 DUPLICATE_WINDOW_S = 600.0
@@ -184,7 +186,7 @@ class JetStreamPublisher:
         prefix = f"{self._inbox}.{batch_id}."
         try:
             for i, (e, gap) in enumerate(events):
-                headers = {"Nats-Msg-Id": e.event_id}
+                headers = tracing.inject({"Nats-Msg-Id": e.event_id})
                 if gap:
                     headers[GAP_HEADER] = str(gap)
                 await self.nc.publish(self._subject(e), e.SerializeToString(), reply=prefix + str(i), headers=headers)
