@@ -4,6 +4,7 @@ up             start NATS, Valkey, PostgreSQL, every service and Envoy; Ctrl-C s
 status         health, pid and restart count of every process of a running `up`
 wipe           delete the platform's data (refused while `up` runs)
 envoy-config   print the Envoy configuration generated from the topology
+sla            latency percentiles per API against mesh/slo.toml; exit 1 on a breach
 token          issue a signed token for a local account (--account A [--role admin])
 schema         write a Buf image of the contracts, for `buf curl --schema` without reflection
 """
@@ -18,10 +19,11 @@ import logging
 import os
 import shutil
 import sys
+import time
 from pathlib import Path
 
 from edge import auth, envoy_config
-from mesh import topology
+from mesh import sla, topology
 from mesh.supervisor import STATE_FILE, Supervisor, grpc_health
 
 
@@ -69,11 +71,16 @@ async def _status(data_dir: Path, as_json: bool) -> int:
         ok = ok and alive and health in ("SERVING", "READY")
         rows.append({**p, "alive": alive, "health": health})
     if as_json:
-        print(json.dumps({"running": up, "edge": state["edge"], "processes": rows}, indent=2))
+        print(
+            json.dumps(
+                {"running": up, "edge": state["edge"], "sla_breaches": state.get("sla_breaches", 0), "processes": rows},
+                indent=2,
+            )
+        )
     else:
         print(
             f"supervisor: {'running' if up else 'NOT running'} (pid {state['supervisor_pid']}), "
-            f"edge http://{state['edge']}"
+            f"edge http://{state['edge']}, SLA breaches so far: {state.get('sla_breaches', 0)}"
         )
         table = [("process", "pid", "port", "health", "restarts")]
         table += [(r["name"], str(r["pid"] or "-"), str(r["port"]), r["health"], str(r["restarts"])) for r in rows]
@@ -81,6 +88,28 @@ async def _status(data_dir: Path, as_json: bool) -> int:
         for r in table:
             print("  ".join(c.ljust(w) for c, w in zip(r, width, strict=True)))
     return 0 if ok else 1
+
+
+def _sla(data_dir: Path, slo: Path, window: float, as_json: bool) -> int:
+    path = data_dir / "run" / STATE_FILE
+    if not path.exists():
+        print(f"no livebet state in {data_dir} (start it with `make run`)", file=sys.stderr)
+        return 2
+    targets = [p["metrics"] for p in json.loads(path.read_text())["processes"] if p.get("metrics")]
+    config = sla.load(slo)
+    try:
+        first = sla.scrape(targets)
+        if window > 0:
+            time.sleep(window)
+            sample = sla.scrape(targets).minus(first)
+        else:
+            sample = first
+    except OSError as exc:
+        print(f"mesh sla: cannot read the services' metrics: {exc}", file=sys.stderr)
+        return 2
+    rows = sla.evaluate(config, sample)
+    print(json.dumps(sla.as_json(rows), indent=2) if as_json else sla.render(rows))
+    return 1 if any(r.breaches for r in rows) else 0
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -102,6 +131,10 @@ def main(argv: list[str] | None = None) -> int:
     env.add_argument(
         "--cluster", action="store_true", help="the static config for Kubernetes (edge/envoy-cluster.json)"
     )
+    sl = sub.add_parser("sla", parents=[common], help="latency percentiles per API against the SLOs")
+    sl.add_argument("--slo", type=Path, default=sla.DEFAULT_PATH, help="objectives file (default mesh/slo.toml)")
+    sl.add_argument("--window", type=float, default=0.0, help="judge only the calls of the next S seconds")
+    sl.add_argument("--json", action="store_true")
     tok = sub.add_parser("token", parents=[common], help="issue a signed token for a local account")
     tok.add_argument("--account", required=True, help="the account the token acts for (its subject)")
     tok.add_argument("--role", action="append", default=[], help="a role (admin, feed); repeatable")
@@ -145,6 +178,8 @@ def main(argv: list[str] | None = None) -> int:
         args.output.write_bytes(schema_image())
         print(f"wrote {args.output}")
         return 0
+    if args.command == "sla":
+        return _sla(args.data_dir, args.slo, args.window, args.json)
     if args.command == "token":
         try:
             print(auth.issue(auth.ensure_keys(args.data_dir / "edge"), args.account, args.role, args.ttl))

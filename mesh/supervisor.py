@@ -31,7 +31,7 @@ import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from edge import auth, envoy_config
-from mesh import infra
+from mesh import infra, sla
 from mesh.backoff import Backoff
 from mesh.infra import ProcessSpec
 from mesh.topology import Topology
@@ -81,6 +81,11 @@ async def grpc_health(target: str, timeout: float = 1.0, service: str = "") -> s
     return str(health_pb2.HealthCheckResponse.ServingStatus.Name(resp.status))
 
 
+def _append(path: Path, text: str) -> None:
+    with open(path, "a") as f:
+        f.write(text)
+
+
 class Supervisor:
     def __init__(
         self,
@@ -90,6 +95,7 @@ class Supervisor:
         durable: bool = True,
         grace_seconds: float = 5.0,
         out: Callable[[str], None] = print,
+        slo_path: Path = sla.DEFAULT_PATH,
     ) -> None:
         self.t = topology.resolve_ports()
         self.data_dir = data_dir.resolve()
@@ -102,6 +108,8 @@ class Supervisor:
         self.procs: list[Managed] = []
         self._watchers: list[asyncio.Task[None]] = []
         self._lock_fd: int | None = None
+        self.slo_path = slo_path
+        self.sla_breaches = 0
 
     # --- what to run -------------------------------------------------------------------------
     def infra_specs(self) -> list[ProcessSpec]:
@@ -311,6 +319,7 @@ class Supervisor:
             "supervisor_pid": os.getpid(),
             "edge": f"{t.host}:{t.edge_port}",
             "envoy_admin": f"{t.host}:{t.admin_port}",
+            "sla_breaches": self.sla_breaches,
             "processes": [
                 {
                     "name": m.spec.name,
@@ -374,9 +383,36 @@ class Supervisor:
                 "   tokens: python -m mesh token --account A"
                 f"\nlogs:     {self.log_dir}   Ctrl-C stops everything"
             )
+            self._watchers.append(asyncio.create_task(self._check_sla()))
             await self.stopping.wait()
         finally:
             await self.down()
+
+    async def _check_sla(self) -> None:
+        """Every interval, judge the calls of that interval against the SLOs: a breach is printed,
+        appended to ``logs/sla.log`` (JSON lines) and counted in the state (``mesh status``)."""
+        config = sla.load(self.slo_path)
+        targets = [
+            f"{self.t.host}:{m.spec.env['LIVEBET_METRICS_PORT']}" for m in self.procs if m.spec.kind == "service"
+        ]
+        checker = sla.Checker(config, targets)
+        log_path = self.log_dir / "sla.log"
+        while not self.stopping.is_set():
+            try:
+                rows = await asyncio.to_thread(checker.round)
+            except OSError as exc:  # a service restarting: its counters start again, try next time
+                checker.previous = None
+                self.out(f"SLA check skipped: {exc}")
+                rows = []
+            broken = [r for r in rows if r.breaches]
+            self.sla_breaches = checker.breaches
+            if broken:
+                lines = "".join(json.dumps({"ts": time.time(), **sla.as_json([r])[0]}) + "\n" for r in broken)
+                await asyncio.to_thread(_append, log_path, lines)
+                self.out("SLA breach: " + "; ".join(f"{r.name}: {', '.join(r.breaches)}" for r in broken))
+                self.write_state()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self.stopping.wait(), config.interval_seconds)
 
     async def down(self) -> None:
         self.stopping.set()

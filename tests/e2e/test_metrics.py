@@ -2,13 +2,17 @@
 
 from __future__ import annotations
 
+import subprocess
+import sys
 import time
 import uuid
+from pathlib import Path
 
 import grpc
 import pytest
 from livebet.odds.v1 import odds_service_pb2, odds_service_pb2_grpc
 
+from mesh.supervisor import REPO_ROOT
 from tests.e2e.conftest import Mesh
 from tests.e2e.test_edge_auth import _deposit, _metric, bearer, place, token
 from tests.helpers import wait_for
@@ -95,3 +99,29 @@ def _scrape(mesh: Mesh, service: str) -> str:
     p = next(p for p in mesh.state()["processes"] if p["service"] == service and p["metrics"])
     with urllib.request.urlopen(f"http://{p['metrics']}/metrics", timeout=5) as resp:
         return str(resp.read().decode())
+
+
+def _sla(mesh: Mesh, slo: Path) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "mesh", "sla", "--data-dir", str(mesh.data_dir), "--slo", str(slo)],
+        cwd=REPO_ROOT,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+
+
+def test_mesh_sla_fails_when_an_objective_is_below_the_measured_latency(mesh: Mesh, tmp_path: Path) -> None:
+    odds = odds_service_pb2_grpc.OddsServiceStub(grpc.insecure_channel(mesh.edge))
+    for _ in range(30):
+        odds.ListLiveMatches(odds_service_pb2.ListLiveMatchesRequest(page_size=5), timeout=5)
+    method = "/livebet.odds.v1.OddsService/ListLiveMatches"
+    generous, strict = tmp_path / "generous.toml", tmp_path / "strict.toml"
+    generous.write_text(f'[check]\nmin_calls = 10\n[rpc."{method}"]\np50 = 60000\np99 = 60000\n')
+    strict.write_text(f'[check]\nmin_calls = 10\n[rpc."{method}"]\np50 = 0.0001\np99 = 0.0001\n')
+    ok = _sla(mesh, generous)
+    assert ok.returncode == 0, ok.stdout + ok.stderr
+    assert "ListLiveMatches" in ok.stdout and " ok" in ok.stdout
+    bad = _sla(mesh, strict)
+    assert bad.returncode == 1, bad.stdout + bad.stderr
+    assert "BREACH: p50" in bad.stdout and "p99" in bad.stdout
