@@ -4,6 +4,7 @@ up             start NATS, Valkey, PostgreSQL, every service and Envoy; Ctrl-C s
 status         health, pid and restart count of every process of a running `up`
 wipe           delete the platform's data (refused while `up` runs)
 envoy-config   print the Envoy configuration generated from the topology
+observability  write Prometheus scrape config, rules (from mesh/slo.toml) and a Grafana dashboard
 sla            latency percentiles per API against mesh/slo.toml; exit 1 on a breach
 token          issue a signed token for a local account (--account A [--role admin])
 schema         write a Buf image of the contracts, for `buf curl --schema` without reflection
@@ -135,6 +136,8 @@ def main(argv: list[str] | None = None) -> int:
     sl.add_argument("--slo", type=Path, default=sla.DEFAULT_PATH, help="objectives file (default mesh/slo.toml)")
     sl.add_argument("--window", type=float, default=0.0, help="judge only the calls of the next S seconds")
     sl.add_argument("--json", action="store_true")
+    obs = sub.add_parser("observability", parents=[common], help="write the Prometheus and Grafana files")
+    obs.add_argument("-o", "--output", type=Path, default=Path("mesh/observability"))
     tok = sub.add_parser("token", parents=[common], help="issue a signed token for a local account")
     tok.add_argument("--account", required=True, help="the account the token acts for (its subject)")
     tok.add_argument("--role", action="append", default=[], help="a role (admin, feed); repeatable")
@@ -180,6 +183,14 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     if args.command == "sla":
         return _sla(args.data_dir, args.slo, args.window, args.json)
+    if args.command == "observability":
+        from mesh import observability
+
+        args.output.mkdir(parents=True, exist_ok=True)
+        for name, text in observability.render(topology.load(args.topology), sla.load()).items():
+            (args.output / name).write_text(text)
+            print(f"wrote {args.output / name}")
+        return 0
     if args.command == "token":
         try:
             print(auth.issue(auth.ensure_keys(args.data_dir / "edge"), args.account, args.role, args.ttl))

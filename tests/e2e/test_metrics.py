@@ -125,3 +125,28 @@ def test_mesh_sla_fails_when_an_objective_is_below_the_measured_latency(mesh: Me
     bad = _sla(mesh, strict)
     assert bad.returncode == 1, bad.stdout + bad.stderr
     assert "BREACH: p50" in bad.stdout and "p99" in bad.stdout
+
+
+def test_every_metric_the_rules_and_dashboard_use_is_exported(mesh: Mesh) -> None:
+    import re
+
+    from mesh import observability, sla, topology
+
+    exported: set[str] = set()
+    for p in mesh.state()["processes"]:
+        if p["metrics"]:
+            exported |= set(re.findall(r"(?m)^# TYPE (\w+) ", _scrape_target(p["metrics"])))
+    used = set()
+    for e in observability.expressions(observability.render(topology.load(), sla.load())):
+        used |= set(re.findall(r"\blivebet_[a-z0-9_]+", e))
+    base = {re.sub(r"_(bucket|count|sum|total)$", "", n) for n in used}
+    missing = {n for n in base if n not in exported and n + "_total" not in exported}
+    missing = {n for n in missing if not any(x.startswith(n) for x in exported)}
+    assert not missing, f"rules/dashboard use metrics no service exports: {sorted(missing)}"
+
+
+def _scrape_target(target: str) -> str:
+    import urllib.request
+
+    with urllib.request.urlopen(f"http://{target}/metrics", timeout=5) as resp:
+        return str(resp.read().decode())
