@@ -104,7 +104,8 @@ bench-settle: gen ## time to settle 100,000 open bets on one match (goal <= 10 s
 	$(PY) -m settlement.bench
 
 .PHONY: bench
-bench: bench-pricing bench-feed bench-live bench-bets bench-settle ## every benchmark the platform has so far
+bench: gen ## every benchmark with a report under bench-results/ (JSON, Markdown table, PNG plots)
+	$(PY) -m mesh bench
 
 .PHONY: calibrate
 calibrate: gen ## fit the model to Pinnacle closing odds (EPL 2023-24) and score it

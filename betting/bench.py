@@ -253,6 +253,7 @@ def main(argv: list[str] | None = None) -> int:
     root = Path(tempfile.mkdtemp(prefix="livebet-bench-bets-"))
     root.chmod(0o755)
     procs: list[Process] = []
+    procs_cleanup: list[subprocess.Popen[bytes]] = []
     try:
         nats_port, redis_port, pg_port = infra.free_port(), infra.free_port(), infra.free_port()
         for spec in (
@@ -272,14 +273,20 @@ def main(argv: list[str] | None = None) -> int:
             targets.append(betting.spec.health_target)
         echo_port = infra.free_port()
         echo = subprocess.Popen([sys.executable, "-m", "betting.bench", "--echo-server", str(echo_port)])
+        # a failure below must not leave the echo server behind (it would hold our stdout open)
+        procs_cleanup.append(echo)
         odds = _seed_odds(redis_url, args.matches)
         payload = _request(0, "bench-x", args.matches, odds).SerializeToString()
 
-        async def probe() -> None:
+        async def probe() -> bool:
             async with grpc.aio.insecure_channel(f"127.0.0.1:{echo_port}") as ch:
-                await ch.unary_unary(ECHO)(payload, timeout=1, wait_for_ready=True)
+                try:
+                    await ch.unary_unary(ECHO)(payload, timeout=1, wait_for_ready=True)
+                except grpc.aio.AioRpcError:
+                    return False  # still starting
+            return True
 
-        wait_for(lambda: asyncio.run(probe()) is None, 20, what="echo server")
+        wait_for(lambda: asyncio.run(probe()), 30, what="echo server")
         n, secs = args.clients, args.seconds
         print(f"raw grpc.aio unary ({n} clients, {secs:.0f} s) ...", file=sys.stderr)
         grpc_raw = asyncio.run(raw_grpc(f"127.0.0.1:{echo_port}", n, secs, payload))
@@ -295,6 +302,10 @@ def main(argv: list[str] | None = None) -> int:
         print("PlaceBet, every client on the same outcome ...", file=sys.stderr)
         hot = asyncio.run(place_bets(targets, n, secs, odds, args.matches, 0.0, "hot", True))
     finally:
+        for child in procs_cleanup:
+            if child.poll() is None:
+                child.kill()
+                child.wait(10)
         for p in reversed(procs):
             p.stop()
         shutil.rmtree(root, ignore_errors=True)

@@ -5,6 +5,7 @@ status         health, pid and restart count of every process of a running `up`
 wipe           delete the platform's data (refused while `up` runs)
 envoy-config   print the Envoy configuration generated from the topology
 observability  write Prometheus scrape config, rules (from mesh/slo.toml) and a Grafana dashboard
+bench          every benchmark with a report: JSON, Markdown table, PNG plots (make bench)
 sla            latency percentiles per API against mesh/slo.toml; exit 1 on a breach
 token          issue a signed token for a local account (--account A [--role admin])
 schema         write a Buf image of the contracts, for `buf curl --schema` without reflection
@@ -144,6 +145,13 @@ def main(argv: list[str] | None = None) -> int:
     tok.add_argument("--ttl", type=float, default=auth.DEFAULT_TTL, help="seconds until it expires (default 12 h)")
     sch = sub.add_parser("schema", help="write a Buf image of the contracts (for buf curl --schema)")
     sch.add_argument("-o", "--output", type=Path, required=True)
+    sub.add_parser("bench", help="every benchmark, with a report (see python -m mesh bench -h)", add_help=False)
+    if argv is None:
+        argv = sys.argv[1:]
+    if argv[:1] == ["bench"]:
+        from mesh import bench
+
+        return bench.main(argv[1:])
     args = parser.parse_args(argv)
 
     if args.command == "up":

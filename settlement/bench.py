@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import json
 import shutil
 import sys
 import tempfile
@@ -109,6 +110,7 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0] if __doc__ else "")
     ap.add_argument("--bets", type=int, default=100_000)
     ap.add_argument("--players", type=int, default=2_000)
+    ap.add_argument("--json", action="store_true", help="print the figures as JSON")
     args = ap.parse_args(argv)
     root = Path(tempfile.mkdtemp(prefix="livebet-bench-settle-"))
     root.chmod(0o755)
@@ -145,6 +147,11 @@ def main(argv: list[str] | None = None) -> int:
         pg.stop()
         shutil.rmtree(root, ignore_errors=True)
     ok = settled == args.bets and open_left == (0,) and unbalanced == (0,) and held == (0,)
+    if args.json:
+        figures = {"bets": args.bets, "settled": settled, "seconds": round(elapsed, 3)}
+        figures |= {"bets_per_s": round(settled / elapsed), "goal_seconds": GOAL_SECONDS, "checks_ok": ok}
+        print(json.dumps(figures, indent=2))
+        return 0 if ok else 1
     print(f"\nsettled {settled:,} bets on one match in {elapsed:.2f} s ({settled / elapsed:,.0f} bets/s)")
     print(f"goal <= {GOAL_SECONDS:.0f} s: {'met' if elapsed <= GOAL_SECONDS else 'NOT met'}")
     print(f"checks: every bet settled, ledger balanced, nothing left held: {'yes' if ok else 'NO'}")
