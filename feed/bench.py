@@ -70,19 +70,23 @@ async def feed_rate(target: str, events: list[ev.FeedEvent], matches: int, batch
             f.fixture_change.fixture.match_id = f"bench:{m}"
             fixtures.append(f)
         await stub.PublishBatch(fs.PublishBatchRequest(provider="bench", events=fixtures), timeout=60)
-        batches = [events[i : i + batch] for i in range(0, len(events), batch)]
-        sem = asyncio.Semaphore(in_flight)
+        # `in_flight` lanes, each with its own matches and its batches one after another: a match's
+        # events always arrive in sequence order (concurrent batches sharing a match could arrive
+        # out of order, and the feed rightly drops an older event after a newer one as stale)
+        lanes: list[list[ev.FeedEvent]] = [[] for _ in range(in_flight)]
+        for e in events:
+            lanes[int(e.match_id.rsplit(":", 1)[1]) % in_flight].append(e)
         accepted = 0
 
-        async def one(b: list[ev.FeedEvent]) -> None:
+        async def lane(own: list[ev.FeedEvent]) -> None:
             nonlocal accepted
-            async with sem:
-                r = await stub.PublishBatch(fs.PublishBatchRequest(provider="bench", events=b), timeout=120)
+            for i in range(0, len(own), batch):
+                request = fs.PublishBatchRequest(provider="bench", events=own[i : i + batch])
+                r = await stub.PublishBatch(request, timeout=120)  # awaited first: `+=` would race
                 accepted += r.accepted
 
         t = time.perf_counter()
-        # batches of one match range are sent in order: each match's sequence only grows
-        await asyncio.gather(*(one(b) for b in batches))
+        await asyncio.gather(*(lane(own) for own in lanes))
         elapsed = time.perf_counter() - t
     if accepted != len(events):
         raise RuntimeError(f"only {accepted} of {len(events)} events were accepted")
