@@ -16,6 +16,7 @@ import contextlib
 import importlib.util
 import os
 import pwd
+import random
 import shutil
 import signal
 import socket
@@ -69,11 +70,27 @@ def _identity(user: str | None) -> dict[str, Any]:
 
 
 # --- ports and probes --------------------------------------------------------------------------
+#: Free ports are picked here: below Linux's ephemeral range (32768-60999), where the kernel
+#: picks the local ports of outgoing connections, so no connection can take a port between the
+#: moment it is chosen and the moment a server binds it; above livebet's fixed ports.
+FREE_PORTS = (20000, 32767)
+_handed_out: set[int] = set()
+
+
 def free_port(host: str = "127.0.0.1") -> int:
-    """A TCP port nobody listens on right now."""
-    with socket.socket() as s:
-        s.bind((host, 0))
-        return int(s.getsockname()[1])
+    """A TCP port nobody listens on right now (never the same one twice in this process)."""
+    for _ in range(1000):
+        port = random.randint(*FREE_PORTS)
+        if port in _handed_out:
+            continue
+        with socket.socket() as s:
+            try:
+                s.bind((host, port))
+            except OSError:
+                continue
+        _handed_out.add(port)
+        return port
+    raise RuntimeError(f"no free port in {FREE_PORTS} on {host}")
 
 
 def port_open(host: str, port: int, timeout: float = 0.3) -> bool:
