@@ -33,7 +33,7 @@ def _cluster(s: ServiceSpec, host: str, dns: str | None = None) -> dict[str, Any
     """A service's cluster: its replicas' ports on ``host`` locally; in a cluster (``dns``: the
     namespace), every address of the service's headless DNS name, re-resolved as pods come and go."""
     if dns is None:
-        endpoints = [(host, port) for port in s.grpc_ports]
+        endpoints = [(host, port) for port, _ in s.slots]  # the spare slot too (rolling restarts)
     else:
         endpoints = [(f"{s.name}.{dns}.svc.cluster.local", s.grpc_ports[0])]
     return {

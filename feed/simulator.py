@@ -178,8 +178,15 @@ def schedule(matches: list[SimMatch]) -> Iterator[tuple[int, SimMatch, Incident]
         yield second, m, i
 
 
-async def run(target: str, n: int, seed: int, speed: float, rounds: int, uof: bool, stagger: int) -> None:
-    channel = access.aio_channel(target, "svc:simulator", [access.FEED])
+async def run(
+    target: str, n: int, seed: int, speed: float, rounds: int, uof: bool, stagger: int, token: str = ""
+) -> None:
+    # through the edge with a provider's token, or straight to a feed service as the platform's own tool
+    if token:
+        channel = grpc.aio.insecure_channel(target)
+        md: tuple[tuple[str, str], ...] = (("authorization", f"Bearer {token}"),)
+    else:
+        channel, md = access.aio_channel(target, "svc:simulator", [access.FEED]), ()
     stub = feed_service_pb2_grpc.FeedServiceStub(channel)
     round_no = 0
     last_alive = 0.0
@@ -203,9 +210,12 @@ async def run(target: str, n: int, seed: int, speed: float, rounds: int, uof: bo
             )
         else:
             request = fs.PublishBatchRequest(provider=PROVIDER, events=events)
+        await publish(request)
+
+    async def publish(request: fs.PublishBatchRequest) -> None:
         for attempt in range(30):  # the feed may be restarting: retry (ids make it idempotent)
             try:
-                await stub.PublishBatch(request, timeout=10)
+                await stub.PublishBatch(request, timeout=10, metadata=md)
                 return
             except grpc.aio.AioRpcError as exc:
                 if exc.code() not in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED):
@@ -225,7 +235,7 @@ async def run(target: str, n: int, seed: int, speed: float, rounds: int, uof: bo
             done = ev.FeedEvent(event_id=f"{PROVIDER}:snapshot_complete:{int(start * 1000)}", provider=PROVIDER)
             done.snapshot_complete.request_id = "startup"
             done.produced_at.FromMilliseconds(int(start * 1000))
-            await stub.PublishBatch(fs.PublishBatchRequest(provider=PROVIDER, events=[done]), timeout=10)
+            await publish(fs.PublishBatchRequest(provider=PROVIDER, events=[done]))
         pending: list[ev.FeedEvent] = []
         for second, m, i in schedule(matches):
             due = start + second / speed
@@ -255,6 +265,7 @@ def main(argv: list[str] | None = None) -> int:
         prog="python -m feed.simulator", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     parser.add_argument("--target", default="127.0.0.1:50100", help="the feed service (or Envoy) host:port")
+    parser.add_argument("--token", default="", help="a token with the feed role, to publish through Envoy")
     parser.add_argument("--matches", type=int, default=8)
     parser.add_argument("--seed", type=int, default=1)
     parser.add_argument("--speed", type=float, default=60.0, help="match seconds per real second (default 60)")
@@ -265,7 +276,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.matches < 1 or args.speed <= 0:
         parser.error("--matches must be at least 1 and --speed positive")
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    asyncio.run(run(args.target, args.matches, args.seed, args.speed, args.rounds, args.uof, args.stagger))
+    asyncio.run(run(args.target, args.matches, args.seed, args.speed, args.rounds, args.uof, args.stagger, args.token))
     return 0
 
 

@@ -6,6 +6,7 @@ wipe           delete the platform's data (refused while `up` runs)
 envoy-config   print the Envoy configuration generated from the topology
 observability  write Prometheus scrape config, rules (from mesh/slo.toml) and a Grafana dashboard
 bench          every benchmark with a report: JSON, Markdown table, PNG plots (make bench)
+roll           rolling restart of services without downtime (new process SERVING, then the old drains)
 sla            latency percentiles per API against mesh/slo.toml; exit 1 on a breach
 token          issue a signed token for a local account (--account A [--role admin])
 schema         write a Buf image of the contracts, for `buf curl --schema` without reflection
@@ -26,7 +27,7 @@ from pathlib import Path
 
 from edge import auth, envoy_config
 from mesh import sla, topology
-from mesh.supervisor import STATE_FILE, Supervisor, grpc_health
+from mesh.supervisor import CONTROL_SOCKET, STATE_FILE, Supervisor, grpc_health
 
 
 def _alive(pid: int | None) -> bool:
@@ -92,6 +93,28 @@ async def _status(data_dir: Path, as_json: bool) -> int:
     return 0 if ok else 1
 
 
+async def _roll(data_dir: Path, names: list[str]) -> int:
+    """Ask the running supervisor to roll ``names``; print its progress."""
+    path = data_dir / "run" / CONTROL_SOCKET
+    if not _running(data_dir) or not path.exists():
+        print(f"no running `mesh up` on {data_dir}", file=sys.stderr)
+        return 2
+    reader, writer = await asyncio.open_unix_connection(str(path))
+    writer.write((json.dumps({"roll": names}) + "\n").encode())
+    await writer.drain()
+    ok = False
+    while line := await reader.readline():
+        msg = json.loads(line)
+        if "progress" in msg:
+            print(msg["progress"], flush=True)
+        else:
+            ok = bool(msg.get("ok"))
+            if not ok:
+                print(f"mesh roll failed: {msg.get('error')}", file=sys.stderr)
+    writer.close()
+    return 0 if ok else 1
+
+
 def _sla(data_dir: Path, slo: Path, window: float, as_json: bool) -> int:
     path = data_dir / "run" / STATE_FILE
     if not path.exists():
@@ -133,6 +156,8 @@ def main(argv: list[str] | None = None) -> int:
     env.add_argument(
         "--cluster", action="store_true", help="the static config for Kubernetes (edge/envoy-cluster.json)"
     )
+    roll = sub.add_parser("roll", parents=[common], help="rolling restart of services, without downtime")
+    roll.add_argument("services", nargs="*", help="services to roll, in this order (default: every one)")
     sl = sub.add_parser("sla", parents=[common], help="latency percentiles per API against the SLOs")
     sl.add_argument("--slo", type=Path, default=sla.DEFAULT_PATH, help="objectives file (default mesh/slo.toml)")
     sl.add_argument("--window", type=float, default=0.0, help="judge only the calls of the next S seconds")
@@ -189,6 +214,9 @@ def main(argv: list[str] | None = None) -> int:
         args.output.write_bytes(schema_image())
         print(f"wrote {args.output}")
         return 0
+    if args.command == "roll":
+        names = args.services or [s.name for s in topology.load(args.topology).services]
+        return asyncio.run(_roll(args.data_dir, names))
     if args.command == "sla":
         return _sla(args.data_dir, args.slo, args.window, args.json)
     if args.command == "observability":

@@ -9,6 +9,9 @@ JSON logs, and graceful shutdown on SIGTERM/SIGINT:
    cleanly with status OK, so clients resume elsewhere;
 3. ``server.stop(grace)`` lets in-flight calls finish within the grace period;
 4. dependencies are drained and closed.
+
+With ``LIVEBET_DRAIN_SECONDS`` set, step 1 is followed by that long a wait, still serving, so the
+load balancer moves new calls elsewhere before step 3 refuses them (a rolling restart).
 """
 
 from __future__ import annotations
@@ -216,6 +219,8 @@ class ServiceApp:
         log.info("shutting down", extra={"grace_seconds": self.settings.grace_seconds})
         await self.health.enter_graceful_shutdown()
         self.metrics.serving.labels(self.metrics.service).set(0)
+        if self.settings.drain_seconds > 0:  # still serving while the load balancer notices
+            await asyncio.sleep(self.settings.drain_seconds)
         self.stopping.set()
         if self._server is not None:
             await self._server.stop(self.settings.grace_seconds)

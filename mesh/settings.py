@@ -64,6 +64,9 @@ class Settings:
     log_level: str = "INFO"
     grace_seconds: float = 5.0
     health_interval_seconds: float = 0.5
+    #: after going NOT_SERVING on stop, keep serving this long so that the load balancer (Envoy's
+    #: health checks, Kubernetes' endpoints) stops sending new calls before the server refuses them
+    drain_seconds: float = 0.0
 
     @property
     def instance(self) -> str:
@@ -89,6 +92,7 @@ class Settings:
             log_level=level,
             grace_seconds=_float(e, "LIVEBET_GRACE_SECONDS", 5.0),
             health_interval_seconds=_float(e, "LIVEBET_HEALTH_INTERVAL_SECONDS", 0.5, 0.05),
+            drain_seconds=_float(e, "LIVEBET_DRAIN_SECONDS", 0.0),
         )
 
     def to_env(self) -> dict[str, str]:
@@ -105,4 +109,5 @@ class Settings:
             "LIVEBET_LOG_LEVEL": self.log_level,
             "LIVEBET_GRACE_SECONDS": str(self.grace_seconds),
             "LIVEBET_HEALTH_INTERVAL_SECONDS": str(self.health_interval_seconds),
+            "LIVEBET_DRAIN_SECONDS": str(self.drain_seconds),
         }

@@ -22,6 +22,7 @@ import os
 import signal
 import sys
 import time
+import urllib.request
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -34,13 +35,15 @@ from edge import auth, envoy_config
 from mesh import infra, sla
 from mesh.backoff import Backoff
 from mesh.infra import ProcessSpec
-from mesh.topology import Topology
+from mesh.topology import ServiceSpec, Topology
 
 log = logging.getLogger("mesh.supervisor")
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 GEN_ROOT = REPO_ROOT / "gen" / "python"
 STATE_FILE = "mesh.json"
+CONTROL_SOCKET = "control.sock"
+DRAIN_SECONDS = 1.5
 _PR_SET_PDEATHSIG = 1
 
 
@@ -63,6 +66,7 @@ class Managed:
     started_at: float = 0.0
     backoff: Backoff = field(default_factory=lambda: Backoff(0.1, 10.0, jitter=False))
     log_file: IO[bytes] | None = None
+    retired: bool = False  # replaced by a rolling restart: stopped on purpose, never restarted
 
     @property
     def pid(self) -> int | None:
@@ -110,6 +114,7 @@ class Supervisor:
         self._lock_fd: int | None = None
         self.slo_path = slo_path
         self.sla_breaches = 0
+        self._rolling = asyncio.Lock()
 
     # --- what to run -------------------------------------------------------------------------
     def infra_specs(self) -> list[ProcessSpec]:
@@ -127,44 +132,50 @@ class Supervisor:
             "LIVEBET_REDIS_URL": f"redis://{t.host}:{t.redis_port}/0",
             "LIVEBET_POSTGRES_DSN": infra.postgres_dsn(t.postgres_port, t.host),
             "LIVEBET_GRACE_SECONDS": str(self.grace),
+            # Envoy health-checks every second: a stopping service keeps serving until it noticed
+            "LIVEBET_DRAIN_SECONDS": str(DRAIN_SECONDS),
         }
 
+    def service_spec(self, s: ServiceSpec, i: int, port: int, mport: int) -> ProcessSpec:
+        """Replica ``i`` of service ``s`` on gRPC port ``port`` and metrics port ``mport``."""
+        env = {
+            **self.service_env(),
+            "PYTHONPATH": os.pathsep.join([str(REPO_ROOT), str(GEN_ROOT)]),
+            "LIVEBET_REPLICA": str(i),
+            "LIVEBET_GRPC_HOST": self.t.host,
+            "LIVEBET_GRPC_PORT": str(port),
+            "LIVEBET_METRICS_HOST": self.t.host,
+            "LIVEBET_METRICS_PORT": str(mport),
+        }
+        return ProcessSpec(
+            name=f"{s.name}-{i}",
+            kind="service",
+            argv=[sys.executable, "-m", s.module],
+            ready=lambda: False,
+            port=port,
+            env=env,
+            cwd=REPO_ROOT,
+            health_target=f"{self.t.host}:{port}",
+            replica=i,
+            service=s.name,
+        )
+
     def service_specs(self) -> list[ProcessSpec]:
-        specs = []
-        pythonpath = os.pathsep.join([str(REPO_ROOT), str(GEN_ROOT)])
-        for s in self.t.services:
-            for i, (port, mport) in enumerate(zip(s.grpc_ports, s.metrics_ports, strict=True)):
-                target = f"{self.t.host}:{port}"
-                env = {
-                    **self.service_env(),
-                    "PYTHONPATH": pythonpath,
-                    "LIVEBET_REPLICA": str(i),
-                    "LIVEBET_GRPC_HOST": self.t.host,
-                    "LIVEBET_GRPC_PORT": str(port),
-                    "LIVEBET_METRICS_HOST": self.t.host,
-                    "LIVEBET_METRICS_PORT": str(mport),
-                }
-                specs.append(
-                    ProcessSpec(
-                        name=f"{s.name}-{i}",
-                        kind="service",
-                        argv=[sys.executable, "-m", s.module],
-                        ready=lambda: False,
-                        port=port,
-                        env=env,
-                        cwd=REPO_ROOT,
-                        health_target=target,
-                        replica=i,
-                        service=s.name,
-                    )
-                )
-        return specs
+        return [
+            self.service_spec(s, i, port, mport)
+            for s in self.t.services
+            for i, (port, mport) in enumerate(zip(s.grpc_ports, s.metrics_ports, strict=True))
+        ]
 
     def tool_specs(self) -> list[ProcessSpec]:
         addresses = {s.name: f"{self.t.host}:{s.grpc_ports[0]}" for s in self.t.services}
         # {run}: a number new at every start (minutes since 1970), so what a tool creates - the
         # simulator's match ids - never collides with what an earlier run left in the data folder
         addresses["run"] = str(int(time.time()) // 60)
+        # {edge} and {feed_token}: a provider-like tool publishes through Envoy with a token, so it
+        # keeps working while the feed service is rolled
+        addresses["edge"] = f"{self.t.host}:{self.t.edge_port}"
+        addresses["feed_token"] = auth.issue(auth.ensure_keys(self.data_dir / "edge"), "svc:simulator", ["feed"])
         specs = []
         for tool in self.t.tools:
             args = [a.format(**addresses) for a in tool.args]
@@ -256,7 +267,7 @@ class Supervisor:
             health = asyncio.create_task(self._track_health(m))
             rc = await m.proc.wait()
             health.cancel()
-            if self.stopping.is_set():
+            if self.stopping.is_set() or m.retired:
                 return
             uptime = time.monotonic() - m.started_at
             if uptime > 30:
@@ -384,9 +395,90 @@ class Supervisor:
                 f"\nlogs:     {self.log_dir}   Ctrl-C stops everything"
             )
             self._watchers.append(asyncio.create_task(self._check_sla()))
+            try:
+                control: asyncio.Server | None = await asyncio.start_unix_server(
+                    self._control, path=str(self.run_dir / CONTROL_SOCKET)
+                )
+            except OSError as exc:  # e.g. a data folder path too long for a socket
+                control = None
+                self.out(f"note: no control socket ({exc}); `mesh roll` is unavailable")
             await self.stopping.wait()
+            if control is not None:
+                control.close()
         finally:
             await self.down()
+
+    # --- rolling restarts ----------------------------------------------------------------------
+    async def _envoy_sees(self, port: int, healthy: bool, timeout: float = 15.0) -> bool:
+        """Wait until Envoy's health checks report the endpoint on ``port`` healthy (or not)."""
+        url = f"http://{self.t.host}:{self.t.admin_port}/clusters?format=json"
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            try:
+                text = await asyncio.to_thread(lambda: urllib.request.urlopen(url, timeout=2).read())
+                for c in json.loads(text)["cluster_statuses"]:
+                    for h in c.get("host_statuses", []):
+                        if h["address"]["socket_address"].get("port_value") == port:
+                            ok = h["health_status"].get("eds_health_status") == "HEALTHY" and not h[
+                                "health_status"
+                            ].get("failed_active_health_check", False)
+                            if ok == healthy:
+                                return True
+            except (OSError, ValueError, KeyError):
+                pass
+            await asyncio.sleep(0.1)
+        return False
+
+    async def roll(self, service: str, say: Callable[[str], None]) -> float:
+        """Replace every replica of ``service``, one at a time, without downtime: start the new
+        process in the free slot, wait until it is SERVING and Envoy routes to it, then stop the old
+        one gracefully (NOT_SERVING, drain, in-flight calls finish, streams end with OK so their
+        clients resume elsewhere). Returns the seconds it took."""
+        s = self.t.service(service)
+        started = time.monotonic()
+        old = sorted(
+            (m for m in self.procs if m.spec.service == service and not m.retired), key=lambda m: m.spec.replica or 0
+        )
+        for m in old:
+            used = {p.spec.port for p in self.procs if p.spec.service == service and not p.retired}
+            port, mport = next((p, mp) for p, mp in s.slots if p not in used)
+            say(f"{m.spec.name}: starting its replacement on port {port}")
+            new = await self._start(self.service_spec(s, m.spec.replica or 0, port, mport), 60)
+            if not await self._envoy_sees(port, healthy=True):
+                say(f"{m.spec.name}: Envoy does not route to the new process yet; going on")
+            say(f"{m.spec.name}: new process {new.pid} SERVING; draining the old one ({m.pid})")
+            m.retired = True
+            await self._stop(m)
+            self.procs.remove(m)
+            self.write_state()
+            say(f"{m.spec.name}: replaced")
+        return time.monotonic() - started
+
+    async def _control(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        """One command a connection, as a JSON line: ``{"roll": ["betting", ...]}``; progress and
+        the result come back as JSON lines."""
+
+        def say(text: str) -> None:
+            writer.write((json.dumps({"progress": text}) + "\n").encode())
+
+        try:
+            request = json.loads(await reader.readline())
+            names = request.get("roll") or []
+            known = {s.name for s in self.t.services}
+            if not names or set(names) - known:
+                raise ValueError(f"roll what? services: {sorted(known)}")
+            async with self._rolling:
+                for name in names:
+                    took = await self.roll(name, say)
+                    say(f"{name}: rolled in {took:.1f}s")
+                    self.out(f"rolled {name} in {took:.1f}s")
+            writer.write((json.dumps({"ok": True}) + "\n").encode())
+        except Exception as exc:  # the caller gets the reason; the platform keeps running
+            writer.write((json.dumps({"ok": False, "error": str(exc)}) + "\n").encode())
+        finally:
+            with contextlib.suppress(Exception):
+                await writer.drain()
+                writer.close()
 
     async def _check_sla(self) -> None:
         """Every interval, judge the calls of that interval against the SLOs: a breach is printed,

@@ -27,6 +27,16 @@ class ServiceSpec:
     replicas: int
     grpc_ports: tuple[int, ...]
     metrics_ports: tuple[int, ...]
+    #: one more slot than replicas: a rolling restart starts the new process here, then stops
+    #: the old one, whose slot becomes the spare (Envoy lists every slot; health checks skip the
+    #: empty one)
+    spare_port: int = 0
+    spare_metrics_port: int = 0
+
+    @property
+    def slots(self) -> tuple[tuple[int, int], ...]:
+        """Every (gRPC port, metrics port) a replica of this service may use."""
+        return (*zip(self.grpc_ports, self.metrics_ports, strict=True), (self.spare_port, self.spare_metrics_port))
 
 
 @dataclass(frozen=True)
@@ -69,6 +79,8 @@ class Topology:
                 s,
                 grpc_ports=tuple(p(x) for x in s.grpc_ports),
                 metrics_ports=tuple(p(x) for x in s.metrics_ports),
+                spare_port=p(s.spare_port),
+                spare_metrics_port=p(s.spare_metrics_port),
             )
             for s in self.services
         )
@@ -125,6 +137,8 @@ def parse(text: str, source: str = "<topology>") -> Topology:
                 replicas=replicas,
                 grpc_ports=ports(grpc_port),
                 metrics_ports=ports(metrics_port),
+                spare_port=grpc_port + replicas if grpc_port else 0,
+                spare_metrics_port=metrics_port + replicas if metrics_port else 0,
             )
         )
     if not services:

@@ -158,10 +158,11 @@ def test_replicas_run_side_by_side_and_envoy_health_checks_both(mesh: Mesh) -> N
     with urllib.request.urlopen(f"http://{admin}/clusters?format=json", timeout=5) as resp:
         clusters = json.loads(resp.read())["cluster_statuses"]
     odds = next(c for c in clusters if c["name"] == "odds")
-    assert len(odds["host_statuses"]) == 2
+    running = {p["port"] for p in mesh.state()["processes"] if p["service"] == "odds"}
+    assert len(running) == 2 and len(odds["host_statuses"]) == 3  # two replicas and the spare slot
     for host in odds["host_statuses"]:
-        assert host["health_status"]["eds_health_status"] == "HEALTHY"
-        assert not host["health_status"].get("failed_active_health_check", False)
+        healthy = not host["health_status"].get("failed_active_health_check", False)
+        assert healthy == (host["address"]["socket_address"]["port_value"] in running)
 
 
 def test_simulated_matches_are_live_through_envoy(mesh: Mesh) -> None:

@@ -81,13 +81,13 @@ def test_money_routes_are_rate_limited_per_account_and_streams_are_not_retried()
     assert "unavailable" not in suspend and "refused-stream" in suspend
 
 
-def test_each_cluster_is_http2_health_checked_with_one_endpoint_per_replica() -> None:
+def test_each_cluster_is_http2_health_checked_with_an_endpoint_per_replica_and_a_spare() -> None:
     t = topology.load()
     for cluster in _config()["static_resources"]["clusters"]:
         s = t.service(cluster["name"])
         endpoints = cluster["load_assignment"]["endpoints"][0]["lb_endpoints"]
         ports = [e["endpoint"]["address"]["socket_address"]["port_value"] for e in endpoints]
-        assert ports == list(s.grpc_ports)
+        assert ports == [*s.grpc_ports, s.spare_port]  # the spare: where a rolling restart starts the new one
         assert "grpc_health_check" in cluster["health_checks"][0]
         assert "outlier_detection" in cluster
         opts = cluster["typed_extension_protocol_options"]["envoy.extensions.upstreams.http.v3.HttpProtocolOptions"]
