@@ -23,7 +23,7 @@ help: ## list the targets
 $(INSTALLED): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
-	$(PY) -m pip install --quiet -e '.[dev]'
+	$(PY) -m pip install --quiet -e '.[servers,tools,dev]'
 	# the generated code's root goes on the import path (STYLE.md: never rewrite generated imports)
 	$(PY) -c 'import pathlib, site; pathlib.Path(site.getsitepackages()[0], "livebet-gen.pth").write_text(str(pathlib.Path("$(GEN)").resolve()) + "\n")'
 	touch $@

@@ -7,6 +7,7 @@ envoy-config   print the Envoy configuration generated from the topology
 observability  write Prometheus scrape config, rules (from mesh/slo.toml) and a Grafana dashboard
 bench          every benchmark with a report: JSON, Markdown table, PNG plots (make bench)
 roll           rolling restart of services without downtime (new process SERVING, then the old drains)
+k8s            write the Kubernetes base manifests (mesh/deploy/k8s/base) from the topology
 sla            latency percentiles per API against mesh/slo.toml; exit 1 on a breach
 token          issue a signed token for a local account (--account A [--role admin])
 schema         write a Buf image of the contracts, for `buf curl --schema` without reflection
@@ -164,6 +165,8 @@ def main(argv: list[str] | None = None) -> int:
     sl.add_argument("--json", action="store_true")
     obs = sub.add_parser("observability", parents=[common], help="write the Prometheus and Grafana files")
     obs.add_argument("-o", "--output", type=Path, default=Path("mesh/observability"))
+    k8s = sub.add_parser("k8s", parents=[common], help="write the Kubernetes base manifests from the topology")
+    k8s.add_argument("-o", "--output", type=Path, default=Path("mesh/deploy/k8s/base"))
     tok = sub.add_parser("token", parents=[common], help="issue a signed token for a local account")
     tok.add_argument("--account", required=True, help="the account the token acts for (its subject)")
     tok.add_argument("--role", action="append", default=[], help="a role (admin, feed); repeatable")
@@ -226,6 +229,14 @@ def main(argv: list[str] | None = None) -> int:
         for name, text in observability.render(topology.load(args.topology), sla.load()).items():
             (args.output / name).write_text(text)
             print(f"wrote {args.output / name}")
+        return 0
+    if args.command == "k8s":
+        from mesh import k8s as kube
+
+        args.output.mkdir(parents=True, exist_ok=True)
+        for name, text in kube.render(topology.load(args.topology)).items():
+            (args.output / name).write_text(text)
+        print(f"wrote {args.output}")
         return 0
     if args.command == "token":
         try:

@@ -67,11 +67,14 @@ class Settings:
     #: after going NOT_SERVING on stop, keep serving this long so that the load balancer (Envoy's
     #: health checks, Kubernetes' endpoints) stops sending new calls before the server refuses them
     drain_seconds: float = 0.0
+    #: the process's name in logs, metrics and leases (``LIVEBET_INSTANCE``, e.g. the pod's name);
+    #: ``<service>-<replica>`` when unset
+    instance_name: str = ""
 
     @property
     def instance(self) -> str:
         """Name of this process, e.g. ``odds-1``."""
-        return f"{self.service}-{self.replica}"
+        return self.instance_name or f"{self.service}-{self.replica}"
 
     @classmethod
     def from_env(cls, service: str, env: Mapping[str, str] | None = None) -> Settings:
@@ -93,6 +96,7 @@ class Settings:
             grace_seconds=_float(e, "LIVEBET_GRACE_SECONDS", 5.0),
             health_interval_seconds=_float(e, "LIVEBET_HEALTH_INTERVAL_SECONDS", 0.5, 0.05),
             drain_seconds=_float(e, "LIVEBET_DRAIN_SECONDS", 0.0),
+            instance_name=e.get("LIVEBET_INSTANCE", ""),
         )
 
     def to_env(self) -> dict[str, str]:
@@ -111,3 +115,9 @@ class Settings:
             "LIVEBET_HEALTH_INTERVAL_SECONDS": str(self.health_interval_seconds),
             "LIVEBET_DRAIN_SECONDS": str(self.drain_seconds),
         }
+
+
+def jetstream_replicas(env: Mapping[str, str] | None = None) -> int:
+    """How many copies JetStream keeps of livebet's streams and key-value buckets:
+    ``LIVEBET_JETSTREAM_REPLICAS`` (1 for one NATS server; 3 on a 3-node cluster)."""
+    return _int(os.environ if env is None else env, "LIVEBET_JETSTREAM_REPLICAS", 1, 1, 5)

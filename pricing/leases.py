@@ -28,6 +28,8 @@ from nats.js import JetStreamContext
 from nats.js.api import KeyValueConfig, StorageType
 from nats.js.kv import KeyValue
 
+from mesh.settings import jetstream_replicas
+
 BUCKET = "pricing-leases"
 LEASE_TTL = 2.5
 RENEW_EVERY = 0.75
@@ -62,7 +64,9 @@ async def lease_store(js: JetStreamContext) -> KeyValue:
         return await js.key_value(BUCKET)
     except nats.js.errors.BucketNotFoundError:
         return await js.create_key_value(
-            KeyValueConfig(bucket=BUCKET, history=1, ttl=LEASE_TTL, storage=StorageType.FILE)
+            KeyValueConfig(
+                bucket=BUCKET, history=1, ttl=LEASE_TTL, storage=StorageType.FILE, replicas=jetstream_replicas()
+            )
         )
 
 

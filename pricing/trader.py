@@ -34,6 +34,7 @@ from nats.js.kv import KeyValue
 
 from feed.adapters.jetstream import partition_of
 from mesh import access
+from mesh.settings import jetstream_replicas
 from pricing.live.book import Delta, LiveMatch
 from pricing.live.engine import Engine, market_key
 
@@ -49,7 +50,9 @@ async def trader_store(js: JetStreamContext) -> KeyValue:
     try:
         return await js.key_value(BUCKET)
     except nats.js.errors.BucketNotFoundError:
-        return await js.create_key_value(KeyValueConfig(bucket=BUCKET, history=5, storage=StorageType.FILE))
+        return await js.create_key_value(
+            KeyValueConfig(bucket=BUCKET, history=5, storage=StorageType.FILE, replicas=jetstream_replicas())
+        )
 
 
 def _match_key(match_id: str) -> str:

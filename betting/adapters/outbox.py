@@ -25,6 +25,7 @@ from psycopg_pool import AsyncConnectionPool
 
 from betting.adapters.store import bet_proto, money
 from feed.adapters import jetstream
+from mesh.settings import jetstream_replicas
 
 log = logging.getLogger("betting.outbox")
 STREAM = "BETS"
@@ -33,7 +34,8 @@ POLL_SECONDS = 1.0
 KEEP_PUBLISHED = "1 day"
 
 
-def stream_config(replicas: int = 1) -> StreamConfig:
+def stream_config(replicas: int | None = None) -> StreamConfig:
+    replicas = replicas or jetstream_replicas()
     return StreamConfig(
         name=STREAM,
         subjects=["bets.>"],

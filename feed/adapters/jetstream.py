@@ -41,6 +41,7 @@ from nats.js.api import (
 )
 
 from mesh import tracing
+from mesh.settings import jetstream_replicas
 
 STREAM = "FEED"
 SUBJECT_ROOT = "feed"
@@ -81,8 +82,9 @@ def partition_subjects(k: int, root: str = SUBJECT_ROOT) -> list[str]:
     return [f"{root}.*.{k}.*", f"{root}.*"]
 
 
-def stream_config(name: str = STREAM, replicas: int = 1) -> StreamConfig:
+def stream_config(name: str = STREAM, replicas: int | None = None) -> StreamConfig:
     root = SUBJECT_ROOT if name == STREAM else name.lower()
+    replicas = replicas or jetstream_replicas()
     return StreamConfig(
         name=name,
         subjects=[f"{root}.>"],

@@ -47,3 +47,24 @@ def test_settings_are_immutable() -> None:
     s = Settings.from_env("feed", {})
     with pytest.raises(AttributeError):
         s.grpc_port = 1  # type: ignore[misc]
+
+
+def test_jetstream_replicas_come_from_the_environment() -> None:
+    import pytest
+
+    from feed.adapters.jetstream import stream_config
+    from mesh.settings import SettingsError, jetstream_replicas
+
+    assert jetstream_replicas({}) == 1
+    assert jetstream_replicas({"LIVEBET_JETSTREAM_REPLICAS": "3"}) == 3
+    with pytest.raises(SettingsError):
+        jetstream_replicas({"LIVEBET_JETSTREAM_REPLICAS": "9"})
+    assert stream_config(replicas=3).num_replicas == 3
+
+
+def test_drain_and_instance_settings() -> None:
+    from mesh.settings import Settings
+
+    s = Settings.from_env("odds", {"LIVEBET_DRAIN_SECONDS": "1.5", "LIVEBET_INSTANCE": "odds-7f9c-abcde"})
+    assert s.drain_seconds == 1.5 and s.instance == "odds-7f9c-abcde"
+    assert Settings.from_env("odds", {"LIVEBET_REPLICA": "2"}).instance == "odds-2"
