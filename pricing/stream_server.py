@@ -44,6 +44,38 @@ DEFAULT_HEARTBEAT_MS = 5000
 QUEUE_LIMIT = 64
 
 
+@dataclass(slots=True)
+class Update:
+    """A delta on its way to clients, with its bytes as the engine published them (None once
+    merged): every stream sends those bytes as they are, framed as a WatchOddsResponse, instead of
+    copying and serialising the message once per client."""
+
+    delta: market_pb2.OddsDelta
+    raw: bytes | None = None
+
+    def frame(self) -> bytes:
+        """The serialised ``WatchOddsResponse(delta=...)``: field 2, length-delimited."""
+        raw = self.raw if self.raw is not None else self.delta.SerializeToString()
+        return _DELTA_TAG + _varint(len(raw)) + raw
+
+
+_DELTA_TAG = bytes([(2 << 3) | 2])  # WatchOddsResponse.delta: field 2, wire type 2
+
+
+def _varint(n: int) -> bytes:
+    out = bytearray()
+    while n > 0x7F:
+        out.append((n & 0x7F) | 0x80)
+        n >>= 7
+    out.append(n)
+    return bytes(out)
+
+
+def serialize_watch(response: odds_service_pb2.WatchOddsResponse | bytes) -> bytes:
+    """WatchOdds' response serializer: pre-framed bytes go out as they are."""
+    return response if isinstance(response, bytes) else response.SerializeToString()
+
+
 @dataclass(eq=False)  # identity: each stream is its own watcher
 class Watcher:
     """One client stream. Deltas queue in order (a suspension and the reprice after it both
@@ -54,27 +86,29 @@ class Watcher:
     matches: set[str]  # empty: every match
     always_conflate: bool = False  # the client asked for a conflation interval
     on_conflate: Callable[[], None] = lambda: None
-    queue: deque[market_pb2.OddsDelta] = field(default_factory=deque)
-    merged: dict[str, market_pb2.OddsDelta] = field(default_factory=dict)
+    queue: deque[Update] = field(default_factory=deque)
+    merged: dict[str, Update] = field(default_factory=dict)
     wake: asyncio.Event = field(default_factory=asyncio.Event)
     conflated: int = 0
 
-    def offer(self, d: market_pb2.OddsDelta) -> None:
-        if self.matches and d.match_id not in self.matches:
+    def offer(self, u: Update) -> None:
+        if self.matches and u.delta.match_id not in self.matches:
             return
         if not self.merged and len(self.queue) < QUEUE_LIMIT and not self.always_conflate:
-            self.queue.append(d)
+            self.queue.append(u)
         else:  # behind: conflate everything pending
             while self.queue:
                 self._merge(self.queue.popleft())
-            self._merge(d)
+            self._merge(u)
         self.wake.set()
 
-    def _merge(self, d: market_pb2.OddsDelta) -> None:
-        held = self.merged.get(d.match_id)
-        if held is None:
-            self.merged[d.match_id] = d
+    def _merge(self, u: Update) -> None:
+        d = u.delta
+        entry = self.merged.get(d.match_id)
+        if entry is None:
+            self.merged[d.match_id] = u
             return
+        held = entry.delta
         merged = market_pb2.OddsDelta()
         merged.CopyFrom(d)
         merged.previous_version = held.previous_version  # the gap check needs the oldest start
@@ -82,11 +116,11 @@ class Watcher:
         by_key.update({m.ref.market_key: m for m in d.markets})
         del merged.markets[:]
         merged.markets.extend(by_key.values())
-        self.merged[d.match_id] = merged
+        self.merged[d.match_id] = Update(merged)
         self.conflated += 1
         self.on_conflate()
 
-    def take(self) -> list[market_pb2.OddsDelta]:
+    def take(self) -> list[Update]:
         """Everything pending, in the order to send."""
         out = list(self.queue) + list(self.merged.values())
         self.queue.clear()
@@ -140,15 +174,20 @@ class Hub:
         )
 
     async def on_msg(self, msg: Msg) -> None:
-        d = market_pb2.OddsDelta.FromString(msg.data)
+        u = Update(market_pb2.OddsDelta.FromString(msg.data), msg.data)
         parent = tracing.extract(msg.headers)
         if parent is None:
             for w in list(self.watchers):
-                w.offer(d)
+                w.offer(u)
             return
+        d = u.delta
         with tracing.span("odds.fanout", parent, match_id=d.match_id, version=d.version, streams=len(self.watchers)):
             for w in list(self.watchers):
-                w.offer(d)
+                w.offer(u)
+
+    def wake_all(self) -> None:
+        for w in list(self.watchers):
+            w.wake.set()
 
 
 class OddsApi(odds_service_pb2_grpc.OddsServiceServicer):
@@ -218,27 +257,35 @@ class OddsApi(odds_service_pb2_grpc.OddsServiceServicer):
 
     async def WatchOdds(
         self, request: odds_service_pb2.WatchOddsRequest, context: grpc.aio.ServicerContext
-    ) -> AsyncIterator[odds_service_pb2.WatchOddsResponse]:
-        async for item in self.app.until_stopping(self._watch(request)):
+    ) -> AsyncIterator[odds_service_pb2.WatchOddsResponse | bytes]:
+        # the stream ends (status OK) when shutdown starts: _watch_all checks, the hub wakes it
+        async for item in self._watch(request):
             yield item
 
     async def _watch(
         self, request: odds_service_pb2.WatchOddsRequest
-    ) -> AsyncIterator[odds_service_pb2.WatchOddsResponse]:
+    ) -> AsyncIterator[odds_service_pb2.WatchOddsResponse | bytes]:
+        types = set(request.market_types)
         async for item in self._watch_all(request):
-            kind = item.WhichOneof("message")
-            if kind in ("image", "delta"):
+            if isinstance(item, Update):
                 self.hub.delivered.inc()
-                if kind == "delta" and item.delta.HasField("feed_received_at"):
-                    lag = time.time() - item.delta.feed_received_at.ToMilliseconds() / 1000
-                    self.hub.feed_to_send.observe(max(0.0, lag))
-                if request.market_types:
-                    item = _only(item, set(request.market_types))
+                d = item.delta
+                if d.HasField("feed_received_at"):
+                    self.hub.feed_to_send.observe(max(0.0, time.time() - d.feed_received_at.ToMilliseconds() / 1000))
+                if types:
+                    yield _only(odds_service_pb2.WatchOddsResponse(delta=d), types)
+                else:
+                    yield item.frame()
+                continue
+            if item.WhichOneof("message") == "image":
+                self.hub.delivered.inc()
+                if types:
+                    item = _only(item, types)
             yield item
 
     async def _watch_all(
         self, request: odds_service_pb2.WatchOddsRequest
-    ) -> AsyncIterator[odds_service_pb2.WatchOddsResponse]:
+    ) -> AsyncIterator[odds_service_pb2.WatchOddsResponse | Update]:
         heartbeat = max(request.heartbeat_interval_ms or DEFAULT_HEARTBEAT_MS, MIN_HEARTBEAT_MS) / 1000.0
         interval = request.conflation_interval_ms / 1000.0
         watcher = Watcher(set(request.match_ids), interval > 0, self.hub.conflations.inc)
@@ -258,23 +305,26 @@ class OddsApi(odds_service_pb2_grpc.OddsServiceServicer):
                         known[match_id] = resume
                         for d in deltas:
                             known[match_id] = d.version
-                            yield odds_service_pb2.WatchOddsResponse(delta=d)
+                            yield Update(d)
                         continue
                 snap = await self._snapshot(match_id)
                 if snap is not None:
                     known[match_id] = snap.version
                     yield odds_service_pb2.WatchOddsResponse(image=snap, resync=bool(resume))
-            while True:
+            while not self.app.stopping.is_set():
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(watcher.wake.wait(), heartbeat)
                 watcher.wake.clear()
+                if self.app.stopping.is_set():
+                    return
                 pending = watcher.take()
                 if not pending:
                     beat = odds_service_pb2.Heartbeat()
                     beat.server_time.GetCurrentTime()
                     yield odds_service_pb2.WatchOddsResponse(heartbeat=beat)
                     continue
-                for d in pending:
+                for u in pending:
+                    d = u.delta
                     match_id = d.match_id
                     have = known.get(match_id)
                     if have is not None and d.version <= have:
@@ -286,12 +336,35 @@ class OddsApi(odds_service_pb2_grpc.OddsServiceServicer):
                             yield odds_service_pb2.WatchOddsResponse(image=snap, resync=True)
                             continue
                     known[match_id] = d.version
-                    yield odds_service_pb2.WatchOddsResponse(delta=d)
+                    yield u
                 if interval:
                     await asyncio.sleep(interval)  # what arrives meanwhile merges per match
         finally:
             self.hub.watchers.discard(watcher)
             self.hub.subscribers.dec()
+
+
+def add_odds_service(servicer: OddsApi, server: grpc.aio.Server) -> None:
+    """The generated registration, but WatchOdds' serializer sends pre-framed deltas as they are."""
+    handlers = {
+        "WatchOdds": grpc.unary_stream_rpc_method_handler(
+            servicer.WatchOdds,
+            request_deserializer=odds_service_pb2.WatchOddsRequest.FromString,
+            response_serializer=serialize_watch,
+        ),
+        "GetOddsSnapshot": grpc.unary_unary_rpc_method_handler(
+            servicer.GetOddsSnapshot,
+            request_deserializer=odds_service_pb2.GetOddsSnapshotRequest.FromString,
+            response_serializer=odds_service_pb2.GetOddsSnapshotResponse.SerializeToString,
+        ),
+        "ListLiveMatches": grpc.unary_unary_rpc_method_handler(
+            servicer.ListLiveMatches,
+            request_deserializer=odds_service_pb2.ListLiveMatchesRequest.FromString,
+            response_serializer=odds_service_pb2.ListLiveMatchesResponse.SerializeToString,
+        ),
+    }
+    server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler("livebet.odds.v1.OddsService", handlers),))
+    server.add_registered_method_handlers("livebet.odds.v1.OddsService", handlers)
 
 
 def build(app: ServiceApp) -> None:
@@ -300,7 +373,11 @@ def build(app: ServiceApp) -> None:
     redis_dep = app.add_dependency(RedisDependency(s.redis_url, s.health_interval_seconds))
     hub = Hub(app.metrics)
     api = OddsApi(app, hub, redis_dep)
-    app.add_service("livebet.odds.v1.OddsService", api, odds_service_pb2_grpc.add_OddsServiceServicer_to_server)
+    app.add_service("livebet.odds.v1.OddsService", api, add_odds_service)
+
+    async def wake_streams_on_stop() -> None:
+        await app.stopping.wait()
+        hub.wake_all()  # every WatchOdds stream ends now, with status OK
 
     async def subscribe() -> None:
         await nats_dep.wait_ready()
@@ -309,6 +386,7 @@ def build(app: ServiceApp) -> None:
 
     async def on_start() -> None:
         app.spawn(subscribe())
+        app.spawn(wake_streams_on_stop())
 
     app.on_start(on_start)
 
