@@ -21,10 +21,12 @@ import psycopg
 from livebet.betting.v1 import bet_pb2
 from nats.js import JetStreamContext
 from nats.js.api import DiscardPolicy, StorageType, StreamConfig
+from opentelemetry.trace import SpanKind
 from psycopg_pool import AsyncConnectionPool
 
 from betting.adapters.store import bet_proto, money
 from feed.adapters import jetstream
+from mesh import tracing
 from mesh.settings import jetstream_replicas
 
 log = logging.getLogger("betting.outbox")
@@ -51,11 +53,19 @@ async def ensure_stream(js: JetStreamContext) -> None:
     await jetstream.ensure_stream(js, stream_config())
 
 
+async def _publish(js: JetStreamContext, subject: str, msg_id: str, data: bytes, parent: str | None) -> None:
+    if not parent:
+        await js.publish(subject, data, headers={"Nats-Msg-Id": msg_id})
+        return
+    with tracing.span("betting.outbox.publish", tracing.extract({"traceparent": parent}), kind=SpanKind.PRODUCER):
+        await js.publish(subject, data, headers=tracing.inject({"Nats-Msg-Id": msg_id}))
+
+
 async def relay_once(pool: AsyncConnectionPool, js: JetStreamContext) -> int:
     """Publish one batch of unpublished events in order; how many."""
     async with pool.connection() as conn, conn.transaction(), conn.cursor() as cur:
         await cur.execute(
-            "SELECT id, subject, msg_id, payload, balance, currency, bet_id FROM betting.outbox"
+            "SELECT id, subject, msg_id, payload, balance, currency, bet_id, traceparent FROM betting.outbox"
             " WHERE published_at IS NULL ORDER BY id LIMIT %s FOR UPDATE SKIP LOCKED",
             (BATCH,),
         )
@@ -64,12 +74,11 @@ async def relay_once(pool: AsyncConnectionPool, js: JetStreamContext) -> int:
             return 0
         built = await _events(cur, [r[0] for r in found if r[3] is None])
         rows = [
-            (r[0], r[1], r[2], built[r[0]] if r[3] is None else _with_balance(bytes(r[3]), r[4], r[5])) for r in found
+            (r[0], r[1], r[2], built[r[0]] if r[3] is None else _with_balance(bytes(r[3]), r[4], r[5]), r[7])
+            for r in found
         ]
         # sent in order on one connection, so stored in order; the acks are awaited together
-        await asyncio.gather(
-            *(js.publish(subj, data, headers={"Nats-Msg-Id": msg_id}) for _, subj, msg_id, data in rows)
-        )
+        await asyncio.gather(*(_publish(js, subj, msg_id, data, parent) for _, subj, msg_id, data, parent in rows))
         await cur.execute("UPDATE betting.outbox SET published_at = now() WHERE id = ANY(%s)", ([r[0] for r in rows],))
         return len(rows)
 

@@ -28,6 +28,7 @@ from psycopg_pool import AsyncConnectionPool
 from betting.domain.money import format_minor
 from betting.domain.rules import Leg, Ticket
 from feed.adapters.jetstream import token
+from mesh import tracing
 
 STATUS = {
     "pending": bet_pb2.BET_STATUS_PENDING,
@@ -85,6 +86,19 @@ def _ts(value: datetime | None) -> Timestamp | None:
 
 def _odds(value: Decimal) -> common_pb2.Odds:
     return common_pb2.Odds(decimal=f"{value:.2f}")
+
+
+async def trace_transaction(cur: psycopg.AsyncCursor[Any]) -> None:
+    """In a transaction that writes outbox events: give them the current trace context (when
+    tracing is on and a span is recording), so the relay's publication continues the trace."""
+    parent = tracing.inject({}).get("traceparent")
+    if parent:
+        await cur.execute("SELECT set_config('livebet.traceparent', %s, true)", (parent,))
+
+
+PLACE_BET = (
+    "SELECT * FROM betting.place_bet(%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s)"
+)
 
 
 def bet_proto(row: dict[str, Any], legs: Sequence[dict[str, Any]]) -> bet_pb2.Bet:
@@ -362,12 +376,14 @@ class Store:
         )  # fmt: skip
         try:
             async with self.pool.connection() as conn:
-                cur = await conn.execute(
-                    "SELECT * FROM betting.place_bet(%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s,"
-                    " %s, %s, %s, %s)",
-                    params,
-                )
-                row = await cur.fetchone()
+                if tracing.inject({}).get("traceparent"):  # traced: the outbox row carries the trace
+                    async with conn.transaction(), conn.cursor() as tcur:
+                        await trace_transaction(tcur)
+                        await tcur.execute(PLACE_BET, params)
+                        row = await tcur.fetchone()
+                else:  # one statement, one round trip
+                    cur = await conn.execute(PLACE_BET, params)
+                    row = await cur.fetchone()
             assert row is not None
             outcome, _, _, _, _, found_digest = row
             if outcome == "placed":

@@ -11,7 +11,7 @@ from typing import Any
 from psycopg.types.json import Jsonb
 from psycopg_pool import AsyncConnectionPool
 
-from betting.adapters.store import PoolSource
+from betting.adapters.store import PoolSource, trace_transaction
 from settlement.domain.results import MatchResult, OpenLeg
 
 
@@ -131,6 +131,7 @@ class Store:
         outcome already settled from the same origin are a correction: that version is rolled back
         and the market settled again at the next version."""
         async with self.pool.connection() as conn, conn.transaction(), conn.cursor() as cur:
+            await trace_transaction(cur)  # the outbox events this writes continue the current trace
             await cur.execute(
                 "SELECT version, results, decided_at, origin, rolled_back_at FROM settlement.settlements"
                 " WHERE match_id = %s AND market_key = %s ORDER BY version DESC LIMIT 1 FOR UPDATE",
@@ -207,6 +208,7 @@ class Store:
     async def rollback(self, match_id: str, market_key: str, reason: str) -> tuple[int, int]:
         """Roll back the market's latest settlement (its bets reopen); (version, bets reopened)."""
         async with self.pool.connection() as conn, conn.transaction(), conn.cursor() as cur:
+            await trace_transaction(cur)  # the outbox events this writes continue the current trace
             await cur.execute(
                 "SELECT version FROM settlement.settlements WHERE match_id = %s AND market_key = %s"
                 " AND rolled_back_at IS NULL ORDER BY version DESC LIMIT 1 FOR UPDATE",
@@ -223,6 +225,7 @@ class Store:
         """Void the open legs on the market of bets placed in [start, end) and settle what that
         decides (version 0); once per cancel id. Returns how many bets were settled by it."""
         async with self.pool.connection() as conn, conn.transaction(), conn.cursor() as cur:
+            await trace_transaction(cur)  # the outbox events this writes continue the current trace
             await cur.execute(
                 """INSERT INTO settlement.cancels (cancel_id, match_id, market_key, start_time, end_time, reason)
                    VALUES (%s, %s, %s, %s, %s, %s) ON CONFLICT (cancel_id) DO NOTHING""",
@@ -253,6 +256,7 @@ class Store:
         """Undo the cancels of the market (those within [start, end) when given): their legs are open
         again and the bets they settled reopened with compensating entries. Returns bets reopened."""
         async with self.pool.connection() as conn, conn.transaction(), conn.cursor() as cur:
+            await trace_transaction(cur)  # the outbox events this writes continue the current trace
             await cur.execute(
                 """UPDATE settlement.cancels SET rolled_back_at = now()
                     WHERE match_id = %s AND market_key = %s AND rolled_back_at IS NULL

@@ -131,3 +131,50 @@ async def test_nats_headers_carry_the_trace_with_the_in_memory_exporter(servers_
     assert trace.get_current_span().get_span_context().is_valid is False  # nothing leaked
     # with tracing off (the default), nothing is added to messages
     assert tracing.inject({}) == {}
+
+
+@pytest.fixture(scope="module")
+def traced_bets(servers_root: Path) -> Iterator[tuple[Any, Path]]:
+    from tests.component.betting_env import start
+
+    spans = servers_root / "bet-spans.jsonl"  # every process appends its spans to this one file
+    yield from ((env, spans) for env in start(servers_root, "trace-bets", {"LIVEBET_TRACE_FILE": str(spans)}, True))
+
+
+def test_a_bet_and_its_settlement_continue_their_traces_through_the_outbox(traced_bets: tuple[Any, Path]) -> None:
+    from livebet.betting.v1 import bet_pb2
+
+    from tests.component.betting_env import deposit, place, priced, selection
+    from tests.component.test_settlement import final
+
+    env, path = traced_bets
+    env.send(fixture("tb1"))
+    priced(env, "tb1")
+    deposit(env, "tracer", 10_000, "tr-d1")
+    odds, version = env.price("tb1", "1x2", "home")
+    bet = place(env, "tracer", "tr-b1", [selection("tb1", "1x2", "home", odds, version)], 500)
+    assert bet.status == bet_pb2.BET_STATUS_ACCEPTED  # pre-match: no delay
+
+    def spans() -> list[dict[str, Any]]:
+        return [json.loads(line) for line in path.read_text().splitlines() if line.strip()] if path.exists() else []
+
+    def chain(first: str, publish_parent: str) -> list[dict[str, Any]] | None:
+        by_id = {s["context"]["span_id"]: s for s in spans()}
+        for pub in (s for s in by_id.values() if s["name"] == "betting.outbox.publish"):
+            parent = by_id.get(pub.get("parent_id") or "")
+            if parent is not None and parent["name"].endswith(publish_parent):
+                root = parent
+                while root.get("parent_id") and root["parent_id"] in by_id:
+                    root = by_id[root["parent_id"]]
+                if root["name"].endswith(first):
+                    return [root, parent, pub]
+        return None
+
+    # the bet: PlaceBet (betting) -> its outbox event published to BETS, one trace
+    wait_for(lambda: chain("BettingService/PlaceBet", "BettingService/PlaceBet") is not None, 15, what="bet trace")
+    # the result: PublishBatch (feed) -> settlement.apply (settlement) -> the settled event published
+    env.send(final("tb1", 2, 1, 0))
+    wait_for(lambda: chain("FeedService/PublishBatch", "settlement.apply") is not None, 20, what="settlement trace")
+    root, apply, pub = chain("FeedService/PublishBatch", "settlement.apply") or []
+    assert root["context"]["trace_id"] == apply["context"]["trace_id"] == pub["context"]["trace_id"]
+    assert {_service(root), _service(apply), _service(pub)} == {"feed", "settlement", "betting"}
