@@ -45,7 +45,20 @@ BENCHES = [
     Bench(
         "live",
         ["pricing.bench_live", "--json"],
-        ["--matches", "20", "--subscribers", "40", "--rate", "100", "--seconds", "3"],
+        [
+            "--matches",
+            "20",
+            "--subscribers",
+            "40",
+            "--rate",
+            "100",
+            "--seconds",
+            "3",
+            "--stuck",
+            "10",
+            "--stuck-seconds",
+            "3",
+        ],
         "live odds to subscribers",
     ),
     Bench("bets", ["betting.bench", "--json"], ["--clients", "4", "--seconds", "2", "--matches", "20"], "PlaceBet"),
@@ -93,7 +106,7 @@ def _live(d: dict[str, Any]) -> list[Figure]:
     live = d["live"]
     from pricing.bench_live import GOAL_P99_MS, GOAL_RAW_SHARE
 
-    return [
+    out = [
         Figure("live", "feed event → client, p50", live["p50_ms"], "ms"),
         Figure("live", "feed event → client, p99", live["p99_ms"], "ms", goal=f"≤ {GOAL_P99_MS:g} ms",
                met=live["p99_ms"] <= GOAL_P99_MS),
@@ -103,6 +116,12 @@ def _live(d: dict[str, Any]) -> list[Figure]:
                "raw grpc.aio server streaming", f"≥ {GOAL_RAW_SHARE:.0%} of raw",
                d["share_of_raw"] >= GOAL_RAW_SHARE),
     ]  # fmt: skip
+    stuck = d.get("stuck") or {}
+    if stuck:
+        out.append(Figure("live", f"odds process memory growth, {stuck['stuck_subscribers']} readers that never read "
+                          "(second half of the run)", stuck["rss_mb_growth_second_half"], "MB", goal="flat (≈ 0 MB)",
+                          met=abs(stuck["rss_mb_growth_second_half"]) <= 20))  # fmt: skip
+    return out
 
 
 def _bets(d: dict[str, Any]) -> list[Figure]:

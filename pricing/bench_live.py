@@ -119,6 +119,60 @@ async def live_run(
     }
 
 
+def _rss_mb(pid: int) -> float:
+    with open(f"/proc/{pid}/status") as f:
+        for line in f:
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) / 1024
+    return 0.0
+
+
+async def stuck_run(
+    feed: str, odds: str, odds_pid: int, matches: int, stuck: int, rate: int, seconds: float
+) -> dict[str, float]:
+    """``stuck`` clients open WatchOdds on every match and never read a message, while the feed
+    goes on at ``rate``: the stream process's memory (RSS) must stay flat (per stream, conflation
+    bounds what waits to the latest of each market)."""
+    async with access.aio_channel(feed, "svc:bench", [access.FEED]) as fch:
+        fstub = feed_service_pb2_grpc.FeedServiceStub(fch)
+        channels = [grpc.aio.insecure_channel(odds) for _ in range(max(1, stuck // 50))]
+        calls = [
+            odds_service_pb2_grpc.OddsServiceStub(channels[k % len(channels)]).WatchOdds(
+                odds_service_pb2.WatchOddsRequest(heartbeat_interval_ms=1000)
+            )
+            for k in range(stuck)
+        ]
+        for c in calls:  # started (the request is sent), never read
+            await c.wait_for_connection()
+        samples = []
+        seq, sent, start = 10_000, 0, time.perf_counter()
+        next_sample = start + 1.0
+        while time.perf_counter() - start < seconds:
+            batch = []
+            for _ in range(max(1, rate // 20)):
+                i = sent % matches
+                batch.append(_clock(i, seq + sent // matches, 46 + (sent // matches) % 44))
+                sent += 1
+            await fstub.PublishBatch(fs.PublishBatchRequest(provider="bl", events=batch), timeout=30)
+            if time.perf_counter() >= next_sample:
+                samples.append(_rss_mb(odds_pid))
+                next_sample += 1.0
+            await asyncio.sleep(max(0.0, start + sent / rate - time.perf_counter()))
+        samples.append(_rss_mb(odds_pid))
+        for c in calls:
+            c.cancel()
+        for ch in channels:
+            await ch.close()
+    return {
+        "stuck_subscribers": stuck,
+        "events_sent": sent,
+        "rss_mb_first": round(samples[0], 1),
+        "rss_mb_peak": round(max(samples), 1),
+        "rss_mb_last": round(samples[-1], 1),
+        "rss_mb_growth_second_half": round(samples[-1] - samples[len(samples) // 2], 1),
+    }
+
+
 class contextlib_suppress:
     def __enter__(self) -> None:
         return None
@@ -173,6 +227,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--per-client", type=int, default=3)
     parser.add_argument("--rate", type=int, default=1000, help="feed events per second")
     parser.add_argument("--seconds", type=float, default=10.0)
+    parser.add_argument("--stuck", type=int, default=100, help="clients that never read, for the memory figure")
+    parser.add_argument("--stuck-seconds", type=float, default=10.0)
     parser.add_argument("--json", action="store_true")
     args = parser.parse_args(argv)
     root = Path(tempfile.mkdtemp(prefix="livebet-benchlive-"))
@@ -196,6 +252,7 @@ def main(argv: list[str] | None = None) -> int:
             )
         ]
         procs += [Process(s, root / f"{s.name}.log").start() for s in specs]
+        odds_proc = procs[-1]
         live = asyncio.run(
             live_run(
                 specs[0].health_target,
@@ -207,6 +264,19 @@ def main(argv: list[str] | None = None) -> int:
                 args.seconds,
             )
         )
+        stuck: dict[str, float] = {}
+        if args.stuck:
+            stuck = asyncio.run(
+                stuck_run(
+                    specs[0].health_target,
+                    specs[2].health_target,
+                    odds_proc.pid,
+                    args.matches,
+                    args.stuck,
+                    args.rate,
+                    args.stuck_seconds,
+                )
+            )
         size = 1500  # a typical delta of one match's changed markets, bytes
         raw = asyncio.run(raw_run(size, 50, 5.0))
     finally:
@@ -217,6 +287,7 @@ def main(argv: list[str] | None = None) -> int:
         "live": live,
         "raw_grpc_streaming_msgs_per_s": round(raw),
         "share_of_raw": round(live["updates_per_s"] / raw, 3) if raw else 0.0,
+        "stuck": stuck,
     }
     share = live["updates_per_s"] / raw if raw else 0.0
     if args.json:
@@ -236,6 +307,12 @@ def main(argv: list[str] | None = None) -> int:
         f"  of which feed received -> engine published: p50 {live['engine_p50_ms']:.1f} ms, "
         f"p99 {live['engine_p99_ms']:.1f} ms"
     )
+    if stuck:
+        print(
+            f"  {stuck['stuck_subscribers']:.0f} subscribers that never read, {args.stuck_seconds:.0f} s at "
+            f"{args.rate} events/s: odds process RSS {stuck['rss_mb_first']} MB -> peak {stuck['rss_mb_peak']} MB -> "
+            f"{stuck['rss_mb_last']} MB (second half: {stuck['rss_mb_growth_second_half']:+} MB)"
+        )
     print(
         f"  raw grpc.aio streaming of {size}-byte messages: {raw:.0f} msgs/s; the stream tier delivered "
         f"{share:.0%} of it (goal >= {GOAL_RAW_SHARE:.0%}: {'ok' if share >= GOAL_RAW_SHARE else 'MISSED'})"
