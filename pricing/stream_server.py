@@ -42,6 +42,9 @@ DEFAULT_HEARTBEAT_MS = 5000
 
 
 QUEUE_LIMIT = 64
+#: merges a stream may take before it is dropped: a stream this far behind holds nothing and costs
+#: nothing until its client reads again, then gets a fresh image of each of its matches
+MERGE_LIMIT = 256
 
 
 @dataclass(slots=True)
@@ -90,9 +93,21 @@ class Watcher:
     merged: dict[str, Update] = field(default_factory=dict)
     wake: asyncio.Event = field(default_factory=asyncio.Event)
     conflated: int = 0
+    merges_since_take: int = 0
+    #: set when the stream fell so far behind that its pending updates were dropped: the next
+    #: take() is empty and the stream sends fresh images (resync) instead
+    dropped: bool = False
+    on_drop: Callable[[], None] = lambda: None
 
     def offer(self, u: Update) -> None:
-        if self.matches and u.delta.match_id not in self.matches:
+        if self.dropped or (self.matches and u.delta.match_id not in self.matches):
+            return
+        if self.merges_since_take >= MERGE_LIMIT:  # hopelessly behind: let go of everything
+            self.queue.clear()
+            self.merged.clear()
+            self.dropped = True
+            self.on_drop()
+            self.wake.set()
             return
         if not self.merged and len(self.queue) < QUEUE_LIMIT and not self.always_conflate:
             self.queue.append(u)
@@ -118,6 +133,7 @@ class Watcher:
         merged.markets.extend(by_key.values())
         self.merged[d.match_id] = Update(merged)
         self.conflated += 1
+        self.merges_since_take += 1
         self.on_conflate()
 
     def take(self) -> list[Update]:
@@ -125,6 +141,7 @@ class Watcher:
         out = list(self.queue) + list(self.merged.values())
         self.queue.clear()
         self.merged.clear()
+        self.merges_since_take = 0
         return out
 
 
@@ -157,6 +174,11 @@ class Hub:
         )
         self.delivered = Counter(
             "livebet_odds_updates_sent_total", "Images and deltas sent to clients.", registry=registry
+        )
+        self.drops = Counter(
+            "livebet_odds_stream_drops_total",
+            "Streams that fell so far behind that their pending updates were dropped (they resync).",
+            registry=registry,
         )
         self.queued = Gauge(
             "livebet_odds_queued_deltas", "Deltas waiting to be sent, over every stream.", registry=registry
@@ -288,7 +310,7 @@ class OddsApi(odds_service_pb2_grpc.OddsServiceServicer):
     ) -> AsyncIterator[odds_service_pb2.WatchOddsResponse | Update]:
         heartbeat = max(request.heartbeat_interval_ms or DEFAULT_HEARTBEAT_MS, MIN_HEARTBEAT_MS) / 1000.0
         interval = request.conflation_interval_ms / 1000.0
-        watcher = Watcher(set(request.match_ids), interval > 0, self.hub.conflations.inc)
+        watcher = Watcher(set(request.match_ids), interval > 0, self.hub.conflations.inc, on_drop=self.hub.drops.inc)
         self.hub.watchers.add(watcher)  # subscribed before the snapshots are read: nothing falls between
         self.hub.subscribers.inc()
         known: dict[str, int] = {}
@@ -317,6 +339,15 @@ class OddsApi(odds_service_pb2_grpc.OddsServiceServicer):
                 watcher.wake.clear()
                 if self.app.stopping.is_set():
                     return
+                if watcher.dropped:  # it fell too far behind: fresh images of what it watches
+                    watcher.dropped = False
+                    again = list(watcher.matches) if watcher.matches else list(known)
+                    for match_id in again:
+                        snap = await self._snapshot(match_id)
+                        if snap is not None:
+                            known[match_id] = snap.version
+                            yield odds_service_pb2.WatchOddsResponse(image=snap, resync=True)
+                    continue
                 pending = watcher.take()
                 if not pending:
                     beat = odds_service_pb2.Heartbeat()

@@ -253,6 +253,40 @@ def test_a_client_that_never_reads_does_not_delay_others_and_is_conflated(live: 
     stuck.cancel()
 
 
+def test_a_client_that_stays_behind_is_dropped_then_resyncs_with_a_fresh_image(live: Live) -> None:
+    import urllib.request
+
+    live.send(fixture("lb1"), state("lb1", 1, 0, 0, 1))
+    wait_for(lambda: live.snapshot("lb1") is not None, 30, what="priced")
+    # a client with HTTP/2's basic 64 KiB window (no BDP probing, which would let its library buffer
+    # megabytes for it): what it does not read soon holds the server back
+    channel = grpc.insecure_channel(live.odds_target, options=[("grpc.http2.bdp_probe", 0)])
+    stuck = odds_service_pb2_grpc.OddsServiceStub(channel).WatchOdds(
+        odds_service_pb2.WatchOddsRequest(match_ids=["lb1"], heartbeat_interval_ms=60_000), timeout=120
+    )
+    first = next(stuck).image.version  # open; now it stops reading
+
+    def drops() -> float:
+        url = f"http://127.0.0.1:{live.odds_metrics_port}/metrics"
+        with urllib.request.urlopen(url, timeout=5) as resp:
+            text = resp.read().decode()
+        return float(next(x for x in text.splitlines() if x.startswith("livebet_odds_stream_drops_total ")).split()[1])
+
+    before = drops()
+    # far more updates than its queue (64) and merges (256) allow: it is let go of
+    for start in range(2, 800, 200):
+        live.send(*[state("lb1", i, 0, 0, 1 + i % 88) for i in range(start, start + 200)])
+    wait_for(lambda: drops() > before, 60, what="the stuck stream dropped")
+    final = live.snapshot("lb1")
+    assert final is not None and final.version > first + 320
+    # when it reads again: what was queued before the drop, then a fresh image marked resync
+    for msg in stuck:
+        if msg.WhichOneof("message") == "image" and msg.resync:
+            assert msg.image.version >= final.version - 5  # the current state, not a backlog
+            break
+    stuck.cancel()
+
+
 def test_provider_mode_publishes_the_providers_odds_re_margined(live: Live) -> None:
     from livebet.odds.v1 import trader_service_pb2 as ts
     from livebet.odds.v1 import trader_service_pb2_grpc
