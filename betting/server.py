@@ -15,6 +15,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import time
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -81,11 +82,14 @@ def build(app: ServiceApp) -> None:
     )
 
     async def decide_loop() -> None:
+        counted = 0.0  # the pending-bets gauge is refreshed once a second, not every round
         while not app.stopping.is_set():
             try:
                 await decide_due(store, decider, metrics)
                 nxt = await store.next_due()
-                metrics.pending.set(await store.pending_count())
+                if time.monotonic() - counted >= 1.0:
+                    metrics.pending.set(await store.pending_count())
+                    counted = time.monotonic()
                 wait = MAX_SLEEP
                 if nxt is not None:
                     wait = min(MAX_SLEEP, max(0.0, (nxt - datetime.now(UTC)).total_seconds()))

@@ -283,11 +283,12 @@ def _transcoder(descriptor_path: str) -> dict[str, Any]:
     }
 
 
-#: The web app's files (edge/web/dist, built by `make web`, committed), served by Envoy itself.
+#: The web app's files under edge/web, served by Envoy itself: the page and its style as written,
+#: the bundle as `make web` builds it (dist/app.js, committed).
 WEB_FILES = {
     "/": ("index.html", "text/html; charset=utf-8"),
     "/index.html": ("index.html", "text/html; charset=utf-8"),
-    "/app.js": ("app.js", "text/javascript; charset=utf-8"),
+    "/app.js": ("dist/app.js", "text/javascript; charset=utf-8"),
     "/style.css": ("style.css", "text/css; charset=utf-8"),
 }
 

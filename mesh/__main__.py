@@ -251,7 +251,7 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     keys = auth.ensure_keys(args.data_dir / "edge")
     root = Path(__file__).resolve().parent.parent
-    descriptor, web = root / "gen" / "livebet.binpb", root / "edge" / "web" / "dist"
+    descriptor, web = root / "gen" / "livebet.binpb", root / "edge" / "web"
     print(envoy_config.render(t, str(keys.jwks_path.resolve()), str(descriptor), str(web)), end="")
     return 0
 

@@ -194,7 +194,7 @@ class Supervisor:
     def envoy_spec(self) -> ProcessSpec:
         path = self.run_dir / "envoy.json"
         keys = auth.ensure_keys(self.data_dir / "edge")
-        schema, web = REPO_ROOT / "gen" / "livebet.binpb", REPO_ROOT / "edge" / "web" / "dist"
+        schema, web = REPO_ROOT / "gen" / "livebet.binpb", REPO_ROOT / "edge" / "web"
         path.write_text(envoy_config.render(self.t, str(keys.jwks_path), str(schema), str(web)))
         return infra.envoy(path, self.t.host, self.t.admin_port, self.t.edge_port)
 

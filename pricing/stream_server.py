@@ -376,24 +376,24 @@ class OddsApi(odds_service_pb2_grpc.OddsServiceServicer):
 
 
 def add_odds_service(servicer: OddsApi, server: grpc.aio.Server) -> None:
-    """The generated registration, but WatchOdds' serializer sends pre-framed deltas as they are."""
-    handlers = {
-        "WatchOdds": grpc.unary_stream_rpc_method_handler(
-            servicer.WatchOdds,
-            request_deserializer=odds_service_pb2.WatchOddsRequest.FromString,
-            response_serializer=serialize_watch,
-        ),
-        "GetOddsSnapshot": grpc.unary_unary_rpc_method_handler(
-            servicer.GetOddsSnapshot,
-            request_deserializer=odds_service_pb2.GetOddsSnapshotRequest.FromString,
-            response_serializer=odds_service_pb2.GetOddsSnapshotResponse.SerializeToString,
-        ),
-        "ListLiveMatches": grpc.unary_unary_rpc_method_handler(
-            servicer.ListLiveMatches,
-            request_deserializer=odds_service_pb2.ListLiveMatchesRequest.FromString,
-            response_serializer=odds_service_pb2.ListLiveMatchesResponse.SerializeToString,
-        ),
-    }
+    """The generated registration, with one change: WatchOdds' serializer sends pre-framed deltas
+    as they are (``serialize_watch``)."""
+
+    class Recorder:
+        handlers: dict[str, grpc.RpcMethodHandler] = {}
+
+        def add_generic_rpc_handlers(self, _: object) -> None:
+            pass
+
+        def add_registered_method_handlers(self, _: str, handlers: dict[str, grpc.RpcMethodHandler]) -> None:
+            Recorder.handlers = handlers
+
+    odds_service_pb2_grpc.add_OddsServiceServicer_to_server(servicer, Recorder())
+    handlers = dict(Recorder.handlers)
+    watch = handlers["WatchOdds"]
+    handlers["WatchOdds"] = grpc.unary_stream_rpc_method_handler(
+        watch.unary_stream, request_deserializer=watch.request_deserializer, response_serializer=serialize_watch
+    )
     server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler("livebet.odds.v1.OddsService", handlers),))
     server.add_registered_method_handlers("livebet.odds.v1.OddsService", handlers)
 

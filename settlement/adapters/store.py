@@ -4,10 +4,13 @@ legs it has to settle (read from ``betting``), and the call that moves the money
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import AsyncIterator
 from datetime import datetime
 from decimal import Decimal
 from typing import Any
 
+import psycopg
 from psycopg.types.json import Jsonb
 from psycopg_pool import AsyncConnectionPool
 
@@ -22,6 +25,13 @@ class Store:
     @property
     def pool(self) -> AsyncConnectionPool:
         return self.source.pool
+
+    @contextlib.asynccontextmanager
+    async def _transaction(self) -> AsyncIterator[psycopg.AsyncCursor[Any]]:
+        """One transaction that moves money: the outbox events it writes continue the current trace."""
+        async with self.pool.connection() as conn, conn.transaction(), conn.cursor() as cur:
+            await trace_transaction(cur)
+            yield cur
 
     async def record_state(
         self, match_id: str, home: int, away: int, ended: bool, halftime: tuple[int, int] | None, at: datetime
@@ -130,8 +140,7 @@ class Store:
         settlement is version 1. The same results again change nothing. Other results for an
         outcome already settled from the same origin are a correction: that version is rolled back
         and the market settled again at the next version."""
-        async with self.pool.connection() as conn, conn.transaction(), conn.cursor() as cur:
-            await trace_transaction(cur)  # the outbox events this writes continue the current trace
+        async with self._transaction() as cur:
             await cur.execute(
                 "SELECT version, results, decided_at, origin, rolled_back_at FROM settlement.settlements"
                 " WHERE match_id = %s AND market_key = %s ORDER BY version DESC LIMIT 1 FOR UPDATE",
@@ -207,8 +216,7 @@ class Store:
 
     async def rollback(self, match_id: str, market_key: str, reason: str) -> tuple[int, int]:
         """Roll back the market's latest settlement (its bets reopen); (version, bets reopened)."""
-        async with self.pool.connection() as conn, conn.transaction(), conn.cursor() as cur:
-            await trace_transaction(cur)  # the outbox events this writes continue the current trace
+        async with self._transaction() as cur:
             await cur.execute(
                 "SELECT version FROM settlement.settlements WHERE match_id = %s AND market_key = %s"
                 " AND rolled_back_at IS NULL ORDER BY version DESC LIMIT 1 FOR UPDATE",
@@ -224,8 +232,7 @@ class Store:
     ) -> int:
         """Void the open legs on the market of bets placed in [start, end) and settle what that
         decides (version 0); once per cancel id. Returns how many bets were settled by it."""
-        async with self.pool.connection() as conn, conn.transaction(), conn.cursor() as cur:
-            await trace_transaction(cur)  # the outbox events this writes continue the current trace
+        async with self._transaction() as cur:
             await cur.execute(
                 """INSERT INTO settlement.cancels (cancel_id, match_id, market_key, start_time, end_time, reason)
                    VALUES (%s, %s, %s, %s, %s, %s) ON CONFLICT (cancel_id) DO NOTHING""",
@@ -255,8 +262,7 @@ class Store:
     ) -> int:
         """Undo the cancels of the market (those within [start, end) when given): their legs are open
         again and the bets they settled reopened with compensating entries. Returns bets reopened."""
-        async with self.pool.connection() as conn, conn.transaction(), conn.cursor() as cur:
-            await trace_transaction(cur)  # the outbox events this writes continue the current trace
+        async with self._transaction() as cur:
             await cur.execute(
                 """UPDATE settlement.cancels SET rolled_back_at = now()
                     WHERE match_id = %s AND market_key = %s AND rolled_back_at IS NULL

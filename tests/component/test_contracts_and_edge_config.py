@@ -44,7 +44,7 @@ def _validate(config: Path) -> subprocess.CompletedProcess[str]:
 def test_envoy_accepts_the_generated_config(tmp_path: Path) -> None:
     config = tmp_path / "envoy.json"
     keys = auth.ensure_keys(tmp_path / "edge")
-    web = REPO_ROOT / "edge" / "web" / "dist"
+    web = REPO_ROOT / "edge" / "web"
     config.write_text(envoy.render(topology.load().resolve_ports(), str(keys.jwks_path), str(SCHEMA), str(web)))
     result = _validate(config)
     assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-2000:]
@@ -56,7 +56,7 @@ def test_envoy_accepts_the_static_cluster_config(tmp_path: Path) -> None:
     text = envoy.render_cluster(topology.load())
     files = envoy.CLUSTER_FILES
     text = text.replace(files["jwks"], str(keys.jwks_path)).replace(files["schema"], str(SCHEMA))
-    text = text.replace(files["web"], str(REPO_ROOT / "edge" / "web" / "dist"))
+    text = text.replace(files["web"], str(REPO_ROOT / "edge" / "web"))
     config = tmp_path / "envoy-cluster.json"
     config.write_text(text)
     result = _validate(config)

@@ -277,8 +277,13 @@ def test_a_client_that_stays_behind_is_dropped_then_resyncs_with_a_fresh_image(l
     for start in range(2, 800, 200):
         live.send(*[state("lb1", i, 0, 0, 1 + i % 88) for i in range(start, start + 200)])
     wait_for(lambda: drops() > before, 60, what="the stuck stream dropped")
+    wait_for(
+        lambda: (s := live.snapshot("lb1")) is not None and s.version >= first + 600,
+        60,
+        what="the engine published the updates",
+    )
     final = live.snapshot("lb1")
-    assert final is not None and final.version > first + 320
+    assert final is not None
     # when it reads again: what was queued before the drop, then a fresh image marked resync
     for msg in stuck:
         if msg.WhichOneof("message") == "image" and msg.resync:
