@@ -83,7 +83,7 @@ def _seed_odds(redis_url: str, matches: int) -> dict[int, str]:
         )
         engine.apply(e)
         lm = engine.matches[f"bb:{m}"]
-        r.set(codec.SNAP_KEY + lm.match_id, codec.snapshot(lm, now).SerializeToString())
+        r.set(codec.SNAP_KEY + lm.match_id, codec.snapshot(lm, now))
         out[m] = codec.market(lm.match_id, lm.quotes["1x2"], lm.version).outcomes[0].odds.decimal
     return out
 

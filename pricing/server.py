@@ -127,7 +127,7 @@ class Runner:
         for d in deltas:
             m = share.engine.matches[d.match_id]
             markets = share.cache.update(d)
-            data = codec.delta(d, m, now, (received_ms or {}).get(d.match_id, 0), markets).SerializeToString()
+            data = codec.delta(d, m, now, (received_ms or {}).get(d.match_id, 0), markets)
             await nc.publish(codec.subject(d.match_id), data, headers=tracing.inject({}) or None)
             self.metrics.deltas.labels(d.cause or "none").inc()
             received = (received_ms or {}).get(d.match_id, 0)
@@ -137,7 +137,7 @@ class Runner:
             pipe.ltrim(codec.LOG_KEY + d.match_id, 0, codec.LOG_LENGTH - 1)
             touched[d.match_id] = m
         for match_id, m in touched.items():
-            pipe.set(codec.SNAP_KEY + match_id, codec.snapshot(m, now, share.cache).SerializeToString())
+            pipe.set(codec.SNAP_KEY + match_id, codec.snapshot(m, now, share.cache))
             pipe.zadd(codec.LIVE_KEY, {match_id: int(time.time() * 1000)})
         await pipe.execute()
 

@@ -55,11 +55,20 @@ class Update:
 
     delta: market_pb2.OddsDelta
     raw: bytes | None = None
+    _frame: bytes | None = None
+    received_s: float = 0.0  # when the feed received the causing event (0: unknown)
+
+    def __post_init__(self) -> None:
+        if self.delta.HasField("feed_received_at"):
+            self.received_s = self.delta.feed_received_at.ToMilliseconds() / 1000
 
     def frame(self) -> bytes:
-        """The serialised ``WatchOddsResponse(delta=...)``: field 2, length-delimited."""
-        raw = self.raw if self.raw is not None else self.delta.SerializeToString()
-        return _DELTA_TAG + _varint(len(raw)) + raw
+        """The serialised ``WatchOddsResponse(delta=...)``: field 2, length-delimited; built once,
+        sent to every stream of the match."""
+        if self._frame is None:
+            raw = self.raw if self.raw is not None else self.delta.SerializeToString()
+            self._frame = _DELTA_TAG + _varint(len(raw)) + raw
+        return self._frame
 
 
 _DELTA_TAG = bytes([(2 << 3) | 2])  # WatchOddsResponse.delta: field 2, wire type 2
@@ -89,9 +98,14 @@ class Watcher:
     matches: set[str]  # empty: every match
     always_conflate: bool = False  # the client asked for a conflation interval
     on_conflate: Callable[[], None] = lambda: None
+    heartbeat: float = DEFAULT_HEARTBEAT_MS / 1000  # seconds without a send before a heartbeat
     queue: deque[Update] = field(default_factory=deque)
     merged: dict[str, Update] = field(default_factory=dict)
-    wake: asyncio.Event = field(default_factory=asyncio.Event)
+    #: what the stream waits on (resolved by ``wake``): one future per wait, no timer
+    waiter: asyncio.Future[None] | None = None
+    woken: bool = False
+    last_send: float = field(default_factory=time.monotonic)
+    heartbeat_due: bool = False
     conflated: int = 0
     merges_since_take: int = 0
     #: set when the stream fell so far behind that its pending updates were dropped: the next
@@ -107,7 +121,7 @@ class Watcher:
             self.merged.clear()
             self.dropped = True
             self.on_drop()
-            self.wake.set()
+            self.wake()
             return
         if not self.merged and len(self.queue) < QUEUE_LIMIT and not self.always_conflate:
             self.queue.append(u)
@@ -115,7 +129,23 @@ class Watcher:
             while self.queue:
                 self._merge(self.queue.popleft())
             self._merge(u)
-        self.wake.set()
+        self.wake()
+
+    def wake(self) -> None:
+        self.woken = True
+        w = self.waiter
+        if w is not None and not w.done():
+            w.set_result(None)
+
+    async def wait(self) -> None:
+        """Until woken (a delta, a drop, a heartbeat due or shutdown), at once if it already was."""
+        if not self.woken:
+            self.waiter = asyncio.get_running_loop().create_future()
+            try:
+                await self.waiter
+            finally:
+                self.waiter = None
+        self.woken = False
 
     def _merge(self, u: Update) -> None:
         d = u.delta
@@ -161,10 +191,13 @@ def _text(member: object) -> str:
 
 
 class Hub:
-    """The process's one subscription on ``odds.>``, dispatching to watchers."""
+    """The process's one subscription on ``odds.>``, dispatching to watchers: a delta goes to the
+    watchers of its match and to those of every match, never past the others."""
 
     def __init__(self, metrics: Metrics | None = None) -> None:
         self.watchers: set[Watcher] = set()
+        self._by_match: dict[str, set[Watcher]] = {}
+        self._of_all: set[Watcher] = set()
         registry = metrics.registry if metrics else None
         self.subscribers = Gauge("livebet_odds_subscribers", "Open WatchOdds streams.", registry=registry)
         self.conflations = Counter(
@@ -195,21 +228,53 @@ class Hub:
             registry=registry,
         )
 
+    def add(self, w: Watcher) -> None:
+        self.watchers.add(w)
+        if not w.matches:
+            self._of_all.add(w)
+        for match_id in w.matches:
+            self._by_match.setdefault(match_id, set()).add(w)
+
+    def remove(self, w: Watcher) -> None:
+        self.watchers.discard(w)
+        self._of_all.discard(w)
+        for match_id in w.matches:
+            watching = self._by_match.get(match_id)
+            if watching is not None:
+                watching.discard(w)
+                if not watching:
+                    del self._by_match[match_id]
+
+    def _targets(self, match_id: str) -> list[Watcher]:
+        return [*self._by_match.get(match_id, ()), *self._of_all]
+
     async def on_msg(self, msg: Msg) -> None:
         u = Update(market_pb2.OddsDelta.FromString(msg.data), msg.data)
+        targets = self._targets(u.delta.match_id)
         parent = tracing.extract(msg.headers)
         if parent is None:
-            for w in list(self.watchers):
+            for w in targets:
                 w.offer(u)
             return
         d = u.delta
-        with tracing.span("odds.fanout", parent, match_id=d.match_id, version=d.version, streams=len(self.watchers)):
-            for w in list(self.watchers):
+        with tracing.span("odds.fanout", parent, match_id=d.match_id, version=d.version, streams=len(targets)):
+            for w in targets:
                 w.offer(u)
 
     def wake_all(self) -> None:
         for w in list(self.watchers):
-            w.wake.set()
+            w.wake()
+
+    async def heartbeats(self, every: float = MIN_HEARTBEAT_MS / 2000) -> None:
+        """Wake the streams that have sent nothing for their heartbeat interval (one timer for the
+        process instead of one per stream and wait)."""
+        while True:
+            await asyncio.sleep(every)
+            now = time.monotonic()
+            for w in list(self.watchers):
+                if now - w.last_send >= w.heartbeat:
+                    w.heartbeat_due = True
+                    w.wake()
 
 
 class OddsApi(odds_service_pb2_grpc.OddsServiceServicer):
@@ -280,39 +345,31 @@ class OddsApi(odds_service_pb2_grpc.OddsServiceServicer):
     async def WatchOdds(
         self, request: odds_service_pb2.WatchOddsRequest, context: grpc.aio.ServicerContext
     ) -> AsyncIterator[odds_service_pb2.WatchOddsResponse | bytes]:
-        # the stream ends (status OK) when shutdown starts: _watch_all checks, the hub wakes it
-        async for item in self._watch(request):
-            yield item
-
-    async def _watch(
-        self, request: odds_service_pb2.WatchOddsRequest
-    ) -> AsyncIterator[odds_service_pb2.WatchOddsResponse | bytes]:
+        """Images, then deltas as they come, heartbeats when idle: one generator between the queue
+        and the transport. The stream ends (status OK) when shutdown starts: the hub wakes every
+        stream and the loop returns."""
         types = set(request.market_types)
-        async for item in self._watch_all(request):
-            if isinstance(item, Update):
-                self.hub.delivered.inc()
-                d = item.delta
-                if d.HasField("feed_received_at"):
-                    self.hub.feed_to_send.observe(max(0.0, time.time() - d.feed_received_at.ToMilliseconds() / 1000))
-                if types:
-                    yield _only(odds_service_pb2.WatchOddsResponse(delta=d), types)
-                else:
-                    yield item.frame()
-                continue
-            if item.WhichOneof("message") == "image":
-                self.hub.delivered.inc()
-                if types:
-                    item = _only(item, types)
-            yield item
-
-    async def _watch_all(
-        self, request: odds_service_pb2.WatchOddsRequest
-    ) -> AsyncIterator[odds_service_pb2.WatchOddsResponse | Update]:
+        hub = self.hub
         heartbeat = max(request.heartbeat_interval_ms or DEFAULT_HEARTBEAT_MS, MIN_HEARTBEAT_MS) / 1000.0
         interval = request.conflation_interval_ms / 1000.0
-        watcher = Watcher(set(request.match_ids), interval > 0, self.hub.conflations.inc, on_drop=self.hub.drops.inc)
-        self.hub.watchers.add(watcher)  # subscribed before the snapshots are read: nothing falls between
-        self.hub.subscribers.inc()
+        watcher = Watcher(
+            set(request.match_ids), interval > 0, hub.conflations.inc, on_drop=hub.drops.inc, heartbeat=heartbeat
+        )
+
+        def image(snap: market_pb2.MatchOdds, resync: bool) -> odds_service_pb2.WatchOddsResponse:
+            hub.delivered.inc()
+            watcher.last_send = time.monotonic()
+            item = odds_service_pb2.WatchOddsResponse(image=snap, resync=resync)
+            return _only(item, types) if types else item
+
+        def delta(u: Update) -> odds_service_pb2.WatchOddsResponse | bytes:
+            hub.delivered.inc()
+            if u.received_s:
+                hub.feed_to_send.observe(max(0.0, time.time() - u.received_s))
+            return _only(odds_service_pb2.WatchOddsResponse(delta=u.delta), types) if types else u.frame()
+
+        hub.add(watcher)  # subscribed before the snapshots are read: nothing falls between
+        hub.subscribers.inc()
         known: dict[str, int] = {}
         try:
             if request.match_ids:
@@ -327,17 +384,16 @@ class OddsApi(odds_service_pb2_grpc.OddsServiceServicer):
                         known[match_id] = resume
                         for d in deltas:
                             known[match_id] = d.version
-                            yield Update(d)
+                            yield delta(Update(d))
                         continue
                 snap = await self._snapshot(match_id)
                 if snap is not None:
                     known[match_id] = snap.version
-                    yield odds_service_pb2.WatchOddsResponse(image=snap, resync=bool(resume))
-            while not self.app.stopping.is_set():
-                with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(watcher.wake.wait(), heartbeat)
-                watcher.wake.clear()
-                if self.app.stopping.is_set():
+                    yield image(snap, bool(resume))
+            stopping = self.app.stopping
+            while not stopping.is_set():
+                await watcher.wait()
+                if stopping.is_set():
                     return
                 if watcher.dropped:  # it fell too far behind: fresh images of what it watches
                     watcher.dropped = False
@@ -346,14 +402,18 @@ class OddsApi(odds_service_pb2_grpc.OddsServiceServicer):
                         snap = await self._snapshot(match_id)
                         if snap is not None:
                             known[match_id] = snap.version
-                            yield odds_service_pb2.WatchOddsResponse(image=snap, resync=True)
+                            yield image(snap, True)
                     continue
                 pending = watcher.take()
                 if not pending:
-                    beat = odds_service_pb2.Heartbeat()
-                    beat.server_time.GetCurrentTime()
-                    yield odds_service_pb2.WatchOddsResponse(heartbeat=beat)
+                    if watcher.heartbeat_due:
+                        watcher.heartbeat_due = False
+                        beat = odds_service_pb2.Heartbeat()
+                        beat.server_time.GetCurrentTime()
+                        yield odds_service_pb2.WatchOddsResponse(heartbeat=beat)
+                        watcher.last_send = time.monotonic()
                     continue
+                watcher.heartbeat_due = False
                 for u in pending:
                     d = u.delta
                     match_id = d.match_id
@@ -364,15 +424,16 @@ class OddsApi(odds_service_pb2_grpc.OddsServiceServicer):
                         snap = await self._snapshot(match_id)  # a gap: heal it with a fresh image
                         if snap is not None and snap.version >= d.version:
                             known[match_id] = snap.version
-                            yield odds_service_pb2.WatchOddsResponse(image=snap, resync=True)
+                            yield image(snap, True)
                             continue
                     known[match_id] = d.version
-                    yield u
+                    yield delta(u)
+                watcher.last_send = time.monotonic()
                 if interval:
                     await asyncio.sleep(interval)  # what arrives meanwhile merges per match
         finally:
-            self.hub.watchers.discard(watcher)
-            self.hub.subscribers.dec()
+            hub.remove(watcher)
+            hub.subscribers.dec()
 
 
 def add_odds_service(servicer: OddsApi, server: grpc.aio.Server) -> None:
@@ -410,6 +471,10 @@ def build(app: ServiceApp) -> None:
         await app.stopping.wait()
         hub.wake_all()  # every WatchOdds stream ends now, with status OK
 
+    async def heartbeats() -> None:
+        with contextlib.suppress(asyncio.CancelledError):
+            await hub.heartbeats()
+
     async def subscribe() -> None:
         await nats_dep.wait_ready()
         await nats_dep.nc.subscribe(f"{codec.SUBJECT_ROOT}.>", cb=hub.on_msg, pending_msgs_limit=1_000_000)
@@ -418,6 +483,7 @@ def build(app: ServiceApp) -> None:
     async def on_start() -> None:
         app.spawn(subscribe())
         app.spawn(wake_streams_on_stop())
+        app.spawn(heartbeats())
 
     app.on_start(on_start)
 

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from enum import Enum
+from typing import NamedTuple
 
 import numpy as np
 from numpy.typing import NDArray
@@ -28,7 +29,7 @@ from numpy.typing import NDArray
 from pricing import ladder
 from pricing.football import MatchState, Period, fit_expected_goals
 from pricing.margin import MarginError, apply_margin
-from pricing.markets import CATALOGUE, ROW_START, market_identity, row_values
+from pricing.markets import CATALOGUE, ROW_START, market_identity
 from pricing.pricer import DEFAULT_MARGIN, DEFAULT_METHOD, PricedBook, price_match
 
 
@@ -69,8 +70,9 @@ class Hold(Enum):
     TRADER = "trader"
 
 
-@dataclass(frozen=True)
-class MarketQuote:
+class MarketQuote(NamedTuple):
+    """One market as published (a tuple: built for every changed market of every reprice)."""
+
     key: str
     market_type: str
     specifiers: tuple[tuple[str, str], ...]
@@ -213,10 +215,15 @@ class LiveMatch:
         hold_reason = ",".join(sorted(h.value for h in self.holds)) or "ended"
         out: list[MarketQuote] = []
         offered_list: list[bool] = np.asarray(offered).tolist()
-        for k in (int(i) for i in np.flatnonzero(changed)):
+        changed_at = np.flatnonzero(changed)
+        # the changed rows as Python values in one conversion each (not one per market)
+        cents_rows: list[list[int]] = cents[changed_at].tolist()
+        prob_rows: list[list[float]] = np.round(f.p[_POS[changed_at]], 6).tolist()
+        status_list: list[int] = status.tolist()
+        for j, k in enumerate(changed_at.tolist()):
             spec = CATALOGUE[k]
             key, specifiers = (spec.key, spec.specifiers) if k == _HT else market_identity(spec, f)
-            st = int(status[k])
+            st = status_list[k]
             if st == _CLOSED:
                 reason = "decided"
             elif not offered_list[k]:
@@ -229,20 +236,10 @@ class LiveMatch:
                 reason = hold_reason
             else:
                 reason = ""
-            probs = provider_probs.get(k) or tuple(round(float(x), 6) for x in row_values(spec, f.p))
             n = len(spec.outcomes)
-            out.append(
-                MarketQuote(
-                    key,
-                    spec.market_type,
-                    specifiers,
-                    _STATUS[st],
-                    spec.outcomes,
-                    tuple(int(c) for c in cents[k, :n]),
-                    probs,
-                    reason,
-                )
-            )
+            pr = provider_probs.get(k) or tuple(prob_rows[j][:n])
+            prices = tuple(cents_rows[j][:n])
+            out.append(MarketQuote(key, spec.market_type, specifiers, _STATUS[st], spec.outcomes, prices, pr, reason))
         if new_next and self._next_n:  # the previous goal's next-goal market is over
             old = self.quotes.get(f"next_goal:{self._next_n}")
             if old is not None and old.status is not Status.CLOSED:

@@ -55,64 +55,139 @@ def market(match_id: str, q: MarketQuote, version: int) -> market_pb2.Market:
     return m
 
 
+def _varint(n: int) -> bytes:
+    if n < 0x80:
+        return _SMALL[n]
+    out = bytearray()
+    while n > 0x7F:
+        out.append((n & 0x7F) | 0x80)
+        n >>= 7
+    out.append(n)
+    return bytes(out)
+
+
+_SMALL = [bytes((i,)) for i in range(0x80)]
+
+
+def _field(number: int, payload: bytes) -> bytes:
+    """A length-delimited field (wire type 2)."""
+    return _varint(number << 3 | 2) + _varint(len(payload)) + payload
+
+
+def _text(number: int, text: str) -> bytes:
+    return _field(number, text.encode()) if text else b""
+
+
+# Market fields 3 (status, varint), 5 (version, varint), 6 (status_reason); Outcome fields 3 (odds),
+# 4 (probability), 5 (active); both decimal wrappers carry their text in field 1.
+_STATUS_BYTES = {status: bytes((3 << 3, value)) for status, value in _STATUS.items()}
+_VERSION_TAG = bytes((5 << 3,))
+_ACTIVE = bytes((5 << 3, 1))
+_OUTCOME = bytes((4 << 3 | 2,))
+_PROBABILITY = bytes((4 << 3 | 2, 10, 1 << 3 | 2, 8))
+_ODDS: dict[int, bytes] = {}  # odds cents -> the encoded Outcome.odds field
+
+
+def _odds_field(cents: int) -> bytes:
+    encoded = _ODDS.get(cents)
+    if encoded is None:
+        encoded = _ODDS[cents] = _field(3, _text(1, ladder.to_text(cents)))
+    return encoded
+
+
 class MarketCache:
-    """The protobuf of every market's current quote, built once when the quote changes: a delta
-    carries the changed ones, a snapshot all of them (each with the version it last changed at)."""
+    """Every market's current quote as encoded protobuf (a ``Market`` message's bytes, length
+    first), built once when the quote changes: a delta carries the changed ones, a snapshot all of
+    them (each with the version it last changed at). The parts of a market that never change (its
+    reference, name and outcome names) are encoded once per match and market; a clock tick costs
+    the prices only. ``encode`` gives the same bytes as ``market(...).SerializeToString()``."""
 
     def __init__(self) -> None:
-        self._markets: dict[str, dict[str, market_pb2.Market]] = {}
+        self._markets: dict[str, dict[str, bytes]] = {}
+        self._fixed: dict[str, dict[str, tuple[bytes, tuple[bytes, ...]]]] = {}
 
-    def update(self, d: Delta) -> list[market_pb2.Market]:
-        book = self._markets.setdefault(d.match_id, {})
-        out = []
-        for q in d.markets:
-            pb = market(d.match_id, q, d.version)
-            book[q.key] = pb
-            out.append(pb)
-        return out
+    def encode(self, match_id: str, q: MarketQuote, version: int) -> bytes:
+        """``q`` as the bytes of a ``Market`` message."""
+        fixed = self._fixed.setdefault(match_id, {})
+        parts = fixed.get(q.key)
+        if parts is None:
+            ref = _ref(match_id, q).SerializeToString()
+            parts = fixed[q.key] = (
+                _field(1, ref) + _text(2, q.key),
+                tuple(_text(1, o) + _text(2, o) for o in q.outcomes),
+            )
+        head, names = parts
+        is_open = q.status is Status.OPEN
+        body = [head, _STATUS_BYTES[q.status]]
+        for name, cents, p in zip(names, q.odds_cents, q.probabilities, strict=True):
+            text = f"{p:.6f}".encode()
+            # Outcome.probability: a Probability of 8 characters ("0.532438") has a fixed header
+            probability = _PROBABILITY + text if len(text) == 8 else _field(4, _field(1, text))
+            if cents:
+                outcome = name + (_ODDS.get(cents) or _odds_field(cents)) + probability
+                if is_open:
+                    outcome += _ACTIVE
+            else:
+                outcome = name + probability
+            body.append(_OUTCOME + _varint(len(outcome)) + outcome)
+        if version:
+            body.append(_VERSION_TAG + _varint(version))
+        body.append(_text(6, q.reason))
+        return b"".join(body)
+
+    def _store(self, match_id: str, q: MarketQuote, version: int) -> bytes:
+        body = self.encode(match_id, q, version)
+        framed = self._markets.setdefault(match_id, {})[q.key] = _varint(len(body)) + body
+        return framed
+
+    def update(self, d: Delta) -> list[bytes]:
+        """The delta's markets encoded (each length first), remembered for the snapshots."""
+        return [self._store(d.match_id, q, d.version) for q in d.markets]
 
     def seed(self, m: LiveMatch) -> None:
         """Every quote of a rebuilt match (its markets' change versions are not known: the match's)."""
-        self._markets[m.match_id] = {q.key: market(m.match_id, q, m.version) for q in m.quotes.values()}
+        self._markets[m.match_id] = {}
+        for q in m.quotes.values():
+            self._store(m.match_id, q, m.version)
 
-    def markets(self, match_id: str) -> list[market_pb2.Market]:
+    def markets(self, match_id: str) -> list[bytes]:
         return list(self._markets.get(match_id, {}).values())
 
 
-def delta(
-    d: Delta, m: LiveMatch, published: Timestamp, received_ms: int, markets: list[market_pb2.Market] | None = None
-) -> market_pb2.OddsDelta:
-    out = market_pb2.OddsDelta(
-        match_id=d.match_id,
-        version=d.version,
-        previous_version=d.previous_version,
-        cause=d.cause,
-        markets=markets if markets is not None else [market(d.match_id, q, d.version) for q in d.markets],
-        score=f"{m.home_goals}-{m.away_goals}",
-        minute=int(m.minute),
-    )
-    out.published_at.CopyFrom(published)
+def _repeated(number: int, framed: list[bytes]) -> bytes:
+    """Messages already encoded with their length in front, as the repeated field ``number``."""
+    if not framed:
+        return b""
+    tag = _varint(number << 3 | 2)
+    return tag + tag.join(framed)
+
+
+def delta(d: Delta, m: LiveMatch, published: Timestamp, received_ms: int, markets: list[bytes]) -> bytes:
+    """The ``OddsDelta`` bytes, with ``markets`` from :meth:`MarketCache.update` (field order as
+    the protobuf library writes it: the fields before ``markets``, the markets, the rest)."""
+    head = market_pb2.OddsDelta(match_id=d.match_id, version=d.version, previous_version=d.previous_version)
+    tail = market_pb2.OddsDelta(cause=d.cause, score=f"{m.home_goals}-{m.away_goals}", minute=int(m.minute))
+    tail.published_at.CopyFrom(published)
     if received_ms:
-        out.feed_received_at.FromMilliseconds(received_ms)
-    return out
+        tail.feed_received_at.FromMilliseconds(received_ms)
+    return head.SerializeToString() + _repeated(4, markets) + tail.SerializeToString()
 
 
-def snapshot(m: LiveMatch, published: Timestamp, cache: MarketCache | None = None) -> market_pb2.MatchOdds:
-    if cache is not None:
-        markets = cache.markets(m.match_id)
-    else:
-        markets = [market(m.match_id, q, m.version) for q in m.quotes.values()]
-    out = market_pb2.MatchOdds(
-        match_id=m.match_id,
-        version=m.version,
+def snapshot(m: LiveMatch, published: Timestamp, cache: MarketCache | None = None) -> bytes:
+    """The ``MatchOdds`` bytes of ``m`` with every market as ``cache`` holds it (without a cache:
+    every quote at the match's version)."""
+    if cache is None:
+        cache = MarketCache()
+        cache.seed(m)
+    head = market_pb2.MatchOdds(match_id=m.match_id, version=m.version)
+    tail = market_pb2.MatchOdds(
         home_team=m.home,
         away_team=m.away,
         score=f"{m.home_goals}-{m.away_goals}",
         minute=int(m.minute),
         source=market_pb2.PRICE_SOURCE_PROVIDER if m.mode == "provider" else market_pb2.PRICE_SOURCE_MODEL,
-        markets=markets,
         in_play=m.live and not m.ended,
         sport=m.sport or common_pb2.SPORT_FOOTBALL,  # type: ignore[arg-type]
     )
-    out.published_at.CopyFrom(published)
-    return out
+    tail.published_at.CopyFrom(published)
+    return head.SerializeToString() + _repeated(3, cache.markets(m.match_id)) + tail.SerializeToString()
