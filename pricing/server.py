@@ -28,6 +28,7 @@ import logging
 import os
 import time
 import uuid
+from dataclasses import dataclass, field
 
 import nats.errors
 import nats.js.errors
@@ -38,6 +39,7 @@ from nats.aio.subscription import Subscription
 from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
 from nats.js.kv import KeyValue
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+from redis.asyncio.client import Pipeline
 
 from feed.adapters.jetstream import PARTITIONS, STREAM, ensure_stream, partition_of, partition_subjects, replay
 from mesh import tracing
@@ -46,7 +48,7 @@ from mesh.metrics import LATENCY_BUCKETS
 from mesh.service import ServiceApp, run
 from pricing.leases import RENEW_EVERY, Leases, lease_store, plan
 from pricing.live import codec
-from pricing.live.book import Delta
+from pricing.live.book import Delta, LiveMatch
 from pricing.live.engine import Engine
 from pricing.trader import TraderApi, apply_trader_state, trader_store
 
@@ -76,6 +78,14 @@ class Share:
         self.ready = asyncio.Event()
         self.task: asyncio.Task[None] | None = None
         self.sub: Subscription | None = None  # trader requests forwarded by other replicas
+
+
+@dataclass
+class Batch:
+    """The Redis writes of one batch of feed events, sent in one round trip after the deltas."""
+
+    pipe: Pipeline
+    touched: dict[str, LiveMatch] = field(default_factory=dict)
 
 
 class PricingMetrics:
@@ -120,23 +130,37 @@ class Runner:
         """Publish deltas on NATS in order, then the snapshots and the delta log in Redis."""
         if not deltas:
             return
+        batch = Batch(self.redis_dep.client.pipeline(transaction=False))
+        await self.send(share, deltas, received_ms or {}, batch)
+        await self.store(share, batch)
+
+    async def send(self, share: Share, deltas: list[Delta], received_ms: dict[str, int], batch: Batch) -> None:
+        """Publish deltas on NATS at once, in order; their Redis writes wait in ``batch``."""
         now = Timestamp()
         now.GetCurrentTime()
-        nc, pipe = self.nats_dep.nc, self.redis_dep.client.pipeline(transaction=False)
-        touched = {}
+        nc, pipe = self.nats_dep.nc, batch.pipe
+        headers = tracing.inject({}) or None
         for d in deltas:
             m = share.engine.matches[d.match_id]
-            markets = share.cache.update(d)
-            data = codec.delta(d, m, now, (received_ms or {}).get(d.match_id, 0), markets)
-            await nc.publish(codec.subject(d.match_id), data, headers=tracing.inject({}) or None)
+            received = received_ms.get(d.match_id, 0)
+            data = codec.delta(d, m, now, received, share.cache.update(d))
+            await nc.publish(codec.subject(d.match_id), data, headers=headers)
             self.metrics.deltas.labels(d.cause or "none").inc()
-            received = (received_ms or {}).get(d.match_id, 0)
             if received:
                 self.metrics.event_to_publish.observe(max(0.0, time.time() - received / 1000))
             pipe.lpush(codec.LOG_KEY + d.match_id, data)
             pipe.ltrim(codec.LOG_KEY + d.match_id, 0, codec.LOG_LENGTH - 1)
-            touched[d.match_id] = m
-        for match_id, m in touched.items():
+            batch.touched[d.match_id] = m
+
+    async def store(self, share: Share, batch: Batch) -> None:
+        """Each touched match's snapshot (once per batch, however many deltas it had) and the
+        delta log, in one Redis round trip."""
+        if not batch.touched:
+            return
+        now = Timestamp()
+        now.GetCurrentTime()
+        pipe = batch.pipe
+        for match_id, m in batch.touched.items():
             pipe.set(codec.SNAP_KEY + match_id, codec.snapshot(m, now, share.cache))
             pipe.zadd(codec.LIVE_KEY, {match_id: int(time.time() * 1000)})
         await pipe.execute()
@@ -203,15 +227,18 @@ class Runner:
                 async with share.lock:
                     parent, links = (traced[0], traced[1:]) if traced else (None, [])
                     with tracing.span("pricing.price", parent, links, events=len(msgs), partition=share.k):
-                        deltas = []
-                        received: dict[str, int] = {}
+                        # each event's deltas leave as soon as they are priced (the NATS client
+                        # sends them when the loop next runs); Redis is written once per batch
+                        batch = Batch(self.redis_dep.client.pipeline(transaction=False))
                         for msg in msgs:
                             e = ev.FeedEvent.FromString(msg.data)
-                            if e.match_id and e.HasField("received_at"):
-                                received[e.match_id] = e.received_at.ToMilliseconds()
-                            deltas += share.engine.apply(e)
+                            deltas = share.engine.apply(e)
+                            if deltas:
+                                received = e.received_at.ToMilliseconds() if e.HasField("received_at") else 0
+                                await self.send(share, deltas, {e.match_id: received} if e.match_id else {}, batch)
+                                await asyncio.sleep(0)
                         self.metrics.events.inc(len(msgs))
-                        await self.publish(share, deltas, received)
+                        await self.store(share, batch)
                 await msgs[-1].ack()  # AckPolicy.ALL: everything up to here is done
         finally:
             share.ready.clear()

@@ -217,7 +217,10 @@ def test_a_client_that_never_reads_does_not_delay_others_and_is_conflated(live: 
     live.send(fixture("ls1"), state("ls1", 1, 0, 0, 1))
     wait_for(lambda: live.snapshot("ls1") is not None, 30, what="priced")
     target = live.odds_target
-    stuck = odds_service_pb2_grpc.OddsServiceStub(grpc.insecure_channel(target)).WatchOdds(
+    # HTTP/2's basic 64 KiB window (no BDP probing, which lets the client library read megabytes
+    # ahead for it): what it does not read holds the server back
+    stuck_channel = grpc.insecure_channel(target, options=[("grpc.http2.bdp_probe", 0)])
+    stuck = odds_service_pb2_grpc.OddsServiceStub(stuck_channel).WatchOdds(
         odds_service_pb2.WatchOddsRequest(), timeout=60
     )
     next(stuck)  # its stream is open; from now on it never reads
