@@ -513,6 +513,12 @@ class Store:
                     (reason, detail, bet_id),
                 )
                 row = await cur.fetchone()
+                assert row is not None
+                await cur.execute(  # a rejected stake no longer counts towards the daily limit
+                    """UPDATE betting.stake_buckets SET staked = greatest(staked - %s, 0)
+                       WHERE account_id = %s AND currency = %s AND hour = date_trunc('hour', %s, 'UTC')""",
+                    (stake, owner, cur_code, row["placed_at"]),
+                )
                 _, balance = await self._post(
                     cur,
                     "stake_release",

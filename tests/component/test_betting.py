@@ -23,6 +23,7 @@ from hypothesis import strategies as st
 from livebet.betting.v1 import bet_pb2
 from livebet.betting.v1 import betting_service_pb2 as bs
 from livebet.betting.v1 import wallet_service_pb2 as ws
+from livebet.odds.v1 import market_pb2
 from livebet.odds.v1 import trader_service_pb2 as ts
 
 from tests.component.betting_env import (
@@ -331,6 +332,35 @@ def test_in_play_bets_wait_for_the_delay_and_a_suspension_in_it_rejects_them(env
     assert got.status == bet_pb2.BET_STATUS_REJECTED
     assert got.reject_reason == bet_pb2.REJECT_REASON_SUSPENDED_DURING_DELAY and "suspended" in got.reject_detail
     assert balance(env, "p9") == (9_000, 1_000)  # the rejected stake is back
+
+
+def test_a_stake_rejected_after_the_delay_no_longer_counts_towards_the_daily_limit(env: Env) -> None:
+    env.send(fixture("b21"), state_event("b21", 1, 10))
+    priced(env, "b21", 10)
+    deposit(env, "p21", 10_000, "p21-d")
+    env.wallet.SetStakeLimits(ws.SetStakeLimitsRequest(max_daily_stake=eur(1_500)), metadata=md("p21"), timeout=10)
+    odds, _ = env.price("b21", "btts", "yes")
+    first = place(env, "p21", "p21-a", [selection("b21", "btts", "yes", odds)], 1_000, bet_pb2.ODDS_CHANGE_POLICY_ANY)
+    env.send(goal("b21", 1, 0, 2))  # suspends in the delay: the bet is rejected and its stake released
+    wait_for(lambda: _status(env, "p21", first.bet_id) == bet_pb2.BET_STATUS_REJECTED, 20, what="rejected")
+
+    def reopened() -> bool:
+        snap = env.snapshot("b21")
+        return (
+            snap is not None
+            and snap.score == "1-0"
+            and any(m.ref.market_key == "btts" and m.status == market_pb2.MARKET_STATUS_OPEN for m in snap.markets)
+        )
+
+    wait_for(reopened, 20, what="repriced at 1-0")
+    odds, _ = env.price("b21", "btts", "yes")
+    # 1,000 of the 1,500 a day: allowed only because the rejected 1,000 no longer counts
+    second = place(env, "p21", "p21-b", [selection("b21", "btts", "yes", odds)], 1_000, bet_pb2.ODDS_CHANGE_POLICY_ANY)
+    assert second.status == bet_pb2.BET_STATUS_PENDING
+    _, msg, details = _refused(
+        lambda: place(env, "p21", "p21-c", [selection("b21", "btts", "yes", odds)], 600, bet_pb2.ODDS_CHANGE_POLICY_ANY)
+    )
+    assert details[0].reason == "REJECT_REASON_ACCOUNT_LIMIT" and "24 hours" in msg  # type: ignore[attr-defined]
 
 
 def _status(env: Env, account: str, bet_id: str) -> int:
