@@ -33,6 +33,7 @@ log = logging.getLogger("betting.outbox")
 STREAM = "BETS"
 BATCH = 500
 POLL_SECONDS = 1.0
+COALESCE_SECONDS = 0.005
 KEEP_PUBLISHED = "1 day"
 
 
@@ -161,6 +162,9 @@ async def run_relay(pool: AsyncConnectionPool, dsn: str, js_of: object, stopping
             wake.clear()
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(wake.wait(), POLL_SECONDS)
+            # events come in bursts (every placed bet notifies): gather a few milliseconds of them
+            # into one round instead of a transaction and a JetStream round trip per event
+            await asyncio.sleep(COALESCE_SECONDS)
     finally:
         listener.cancel()
         with contextlib.suppress(asyncio.CancelledError, Exception):
