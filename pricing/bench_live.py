@@ -3,10 +3,17 @@ updates/s through the real feed, pricing engine and odds stream processes, next 
 server-streaming throughput of the same message size measured in the same run.
 
 It starts nats-server, Valkey, the feed, the engine and one odds stream process in a temporary
-folder; creates ``--matches`` fixtures; opens ``--subscribers`` WatchOdds streams (each on
-``--per-client`` matches); then sends clock updates at ``--rate`` events/s for ``--seconds``. Each
-received delta's latency is "now - feed_received_at" (the feed's receive time, one clock: one
-machine). Percentiles come from an HdrHistogram (1 µs to 60 s, 3 digits).
+folder, then runs four phases:
+
+1. capacity: the stream process alone at full speed (real deltas published straight on NATS to
+   ``--subscribers`` streams, read as bytes);
+2. raw: grpc.aio server streaming from a server process of its own to as many streams, with
+   messages of the deltas' median size (the goal's share is 1 / 2);
+3. live: ``--matches`` fixtures, ``--subscribers`` WatchOdds streams (each on ``--per-client``
+   matches), clock updates through the feed at ``--rate`` events/s for ``--seconds`` (a batch
+   every ``--tick-ms``). Each received delta's latency is "now - feed_received_at" (the feed's
+   receive time, one clock: one machine), in an HdrHistogram (1 µs to 60 s, 3 digits);
+4. stuck: ``--stuck`` streams that never read while the feed goes on; the stream process's RSS.
 """
 
 from __future__ import annotations
@@ -62,7 +69,14 @@ def _clock(i: int, seq: int, minute: int, prefix: str = "bl") -> ev.FeedEvent:
 
 
 async def live_run(
-    feed: str, odds: str, matches: int, subscribers: int, per_client: int, rate: int, seconds: float
+    feed: str,
+    odds: str,
+    matches: int,
+    subscribers: int,
+    per_client: int,
+    rate: int,
+    seconds: float,
+    tick: float = 0.01,
 ) -> dict[str, float]:
     async with access.aio_channel(feed, "svc:bench", [access.FEED]) as fch:
         fstub = feed_service_pb2_grpc.FeedServiceStub(fch)
@@ -96,7 +110,6 @@ async def live_run(
         measuring = True
         seq = 1
         sent = 0
-        tick = 0.05
         per_tick = max(1, int(rate * tick))
         start = time.perf_counter()
         while time.perf_counter() - start < seconds:
@@ -361,6 +374,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--per-client", type=int, default=3)
     parser.add_argument("--rate", type=int, default=1000, help="feed events per second")
     parser.add_argument("--seconds", type=float, default=10.0)
+    parser.add_argument(
+        "--tick-ms", type=float, default=10.0, help="the feed's events go out in one batch every TICK ms"
+    )
     parser.add_argument("--stuck", type=int, default=100, help="clients that never read, for the memory figure")
     parser.add_argument("--stuck-seconds", type=float, default=10.0)
     parser.add_argument("--capacity-seconds", type=float, default=5.0)
@@ -427,6 +443,7 @@ def main(argv: list[str] | None = None) -> int:
                 args.per_client,
                 args.rate,
                 args.seconds,
+                args.tick_ms / 1000,
             )
         )
         stuck: dict[str, float] = {}
