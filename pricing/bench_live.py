@@ -28,7 +28,9 @@ import subprocess
 import sys
 import tempfile
 import time
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import grpc
 import nats
@@ -264,32 +266,62 @@ async def raw_run(target: str, streams: int, channels: int, seconds: float) -> f
     return rate
 
 
-async def capacity_run(
-    odds: str, nats_url: str, redis_url: str, matches: int, subscribers: int, per_client: int, seconds: float
-) -> dict[str, float]:
-    """The stream process alone at full speed: real clock deltas (built here with the engine's own
-    code, ``cap:<i>`` matches, snapshots in Redis) published on NATS as fast as the process hands
-    them to its clients, who read them as bytes as the raw clients do. The publisher keeps at
-    most a few updates per stream in flight, so the figure is what the process delivers, not
-    what it conflates."""
+@dataclass
+class CapacityBook:
+    """The capacity phase's matches: their engine state, the encoded markets of a typical delta
+    each, and the version each match was last published at (rounds go on from it)."""
+
+    engine: Engine
+    cache: codec.MarketCache
+    markets: dict[str, list[bytes]]
+    published: dict[str, int]
+    delta_bytes: int
+
+
+def capacity_book(matches: int) -> CapacityBook:
+    """``cap:<i>`` matches priced with the engine's own code, each with a one-minute clock tick's
+    changed markets (a typical delta, ~35 of 67 markets)."""
     engine, cache = Engine(), codec.MarketCache()
     now = Timestamp()
-    now.GetCurrentTime()
     markets: dict[str, list[bytes]] = {}
-    redis = aioredis.from_url(redis_url)
+    sizes = []
     for i in range(matches):
         for d in engine.apply(_fixture(i, "cap")):
             cache.update(d)
         m = engine.matches[f"cap:{i}"]
         for d in engine.apply(_clock(i, 1, 59, "cap")):
             cache.update(d)
-        tick = engine.apply(_clock(i, 2, 60, "cap"))[0]  # a one-minute clock tick: a typical delta
+        tick = engine.apply(_clock(i, 2, 60, "cap"))[0]
         markets[m.match_id] = cache.update(tick)
-        m.version = 1  # the published deltas go on from the snapshot's version
-        await redis.set(codec.SNAP_KEY + m.match_id, codec.snapshot(m, now, cache))
+        sizes.append(len(codec.delta(tick, m, now, 1, markets[m.match_id])))
+    return CapacityBook(engine, cache, markets, dict.fromkeys(markets, 1), sorted(sizes)[len(sizes) // 2])
+
+
+async def capacity_run(
+    book: CapacityBook,
+    odds: str,
+    nats_url: str,
+    redis_url: str,
+    subscribers: int,
+    per_client: int,
+    seconds: float,
+    seed: int = 2,
+) -> dict[str, float]:
+    """The stream process alone at full speed: the book's deltas published on NATS as fast as the
+    process hands them to its clients, who read them as bytes as the raw clients do. The
+    publisher keeps at most a few updates per stream in flight, so the figure is what the process
+    delivers, not what it conflates."""
+    now = Timestamp()
+    now.GetCurrentTime()
+    redis = aioredis.from_url(redis_url)
+    for match_id, version in book.published.items():  # the images new streams start from
+        m = book.engine.matches[match_id]
+        m.version = version
+        await redis.set(codec.SNAP_KEY + match_id, codec.snapshot(m, now, book.cache))
     await redis.aclose()
-    rng = random.Random(2)
-    watchers: dict[str, int] = dict.fromkeys(markets, 0)
+    matches = len(book.markets)
+    rng = random.Random(seed)
+    watchers: dict[str, int] = dict.fromkeys(book.markets, 0)
     requests = []
     for _ in range(subscribers):
         ids = sorted({f"cap:{rng.randrange(matches)}" for _ in range(per_client)})
@@ -306,16 +338,17 @@ async def capacity_run(
     ]
     nc = await nats.connect(nats_url)
     window = 16 * subscribers  # updates in flight at most (a few per stream: no conflation)
-    ids = [match_id for match_id in markets if watchers[match_id]]
+    ids = [match_id for match_id in book.markets if watchers[match_id]]
     # every delta built before the clock starts: publishing costs the publisher nothing but the send
     published_at = int(time.time() * 1000)
     deltas = []
     for k in range(int(3_000 * seconds)):
         match_id = ids[k % len(ids)]
-        m = engine.matches[match_id]
+        m = book.engine.matches[match_id]
         m.version += 1
         d = Delta(match_id, m.version, m.version - 1, (), "clock")
-        deltas.append((codec.subject(match_id), codec.delta(d, m, now, published_at, markets[match_id]), match_id))
+        data = codec.delta(d, m, now, published_at, book.markets[match_id])
+        deltas.append((codec.subject(match_id), data, match_id, m.version))
     expected = 0
     delivered = 0
     resume_at = 0
@@ -344,9 +377,10 @@ async def capacity_run(
                 await asyncio.wait_for(room.wait(), 0.05)
             expected = min(expected, delivered + window)
             continue
-        for subject, data, match_id in deltas[k : k + 50]:
+        for subject, data, match_id, version in deltas[k : k + 50]:
             await nc.publish(subject, data)
             expected += watchers[match_id]
+            book.published[match_id] = version
         k += 50
         await asyncio.sleep(0)  # let the readers run
     elapsed = time.perf_counter() - start
@@ -357,12 +391,7 @@ async def capacity_run(
     for ch in chans:
         await ch.close()
     await nc.close()
-    sizes = sorted(len(data) for _, data, _ in deltas[:200])
-    return {
-        "updates_per_s": round(delivered / elapsed),
-        "deltas_published_per_s": round(min(k, len(deltas)) / elapsed),
-        "delta_bytes": sizes[len(sizes) // 2],
-    }
+    return {"updates_per_s": round(delivered / elapsed), "deltas_published_per_s": round(min(k, len(deltas)) / elapsed)}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -379,7 +408,8 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--stuck", type=int, default=100, help="clients that never read, for the memory figure")
     parser.add_argument("--stuck-seconds", type=float, default=10.0)
-    parser.add_argument("--capacity-seconds", type=float, default=5.0)
+    parser.add_argument("--capacity-seconds", type=float, default=3.0, help="per round, for each of the two")
+    parser.add_argument("--rounds", type=int, default=3, help="alternating capacity / raw rounds (the median is kept)")
     parser.add_argument("--json", action="store_true")
     parser.add_argument("--raw-server", type=int, default=0, help=argparse.SUPPRESS)  # internal: PORT
     parser.add_argument("--raw-size", type=int, default=0, help=argparse.SUPPRESS)
@@ -409,31 +439,46 @@ def main(argv: list[str] | None = None) -> int:
         ]
         procs += [Process(s, root / f"{s.name}.log").start() for s in specs]
         odds_proc = procs[-1]
-        capacity = asyncio.run(
-            capacity_run(
-                specs[2].health_target,
-                env["LIVEBET_NATS_URL"],
-                env["LIVEBET_REDIS_URL"],
-                args.matches,
-                args.subscribers,
-                args.per_client,
-                args.capacity_seconds,
-            )
-        )
-        size = int(capacity["delta_bytes"])
+        # the stream process at full speed and raw grpc.aio streaming in alternating rounds, so
+        # that what the (shared, noisy) machine does to one it does to the other
+        book = capacity_book(args.matches)
+        size = book.delta_bytes
         raw_port = infra.free_port()
         server = subprocess.Popen(
             [sys.executable, "-m", "pricing.bench_live", "--raw-server", str(raw_port), "--raw-size", str(size)]
         )
+        rounds: list[dict[str, Any]] = []
         try:
-            raw = asyncio.run(
-                raw_run(
-                    f"127.0.0.1:{raw_port}", args.subscribers, max(1, args.subscribers // 100), args.capacity_seconds
+            for k in range(args.rounds):
+                cap_r = asyncio.run(
+                    capacity_run(
+                        book,
+                        specs[2].health_target,
+                        env["LIVEBET_NATS_URL"],
+                        env["LIVEBET_REDIS_URL"],
+                        args.subscribers,
+                        args.per_client,
+                        args.capacity_seconds,
+                        seed=k,
+                    )
                 )
-            )
+                raw_r = asyncio.run(
+                    raw_run(
+                        f"127.0.0.1:{raw_port}",
+                        args.subscribers,
+                        max(1, args.subscribers // 100),
+                        args.capacity_seconds,
+                    )
+                )
+                share_r = cap_r["updates_per_s"] / raw_r if raw_r else 0.0
+                rounds.append({"capacity": cap_r, "raw_msgs_per_s": round(raw_r), "share": round(share_r, 3)})
         finally:
             server.terminate()
             server.wait(10)
+        middle = sorted(rounds, key=lambda x: float(x["share"]))[len(rounds) // 2]
+        capacity: dict[str, float] = middle["capacity"]
+        raw = float(middle["raw_msgs_per_s"])
+        share = float(middle["share"])
         live = asyncio.run(
             live_run(
                 specs[0].health_target,
@@ -463,9 +508,9 @@ def main(argv: list[str] | None = None) -> int:
         for p in reversed(procs):
             p.stop()
         shutil.rmtree(root, ignore_errors=True)
-    share = capacity["updates_per_s"] / raw if raw else 0.0
     result: dict[str, object] = {
         "live": live,
+        "rounds": rounds,
         "capacity": capacity,
         "raw_grpc_streaming_msgs_per_s": round(raw),
         "raw_message_bytes": size,
@@ -495,9 +540,10 @@ def main(argv: list[str] | None = None) -> int:
             f"{args.rate} events/s: odds process RSS {stuck['rss_mb_first']} MB -> peak {stuck['rss_mb_peak']} MB -> "
             f"{stuck['rss_mb_last']} MB (second half: {stuck['rss_mb_growth_second_half']:+} MB)"
         )
+    each = ", ".join(f"{x['share']:.0%}" for x in rounds)
     print(
         f"stream process at full speed ({args.subscribers} streams, deltas of {size} bytes published straight "
-        f"to NATS): {capacity['updates_per_s']} updates/s delivered"
+        f"to NATS): {capacity['updates_per_s']} updates/s delivered (the median of {args.rounds} rounds: {each})"
     )
     print(
         f"  raw grpc.aio streaming of {size}-byte messages, {args.subscribers} streams, server in its own process: "
