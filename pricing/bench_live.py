@@ -70,6 +70,23 @@ def _clock(i: int, seq: int, minute: int, prefix: str = "bl") -> ev.FeedEvent:
     return e
 
 
+async def _priced(odds: str, match_ids: list[str], timeout: float = 120.0) -> None:
+    """Until every match has a snapshot: the clock starts with the engine idle."""
+    deadline = time.perf_counter() + timeout
+    async with grpc.aio.insecure_channel(odds) as ch:
+        stub = odds_service_pb2_grpc.OddsServiceStub(ch)
+        for match_id in match_ids:
+            while True:
+                try:
+                    await stub.GetOddsSnapshot(odds_service_pb2.GetOddsSnapshotRequest(match_id=match_id), timeout=5)
+                    break
+                except grpc.aio.AioRpcError as err:
+                    if err.code() != grpc.StatusCode.NOT_FOUND or time.perf_counter() > deadline:
+                        raise
+                    await asyncio.sleep(0.2)
+    await asyncio.sleep(0.5)  # the last batch's Redis writes and acknowledgement
+
+
 async def live_run(
     feed: str,
     odds: str,
@@ -83,7 +100,7 @@ async def live_run(
     async with access.aio_channel(feed, "svc:bench", [access.FEED]) as fch:
         fstub = feed_service_pb2_grpc.FeedServiceStub(fch)
         await fstub.PublishBatch(fs.PublishBatchRequest(provider="bl", events=[_fixture(i) for i in range(matches)]))
-        await asyncio.sleep(2.0)  # the engine prices the fixtures
+        await _priced(odds, [f"bl:{i}" for i in range(matches)])  # fitting 200 fixtures takes seconds
         hist = HdrHistogram(1, 60_000_000, 3)
         engine_hist = HdrHistogram(1, 60_000_000, 3)  # feed received -> engine published
         received = 0
