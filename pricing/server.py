@@ -28,14 +28,13 @@ import logging
 import os
 import time
 import uuid
-from collections import deque
 from dataclasses import dataclass, field
 
+import nats.errors
 import nats.js.errors
 from google.protobuf.timestamp_pb2 import Timestamp
 from livebet.feed.v1 import event_pb2 as ev
 from livebet.odds.v1 import market_pb2, trader_service_pb2_grpc
-from nats.aio.msg import Msg
 from nats.aio.subscription import Subscription
 from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
 from nats.js.kv import KeyValue
@@ -54,6 +53,7 @@ from pricing.live.engine import Engine
 from pricing.trader import TraderApi, apply_trader_state, trader_store
 
 log = logging.getLogger("pricing")
+FIRST_WAIT = 1.0
 FETCH = 500
 
 
@@ -86,27 +86,6 @@ class Batch:
 
     pipe: Pipeline
     touched: dict[str, LiveMatch] = field(default_factory=dict)
-
-
-class Inbox:
-    """A share's feed messages as the NATS client delivers them (its callback appends; nothing
-    per message but the append), taken by the engine as batches of whatever has arrived."""
-
-    def __init__(self) -> None:
-        self.items: deque[Msg] = deque()
-        self.arrived = asyncio.Event()
-
-    async def put(self, msg: Msg) -> None:
-        self.items.append(msg)
-        self.arrived.set()
-
-    async def take(self, most: int) -> list[Msg]:
-        """Up to ``most`` messages in arrival order, waiting for the first."""
-        while not self.items:
-            self.arrived.clear()
-            await self.arrived.wait()
-        items = self.items
-        return [items.popleft() for _ in range(min(most, len(items)))]
 
 
 class PricingMetrics:
@@ -228,10 +207,7 @@ class Runner:
         # A push consumer: messages arrive as soon as they are stored (a pull fetch of a batch waits
         # to fill it); the engine takes whatever has arrived, up to FETCH, as one batch.
         info = await js.add_consumer(STREAM, config)
-        inbox = Inbox()
-        sub = await js.subscribe_bind(
-            STREAM, info.config, info.name, cb=inbox.put, manual_ack=True, pending_msgs_limit=100_000
-        )
+        sub = await js.subscribe_bind(STREAM, info.config, info.name, manual_ack=True, pending_msgs_limit=100_000)
         share.sub = await nc.subscribe(f"pricing.trader.{share.k}", cb=trader.on_forwarded)
         share.ready.set()
         log.info(
@@ -240,7 +216,12 @@ class Runner:
         )
         try:
             while True:
-                msgs = await inbox.take(FETCH)
+                try:
+                    msgs = [await sub.next_msg(timeout=FIRST_WAIT)]
+                except (TimeoutError, nats.errors.TimeoutError):
+                    continue
+                while len(msgs) < FETCH and sub.pending_msgs > 0:
+                    msgs.append(await sub.next_msg(timeout=FIRST_WAIT))
                 # one span for the batch: the first traced event's trace goes on, the others are linked
                 traced = [c for c in (tracing.extract(m.headers) for m in msgs) if c is not None]
                 async with share.lock:
