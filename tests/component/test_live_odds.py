@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import signal
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -94,6 +95,26 @@ def test_a_goal_suspends_first_then_reprices_with_new_versions(live: Live) -> No
     assert float(after["1x2"].outcomes[0].odds.decimal) < home_before  # the home side scored
     assert after["total:0.5"].status == market_pb2.MARKET_STATUS_CLOSED  # decided
     assert reprice.HasField("feed_received_at")
+
+
+def test_an_idle_stream_gets_a_heartbeat_every_interval_and_nothing_else(live: Live) -> None:
+    live.send(fixture("lh1"), state("lh1", 1, 0, 0, 10))
+    wait_for(lambda: live.snapshot("lh1") is not None, 30, what="priced")
+    stream = live.odds.WatchOdds(
+        odds_service_pb2.WatchOddsRequest(match_ids=["lh1"], heartbeat_interval_ms=500), timeout=30
+    )
+    assert next(stream).WhichOneof("message") == "image"
+    start, beats = time.monotonic(), []
+    for msg in stream:
+        assert msg.WhichOneof("message") == "heartbeat"  # nothing happens on this match
+        assert msg.heartbeat.server_time.seconds > 0
+        beats.append(time.monotonic() - start)
+        if len(beats) == 4:
+            break
+    stream.cancel()
+    gaps = [b - a for a, b in zip([0.0, *beats], beats, strict=False)]
+    # at the interval (the process checks four times a second), never much sooner or later
+    assert all(0.4 <= g <= 3.0 for g in gaps), gaps
 
 
 def test_a_client_resumes_from_its_version_without_a_gap(live: Live) -> None:
