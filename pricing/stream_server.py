@@ -406,7 +406,8 @@ class OddsApi(odds_service_pb2_grpc.OddsServiceServicer):
                     continue
                 pending = watcher.take()
                 if not pending:
-                    if watcher.heartbeat_due:
+                    # due when the ticker looked, and still nothing sent since
+                    if watcher.heartbeat_due and time.monotonic() - watcher.last_send >= watcher.heartbeat:
                         watcher.heartbeat_due = False
                         beat = odds_service_pb2.Heartbeat()
                         beat.server_time.GetCurrentTime()
