@@ -162,7 +162,10 @@ class Runner:
         pipe = batch.pipe
         for match_id, m in batch.touched.items():
             pipe.set(codec.SNAP_KEY + match_id, codec.snapshot(m, now, share.cache))
-            pipe.zadd(codec.LIVE_KEY, {match_id: int(time.time() * 1000)})
+            if m.ended:  # its snapshot stays (by id); lists and "every match" streams leave it
+                pipe.zrem(codec.LIVE_KEY, match_id)
+            else:
+                pipe.zadd(codec.LIVE_KEY, {match_id: int(time.time() * 1000)})
         await pipe.execute()
 
     async def rebuild(self, share: Share) -> tuple[int, int]:

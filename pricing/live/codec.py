@@ -3,7 +3,8 @@
 NATS: every delta is published on ``odds.<match>`` (match id made a subject token).
 Redis (only what can be rebuilt): ``odds:snap:<match>`` the latest ``MatchOdds``;
 ``odds:log:<match>`` the last ``LOG_LENGTH`` ``OddsDelta`` messages, newest first (for resuming
-clients); ``odds:live`` a sorted set of priced matches by last update time (ms).
+clients); ``odds:live`` a sorted set of priced matches that have not ended, by last update time
+(ms).
 """
 
 from __future__ import annotations

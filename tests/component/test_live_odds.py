@@ -117,6 +117,30 @@ def test_an_idle_stream_gets_a_heartbeat_every_interval_and_nothing_else(live: L
     assert all(0.4 <= g <= 3.0 for g in gaps), gaps
 
 
+def test_an_ended_match_leaves_the_live_list_and_keeps_its_snapshot(live: Live) -> None:
+    live.send(fixture("le1"), state("le1", 1, 1, 0, 80))
+    wait_for(lambda: (s := live.snapshot("le1")) is not None and s.minute == 80, 30, what="priced")
+
+    def listed() -> set[str]:
+        page = live.odds.ListLiveMatches(odds_service_pb2.ListLiveMatchesRequest(page_size=500), timeout=10)
+        return {m.match_id for m in page.matches}
+
+    assert "le1" in listed()
+    end = state("le1", 2, 1, 0, 90)
+    end.match_state.state.status = ev.MATCH_STATUS_ENDED
+    live.send(end)
+    wait_for(lambda: "le1" not in listed(), 30, what="gone from the live list")
+    snap = live.snapshot("le1")  # still there by id, every market closed, not in play
+    assert snap is not None and not snap.in_play and snap.score == "1-0"
+    assert {m.status for m in snap.markets} == {market_pb2.MARKET_STATUS_CLOSED}
+    stream = live.odds.WatchOdds(odds_service_pb2.WatchOddsRequest(heartbeat_interval_ms=500), timeout=30)
+    for msg in stream:  # a stream of every match: images of the live ones only, then heartbeats
+        if msg.WhichOneof("message") != "image":
+            break
+        assert msg.image.match_id != "le1"
+    stream.cancel()
+
+
 def test_a_client_resumes_from_its_version_without_a_gap(live: Live) -> None:
     live.send(fixture("lo2"), state("lo2", 1, 0, 0, 30))
     wait_for(lambda: (s := live.snapshot("lo2")) is not None and s.minute == 30, 30, what="priced")
