@@ -203,17 +203,14 @@ def plots(raw: dict[str, Any], folder: Path) -> list[Path]:
         ax.set_ylabel("ms")
         ax.set_title("latency (lower is better)")
         ax.legend()
-        fig.tight_layout()
-        out.append(folder / "latency.png")
-        fig.savefig(out[-1], dpi=110)
-        plt.close(fig)
+        out.append(_save(fig, folder / "latency.png"))
     pairs: list[tuple[str, float, float]] = []
     if "feed" in raw:
         r = next(iter(raw["feed"]["results"].values()))
         pairs.append(("feed events", r["feed_events_per_s"], r["raw_events_per_s"]))
     if "live" in raw:
         pairs.append(
-            ("odds updates", raw["live"]["live"]["updates_per_s"], raw["live"]["raw_grpc_streaming_msgs_per_s"])
+            ("odds updates", raw["live"]["capacity"]["updates_per_s"], raw["live"]["raw_grpc_streaming_msgs_per_s"])
         )
     if "bets" in raw:
         b = raw["bets"]
@@ -230,11 +227,17 @@ def plots(raw: dict[str, Any], folder: Path) -> list[Path]:
         ax.set_ylabel("per second (log)")
         ax.set_title("throughput against the raw baseline")
         ax.legend()
-        fig.tight_layout()
-        out.append(folder / "throughput.png")
-        fig.savefig(out[-1], dpi=110)
-        plt.close(fig)
+        out.append(_save(fig, folder / "throughput.png"))
     return out
+
+
+def _save(fig: Any, path: Path) -> Path:
+    import matplotlib.pyplot as plt
+
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
 
 
 def run(names: list[str], quick: bool, results_root: Path) -> tuple[Path, list[Figure], dict[str, Any]]:

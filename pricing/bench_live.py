@@ -28,6 +28,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -68,6 +69,30 @@ def _clock(i: int, seq: int, minute: int, prefix: str = "bl") -> ev.FeedEvent:
     s = e.match_state.state
     s.match_id, s.status, s.period, s.clock.minute = m, ev.MATCH_STATUS_LIVE, ev.PERIOD_SECOND_HALF, minute
     return e
+
+
+async def _drive_clock(
+    fstub: feed_service_pb2_grpc.FeedServiceStub,
+    matches: int,
+    rate: int,
+    seconds: float,
+    tick: float,
+    first_seq: int,
+    after_batch: Callable[[], None] = lambda: None,
+) -> tuple[int, float]:
+    """Clock updates through the feed at ``rate`` events/s for ``seconds``, a batch every ``tick``,
+    round the matches (each round one minute later); returns (events sent, seconds taken)."""
+    sent, per_tick, start = 0, max(1, int(rate * tick)), time.perf_counter()
+    while time.perf_counter() - start < seconds:
+        batch = []
+        for _ in range(per_tick):
+            round_ = sent // matches
+            batch.append(_clock(sent % matches, first_seq + round_, 46 + round_ % 44))
+            sent += 1
+        await fstub.PublishBatch(fs.PublishBatchRequest(provider="bl", events=batch), timeout=30)
+        after_batch()
+        await asyncio.sleep(max(0.0, start + sent / rate - time.perf_counter()))
+    return sent, time.perf_counter() - start
 
 
 async def _priced(odds: str, match_ids: list[str], timeout: float = 120.0) -> None:
@@ -127,20 +152,7 @@ async def live_run(
         readers = [asyncio.create_task(reader(c)) for c in streams]
         await asyncio.sleep(2.0)  # images delivered
         measuring = True
-        seq = 1
-        sent = 0
-        per_tick = max(1, int(rate * tick))
-        start = time.perf_counter()
-        while time.perf_counter() - start < seconds:
-            batch = []
-            for _ in range(per_tick):
-                i = sent % matches
-                minute = 46 + (sent // matches) % 44
-                batch.append(_clock(i, seq + sent // matches, minute))
-                sent += 1
-            await fstub.PublishBatch(fs.PublishBatchRequest(provider="bl", events=batch), timeout=30)
-            await asyncio.sleep(max(0.0, start + (sent / rate) - time.perf_counter()))
-        elapsed = time.perf_counter() - start
+        sent, elapsed = await _drive_clock(fstub, matches, rate, seconds, tick, first_seq=1)
         await asyncio.sleep(2.0)  # drain
         for c in streams:
             c.cancel()
@@ -185,20 +197,16 @@ async def stuck_run(
         ]
         for c in calls:  # started (the request is sent), never read
             await c.wait_for_connection()
-        samples = []
-        seq, sent, start = 10_000, 0, time.perf_counter()
-        next_sample = start + 1.0
-        while time.perf_counter() - start < seconds:
-            batch = []
-            for _ in range(max(1, rate // 20)):
-                i = sent % matches
-                batch.append(_clock(i, seq + sent // matches, 46 + (sent // matches) % 44))
-                sent += 1
-            await fstub.PublishBatch(fs.PublishBatchRequest(provider="bl", events=batch), timeout=30)
+        samples: list[float] = []
+        next_sample = time.perf_counter() + 1.0
+
+        def sample() -> None:
+            nonlocal next_sample
             if time.perf_counter() >= next_sample:
                 samples.append(_rss_mb(odds_pid))
                 next_sample += 1.0
-            await asyncio.sleep(max(0.0, start + sent / rate - time.perf_counter()))
+
+        sent, _ = await _drive_clock(fstub, matches, rate, seconds, 0.05, first_seq=10_000, after_batch=sample)
         samples.append(_rss_mb(odds_pid))
         for c in calls:
             c.cancel()

@@ -67,20 +67,11 @@ class Update:
         sent to every stream of the match."""
         if self._frame is None:
             raw = self.raw if self.raw is not None else self.delta.SerializeToString()
-            self._frame = _DELTA_TAG + _varint(len(raw)) + raw
+            self._frame = _DELTA_TAG + codec.varint(len(raw)) + raw
         return self._frame
 
 
 _DELTA_TAG = bytes([(2 << 3) | 2])  # WatchOddsResponse.delta: field 2, wire type 2
-
-
-def _varint(n: int) -> bytes:
-    out = bytearray()
-    while n > 0x7F:
-        out.append((n & 0x7F) | 0x80)
-        n >>= 7
-    out.append(n)
-    return bytes(out)
 
 
 def serialize_watch(response: odds_service_pb2.WatchOddsResponse | bytes) -> bytes:

@@ -56,7 +56,8 @@ def market(match_id: str, q: MarketQuote, version: int) -> market_pb2.Market:
     return m
 
 
-def _varint(n: int) -> bytes:
+def varint(n: int) -> bytes:
+    """``n`` as a protobuf base-128 varint."""
     if n < 0x80:
         return _SMALL[n]
     out = bytearray()
@@ -72,7 +73,7 @@ _SMALL = [bytes((i,)) for i in range(0x80)]
 
 def _field(number: int, payload: bytes) -> bytes:
     """A length-delimited field (wire type 2)."""
-    return _varint(number << 3 | 2) + _varint(len(payload)) + payload
+    return varint(number << 3 | 2) + varint(len(payload)) + payload
 
 
 def _text(number: int, text: str) -> bytes:
@@ -130,15 +131,15 @@ class MarketCache:
                     outcome += _ACTIVE
             else:
                 outcome = name + probability
-            body.append(_OUTCOME + _varint(len(outcome)) + outcome)
+            body.append(_OUTCOME + varint(len(outcome)) + outcome)
         if version:
-            body.append(_VERSION_TAG + _varint(version))
+            body.append(_VERSION_TAG + varint(version))
         body.append(_text(6, q.reason))
         return b"".join(body)
 
     def _store(self, match_id: str, q: MarketQuote, version: int) -> bytes:
         body = self.encode(match_id, q, version)
-        framed = self._markets.setdefault(match_id, {})[q.key] = _varint(len(body)) + body
+        framed = self._markets.setdefault(match_id, {})[q.key] = varint(len(body)) + body
         return framed
 
     def update(self, d: Delta) -> list[bytes]:
@@ -159,7 +160,7 @@ def _repeated(number: int, framed: list[bytes]) -> bytes:
     """Messages already encoded with their length in front, as the repeated field ``number``."""
     if not framed:
         return b""
-    tag = _varint(number << 3 | 2)
+    tag = varint(number << 3 | 2)
     return tag + tag.join(framed)
 
 
