@@ -26,6 +26,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import os
 import shutil
 import statistics
 import subprocess
@@ -92,6 +93,42 @@ def _seed_odds(redis_url: str, matches: int) -> dict[int, str]:
         r.set(codec.SNAP_KEY + lm.match_id, codec.snapshot(lm, now))
         out[m] = codec.market(lm.match_id, lm.quotes["1x2"], lm.version).outcomes[0].odds.decimal
     return out
+
+
+def cpu_seconds(pids: list[int]) -> dict[int, float]:
+    """User + system CPU time each process used so far (Linux ``/proc``)."""
+    out = {}
+    for pid in pids:
+        try:
+            with open(f"/proc/{pid}/stat") as f:
+                fields = f.read().rsplit(") ", 1)[1].split()
+        except OSError:
+            continue  # gone (a PostgreSQL backend that closed)
+        out[pid] = (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")  # utime + stime
+    return out
+
+
+class CpuMeter:
+    """CPU time per operation of groups of processes, e.g. ``{"betting": lambda: [pid]}``
+    (the lists are read again at the end: PostgreSQL backends come and go)."""
+
+    def __init__(self, groups: dict[str, Any]) -> None:
+        self.groups = groups
+        self.start = {name: cpu_seconds(pids()) for name, pids in groups.items()}
+
+    def per_op_ms(self, ops: float) -> dict[str, float]:
+        out = {}
+        for name, pids in self.groups.items():
+            now, before = cpu_seconds(pids()), self.start[name]
+            used = sum(t - before.get(pid, 0.0) for pid, t in now.items())
+            out[f"{name}_cpu_ms"] = round(1000 * used / max(ops, 1), 3)
+        return out
+
+
+def postgres_pids(postmaster: int) -> list[int]:
+    """The postmaster and its children (backends, WAL writer, checkpointer ...)."""
+    with open(f"/proc/{postmaster}/task/{postmaster}/children") as f:
+        return [postmaster, *map(int, f.read().split())]
 
 
 def _median(results: list[dict[str, float]]) -> dict[str, float]:
@@ -178,7 +215,7 @@ CREATE TABLE bench_raw.outbox (id bigserial PRIMARY KEY, subject text, payload b
 """
 
 
-async def raw_postgres(dsn: str, clients: int, seconds: float) -> dict[str, float]:
+async def raw_postgres(dsn: str, clients: int, seconds: float, cpu: dict[str, Any] | None = None) -> dict[str, float]:
     with psycopg.connect(dsn, autocommit=True) as conn:
         conn.execute(RAW_SCHEMA)
         conn.execute("INSERT INTO bench_raw.balances SELECT 'p' || g, 10^12 FROM generate_series(0, %s) g", (clients,))
@@ -206,7 +243,9 @@ async def raw_postgres(dsn: str, clients: int, seconds: float) -> dict[str, floa
                 )
             await cur.execute("INSERT INTO bench_raw.outbox (subject, payload) VALUES ('bets.x', %s)", (payload,))
 
+    meter = CpuMeter(cpu or {})
     out = await _drive(clients, seconds, call)
+    out.update(meter.per_op_ms(out["per_s"] * seconds))
     await pool.close()
     with psycopg.connect(dsn, autocommit=True) as conn:
         conn.execute("DROP SCHEMA bench_raw CASCADE")
@@ -223,6 +262,7 @@ async def place_bets(
     rate: float,
     tag: str,
     hot: bool = False,
+    cpu: dict[str, Any] | None = None,
 ) -> dict[str, float]:
     channels = [grpc.aio.insecure_channel(t) for t in targets]
     stubs = [betting_service_pb2_grpc.BettingServiceStub(ch) for ch in channels]
@@ -243,7 +283,9 @@ async def place_bets(
         if reply.bet.status != bet_pb2.BET_STATUS_ACCEPTED:
             raise RuntimeError(bet_pb2.BetStatus.Name(reply.bet.status))
 
+    meter = CpuMeter(cpu or {})
     out = await _drive(clients, seconds, call, rate)
+    out.update(meter.per_op_ms(out["per_s"] * seconds))
     for ch in channels:
         await ch.close()
     return out
@@ -274,14 +316,17 @@ def main(argv: list[str] | None = None) -> int:
             infra.postgres(root / "pg", pg_port, durable=True),
         ):
             procs.append(Process(spec, root / f"{spec.name}.log").start())
+        postmaster = procs[-1].pid
         dsn, redis_url = infra.postgres_dsn(pg_port), f"redis://127.0.0.1:{redis_port}/0"
         env = {"LIVEBET_NATS_URL": f"nats://127.0.0.1:{nats_port}", "LIVEBET_REDIS_URL": redis_url}
         env["LIVEBET_POSTGRES_DSN"] = dsn
         env["LIVEBET_LOG_LEVEL"] = "WARNING"
         targets = []
+        betting_pids: list[int] = []
         for k in range(args.replicas):
             betting = Process(service_spec(f"betting-{k}", "betting.server", env), root / f"betting-{k}.log").start()
             procs.append(betting)
+            betting_pids.append(betting.pid)
             targets.append(betting.spec.health_target)
         echo_port = infra.free_port()
         echo = subprocess.Popen([sys.executable, "-m", "betting.bench", "--echo-server", str(echo_port)])
@@ -300,6 +345,9 @@ def main(argv: list[str] | None = None) -> int:
 
         wait_for(lambda: asyncio.run(probe()), 30, what="echo server")
         n, secs = args.clients, args.seconds
+        # CPU per bet of each part: the figures least disturbed by a noisy neighbour
+        pg_cpu = {"postgres": lambda: postgres_pids(postmaster), "client": lambda: [os.getpid()]}
+        cpu = {"betting": lambda: betting_pids, **pg_cpu}
         print(f"raw grpc.aio unary ({n} clients, {secs:.0f} s) ...", file=sys.stderr)
         grpc_raw = asyncio.run(raw_grpc(f"127.0.0.1:{echo_port}", n, secs, payload))
         echo.terminate()
@@ -309,18 +357,20 @@ def main(argv: list[str] | None = None) -> int:
         rounds: list[dict[str, Any]] = []
         for r in range(args.rounds):
             print(f"raw PostgreSQL bet-shaped transactions, round {r + 1}/{args.rounds} ...", file=sys.stderr)
-            pg_r = asyncio.run(raw_postgres(dsn, n, secs / args.rounds))
+            pg_r = asyncio.run(raw_postgres(dsn, n, secs / args.rounds, pg_cpu))
             print(f"PlaceBet, full load, round {r + 1}/{args.rounds} ...", file=sys.stderr)
-            full_r = asyncio.run(place_bets(targets, n, secs / args.rounds, odds, args.matches, 0.0, f"full{r}"))
+            full_r = asyncio.run(
+                place_bets(targets, n, secs / args.rounds, odds, args.matches, 0.0, f"full{r}", cpu=cpu)
+            )
             lower_r = min(grpc_raw["per_s"], pg_r["per_s"])
             rounds.append({"raw_postgres_txn": pg_r, "placebet_full": full_r, "share": full_r["per_s"] / lower_r})
         pg_raw = _median([x["raw_postgres_txn"] for x in rounds])
         full = _median([x["placebet_full"] for x in rounds])
         half_rate = full["per_s"] / 2
         print(f"PlaceBet at half that load ({half_rate:.0f}/s) ...", file=sys.stderr)
-        half = asyncio.run(place_bets(targets, n, secs, odds, args.matches, half_rate, "half"))
+        half = asyncio.run(place_bets(targets, n, secs, odds, args.matches, half_rate, "half", cpu=cpu))
         print("PlaceBet, every client on the same outcome ...", file=sys.stderr)
-        hot = asyncio.run(place_bets(targets, n, secs, odds, args.matches, 0.0, "hot", True))
+        hot = asyncio.run(place_bets(targets, n, secs, odds, args.matches, 0.0, "hot", True, cpu=cpu))
     finally:
         for child in procs_cleanup:
             if child.poll() is None:
@@ -351,7 +401,8 @@ def main(argv: list[str] | None = None) -> int:
         f" pre-match (no delay); raw PostgreSQL and PlaceBet at full load in {args.rounds} alternating rounds"
         " (medians)"
     )
-    print(f"{'figure':<38}{'per s':>10}{'p50 ms':>10}{'p99 ms':>10}{'failed':>8}")
+    print(f"{'':<38}{'':>38}{'CPU ms per bet':^24}")
+    print(f"{'figure':<38}{'per s':>10}{'p50 ms':>10}{'p99 ms':>10}{'failed':>8}{'betting':>8}{'PG':>8}{'client':>8}")
     for name, fig in (
         ("raw grpc.aio unary (echo)", grpc_raw),
         ("raw PostgreSQL bet-shaped transaction", pg_raw),
@@ -359,7 +410,11 @@ def main(argv: list[str] | None = None) -> int:
         (f"PlaceBet at half load ({half_rate:.0f}/s)", half),
         ("PlaceBet, all on one outcome", hot),
     ):
-        print(f"{name:<38}{fig['per_s']:>10.0f}{fig['p50_ms']:>10.2f}{fig['p99_ms']:>10.2f}{fig['failed']:>8.0f}")
+        line = f"{name:<38}{fig['per_s']:>10.0f}{fig['p50_ms']:>10.2f}{fig['p99_ms']:>10.2f}{fig['failed']:>8.0f}"
+        for part in ("betting", "postgres", "client"):
+            value = fig.get(f"{part}_cpu_ms")
+            line += f"{value:>8.2f}" if value is not None else f"{'':>8}"
+        print(line)
     ok_share = "met" if share >= GOAL_RAW_SHARE else "NOT met"
     ok_p99 = "met" if half["p99_ms"] <= GOAL_P99_MS else "NOT met"
     each = ", ".join(f"{x['share']:.2f}" for x in rounds)

@@ -49,18 +49,25 @@ from mesh.service import ServiceApp, run
 from pricing.leases import RENEW_EVERY, Leases, lease_store, plan
 from pricing.live import codec
 from pricing.live.book import Delta, LiveMatch
-from pricing.live.engine import Engine
+from pricing.live.engine import RETIRE_AFTER_MS, Engine
 from pricing.trader import TraderApi, apply_trader_state, trader_store
 
 log = logging.getLogger("pricing")
 FIRST_WAIT = 1.0
 FETCH = 500
+SWEEP_SECONDS = 30.0
 
 
 def provider_mode_setting() -> frozenset[str]:
     """``LIVEBET_PRICING_PROVIDER_MODE``: comma-separated providers whose matches are priced in
     provider mode (their odds re-margined) rather than by the model; empty by default."""
     return frozenset(p.strip() for p in os.environ.get("LIVEBET_PRICING_PROVIDER_MODE", "").split(",") if p.strip())
+
+
+def retire_after_setting() -> int:
+    """``LIVEBET_PRICING_RETIRE_AFTER_SECONDS``: how long after its last event an ended match is
+    forgotten by the engine (its snapshot stays in Redis); 600 by default."""
+    return int(float(os.environ.get("LIVEBET_PRICING_RETIRE_AFTER_SECONDS", RETIRE_AFTER_MS / 1000)) * 1000)
 
 
 def durable(k: int) -> str:
@@ -78,6 +85,14 @@ class Share:
         self.ready = asyncio.Event()
         self.task: asyncio.Task[None] | None = None
         self.sub: Subscription | None = None  # trader requests forwarded by other replicas
+        self.swept = 0.0  # when ended matches were last retired (monotonic seconds)
+
+    def retire(self, now_ms: int, after_ms: int = RETIRE_AFTER_MS) -> list[str]:
+        """Forget the matches that ended ``after_ms`` ago or more (engine and encoded markets)."""
+        gone = self.engine.retire_ended(now_ms, after_ms)
+        for match_id in gone:
+            self.cache.forget(match_id)
+        return gone
 
 
 @dataclass
@@ -102,6 +117,9 @@ class PricingMetrics:
             "livebet_pricing_deltas_published_total", "Odds deltas published, by cause.", ["cause"], registry=registry
         )
         self.shares = Gauge("livebet_pricing_shares_held", "Match shares this replica prices.", registry=registry)
+        self.matches = Gauge(
+            "livebet_pricing_matches_held", "Matches in this replica's engines (ended ones leave).", registry=registry
+        )
 
 
 class Runner:
@@ -120,6 +138,8 @@ class Runner:
         self.instance = instance
         self.shares: dict[int, Share] = {}
         self.kv: KeyValue | None = None  # trader state
+        self.retire_after_ms = retire_after_setting()
+        self.sweep_seconds = min(SWEEP_SECONDS, max(0.5, self.retire_after_ms / 2000))
 
     def local(self, match_id: str) -> Share | None:
         """The share holding ``match_id`` if this replica prices it and has rebuilt it."""
@@ -162,8 +182,10 @@ class Runner:
         pipe = batch.pipe
         for match_id, m in batch.touched.items():
             pipe.set(codec.SNAP_KEY + match_id, codec.snapshot(m, now, share.cache))
-            if m.ended:  # its snapshot stays (by id); lists and "every match" streams leave it
+            if m.ended:  # its snapshot stays a while (by id); lists and "every match" streams leave it
                 pipe.zrem(codec.LIVE_KEY, match_id)
+                pipe.expire(codec.SNAP_KEY + match_id, codec.ENDED_TTL_SECONDS)
+                pipe.expire(codec.LOG_KEY + match_id, codec.ENDED_TTL_SECONDS)
             else:
                 pipe.zadd(codec.LIVE_KEY, {match_id: int(time.time() * 1000)})
         await pipe.execute()
@@ -180,17 +202,47 @@ class Runner:
             floor = 0
         share.engine = Engine(self.provider_mode)
         count = await replay(js, floor, share.engine.apply, partition_subjects(share.k))
-        redis = self.redis_dep.client
-        for match_id, m in share.engine.matches.items():
-            raw = await redis.get(codec.SNAP_KEY + match_id)
-            if raw:
-                m.version = max(m.version, market_pb2.MatchOdds.FromString(raw).version)
+        for m, version in zip(
+            share.engine.matches.values(), await self.stored_versions(list(share.engine.matches)), strict=True
+        ):
+            m.version = max(m.version, version)
+        share.cache = codec.MarketCache()
+        share.retire(int(time.time() * 1000), self.retire_after_ms)  # ended a while ago: not worth holding
         if self.kv is not None:
             await apply_trader_state(share.engine, self.kv)
-        share.cache = codec.MarketCache()
         for m in share.engine.matches.values():
             share.cache.seed(m)
         return count, floor
+
+    async def stored_versions(self, match_ids: list[str]) -> list[int]:
+        """Each match's version in its Redis snapshot (0 without one), in one round trip."""
+        if not match_ids:
+            return []
+        pipe = self.redis_dep.client.pipeline(transaction=False)
+        for match_id in match_ids:
+            pipe.get(codec.SNAP_KEY + match_id)
+        return [market_pb2.MatchOdds.FromString(raw).version if raw else 0 for raw in await pipe.execute()]
+
+    async def remember_version(self, share: Share, e: ev.FeedEvent) -> None:
+        """A fixture for a match the engine does not hold: one it forgot before a restart may be
+        sent again, so it carries on from the version in Redis, never from 1 again."""
+        engine = share.engine
+        if e.match_id in engine.matches or e.match_id in engine.retired or e.WhichOneof("payload") != "fixture_change":
+            return
+        (version,) = await self.stored_versions([e.match_id])
+        if version:
+            engine.retired[e.match_id] = (version, int(time.time() * 1000))
+
+    async def sweep(self, share: Share) -> None:
+        """Retire ended matches, at most every ``sweep_seconds``."""
+        if time.monotonic() - share.swept < self.sweep_seconds:
+            return
+        share.swept = time.monotonic()
+        async with share.lock:
+            gone = share.retire(int(time.time() * 1000), self.retire_after_ms)
+        if gone:
+            log.info("ended matches retired", extra={"partition": share.k, "matches": len(gone)})
+        self.metrics.matches.set(sum(len(s.engine.matches) for s in self.shares.values()))
 
     async def run_share(self, share: Share, trader: TraderApi) -> None:
         js, nc = self.nats_dep.js, self.nats_dep.nc
@@ -219,6 +271,7 @@ class Runner:
         )
         try:
             while True:
+                await self.sweep(share)
                 try:
                     msgs = [await sub.next_msg(timeout=FIRST_WAIT)]
                 except (TimeoutError, nats.errors.TimeoutError):
@@ -235,6 +288,7 @@ class Runner:
                         batch = Batch(self.redis_dep.client.pipeline(transaction=False))
                         for msg in msgs:
                             e = ev.FeedEvent.FromString(msg.data)
+                            await self.remember_version(share, e)
                             deltas = share.engine.apply(e)
                             if deltas:
                                 received = e.received_at.ToMilliseconds() if e.HasField("received_at") else 0

@@ -4,7 +4,7 @@ NATS: every delta is published on ``odds.<match>`` (match id made a subject toke
 Redis (only what can be rebuilt): ``odds:snap:<match>`` the latest ``MatchOdds``;
 ``odds:log:<match>`` the last ``LOG_LENGTH`` ``OddsDelta`` messages, newest first (for resuming
 clients); ``odds:live`` a sorted set of priced matches that have not ended, by last update time
-(ms).
+(ms). The snapshot and delta log of a match that ended expire ``ENDED_TTL_SECONDS`` later.
 """
 
 from __future__ import annotations
@@ -22,6 +22,7 @@ LOG_LENGTH = 256
 SNAP_KEY = "odds:snap:"
 LOG_KEY = "odds:log:"
 LIVE_KEY = "odds:live"
+ENDED_TTL_SECONDS = 7 * 24 * 3600  # a match's keys stay this long after it ended
 
 _STATUS = {
     Status.OPEN: market_pb2.MARKET_STATUS_OPEN,
@@ -151,6 +152,11 @@ class MarketCache:
         self._markets[m.match_id] = {}
         for q in m.quotes.values():
             self._store(m.match_id, q, m.version)
+
+    def forget(self, match_id: str) -> None:
+        """Drop a retired match's markets (see ``Engine.retire_ended``)."""
+        self._markets.pop(match_id, None)
+        self._fixed.pop(match_id, None)
 
     def markets(self, match_id: str) -> list[bytes]:
         return list(self._markets.get(match_id, {}).values())

@@ -78,13 +78,23 @@ def _probability(text: str) -> float | None:
     return value if 0 <= value <= 1 else None
 
 
+RETIRE_AFTER_MS = 10 * 60 * 1000  # an ended match heard nothing of for this long is forgotten
+REMEMBER_RETIRED_MS = 7 * 24 * 3600 * 1000  # ... and its last version for this long
+
+
 class Engine:
     """``provider_mode``: providers whose matches are priced in provider mode from the start
-    (a trader can switch any match either way)."""
+    (a trader can switch any match either way).
+
+    A match that has ended is forgotten (:meth:`retire_ended`) once nothing was heard of it for a
+    while, so an engine that runs for months holds the matches being played, not every match it
+    ever priced. Events of a forgotten match are ignored; a fixture sent again prices it again,
+    from the version it had (kept for ``REMEMBER_RETIRED_MS``), so versions never go backwards."""
 
     def __init__(self, provider_mode: frozenset[str] = frozenset()) -> None:
         self.matches: dict[str, LiveMatch] = {}
         self.provider_of: dict[str, str] = {}
+        self.retired: dict[str, tuple[int, int]] = {}  # match id -> (last version, retired at, ms)
         self.processed = 0
         self.provider_mode = provider_mode
 
@@ -92,9 +102,25 @@ class Engine:
         m = self.matches.get(match_id)
         if m is None:
             m = self.matches[match_id] = LiveMatch(match_id)
+            gone = self.retired.pop(match_id, None)
+            if gone is not None:
+                m.version = gone[0]  # priced again after it was forgotten: carry on from there
             if self.provider_of.get(match_id) in self.provider_mode:
                 m.mode = "provider"
         return m
+
+    def retire_ended(self, now_ms: int, after_ms: int = RETIRE_AFTER_MS) -> list[str]:
+        """Forget the matches that ended and had no event for ``after_ms`` (their last state was
+        published already); returns their ids. Also forgets the versions of matches retired more
+        than ``REMEMBER_RETIRED_MS`` ago."""
+        gone = [k for k, m in self.matches.items() if m.ended and now_ms - m.last_event_ms >= after_ms]
+        for match_id in gone:
+            m = self.matches.pop(match_id)
+            self.provider_of.pop(match_id, None)
+            self.retired[match_id] = (m.version, now_ms)
+        for match_id in [k for k, (_, at) in self.retired.items() if now_ms - at >= REMEMBER_RETIRED_MS]:
+            del self.retired[match_id]
+        return gone
 
     def apply(self, e: ev.FeedEvent) -> list[Delta]:
         """The deltas ``e`` causes, in publication order."""
@@ -106,11 +132,11 @@ class Engine:
             return self._for_provider(e.provider, lambda m: _release(m, Hold.PROVIDER_DOWN, "provider_up"))
         if not e.match_id or kind is None:
             return []
-        self.provider_of[e.match_id] = e.provider
         if e.match_id not in self.matches and not (
             kind == "fixture_change" or (kind == "provider_odds" and e.provider in self.provider_mode)
         ):
-            return []  # the model needs the fixture's pre-match odds first
+            return []  # the model needs the fixture's pre-match odds first (or it was retired)
+        self.provider_of[e.match_id] = e.provider
         m = self.match(e.match_id)
         out: list[Delta] = []
 

@@ -12,7 +12,8 @@ import pytest
 from livebet.feed.v1 import event_pb2 as ev
 from livebet.feed.v1 import feed_service_pb2 as fs
 from livebet.feed.v1 import feed_service_pb2_grpc
-from livebet.odds.v1 import market_pb2, odds_service_pb2, odds_service_pb2_grpc
+from livebet.odds.v1 import market_pb2, odds_service_pb2, odds_service_pb2_grpc, trader_service_pb2_grpc
+from livebet.odds.v1 import trader_service_pb2 as ts
 
 from tests.component.test_feed_service import fixture, state
 from tests.conftest import start_nats, start_valkey
@@ -20,7 +21,8 @@ from tests.helpers import Proc, admin_channel, feed_channel, service_spec, wait_
 
 
 class Live:
-    def __init__(self, feed: str, pricing: Proc, odds: Proc) -> None:
+    def __init__(self, feed: str, pricing: Proc, odds: Proc, redis_url: str = "") -> None:
+        self.redis_url = redis_url
         self.feed = feed_service_pb2_grpc.FeedServiceStub(feed_channel(feed))
         self.pricing = pricing
         self.odds_target = odds.spec.health_target
@@ -43,12 +45,13 @@ def live(servers_root: Path) -> Iterator[Live]:
     n, r = start_nats(servers_root, "nats-live"), start_valkey(servers_root, "redis-live")
     env = {"LIVEBET_NATS_URL": n.url, "LIVEBET_REDIS_URL": r.url, "LIVEBET_FEED_PROVIDER_SILENCE_SECONDS": "120"}
     env["LIVEBET_PRICING_PROVIDER_MODE"] = "prov"
+    env["LIVEBET_PRICING_RETIRE_AFTER_SECONDS"] = "2"  # ended matches are forgotten 2 s after their last event
     procs = [
         Proc(service_spec("feed", "feed.server", env), servers_root / "live-feed.log").start(),
         Proc(service_spec("pricing", "pricing.server", env), servers_root / "live-pricing.log").start(),
         Proc(service_spec("odds", "pricing.stream_server", env), servers_root / "live-odds.log").start(),
     ]
-    yield Live(procs[0].spec.health_target, procs[1], procs[2])
+    yield Live(procs[0].spec.health_target, procs[1], procs[2], r.url)
     for p in reversed(procs):
         p.stop()
     r.proc.stop()
@@ -139,6 +142,43 @@ def test_an_ended_match_leaves_the_live_list_and_keeps_its_snapshot(live: Live) 
             break
         assert msg.image.match_id != "le1"
     stream.cancel()
+
+
+def test_an_ended_match_is_forgotten_by_the_engine_and_a_fixture_sent_again_carries_on(live: Live) -> None:
+    import redis
+
+    from pricing.live import codec
+
+    live.send(fixture("lr1"), state("lr1", 1, 1, 0, 85))
+    wait_for(lambda: (s := live.snapshot("lr1")) is not None and s.minute == 85, 30, what="priced")
+    end = state("lr1", 2, 1, 0, 90)
+    end.match_state.state.status = ev.MATCH_STATUS_ENDED
+    live.send(end)
+    wait_for(lambda: (s := live.snapshot("lr1")) is not None and not s.in_play, 30, what="ended")
+    trader = trader_service_pb2_grpc.TraderServiceStub(admin_channel(live.pricing.spec.health_target))
+
+    def forgotten() -> bool:
+        try:
+            request = ts.SuspendMatchRequest(request_id=f"lr1-{time.monotonic_ns()}", match_id="lr1")
+            trader.SuspendMatch(request, metadata=(("x-livebet-account", "trader-1"),), timeout=5)
+        except grpc.RpcError as err:
+            assert err.code() == grpc.StatusCode.NOT_FOUND, err
+            return True
+        return False
+
+    wait_for(forgotten, 30, what="the engine forgetting the ended match")
+    ended = live.snapshot("lr1")  # its last state stays for clients, for a week
+    assert ended is not None and {m.status for m in ended.markets} == {market_pb2.MARKET_STATUS_CLOSED}
+    r = redis.Redis.from_url(live.redis_url)
+    assert 0 < r.ttl(codec.SNAP_KEY + "lr1") <= codec.ENDED_TTL_SECONDS
+    live.send(state("lr1", 3, 2, 0, 91))  # an event of a forgotten match changes nothing
+    again = fixture("lr1")
+    again.event_id += ":again"  # the fixture sent again (a replayed match), not a duplicate
+    live.send(again, state("lr1", 4, 0, 0, 1))
+    wait_for(lambda: (s := live.snapshot("lr1")) is not None and s.minute == 1, 30, what="priced again")
+    image = live.snapshot("lr1")
+    assert image is not None and image.version > ended.version and image.score == "0-0"
+    assert r.ttl(codec.SNAP_KEY + "lr1") == -1  # live again: no expiry
 
 
 def test_a_client_resumes_from_its_version_without_a_gap(live: Live) -> None:
@@ -377,3 +417,36 @@ def test_provider_mode_publishes_the_providers_odds_re_margined(live: Live) -> N
     after = live.snapshot("lo-prov")
     assert after is not None and after.version == reply.version
     assert by_key(after.markets)["btts"].status == market_pb2.MARKET_STATUS_OPEN  # the model prices everything
+
+
+def test_a_fixture_of_a_match_forgotten_before_a_restart_carries_on_from_its_redis_version(live: Live) -> None:
+    """After a restart the engine knows only the matches in the stream it replays; a match whose
+    events have aged out of it but whose snapshot is still in Redis must not start again at 1."""
+    import asyncio
+
+    import redis
+    from livebet.odds.v1 import market_pb2 as mp
+
+    from mesh.deps import RedisDependency
+    from pricing.live import codec
+    from pricing.server import Runner, Share
+
+    stored = mp.MatchOdds(match_id="lr2", version=41).SerializeToString()
+    redis.Redis.from_url(live.redis_url).set(codec.SNAP_KEY + "lr2", stored)
+
+    async def main() -> list[int]:
+        dep = RedisDependency(live.redis_url)
+        await dep.start()
+        await dep.wait_ready(10)
+        try:
+            runner, share = Runner(None, dep, "t"), Share(0)  # type: ignore[arg-type]  # no NATS needed here
+            versions = []
+            for e in (fixture("lr2"), state("lr2", 1, 0, 0, 3), fixture("lr3")):
+                await runner.remember_version(share, e)
+                versions += [d.version for d in share.engine.apply(e)]
+            return versions
+        finally:
+            await dep.close()
+
+    v = asyncio.run(main())
+    assert v[:2] == [42, 43] and v[2] == 1  # lr3 has no snapshot: a new match starts at 1

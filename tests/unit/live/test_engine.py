@@ -179,3 +179,35 @@ def test_market_keys_from_references() -> None:
     ref = common_pb2.MarketRef(market_type="total", specifiers=[common_pb2.Specifier(key="total", value="2.5")])
     assert market_key(ref) == "total:2.5"
     assert market_key(common_pb2.MarketRef(market_type="1x2")) == "1x2"
+
+
+def test_an_ended_match_is_forgotten_after_a_while_and_priced_again_from_its_last_version() -> None:
+    from pricing.live.engine import REMEMBER_RETIRED_MS, RETIRE_AFTER_MS
+
+    engine = Engine()
+    engine.apply(_event("fixture_change", fixture_change__fixture__match_id="m"))
+    live = _event("match_state", match_state__state__status=ev.MATCH_STATUS_LIVE, match_state__state__clock__minute=80)
+    engine.apply(live)
+    end = _event("match_state", match_state__state__status=ev.MATCH_STATUS_ENDED, match_state__state__clock__minute=90)
+    end.received_at.FromMilliseconds(1_000_000)
+    engine.apply(end)
+    last = engine.matches["m"].version
+    assert engine.matches["m"].ended
+    assert engine.retire_ended(1_000_000 + RETIRE_AFTER_MS - 1) == []  # heard of too recently
+    assert engine.retire_ended(1_000_000 + RETIRE_AFTER_MS) == ["m"]
+    assert "m" not in engine.matches and "m" not in engine.provider_of
+    # what comes after is ignored: no deltas, nothing held again
+    assert engine.apply(live) == [] and "m" not in engine.matches
+    down = ev.FeedEvent(event_id="down", provider="p")
+    down.provider_down.reason = "silent"
+    assert engine.apply(down) == []
+    # the fixture sent again prices it again, from the version it had (a client never sees it go back)
+    (again,) = engine.apply(_event("fixture_change", fixture_change__fixture__match_id="m"))
+    assert (again.previous_version, again.version) == (last, last + 1)
+    assert "m" not in engine.retired
+    # a live match is never retired, however quiet; a retired one's version is kept for a week
+    assert engine.retire_ended(10**13) == []
+    engine.apply(end)
+    assert engine.retire_ended(2_000_000 + RETIRE_AFTER_MS) == ["m"] and "m" in engine.retired
+    engine.retire_ended(2_000_000 + RETIRE_AFTER_MS + REMEMBER_RETIRED_MS)
+    assert engine.retired == {}
