@@ -139,6 +139,9 @@ class ObservabilityInterceptor(grpc.aio.ServerInterceptor):
 
     def __init__(self, metrics: Metrics) -> None:
         self.metrics = metrics
+        # method -> (the handler, it wrapped): a service's handler is the same object on every
+        # call, so it is wrapped once, not per call (one entry per method, whatever comes)
+        self._wrapped: dict[str, tuple[grpc.RpcMethodHandler, grpc.RpcMethodHandler]] = {}
 
     async def intercept_service(
         self,
@@ -149,7 +152,12 @@ class ObservabilityInterceptor(grpc.aio.ServerInterceptor):
         if handler is None:
             return handler
         method: str = handler_call_details.method
-        return rewrap(handler, lambda behavior: self._wrap(method, behavior))
+        cached = self._wrapped.get(method)
+        if cached is not None and cached[0] is handler:
+            return cached[1]
+        wrapped = rewrap(handler, lambda behavior: self._wrap(method, behavior))
+        self._wrapped[method] = (handler, wrapped)
+        return wrapped
 
     @contextlib.contextmanager
     def _call(self, method: str, context: grpc.aio.ServicerContext) -> Iterator[None]:

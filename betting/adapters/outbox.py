@@ -28,12 +28,13 @@ from betting.adapters.store import bet_proto, money
 from feed.adapters import jetstream
 from mesh import tracing
 from mesh.settings import jetstream_replicas
+from pricing.live.codec import varint
 
 log = logging.getLogger("betting.outbox")
 STREAM = "BETS"
 BATCH = 500
 POLL_SECONDS = 1.0
-COALESCE_SECONDS = 0.005
+COALESCE_SECONDS = 0.02
 KEEP_PUBLISHED = "1 day"
 
 
@@ -119,13 +120,17 @@ async def _events(cur: psycopg.AsyncCursor[Any], ids: list[int]) -> dict[int, by
     return out
 
 
+_BALANCE_TAG = bytes([bet_pb2.BetEvent.BALANCE_FIELD_NUMBER << 3 | 2])
+
+
 def _with_balance(payload: bytes, balance: int | None, currency: str | None) -> bytes:
-    """Events written by ``betting.place_bet`` carry the balance beside them: put it in."""
+    """Events written by ``betting.place_bet`` carry the balance beside them (their payload has
+    none): put it in. Appending a field to a message's bytes is how protobuf sets it, so the event
+    is not parsed and written again."""
     if balance is None or currency is None:
         return payload
-    event = bet_pb2.BetEvent.FromString(payload)
-    event.balance.CopyFrom(money(balance, currency))
-    return event.SerializeToString()
+    value = money(balance, currency).SerializeToString()
+    return payload + _BALANCE_TAG + varint(len(value)) + value
 
 
 async def run_relay(pool: AsyncConnectionPool, dsn: str, js_of: object, stopping: asyncio.Event) -> None:
