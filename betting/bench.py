@@ -51,7 +51,7 @@ from livebet.feed.v1 import event_pb2 as ev
 from psycopg_pool import AsyncConnectionPool
 
 from mesh import infra
-from mesh.process import Process, service_spec, wait_for
+from mesh.process import CpuMeter, Process, service_spec, wait_for
 from pricing.live import codec
 from pricing.live.engine import Engine
 
@@ -94,36 +94,6 @@ def _seed_odds(redis_url: str, matches: int) -> dict[int, str]:
         r.set(codec.SNAP_KEY + lm.match_id, codec.snapshot(lm, now))
         out[m] = codec.market(lm.match_id, lm.quotes["1x2"], lm.version).outcomes[0].odds.decimal
     return out
-
-
-def cpu_seconds(pids: list[int]) -> dict[int, float]:
-    """User + system CPU time each process used so far (Linux ``/proc``)."""
-    out = {}
-    for pid in pids:
-        try:
-            with open(f"/proc/{pid}/stat") as f:
-                fields = f.read().rsplit(") ", 1)[1].split()
-        except OSError:
-            continue  # gone (a PostgreSQL backend that closed)
-        out[pid] = (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")  # utime + stime
-    return out
-
-
-class CpuMeter:
-    """CPU time per operation of groups of processes, e.g. ``{"betting": lambda: [pid]}``
-    (the lists are read again at the end: PostgreSQL backends come and go)."""
-
-    def __init__(self, groups: dict[str, Any]) -> None:
-        self.groups = groups
-        self.start = {name: cpu_seconds(pids()) for name, pids in groups.items()}
-
-    def per_op_ms(self, ops: float) -> dict[str, float]:
-        out = {}
-        for name, pids in self.groups.items():
-            now, before = cpu_seconds(pids()), self.start[name]
-            used = sum(t - before.get(pid, 0.0) for pid, t in now.items())
-            out[f"{name}_cpu_ms"] = round(1000 * used / max(ops, 1), 3)
-        return out
 
 
 def postgres_pids(postmaster: int) -> list[int]:

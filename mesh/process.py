@@ -12,7 +12,7 @@ import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import IO
+from typing import IO, Any
 
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
@@ -42,6 +42,36 @@ def health(target: str, service: str = "", metadata: tuple[tuple[str, str], ...]
         except grpc.RpcError:
             return "UNREACHABLE"
     return str(health_pb2.HealthCheckResponse.ServingStatus.Name(resp.status))
+
+
+def cpu_seconds(pids: list[int]) -> dict[int, float]:
+    """User + system CPU time each process used so far (Linux ``/proc``)."""
+    out = {}
+    for pid in pids:
+        try:
+            with open(f"/proc/{pid}/stat") as f:
+                fields = f.read().rsplit(") ", 1)[1].split()
+        except OSError:
+            continue  # gone (a PostgreSQL backend that closed)
+        out[pid] = (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")  # utime + stime
+    return out
+
+
+class CpuMeter:
+    """CPU time per operation of groups of processes, e.g. ``{"betting": lambda: [pid]}``
+    (the lists are read again at the end: PostgreSQL backends come and go)."""
+
+    def __init__(self, groups: dict[str, Any]) -> None:
+        self.groups = groups
+        self.start = {name: cpu_seconds(pids()) for name, pids in groups.items()}
+
+    def per_op_ms(self, ops: float) -> dict[str, float]:
+        out = {}
+        for name, pids in self.groups.items():
+            now, before = cpu_seconds(pids()), self.start[name]
+            used = sum(t - before.get(pid, 0.0) for pid, t in now.items())
+            out[f"{name}_cpu_ms"] = round(1000 * used / max(ops, 1), 3)
+        return out
 
 
 class Process:

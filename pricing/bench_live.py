@@ -22,6 +22,7 @@ import argparse
 import asyncio
 import contextlib
 import json
+import os
 import random
 import shutil
 import subprocess
@@ -44,7 +45,7 @@ from livebet.feed.v1 import feed_service_pb2_grpc
 from livebet.odds.v1 import odds_service_pb2, odds_service_pb2_grpc
 
 from mesh import access, infra
-from mesh.process import Process, service_spec
+from mesh.process import CpuMeter, Process, service_spec
 from pricing.live import codec
 from pricing.live.book import Delta
 from pricing.live.engine import Engine
@@ -253,8 +254,11 @@ def raw_server(port: int, size: int) -> None:
     asyncio.run(serve())
 
 
-async def _count_messages(calls: list[grpc.aio.UnaryStreamCall], warmup: float, seconds: float) -> float:
-    """Messages/s the calls receive in ``seconds`` after ``warmup`` (read as bytes, not parsed)."""
+async def _count_messages(
+    calls: list[grpc.aio.UnaryStreamCall], warmup: float, seconds: float, meter: dict[str, Any] | None = None
+) -> tuple[float, dict[str, float]]:
+    """Messages/s the calls receive in ``seconds`` after ``warmup`` (read as bytes, not parsed),
+    and the CPU time per message of the ``meter`` groups of processes (``CpuMeter``) meanwhile."""
     count = 0
     counting = False
 
@@ -268,27 +272,35 @@ async def _count_messages(calls: list[grpc.aio.UnaryStreamCall], warmup: float, 
     readers = [asyncio.create_task(read(c)) for c in calls]
     await asyncio.sleep(warmup)
     counting = True
+    cpu = CpuMeter(meter or {})
     start = time.perf_counter()
     await asyncio.sleep(seconds)
     counting = False
     elapsed = time.perf_counter() - start
+    per_msg = cpu.per_op_ms(count)
     for c in calls:
         c.cancel()
     await asyncio.gather(*readers, return_exceptions=True)
-    return count / elapsed
+    return count / elapsed, per_msg
 
 
-async def raw_run(target: str, streams: int, channels: int, seconds: float) -> float:
-    """Raw grpc.aio server streaming from ``raw_server``: messages/s received by ``streams``
-    streams over ``channels`` channels (as many as the stream tier's clients use)."""
+async def raw_run(target: str, streams: int, channels: int, seconds: float, pid: int = 0) -> dict[str, float]:
+    """Raw grpc.aio server streaming from ``raw_server`` (process ``pid``): messages/s received by
+    ``streams`` streams over ``channels`` channels (as many as the stream tier's clients use), and
+    the CPU time per message of the server and of the clients (this process)."""
     chans = [grpc.aio.insecure_channel(target) for _ in range(channels)]
     for ch in chans:
         await asyncio.wait_for(ch.channel_ready(), 10)
     calls = [chans[k % channels].unary_stream("/bench.Raw/Stream")(b"") for k in range(streams)]
-    rate = await _count_messages(calls, 1.0, seconds)
+    meter = {"server": lambda: [pid] if pid else [], "client": lambda: [os.getpid()]}
+    rate, cpu = await _count_messages(calls, 1.0, seconds, meter)
     for ch in chans:
         await ch.close()
-    return rate
+    return {
+        "msgs_per_s": rate,
+        "server_cpu_us": 1000 * cpu["server_cpu_ms"],
+        "client_cpu_us": 1000 * cpu["client_cpu_ms"],
+    }
 
 
 @dataclass
@@ -331,6 +343,7 @@ async def capacity_run(
     per_client: int,
     seconds: float,
     seed: int = 2,
+    pid: int = 0,
 ) -> dict[str, float]:
     """The stream process alone at full speed: the book's deltas published on NATS as fast as the
     process hands them to its clients, who read them as bytes as the raw clients do. The
@@ -392,6 +405,7 @@ async def capacity_run(
     readers = [asyncio.create_task(read(c)) for c in calls]
     await asyncio.sleep(2.0)  # images delivered
     counting = True
+    cpu = CpuMeter({"server": lambda: [pid] if pid else [], "client": lambda: [os.getpid()]})
     start = time.perf_counter()
     k = 0
     while k < len(deltas) and time.perf_counter() - start < seconds:
@@ -410,13 +424,19 @@ async def capacity_run(
         await asyncio.sleep(0)  # let the readers run
     elapsed = time.perf_counter() - start
     counting = False
+    per_update = cpu.per_op_ms(delivered)
     for c in calls:
         c.cancel()
     await asyncio.gather(*readers, return_exceptions=True)
     for ch in chans:
         await ch.close()
     await nc.close()
-    return {"updates_per_s": round(delivered / elapsed), "deltas_published_per_s": round(min(k, len(deltas)) / elapsed)}
+    return {
+        "updates_per_s": round(delivered / elapsed),
+        "deltas_published_per_s": round(min(k, len(deltas)) / elapsed),
+        "server_cpu_us": round(1000 * per_update["server_cpu_ms"], 1),
+        "client_cpu_us": round(1000 * per_update["client_cpu_ms"], 1),  # the publisher and the readers
+    }
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -485,6 +505,7 @@ def main(argv: list[str] | None = None) -> int:
                         args.per_client,
                         args.capacity_seconds,
                         seed=k,
+                        pid=odds_proc.pid,
                     )
                 )
                 raw_r = asyncio.run(
@@ -493,10 +514,19 @@ def main(argv: list[str] | None = None) -> int:
                         args.subscribers,
                         max(1, args.subscribers // 100),
                         args.capacity_seconds,
+                        server.pid,
                     )
                 )
-                share_r = cap_r["updates_per_s"] / raw_r if raw_r else 0.0
-                rounds.append({"capacity": cap_r, "raw_msgs_per_s": round(raw_r), "share": round(share_r, 3)})
+                share_r = cap_r["updates_per_s"] / raw_r["msgs_per_s"] if raw_r["msgs_per_s"] else 0.0
+                rounds.append(
+                    {
+                        "capacity": cap_r,
+                        "raw_msgs_per_s": round(raw_r["msgs_per_s"]),
+                        "raw_server_cpu_us": round(raw_r["server_cpu_us"], 1),
+                        "raw_client_cpu_us": round(raw_r["client_cpu_us"], 1),
+                        "share": round(share_r, 3),
+                    }
+                )
         finally:
             server.terminate()
             server.wait(10)
@@ -575,6 +605,12 @@ def main(argv: list[str] | None = None) -> int:
         f"{raw:.0f} msgs/s; the stream process delivered {share:.0%} of it "
         f"(goal >= {GOAL_RAW_SHARE:.0%}: {'ok' if share >= GOAL_RAW_SHARE else 'MISSED'})"
     )
+    cpu = "; ".join(
+        f"{x['capacity']['server_cpu_us']:.0f} vs {x['raw_server_cpu_us']:.0f}"
+        f" (clients {x['capacity']['client_cpu_us']:.0f} vs {x['raw_client_cpu_us']:.0f})"
+        for x in rounds
+    )
+    print(f"  CPU µs per message, stream process vs raw server, each round: {cpu}")
     return 0
 
 

@@ -28,11 +28,11 @@ from dataclasses import dataclass, field
 import grpc
 from livebet.odds.v1 import market_pb2, odds_service_pb2, odds_service_pb2_grpc
 from nats.aio.msg import Msg
-from prometheus_client import Counter, Gauge, Histogram
+from prometheus_client import REGISTRY, Counter, Gauge
 
 from mesh import tracing
 from mesh.deps import NatsDependency, RedisDependency
-from mesh.metrics import LATENCY_BUCKETS, Metrics
+from mesh.metrics import LATENCY_BUCKETS, LoopCounter, LoopHistogram, Metrics
 from mesh.service import ServiceApp, run
 from pricing.live import codec
 
@@ -196,8 +196,9 @@ class Hub:
             "Deltas merged into a pending one for a client that fell behind.",
             registry=registry,
         )
-        self.delivered = Counter(
-            "livebet_odds_updates_sent_total", "Images and deltas sent to clients.", registry=registry
+        # counted and timed per message sent: lock-free (see mesh.metrics.LoopCounter)
+        self.delivered = LoopCounter(
+            "livebet_odds_updates_sent_total", "Images and deltas sent to clients.", registry or REGISTRY
         )
         self.drops = Counter(
             "livebet_odds_stream_drops_total",
@@ -212,11 +213,11 @@ class Hub:
             "livebet_odds_queue_depth_max", "Deltas waiting in the stream furthest behind.", registry=registry
         )
         self.deepest.set_function(lambda: max((len(w.queue) + len(w.merged) for w in self.watchers), default=0))
-        self.feed_to_send = Histogram(
+        self.feed_to_send = LoopHistogram(
             "livebet_odds_feed_to_send_seconds",
             "From the feed receiving an event to this process sending a client the update it caused.",
-            buckets=LATENCY_BUCKETS,
-            registry=registry,
+            LATENCY_BUCKETS,
+            registry or REGISTRY,
         )
 
     def add(self, w: Watcher) -> None:
