@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import time
 from pathlib import Path
 
 from livebet.feed.v1 import event_pb2 as ev
@@ -24,6 +25,7 @@ from mesh.deps import NatsDependency, Readiness
 from mesh.service import ServiceApp, run
 
 log = logging.getLogger("feed")
+SWEEP_SECONDS = 3600.0  # how often finished matches older than the stream's retention are dropped
 
 
 class _LazyPublisher:
@@ -64,10 +66,15 @@ def build(app: ServiceApp) -> None:
     app.add_service("livebet.feed.v1.FeedService", api, feed_service_pb2_grpc.add_FeedServiceServicer_to_server)
 
     async def liveness_loop() -> None:
+        swept = time.monotonic()
         while not app.stopping.is_set():
             await asyncio.sleep(1.0)
             with contextlib.suppress(PublishUnavailable):
                 await core.check_liveness()
+            if time.monotonic() - swept >= SWEEP_SECONDS:
+                swept = time.monotonic()
+                if gone := core.forget_finished(time.time()):
+                    log.info("finished matches forgotten", extra={"matches": gone, "kept": len(core.matches)})
 
     async def start() -> None:
         await nats.wait_ready()

@@ -27,13 +27,15 @@ from livebet.feed.v1 import event_pb2 as ev
 from livebet.feed.v1 import feed_service_pb2 as fs
 
 from feed.adapters import uof
-from feed.adapters.jetstream import PublishResult
+from feed.adapters.jetstream import MAX_AGE_S, PublishResult
 from feed.domain.liveness import Liveness, Status
 from feed.domain.ordering import Sequencer, Verdict
 
 log = logging.getLogger("feed")
 
 MAX_BATCH = 5000
+FORGET_AFTER_S = MAX_AGE_S  # a finished match is kept as long as the stream keeps its events
+FINISHED = {ev.MATCH_STATUS_ENDED, ev.MATCH_STATUS_CLOSED, ev.MATCH_STATUS_ABANDONED, ev.MATCH_STATUS_CANCELLED}
 MAX_EVENT_ID = 256
 MAX_FUTURE_S = 300.0
 MATCH_SCOPED = {
@@ -75,6 +77,7 @@ class MatchRecord:
     state: ev.MatchState
     sequence: int = 0
     provider: str = ""
+    updated_s: float = 0.0  # when its last fixture or state event was received
 
 
 @dataclass
@@ -143,6 +146,8 @@ class FeedCore:
         if e.match_id and kind and not ordered:
             produced = e.produced_at.ToMilliseconds() if e.HasField("produced_at") else -1
             self.sequencer.commit(e.provider, e.match_id, kind, e.sequence, produced)
+        if kind in ("fixture_change", "match_state"):
+            at = e.received_at.ToMilliseconds() / 1000.0 if e.HasField("received_at") else self.clock()
         if kind == "fixture_change":
             rec = self.matches.get(e.match_id)
             fixture = ev.Fixture()
@@ -150,17 +155,34 @@ class FeedCore:
             fixture.match_id = e.match_id
             if rec is None:
                 state = ev.MatchState(match_id=e.match_id, status=ev.MATCH_STATUS_NOT_STARTED)
-                self.matches[e.match_id] = MatchRecord(fixture, state, e.sequence, e.provider)
+                self.matches[e.match_id] = MatchRecord(fixture, state, e.sequence, e.provider, at)
             else:
                 rec.fixture.MergeFrom(fixture)
+                rec.updated_s = at
         elif kind == "match_state" and e.match_id in self.matches:
             rec = self.matches[e.match_id]
             rec.state = e.match_state.state  # a stored event is not changed again: no copy
             if not rec.state.match_id:
                 rec.state.match_id = e.match_id
             rec.sequence = max(rec.sequence, e.sequence)
+            rec.updated_s = at
         for listener in self.listeners:
             listener(e)
+
+    def forget_finished(self, now_s: float, after_s: float = FORGET_AFTER_S) -> int:
+        """Drop the matches that finished (ended, closed, abandoned, cancelled) and had no fixture
+        or state event for ``after_s``, with their ordering cursors; how many. The default is the
+        FEED stream's retention: a feed that runs for months holds what a restarted one rebuilds
+        from the stream, not every match it ever saw."""
+        gone = [
+            (m, r.provider)
+            for m, r in self.matches.items()
+            if r.state.status in FINISHED and now_s - r.updated_s >= after_s
+        ]
+        for match_id, provider in gone:
+            del self.matches[match_id]
+            self.sequencer.forget(provider, match_id)
+        return len(gone)
 
     # --- ingestion -----------------------------------------------------------------------------
     def normalise(

@@ -57,6 +57,10 @@ class Sequencer:
         c.last_sequence = max(c.last_sequence, last_sequence)
         c.newest_state_ms = max(c.newest_state_ms, newest_state_ms)
 
+    def forget(self, provider: str, match_id: str) -> None:
+        """Drop a finished match's cursor (see ``FeedCore.forget_finished``)."""
+        self._cursors.pop((provider, match_id), None)
+
     def save(self, keys: set[tuple[str, str]]) -> dict[tuple[str, str], Cursor | None]:
         """Copies of some cursors (None: not there yet), to :meth:`load` back if a batch is not
         published."""

@@ -83,3 +83,33 @@ def test_a_silent_producer_goes_down_once_and_recovers_with_its_snapshot() -> No
 def test_liveness_threshold_must_be_positive() -> None:
     with pytest.raises(ValueError, match="positive"):
         Liveness(0)
+
+
+def test_a_finished_match_is_forgotten_once_the_stream_no_longer_holds_its_events() -> None:
+    from livebet.feed.v1 import event_pb2 as ev
+
+    from feed.service import FORGET_AFTER_S, FeedCore
+
+    core = FeedCore(publisher=None)  # type: ignore[arg-type]  # apply and forget publish nothing
+
+    def event(match_id: str, kind: str, seq: int, at_s: float, status: int = ev.MATCH_STATUS_LIVE) -> ev.FeedEvent:
+        e = ev.FeedEvent(event_id=f"{match_id}:{seq}", provider="p", match_id=match_id, sequence=seq)
+        e.received_at.FromMilliseconds(int(at_s * 1000))
+        if kind == "fixture":
+            e.fixture_change.fixture.match_id = match_id
+        else:
+            e.match_state.state.status = status  # type: ignore[assignment]
+        return e
+
+    for m in ("ended", "live", "late"):
+        core.apply(event(m, "fixture", 1, 1000.0))
+    core.apply(event("ended", "state", 2, 2000.0, ev.MATCH_STATUS_ENDED))
+    core.apply(event("live", "state", 2, 2000.0))
+    core.apply(event("late", "state", 2, 2000.0, ev.MATCH_STATUS_CANCELLED))
+    core.apply(event("late", "fixture", 3, 5000.0))  # heard of later: kept longer
+    assert core.forget_finished(2000.0 + FORGET_AFTER_S - 1) == 0
+    assert core.forget_finished(2000.0 + FORGET_AFTER_S) == 1
+    assert set(core.matches) == {"live", "late"}
+    assert ("p", "ended") not in core.sequencer._cursors and ("p", "live") in core.sequencer._cursors
+    assert core.forget_finished(10**12) == 1  # "late" goes too; a live match never does
+    assert set(core.matches) == {"live"}
