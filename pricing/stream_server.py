@@ -49,18 +49,38 @@ MERGE_LIMIT = 256
 
 @dataclass(slots=True)
 class Update:
-    """A delta on its way to clients, with its bytes as the engine published them (None once
-    merged): every stream sends those bytes as they are, framed as a WatchOddsResponse, instead of
-    copying and serialising the message once per client."""
+    """A delta on its way to clients: what routing and the version checks need as plain values,
+    and its bytes as the engine published them (None once merged). Every stream sends those bytes
+    as they are, framed as a WatchOddsResponse, instead of copying and serialising the message
+    once per client; the whole ``OddsDelta`` is parsed only when a stream needs its markets
+    (conflation, a market filter)."""
 
-    delta: market_pb2.OddsDelta
-    raw: bytes | None = None
-    _frame: bytes | None = None
+    match_id: str
+    version: int
+    previous_version: int
     received_s: float = 0.0  # when the feed received the causing event (0: unknown)
+    raw: bytes | None = None
+    _delta: market_pb2.OddsDelta | None = None
+    _frame: bytes | None = None
 
-    def __post_init__(self) -> None:
-        if self.delta.HasField("feed_received_at"):
-            self.received_s = self.delta.feed_received_at.ToMilliseconds() / 1000
+    @classmethod
+    def of_bytes(cls, data: bytes) -> Update:
+        """From a published delta's bytes, reading only its head (``codec.DeltaHead``)."""
+        h = codec.DeltaHead.FromString(data)
+        received = h.feed_received_at.ToMilliseconds() / 1000 if h.HasField("feed_received_at") else 0.0
+        return cls(h.match_id, h.version, h.previous_version, received, data)
+
+    @classmethod
+    def of(cls, d: market_pb2.OddsDelta) -> Update:
+        received = d.feed_received_at.ToMilliseconds() / 1000 if d.HasField("feed_received_at") else 0.0
+        return cls(d.match_id, d.version, d.previous_version, received, None, d)
+
+    @property
+    def delta(self) -> market_pb2.OddsDelta:
+        if self._delta is None:
+            assert self.raw is not None
+            self._delta = market_pb2.OddsDelta.FromString(self.raw)
+        return self._delta
 
     def frame(self) -> bytes:
         """The serialised ``WatchOddsResponse(delta=...)``: field 2, length-delimited; built once,
@@ -105,7 +125,7 @@ class Watcher:
     on_drop: Callable[[], None] = lambda: None
 
     def offer(self, u: Update) -> None:
-        if self.dropped or (self.matches and u.delta.match_id not in self.matches):
+        if self.dropped or (self.matches and u.match_id not in self.matches):
             return
         if self.merges_since_take >= MERGE_LIMIT:  # hopelessly behind: let go of everything
             self.queue.clear()
@@ -139,12 +159,11 @@ class Watcher:
         self.woken = False
 
     def _merge(self, u: Update) -> None:
-        d = u.delta
-        entry = self.merged.get(d.match_id)
+        entry = self.merged.get(u.match_id)
         if entry is None:
-            self.merged[d.match_id] = u
+            self.merged[u.match_id] = u
             return
-        held = entry.delta
+        d, held = u.delta, entry.delta
         merged = market_pb2.OddsDelta()
         merged.CopyFrom(d)
         merged.previous_version = held.previous_version  # the gap check needs the oldest start
@@ -152,7 +171,7 @@ class Watcher:
         by_key.update({m.ref.market_key: m for m in d.markets})
         del merged.markets[:]
         merged.markets.extend(by_key.values())
-        self.merged[d.match_id] = Update(merged)
+        self.merged[u.match_id] = Update.of(merged)
         self.conflated += 1
         self.merges_since_take += 1
         self.on_conflate()
@@ -241,15 +260,14 @@ class Hub:
         return [*self._by_match.get(match_id, ()), *self._of_all]
 
     async def on_msg(self, msg: Msg) -> None:
-        u = Update(market_pb2.OddsDelta.FromString(msg.data), msg.data)
-        targets = self._targets(u.delta.match_id)
+        u = Update.of_bytes(msg.data)
+        targets = self._targets(u.match_id)
         parent = tracing.extract(msg.headers)
         if parent is None:
             for w in targets:
                 w.offer(u)
             return
-        d = u.delta
-        with tracing.span("odds.fanout", parent, match_id=d.match_id, version=d.version, streams=len(targets)):
+        with tracing.span("odds.fanout", parent, match_id=u.match_id, version=u.version, streams=len(targets)):
             for w in targets:
                 w.offer(u)
 
@@ -376,7 +394,7 @@ class OddsApi(odds_service_pb2_grpc.OddsServiceServicer):
                         known[match_id] = resume
                         for d in deltas:
                             known[match_id] = d.version
-                            yield delta(Update(d))
+                            yield delta(Update.of(d))
                         continue
                 snap = await self._snapshot(match_id)
                 if snap is not None:
@@ -408,18 +426,17 @@ class OddsApi(odds_service_pb2_grpc.OddsServiceServicer):
                     continue
                 watcher.heartbeat_due = False
                 for u in pending:
-                    d = u.delta
-                    match_id = d.match_id
+                    match_id = u.match_id
                     have = known.get(match_id)
-                    if have is not None and d.version <= have:
+                    if have is not None and u.version <= have:
                         continue  # already in the image or sent
-                    if (have is None and d.previous_version != 0) or (have is not None and d.previous_version > have):
+                    if (have is None and u.previous_version != 0) or (have is not None and u.previous_version > have):
                         snap = await self._snapshot(match_id)  # a gap: heal it with a fresh image
-                        if snap is not None and snap.version >= d.version:
+                        if snap is not None and snap.version >= u.version:
                             known[match_id] = snap.version
                             yield image(snap, True)
                             continue
-                    known[match_id] = d.version
+                    known[match_id] = u.version
                     yield delta(u)
                 watcher.last_send = time.monotonic()
                 if interval:

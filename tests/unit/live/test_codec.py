@@ -41,6 +41,9 @@ def test_deltas_and_snapshots_are_byte_for_byte_what_protobuf_writes() -> None:
             raw = codec.delta(d, m, now, n, cache.update(d))
             reference = _reference_delta(d, m, now, n)
             assert raw == reference.SerializeToString()
+            head = codec.DeltaHead.FromString(raw)  # what the stream tier routes by
+            assert (head.match_id, head.version, head.previous_version) == (d.match_id, d.version, d.previous_version)
+            assert head.HasField("feed_received_at") == bool(n) and head.feed_received_at.ToMilliseconds() == n
             published.setdefault(d.match_id, {}).update({x.ref.market_key: x for x in reference.markets})
             reasons |= {q.reason for q in d.markets}
             statuses |= {q.status for q in d.markets}
