@@ -117,6 +117,11 @@ class PricingMetrics:
             "livebet_pricing_deltas_published_total", "Odds deltas published, by cause.", ["cause"], registry=registry
         )
         self.shares = Gauge("livebet_pricing_shares_held", "Match shares this replica prices.", registry=registry)
+        self.failed = Counter(
+            "livebet_pricing_events_failed_total",
+            "Feed events the engine could not apply (logged with their id and skipped).",
+            registry=registry,
+        )
         self.matches = Gauge(
             "livebet_pricing_matches_held", "Matches in this replica's engines (ended ones leave).", registry=registry
         )
@@ -140,6 +145,21 @@ class Runner:
         self.kv: KeyValue | None = None  # trader state
         self.retire_after_ms = retire_after_setting()
         self.sweep_seconds = min(SWEEP_SECONDS, max(0.5, self.retire_after_ms / 2000))
+
+    def apply(self, share: Share, e: ev.FeedEvent) -> list[Delta]:
+        """The share's engine on one event. An event the engine fails on is logged with its id,
+        counted and skipped: one bad event must not stop the share's other matches (left to
+        fail, it would stop the share, and again at every rebuild, since it is replayed)."""
+        try:
+            return share.engine.apply(e)
+        except Exception:
+            self.metrics.failed.inc()
+            log.error(
+                "feed event skipped: the engine failed on it",
+                exc_info=True,
+                extra={"event_id": e.event_id, "match_id": e.match_id, "partition": share.k},
+            )
+            return []
 
     def local(self, match_id: str) -> Share | None:
         """The share holding ``match_id`` if this replica prices it and has rebuilt it."""
@@ -201,7 +221,7 @@ class Runner:
         except nats.js.errors.NotFoundError:
             floor = 0
         share.engine = Engine(self.provider_mode)
-        count = await replay(js, floor, share.engine.apply, partition_subjects(share.k))
+        count = await replay(js, floor, lambda e: self.apply(share, e), partition_subjects(share.k))
         for m, version in zip(
             share.engine.matches.values(), await self.stored_versions(list(share.engine.matches)), strict=True
         ):
@@ -289,7 +309,7 @@ class Runner:
                         for msg in msgs:
                             e = ev.FeedEvent.FromString(msg.data)
                             await self.remember_version(share, e)
-                            deltas = share.engine.apply(e)
+                            deltas = self.apply(share, e)
                             if deltas:
                                 received = e.received_at.ToMilliseconds() if e.HasField("received_at") else 0
                                 await self.send(share, deltas, {e.match_id: received} if e.match_id else {}, batch)
@@ -360,7 +380,10 @@ def build(app: ServiceApp) -> None:
                     if await leases.take(k):
                         share = runner.shares[k] = Share(k)
                         share.task = app.spawn(share_task(share))
-                ready.set(True)
+                # SERVING once the shares taken at start are rebuilt (a rolling update waits for
+                # that, and so does `make run` before it starts the simulator); then it stays so
+                if not ready.up and all(sh.ready.is_set() for sh in runner.shares.values()):
+                    ready.set(True)
             except asyncio.CancelledError:
                 raise
             except Exception:

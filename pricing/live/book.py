@@ -131,7 +131,12 @@ class LiveMatch:
         self.home, self.away = home, away
         if odds_1x2 is not None:
             over, under = odds_ou if odds_ou is not None else (None, None)
-            self.home_xg, self.away_xg = fit_expected_goals(*odds_1x2, over, under)
+            try:
+                self.home_xg, self.away_xg = fit_expected_goals(*odds_1x2, over, under)
+            except MarginError:
+                # odds Shin's method cannot de-margin (a book under 100 %: an arbitrage or a
+                # provider's mistake): fitted to the odds made fair proportionally instead
+                self.home_xg, self.away_xg = fit_expected_goals(*odds_1x2, over, under, method="multiplicative")
 
     def model_state(self) -> MatchState:
         minute = min(max(self.minute, 0.0), 90.0)

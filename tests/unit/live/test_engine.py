@@ -211,3 +211,23 @@ def test_an_ended_match_is_forgotten_after_a_while_and_priced_again_from_its_las
     assert engine.retire_ended(2_000_000 + RETIRE_AFTER_MS) == ["m"] and "m" in engine.retired
     engine.retire_ended(2_000_000 + RETIRE_AFTER_MS + REMEMBER_RETIRED_MS)
     assert engine.retired == {}
+
+
+def test_an_event_the_engine_fails_on_is_skipped_and_counted_not_fatal_to_the_share() -> None:
+    from pricing.server import Runner, Share
+
+    runner, share = Runner(None, None, "t"), Share(0)  # type: ignore[arg-type]  # no I/O here
+    real = share.engine.apply
+
+    def apply(e: ev.FeedEvent) -> list:  # type: ignore[type-arg]
+        if e.event_id == "poison":
+            raise ZeroDivisionError("a bug the event exposes")
+        return real(e)
+
+    share.engine.apply = apply  # type: ignore[method-assign]
+    poison = _event("goal", goal__side=1)
+    poison.event_id = "poison"
+    assert runner.apply(share, poison) == []
+    assert runner.metrics.failed._value.get() == 1
+    fixture = _event("fixture_change", fixture_change__fixture__match_id="m")
+    assert [d.cause for d in runner.apply(share, fixture)] == ["fixture"]  # the next event is priced

@@ -84,6 +84,16 @@ def test_fitting_recovers_the_expected_goals_that_made_the_odds() -> None:
     assert (hx, ax) == pytest.approx((1.7, 0.9), abs=1e-6)
 
 
+def test_the_same_odds_are_fitted_once() -> None:
+    """A fixture re-sent with the same odds (a provider's recovery re-sends hundreds) costs no fit."""
+    odds = (2.05, 3.55, 3.85, 1.83, 2.02)
+    first = fit_expected_goals(*odds)
+    hits = fit_expected_goals.cache_info().hits
+    assert fit_expected_goals(*odds) == first
+    assert fit_expected_goals.cache_info().hits == hits + 1
+    assert fit_expected_goals(2.05, 3.55, 3.9, 1.83, 2.02) != first  # other odds: fitted
+
+
 def test_fitted_model_reproduces_a_real_demargined_market() -> None:
     # Arsenal v Nott'm Forest, 12 Aug 2023, Pinnacle closing: 1.19 / 8.00 / 16.00, O/U 2.5 1.49 / 2.65
     hx, ax = fit_expected_goals(1.19, 8.0, 16.0, 1.49, 2.65)
