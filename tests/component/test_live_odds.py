@@ -458,15 +458,15 @@ def test_a_fixture_whose_odds_cannot_be_fitted_does_not_stop_its_share(live: Liv
     the other matches of its share go on being priced (the event must not stop the share)."""
     from feed.adapters.jetstream import partition_of
 
-    bad = fixture("lb1")
+    bad = fixture("lf1")
     o = bad.fixture_change.fixture.pre_match_odds
     o.home.decimal, o.draw.decimal, o.away.decimal = "2.2", "3.8", "4.2"  # 1/2.2 + 1/3.8 + 1/4.2 = 0.96
-    same_share = next(f"lb{k}" for k in range(2, 10_000) if partition_of(f"lb{k}") == partition_of("lb1"))
-    live.send(bad, state("lb1", 1, 0, 0, 3))
+    same_share = next(f"lf{k}" for k in range(2, 10_000) if partition_of(f"lf{k}") == partition_of("lf1"))
+    live.send(bad, state("lf1", 1, 0, 0, 3))
     live.send(fixture(same_share), state(same_share, 1, 0, 0, 4))
     wait_for(lambda: (s := live.snapshot(same_share)) is not None and s.minute == 4, 30, what="the share goes on")
-    wait_for(lambda: (s := live.snapshot("lb1")) is not None and s.minute == 3, 30, what="the odd match priced")
-    snap = live.snapshot("lb1")
+    wait_for(lambda: (s := live.snapshot("lf1")) is not None and s.minute == 3, 30, what="the odd match priced")
+    snap = live.snapshot("lf1")
     assert snap is not None
     home = next(m for m in snap.markets if m.ref.market_key == "1x2").outcomes[0]
     assert 1.0 < float(home.odds.decimal) < 2.2  # the favourite stays the favourite, under the margin
