@@ -127,6 +127,12 @@ def rules(config: sla.Config) -> dict[str, Any]:
             "annotations": {"summary": "{{ $labels.consumer }} keeps getting messages again (a failing handler?)"},
         },
         {
+            "alert": "PricingEventsFailed",
+            "expr": "sum(increase(livebet_pricing_events_failed_total[10m])) > 0",
+            "labels": {"severity": "ticket"},
+            "annotations": {"summary": "the engine skipped feed events it failed on (their ids are in its log)"},
+        },
+        {
             "alert": "DependencyDown",
             "expr": "min by (service, dependency) (livebet_dependency_up) == 0",
             "for": "1m",
