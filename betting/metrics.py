@@ -17,6 +17,11 @@ class BetMetrics:
             registry=registry,
         )
         self.pending = Gauge("livebet_bets_pending", "Bets waiting out the in-play delay.", registry=registry)
+        self.decide_failures = Counter(
+            "livebet_bets_decide_failures_total",
+            "Pending bets whose decision failed (logged with the bet id; tried again next round).",
+            registry=registry,
+        )
 
     def placed(self, bet: bet_pb2.Bet) -> None:
         outcome = "placed_pending" if bet.status == bet_pb2.BET_STATUS_PENDING else "placed_accepted"

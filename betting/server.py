@@ -19,7 +19,9 @@ import time
 from datetime import UTC, datetime
 from pathlib import Path
 
+import psycopg
 from livebet.betting.v1 import betting_service_pb2_grpc, wallet_service_pb2_grpc
+from redis.exceptions import RedisError
 
 from betting.adapters.odds import OddsView
 from betting.adapters.outbox import ensure_stream, run_relay
@@ -37,9 +39,20 @@ MAX_REQUEST_BYTES = 64 * 1024  # a 20-leg bet slip is about 3 KiB
 
 
 async def decide_due(store: Store, decider: Decider, metrics: BetMetrics | None = None) -> int:
+    """Decide the bets whose delay is over; how many. A bet whose decision fails for a reason of
+    its own (not a dependency that is down) stays pending, is logged and tried again next round,
+    and the bets behind it are decided: one bad bet must not hold every player's bet pending."""
     done = 0
     for bet_id in await store.due():
-        bet = await store.decide(bet_id, decider)
+        try:
+            bet = await store.decide(bet_id, decider)
+        except (psycopg.OperationalError, RedisError, OSError):
+            raise  # PostgreSQL or Redis is down: the whole round is tried again
+        except Exception:
+            if metrics is not None:
+                metrics.decide_failures.inc()
+            log.error("deciding a bet failed; it stays pending", exc_info=True, extra={"bet_id": str(bet_id)})
+            continue
         if bet is not None:
             done += 1
             if metrics is not None:

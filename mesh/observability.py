@@ -133,6 +133,13 @@ def rules(config: sla.Config) -> dict[str, Any]:
             "annotations": {"summary": "the engine skipped feed events it failed on (their ids are in its log)"},
         },
         {
+            "alert": "BetDecisionsFailing",
+            "expr": "sum(increase(livebet_bets_decide_failures_total[5m])) > 0",
+            "for": "5m",
+            "labels": {"severity": "page"},
+            "annotations": {"summary": "a pending bet's decision keeps failing: the player's bet stays pending"},
+        },
+        {
             "alert": "DependencyDown",
             "expr": "min by (service, dependency) (livebet_dependency_up) == 0",
             "for": "1m",

@@ -383,6 +383,60 @@ def test_a_restart_during_the_delay_neither_loses_nor_double_decides(env: Env) -
     assert balance(env, "p10") == (9_000, 1_000)
 
 
+def test_a_bet_whose_decision_fails_stays_pending_and_the_bets_behind_it_are_decided(env: Env) -> None:
+    """The decider on the real PostgreSQL and Valkey, in this process, with a decision that fails
+    for one bet: that bet stays pending (and is decided later), the next one is decided."""
+    from types import SimpleNamespace
+
+    import redis.asyncio as aioredis
+    from psycopg_pool import AsyncConnectionPool
+
+    from betting.adapters.odds import OddsView
+    from betting.adapters.store import Store
+    from betting.domain.rules import Config
+    from betting.metrics import BetMetrics
+    from betting.server import decide_due
+    from betting.service import Decider
+
+    env.send(fixture("b31"), state_event("b31", 1, 30))
+    priced(env, "b31", 30)
+    deposit(env, "p31", 10_000, "p31-d")
+    odds, _ = env.price("b31", "btts", "no")
+    bad = place(env, "p31", "p31-a", [selection("b31", "btts", "no", odds)], 1_000, bet_pb2.ODDS_CHANGE_POLICY_ANY)
+    good = place(env, "p31", "p31-b", [selection("b31", "btts", "no", odds)], 1_000, bet_pb2.ODDS_CHANGE_POLICY_ANY)
+    env.betting.signal(signal.SIGSTOP)  # its own decider waits, the delay runs out
+    try:
+        time.sleep(IN_PLAY_DELAY + 0.2)
+
+        async def decide() -> tuple[int, float]:
+            pool = AsyncConnectionPool(env.dsn, min_size=1, max_size=2, open=False)
+            await pool.open(wait=True)
+            redis = aioredis.from_url(env.redis_url)
+            real = Decider(OddsView(SimpleNamespace(client=redis)), Config.from_env())
+
+            async def decider(row: dict[str, object], legs: list[dict[str, object]]) -> tuple[object, ...]:
+                if str(row["bet_id"]) == bad.bet_id:
+                    raise ZeroDivisionError("a bug this bet exposes")
+                return await real(row, legs)  # type: ignore[arg-type]
+
+            metrics = BetMetrics()
+            try:
+                decided = await decide_due(Store(SimpleNamespace(pool=pool)), decider, metrics)  # type: ignore[arg-type]
+            finally:
+                await pool.close()
+                await redis.aclose()
+            return decided, metrics.decide_failures._value.get()
+
+        assert asyncio.run(decide()) == (1, 1.0)
+        status = "SELECT status FROM betting.bets WHERE bet_id = %s"
+        assert env.sql(status, good.bet_id) == [("accepted",)]
+        assert env.sql(status, bad.bet_id) == [("pending",)]
+    finally:
+        env.betting.signal(signal.SIGCONT)
+    wait_for(lambda: _status(env, "p31", bad.bet_id) == bet_pb2.BET_STATUS_ACCEPTED, 30, what="decided later")
+    assert balance(env, "p31") == (8_000, 2_000)
+
+
 def test_events_leave_through_the_outbox_to_the_bets_stream_and_watchbets(env: Env) -> None:
     env.send(fixture("b11"), state_event("b11", 1, 5))
     priced(env, "b11", 5)
