@@ -25,7 +25,6 @@ from typing import Any, NoReturn
 
 import grpc
 import psycopg
-from google.protobuf import any_pb2
 from google.rpc import code_pb2, error_details_pb2, status_pb2
 from grpc_status import rpc_status
 from livebet.betting.v1 import bet_pb2, betting_service_pb2_grpc, wallet_service_pb2_grpc
@@ -64,31 +63,16 @@ from betting.domain.rules import (
 from betting.metrics import BetMetrics
 from feed.adapters.jetstream import token
 from mesh import access
+from mesh.errors import abort_bad_request, pack
 
 log = logging.getLogger("betting")
 DOMAIN = "livebet.betting.v1"
 MAX_PAGE = 100
 
 
-def _pack(message: Any) -> any_pb2.Any:
-    a = any_pb2.Any()
-    a.Pack(message)
-    return a
-
-
-async def abort_bad_request(context: grpc.aio.ServicerContext, violations: list[tuple[str, str]]) -> NoReturn:
-    detail = error_details_pb2.BadRequest(
-        field_violations=[error_details_pb2.BadRequest.FieldViolation(field=f, description=d) for f, d in violations]
-    )
-    message = "invalid request: " + "; ".join(f"{f}: {d}" for f, d in violations)
-    status = status_pb2.Status(code=code_pb2.INVALID_ARGUMENT, message=message, details=[_pack(detail)])
-    await context.abort_with_status(rpc_status.to_status(status))
-    raise AssertionError("unreachable")
-
-
 async def abort_refused(context: grpc.aio.ServicerContext, reason: int, message: str) -> NoReturn:
     info = error_details_pb2.ErrorInfo(reason=bet_pb2.RejectReason.Name(reason), domain=DOMAIN)
-    status = status_pb2.Status(code=code_pb2.FAILED_PRECONDITION, message=message, details=[_pack(info)])
+    status = status_pb2.Status(code=code_pb2.FAILED_PRECONDITION, message=message, details=[pack(info)])
     await context.abort_with_status(rpc_status.to_status(status))
     raise AssertionError("unreachable")
 

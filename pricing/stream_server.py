@@ -32,9 +32,11 @@ from prometheus_client import REGISTRY, Counter, Gauge
 
 from mesh import tracing
 from mesh.deps import NatsDependency, RedisDependency
+from mesh.errors import abort_bad_request
 from mesh.metrics import LATENCY_BUCKETS, LoopCounter, LoopHistogram, Metrics
 from mesh.service import ServiceApp, run
 from pricing.live import codec
+from pricing.markets import CATALOGUE
 
 log = logging.getLogger("odds")
 MIN_HEARTBEAT_MS = 500
@@ -287,6 +289,33 @@ class Hub:
                     w.wake()
 
 
+MAX_WATCHED = 500  # match ids (and resume versions) one stream may name; empty: every match
+MAX_ID = 128
+MAX_CONFLATION_MS = 60_000
+MARKET_TYPES = frozenset(spec.market_type for spec in CATALOGUE)
+
+
+def watch_violations(request: odds_service_pb2.WatchOddsRequest) -> list[tuple[str, str]]:
+    """What is wrong with a WatchOdds request, as (field, description); empty when nothing."""
+    bad: list[tuple[str, str]] = []
+    if len(request.match_ids) > MAX_WATCHED:
+        bad.append(("match_ids", f"at most {MAX_WATCHED} matches a stream (none: every match)"))
+    if any(not m or len(m) > MAX_ID for m in request.match_ids):
+        bad.append(("match_ids", f"a match id is empty or longer than {MAX_ID} characters"))
+    if len(request.resume_from) > MAX_WATCHED:
+        bad.append(("resume_from", f"at most {MAX_WATCHED} matches"))
+    named = set(request.match_ids)
+    if named and any(m not in named for m in request.resume_from):
+        bad.append(("resume_from", "names a match that match_ids does not"))
+    unknown = sorted(set(request.market_types) - MARKET_TYPES)
+    if unknown:
+        shown = ", ".join(repr(t[:40]) for t in unknown[:5])
+        bad.append(("market_types", f"unknown market type(s) {shown}; known: {', '.join(sorted(MARKET_TYPES))}"))
+    if request.conflation_interval_ms > MAX_CONFLATION_MS:
+        bad.append(("conflation_interval_ms", f"at most {MAX_CONFLATION_MS} (0: every delta as it comes)"))
+    return bad
+
+
 class OddsApi(odds_service_pb2_grpc.OddsServiceServicer):
     def __init__(self, app: ServiceApp, hub: Hub, redis: RedisDependency) -> None:
         self.app = app
@@ -313,6 +342,8 @@ class OddsApi(odds_service_pb2_grpc.OddsServiceServicer):
     async def GetOddsSnapshot(
         self, request: odds_service_pb2.GetOddsSnapshotRequest, context: grpc.aio.ServicerContext
     ) -> odds_service_pb2.GetOddsSnapshotResponse:
+        if not request.match_id or len(request.match_id) > MAX_ID:
+            await abort_bad_request(context, [("match_id", f"is required (at most {MAX_ID} characters)")])
         snap = await self._snapshot(request.match_id)
         if snap is None:
             await context.abort(grpc.StatusCode.NOT_FOUND, f"no prices for match {request.match_id!r}")
@@ -358,6 +389,9 @@ class OddsApi(odds_service_pb2_grpc.OddsServiceServicer):
         """Images, then deltas as they come, heartbeats when idle: one generator between the queue
         and the transport. The stream ends (status OK) when shutdown starts: the hub wakes every
         stream and the loop returns."""
+        bad = watch_violations(request)
+        if bad:
+            await abort_bad_request(context, bad)
         types = set(request.market_types)
         hub = self.hub
         heartbeat = max(request.heartbeat_interval_ms or DEFAULT_HEARTBEAT_MS, MIN_HEARTBEAT_MS) / 1000.0

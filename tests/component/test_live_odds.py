@@ -470,3 +470,39 @@ def test_a_fixture_whose_odds_cannot_be_fitted_does_not_stop_its_share(live: Liv
     assert snap is not None
     home = next(m for m in snap.markets if m.ref.market_key == "1x2").outcomes[0]
     assert 1.0 < float(home.odds.decimal) < 2.2  # the favourite stays the favourite, under the margin
+
+
+def test_bad_watch_and_snapshot_requests_are_invalid_argument_with_the_field(live: Live) -> None:
+    from google.rpc import error_details_pb2
+    from grpc_status import rpc_status
+
+    def refused(call: object) -> tuple[grpc.StatusCode, str, list[str]]:
+        with pytest.raises(grpc.RpcError) as err:
+            call()  # type: ignore[operator]
+        status = rpc_status.from_call(err.value)  # type: ignore[arg-type]
+        fields = []
+        for d in status.details if status else []:
+            info = error_details_pb2.BadRequest()
+            d.Unpack(info)
+            fields += [v.field for v in info.field_violations]
+        return err.value.code(), err.value.details(), fields  # type: ignore[attr-defined]
+
+    def watch(**kw: object) -> object:
+        return lambda: next(live.odds.WatchOdds(odds_service_pb2.WatchOddsRequest(**kw), timeout=10))  # type: ignore[arg-type]
+
+    cases = {
+        "match_ids": watch(match_ids=[f"m{i}" for i in range(501)]),
+        "market_types": watch(match_ids=["lo1"], market_types=["1x2", "totl"]),
+        "resume_from": watch(match_ids=["lo1"], resume_from={"other": 3}),
+        "conflation_interval_ms": watch(conflation_interval_ms=3_600_000),
+    }
+    for field, call in cases.items():
+        code, message, fields = refused(call)
+        assert code == grpc.StatusCode.INVALID_ARGUMENT and fields == [field], (field, message)
+        assert field in message
+    code, message, fields = refused(watch(match_ids=[""], market_types=["nope"]))
+    assert code == grpc.StatusCode.INVALID_ARGUMENT and fields == ["match_ids", "market_types"]
+    assert "'nope'" in message and "total" in message  # what was wrong, and what would be right
+    snapshot = odds_service_pb2.GetOddsSnapshotRequest(match_id="")
+    code, _, fields = refused(lambda: live.odds.GetOddsSnapshot(snapshot, timeout=5))
+    assert code == grpc.StatusCode.INVALID_ARGUMENT and fields == ["match_id"]
