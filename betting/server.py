@@ -35,13 +35,15 @@ from mesh.service import ServiceApp, run
 MIGRATIONS = Path(__file__).with_name("migrations")
 log = logging.getLogger("betting")
 MAX_SLEEP = 0.5
+RETRY_FAILED_SECONDS = 5.0  # a bet whose decision failed is tried again this much later
 MAX_REQUEST_BYTES = 64 * 1024  # a 20-leg bet slip is about 3 KiB
 
 
 async def decide_due(store: Store, decider: Decider, metrics: BetMetrics | None = None) -> int:
     """Decide the bets whose delay is over; how many. A bet whose decision fails for a reason of
-    its own (not a dependency that is down) stays pending, is logged and tried again next round,
-    and the bets behind it are decided: one bad bet must not hold every player's bet pending."""
+    its own (not a dependency that is down) stays pending, is logged and tried again
+    ``RETRY_FAILED_SECONDS`` later, and the bets behind it are decided: one bad bet (or a hundred,
+    a round's worth) must not hold every player's bet pending."""
     done = 0
     for bet_id in await store.due():
         try:
@@ -51,7 +53,12 @@ async def decide_due(store: Store, decider: Decider, metrics: BetMetrics | None 
         except Exception:
             if metrics is not None:
                 metrics.decide_failures.inc()
-            log.error("deciding a bet failed; it stays pending", exc_info=True, extra={"bet_id": str(bet_id)})
+            log.error(
+                "deciding a bet failed; it stays pending and is tried again later",
+                exc_info=True,
+                extra={"bet_id": str(bet_id), "retry_in_seconds": RETRY_FAILED_SECONDS},
+            )
+            await store.postpone(bet_id, RETRY_FAILED_SECONDS)
             continue
         if bet is not None:
             done += 1

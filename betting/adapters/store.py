@@ -458,6 +458,16 @@ class Store:
             row = await cur.fetchone()
             return row[0] if row else None
 
+    async def postpone(self, bet_id: uuid.UUID, seconds: float) -> None:
+        """Decide a pending bet ``seconds`` from now instead (its decision failed): the bets due
+        after it get their turn. Its market is then checked over a longer window, never a shorter."""
+        async with self.pool.connection() as conn:
+            await conn.execute(
+                "UPDATE betting.bets SET decide_at = clock_timestamp() + %s * interval '1 second'"
+                " WHERE bet_id = %s AND status = 'pending'",
+                (seconds, bet_id),
+            )
+
     async def pending_count(self) -> int:
         async with self.pool.connection() as conn, conn.cursor() as cur:
             await cur.execute("SELECT count(*) FROM betting.bets WHERE status = 'pending'")
