@@ -289,7 +289,10 @@ class Hub:
                     w.wake()
 
 
-MAX_WATCHED = 500  # match ids (and resume versions) one stream may name; empty: every match
+MAX_WATCHED = 500  # match ids one stream may name (none: every match)
+#: versions a stream may resume from: a client watching every match (the web app) sends one per
+#: match it has seen, and those the stream does not carry cost nothing
+MAX_RESUME = 10_000
 MAX_ID = 128
 MAX_CONFLATION_MS = 60_000
 MARKET_TYPES = frozenset(spec.market_type for spec in CATALOGUE)
@@ -302,8 +305,8 @@ def watch_violations(request: odds_service_pb2.WatchOddsRequest) -> list[tuple[s
         bad.append(("match_ids", f"at most {MAX_WATCHED} matches a stream (none: every match)"))
     if any(not m or len(m) > MAX_ID for m in request.match_ids):
         bad.append(("match_ids", f"a match id is empty or longer than {MAX_ID} characters"))
-    if len(request.resume_from) > MAX_WATCHED:
-        bad.append(("resume_from", f"at most {MAX_WATCHED} matches"))
+    if len(request.resume_from) > MAX_RESUME:
+        bad.append(("resume_from", f"at most {MAX_RESUME} matches"))
     named = set(request.match_ids)
     if named and any(m not in named for m in request.resume_from):
         bad.append(("resume_from", "names a match that match_ids does not"))

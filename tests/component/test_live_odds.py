@@ -506,3 +506,14 @@ def test_bad_watch_and_snapshot_requests_are_invalid_argument_with_the_field(liv
     snapshot = odds_service_pb2.GetOddsSnapshotRequest(match_id="")
     code, _, fields = refused(lambda: live.odds.GetOddsSnapshot(snapshot, timeout=5))
     assert code == grpc.StatusCode.INVALID_ARGUMENT and fields == ["match_id"]
+
+
+def test_a_client_watching_every_match_may_resume_from_many(live: Live) -> None:
+    """The web app watches every match and sends a version for each match it has seen."""
+    live.send(fixture("lw1"), state("lw1", 1, 0, 0, 7))
+    wait_for(lambda: (s := live.snapshot("lw1")) is not None and s.minute == 7, 30, what="priced")
+    seen = {f"gone-{i}": 5 for i in range(2_000)}
+    stream = live.odds.WatchOdds(odds_service_pb2.WatchOddsRequest(resume_from=seen), timeout=10)
+    first = next(stream)
+    stream.cancel()
+    assert first.WhichOneof("message") == "image"
