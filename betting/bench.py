@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import itertools
 import json
 import os
 import shutil
@@ -128,7 +129,7 @@ class DiskProbe:
         fd = os.open(self.path, os.O_WRONLY | os.O_CREAT, 0o600)
         block = b"\0" * 8192
         try:
-            for i in range(1_000_000_000):
+            for i in itertools.count():
                 if self._stop.wait(self.every):
                     return
                 os.pwrite(fd, block, (i % 128) * 8192)

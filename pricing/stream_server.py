@@ -24,6 +24,7 @@ import time
 from collections import deque
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
+from typing import Any
 
 import grpc
 from livebet.odds.v1 import market_pb2, odds_service_pb2, odds_service_pb2_grpc
@@ -68,14 +69,17 @@ class Update:
     @classmethod
     def of_bytes(cls, data: bytes) -> Update:
         """From a published delta's bytes, reading only its head (``codec.DeltaHead``)."""
-        h = codec.DeltaHead.FromString(data)
-        received = h.feed_received_at.ToMilliseconds() / 1000 if h.HasField("feed_received_at") else 0.0
-        return cls(h.match_id, h.version, h.previous_version, received, data)
+        return cls._of(codec.DeltaHead.FromString(data), data, None)
 
     @classmethod
     def of(cls, d: market_pb2.OddsDelta) -> Update:
-        received = d.feed_received_at.ToMilliseconds() / 1000 if d.HasField("feed_received_at") else 0.0
-        return cls(d.match_id, d.version, d.previous_version, received, None, d)
+        return cls._of(d, None, d)
+
+    @classmethod
+    def _of(cls, head: Any, raw: bytes | None, delta: market_pb2.OddsDelta | None) -> Update:
+        """``head``: an ``OddsDelta`` or its ``codec.DeltaHead`` (the same fields)."""
+        received = head.feed_received_at.ToMilliseconds() / 1000 if head.HasField("feed_received_at") else 0.0
+        return cls(head.match_id, head.version, head.previous_version, received, raw, delta)
 
     @property
     def delta(self) -> market_pb2.OddsDelta:
@@ -89,11 +93,11 @@ class Update:
         sent to every stream of the match."""
         if self._frame is None:
             raw = self.raw if self.raw is not None else self.delta.SerializeToString()
-            self._frame = _DELTA_TAG + codec.varint(len(raw)) + raw
+            self._frame = codec.length_delimited(_DELTA_FIELD, raw)
         return self._frame
 
 
-_DELTA_TAG = bytes([(2 << 3) | 2])  # WatchOddsResponse.delta: field 2, wire type 2
+_DELTA_FIELD = odds_service_pb2.WatchOddsResponse.DELTA_FIELD_NUMBER
 
 
 def serialize_watch(response: odds_service_pb2.WatchOddsResponse | bytes) -> bytes:

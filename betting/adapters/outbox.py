@@ -28,7 +28,7 @@ from betting.adapters.store import bet_proto, money
 from feed.adapters import jetstream
 from mesh import tracing
 from mesh.settings import jetstream_replicas
-from pricing.live.codec import varint
+from pricing.live.codec import length_delimited
 
 log = logging.getLogger("betting.outbox")
 STREAM = "BETS"
@@ -120,9 +120,6 @@ async def _events(cur: psycopg.AsyncCursor[Any], ids: list[int]) -> dict[int, by
     return out
 
 
-_BALANCE_TAG = bytes([bet_pb2.BetEvent.BALANCE_FIELD_NUMBER << 3 | 2])
-
-
 def _with_balance(payload: bytes, balance: int | None, currency: str | None) -> bytes:
     """Events written by ``betting.place_bet`` carry the balance beside them (their payload has
     none): put it in. Appending a field to a message's bytes is how protobuf sets it, so the event
@@ -130,7 +127,7 @@ def _with_balance(payload: bytes, balance: int | None, currency: str | None) -> 
     if balance is None or currency is None:
         return payload
     value = money(balance, currency).SerializeToString()
-    return payload + _BALANCE_TAG + varint(len(value)) + value
+    return payload + length_delimited(bet_pb2.BetEvent.BALANCE_FIELD_NUMBER, value)
 
 
 async def run_relay(pool: AsyncConnectionPool, dsn: str, js_of: object, stopping: asyncio.Event) -> None:

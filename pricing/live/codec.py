@@ -74,13 +74,14 @@ def varint(n: int) -> bytes:
 _SMALL = [bytes((i,)) for i in range(0x80)]
 
 
-def _field(number: int, payload: bytes) -> bytes:
-    """A length-delimited field (wire type 2)."""
+def length_delimited(number: int, payload: bytes) -> bytes:
+    """Field ``number`` with ``payload`` (a message's or a string's bytes), length-delimited (wire
+    type 2). Appending it to a message's bytes sets that field, as parsing merges fields."""
     return varint(number << 3 | 2) + varint(len(payload)) + payload
 
 
 def _text(number: int, text: str) -> bytes:
-    return _field(number, text.encode()) if text else b""
+    return length_delimited(number, text.encode()) if text else b""
 
 
 # Market fields 3 (status, varint), 5 (version, varint), 6 (status_reason); Outcome fields 3 (odds),
@@ -96,7 +97,7 @@ _ODDS: dict[int, bytes] = {}  # odds cents -> the encoded Outcome.odds field
 def _odds_field(cents: int) -> bytes:
     encoded = _ODDS.get(cents)
     if encoded is None:
-        encoded = _ODDS[cents] = _field(3, _text(1, ladder.to_text(cents)))
+        encoded = _ODDS[cents] = length_delimited(3, _text(1, ladder.to_text(cents)))
     return encoded
 
 
@@ -118,7 +119,7 @@ class MarketCache:
         if parts is None:
             ref = _ref(match_id, q).SerializeToString()
             parts = fixed[q.key] = (
-                _field(1, ref) + _text(2, q.key),
+                length_delimited(1, ref) + _text(2, q.key),
                 tuple(_text(1, o) + _text(2, o) for o in q.outcomes),
             )
         head, names = parts
@@ -127,7 +128,7 @@ class MarketCache:
         for name, cents, p in zip(names, q.odds_cents, q.probabilities, strict=True):
             text = f"{p:.6f}".encode()
             # Outcome.probability: a Probability of 8 characters ("0.532438") has a fixed header
-            probability = _PROBABILITY + text if len(text) == 8 else _field(4, _field(1, text))
+            probability = _PROBABILITY + text if len(text) == 8 else length_delimited(4, length_delimited(1, text))
             if cents:
                 outcome = name + (_ODDS.get(cents) or _odds_field(cents)) + probability
                 if is_open:
