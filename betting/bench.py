@@ -17,6 +17,11 @@ Phases 2 and 3 alternate in ``--rounds`` rounds (each ``--seconds / --rounds`` l
 figures are the rounds' medians: on a small shared machine the two measured minutes apart can
 differ by a third, so each round's PlaceBet is compared with the raw figure measured just before it.
 
+The betting service writes the bets that arrive while a batch is being committed together in the
+next transaction (group commit, ``betting.adapters.store.PlaceBatcher``); the last column gives the
+bets per transaction, from the service's ``livebet_bets_placed_per_transaction`` histogram. The raw
+PostgreSQL figure is one transaction per bet, as a service without group commit would write them.
+
 Goals (issue 6): PlaceBet throughput ≥ 50 % of the lower raw figure; p99 ≤ 25 ms at half load.
 Latencies are recorded in an HdrHistogram (1 µs .. 60 s, 3 digits).
 """
@@ -35,6 +40,7 @@ import sys
 import tempfile
 import threading
 import time
+import urllib.request
 import uuid
 from pathlib import Path
 from typing import Any
@@ -274,6 +280,20 @@ async def raw_postgres(dsn: str, clients: int, seconds: float, cpu: dict[str, An
 
 
 # --- 3/4. PlaceBet --------------------------------------------------------------------------
+def _batches(metrics_urls: list[str]) -> tuple[float, float]:
+    """(bets, transactions) the betting processes have written so far (their group-commit
+    histogram, ``livebet_bets_placed_per_transaction``)."""
+    bets = txns = 0.0
+    for url in metrics_urls:
+        with urllib.request.urlopen(url, timeout=5) as reply:
+            for line in reply.read().decode().splitlines():
+                if line.startswith("livebet_bets_placed_per_transaction_sum"):
+                    bets += float(line.split()[-1])
+                elif line.startswith("livebet_bets_placed_per_transaction_count"):
+                    txns += float(line.split()[-1])
+    return bets, txns
+
+
 async def place_bets(
     targets: list[str],
     clients: int,
@@ -284,6 +304,7 @@ async def place_bets(
     tag: str,
     hot: bool = False,
     cpu: dict[str, Any] | None = None,
+    metrics: list[str] | None = None,
 ) -> dict[str, float]:
     channels = [grpc.aio.insecure_channel(t) for t in targets]
     stubs = [betting_service_pb2_grpc.BettingServiceStub(ch) for ch in channels]
@@ -305,8 +326,12 @@ async def place_bets(
             raise RuntimeError(bet_pb2.BetStatus.Name(reply.bet.status))
 
     meter = CpuMeter(cpu or {})
+    batches = _batches(metrics or [])
     out = await _drive(clients, seconds, call, rate)
     out.update(meter.per_op_ms(out["per_s"] * seconds))
+    bets, txns = (after - before for after, before in zip(_batches(metrics or []), batches, strict=True))
+    if txns:
+        out["bets_per_txn"] = bets / txns
     for ch in channels:
         await ch.close()
     return out
@@ -344,11 +369,13 @@ def main(argv: list[str] | None = None) -> int:
         env["LIVEBET_LOG_LEVEL"] = "WARNING"
         targets = []
         betting_pids: list[int] = []
+        metrics: list[str] = []
         for k in range(args.replicas):
             betting = Process(service_spec(f"betting-{k}", "betting.server", env), root / f"betting-{k}.log").start()
             procs.append(betting)
             betting_pids.append(betting.pid)
             targets.append(betting.spec.health_target)
+            metrics.append(f"http://127.0.0.1:{betting.spec.env['LIVEBET_METRICS_PORT']}/metrics")
         echo_port = infra.free_port()
         echo = subprocess.Popen([sys.executable, "-m", "betting.bench", "--echo-server", str(echo_port)])
         # a failure below must not leave the echo server behind (it would hold our stdout open)
@@ -381,7 +408,9 @@ def main(argv: list[str] | None = None) -> int:
             pg_r = asyncio.run(raw_postgres(dsn, n, secs / args.rounds, pg_cpu))
             print(f"PlaceBet, full load, round {r + 1}/{args.rounds} ...", file=sys.stderr)
             full_r = asyncio.run(
-                place_bets(targets, n, secs / args.rounds, odds, args.matches, 0.0, f"full{r}", cpu=cpu)
+                place_bets(
+                    targets, n, secs / args.rounds, odds, args.matches, 0.0, f"full{r}", cpu=cpu, metrics=metrics
+                )
             )
             lower_r = min(grpc_raw["per_s"], pg_r["per_s"])
             rounds.append({"raw_postgres_txn": pg_r, "placebet_full": full_r, "share": full_r["per_s"] / lower_r})
@@ -390,10 +419,12 @@ def main(argv: list[str] | None = None) -> int:
         half_rate = full["per_s"] / 2
         print(f"PlaceBet at half that load ({half_rate:.0f}/s) ...", file=sys.stderr)
         with DiskProbe(root / "pg") as disk:
-            half = asyncio.run(place_bets(targets, n, secs, odds, args.matches, half_rate, "half", cpu=cpu))
+            half = asyncio.run(
+                place_bets(targets, n, secs, odds, args.matches, half_rate, "half", cpu=cpu, metrics=metrics)
+            )
         disk_half = disk.figures()
         print("PlaceBet, every client on the same outcome ...", file=sys.stderr)
-        hot = asyncio.run(place_bets(targets, n, secs, odds, args.matches, 0.0, "hot", True, cpu=cpu))
+        hot = asyncio.run(place_bets(targets, n, secs, odds, args.matches, 0.0, "hot", True, cpu=cpu, metrics=metrics))
     finally:
         for child in procs_cleanup:
             if child.poll() is None:
@@ -425,8 +456,11 @@ def main(argv: list[str] | None = None) -> int:
         f" pre-match (no delay); raw PostgreSQL and PlaceBet at full load in {args.rounds} alternating rounds"
         " (medians)"
     )
-    print(f"{'':<38}{'':>38}{'CPU ms per bet':^24}")
-    print(f"{'figure':<38}{'per s':>10}{'p50 ms':>10}{'p99 ms':>10}{'failed':>8}{'betting':>8}{'PG':>8}{'client':>8}")
+    print(f"{'':<38}{'':>38}{'CPU ms per bet':^24}{'bets per':>10}")
+    print(
+        f"{'figure':<38}{'per s':>10}{'p50 ms':>10}{'p99 ms':>10}{'failed':>8}{'betting':>8}{'PG':>8}{'client':>8}"
+        f"{'commit':>10}"
+    )
     for name, fig in (
         ("raw grpc.aio unary (echo)", grpc_raw),
         ("raw PostgreSQL bet-shaped transaction", pg_raw),
@@ -438,7 +472,8 @@ def main(argv: list[str] | None = None) -> int:
         for part in ("betting", "postgres", "client"):
             value = fig.get(f"{part}_cpu_ms")
             line += f"{value:>8.2f}" if value is not None else f"{'':>8}"
-        print(line)
+        per_txn = fig.get("bets_per_txn")
+        print(line + (f"{per_txn:>10.1f}" if per_txn is not None else ""))
     ok_share = "met" if share >= GOAL_RAW_SHARE else "NOT met"
     ok_p99 = "met" if half["p99_ms"] <= GOAL_P99_MS else "NOT met"
     each = ", ".join(f"{x['share']:.2f}" for x in rounds)

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from livebet.betting.v1 import bet_pb2
-from prometheus_client import CollectorRegistry, Counter, Gauge
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
 
 class BetMetrics:
@@ -20,6 +20,13 @@ class BetMetrics:
         self.decide_failures = Counter(
             "livebet_bets_decide_failures_total",
             "Pending bets whose decision failed (logged with the bet id; tried again next round).",
+            registry=registry,
+        )
+        self.batch = Histogram(
+            "livebet_bets_placed_per_transaction",
+            "New bets written per PostgreSQL transaction (group commit: the bets that arrive while one "
+            "batch is written go together in the next).",
+            buckets=(1, 2, 4, 8, 16, 32, 50),
             registry=registry,
         )
 

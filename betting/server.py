@@ -82,7 +82,7 @@ def build(app: ServiceApp) -> None:
             "betting",
             s.health_interval_seconds,
             max_size=20,
-            autocommit=True,  # a bet is one statement (betting.place_bet): no BEGIN/COMMIT round trips
+            autocommit=True,  # a batch of bets is one statement (betting.place_bets): no BEGIN/COMMIT round trips
             check_on_checkout=False,  # a dead connection fails UNAVAILABLE once; the client retries
         )
     )
@@ -91,6 +91,7 @@ def build(app: ServiceApp) -> None:
     store = Store(pg)
     odds = OddsView(redis_dep)
     metrics = BetMetrics(app.metrics.registry)
+    store.batcher.on_batch = metrics.batch.observe
     bets = BettingApi(store, odds, config, nats_dep, metrics)
     wallet = WalletApi(store, config)
     decider = Decider(odds, config)

@@ -295,6 +295,54 @@ def test_fifty_concurrent_bets_against_a_balance_for_ten_accept_exactly_ten(env:
     assert balance(env, "p7") == (0, 3_000)
 
 
+def test_bets_written_in_one_transaction_each_succeed_or_fail_alone(env: Env) -> None:
+    """Group commit (PlaceBatcher): bets queued together go in one transaction, yet each is
+    refused or written as if it were alone, and a request id sent twice in one batch is placed once."""
+    from types import SimpleNamespace
+
+    from psycopg_pool import AsyncConnectionPool
+
+    from betting.adapters.store import InsufficientFunds, Placement, Store, digest
+    from betting.domain.rules import Leg, Ticket
+
+    deposit(env, "p40", 5 * 300, "p40-d")
+    deposit(env, "p41", 10_000, "p41-d")
+    leg = Leg("b40", ONE, ONE, "home", Decimal("2.00"), 0)
+
+    def placement(account: str, request_id: str, stake: int) -> Placement:
+        ticket = Ticket(request_id, (leg,), "EUR", stake, bet_pb2.ODDS_CHANGE_POLICY_ANY)
+        return Placement(
+            ticket, account, digest(f"{account}/{request_id}/{stake}".encode()), [Decimal("2.00")], [1],
+            Decimal("2.00"), 2 * stake, False, 0.0, 10**9, 10**9,
+        )  # fmt: skip
+
+    async def place_together() -> tuple[list[object], list[int]]:
+        pool = AsyncConnectionPool(env.dsn, min_size=1, max_size=2, open=False, kwargs={"autocommit": True})
+        await pool.open(wait=True)
+        store = Store(SimpleNamespace(pool=pool))  # type: ignore[arg-type]
+        sizes: list[int] = []
+        store.batcher.on_batch = sizes.append
+        wanted = [placement("p40", f"p40-{i}", 300) for i in range(8)]  # funds for five of them
+        wanted += [placement("p41", "p41-twice", 700), placement("p41", "p41-twice", 700)]
+        try:
+            results = await asyncio.gather(*(store.place(p) for p in wanted), return_exceptions=True)
+        finally:
+            await pool.close()
+        return results, sizes
+
+    results, sizes = asyncio.run(place_together())
+    assert sizes[0] > 1, f"the bets were not written together: batches of {sizes}"
+    placed = [r for r in results[:8] if isinstance(r, tuple)]
+    assert len(placed) == 5 and all(created for _, created in placed)  # type: ignore[misc]
+    refused = [r for r in results[:8] if not isinstance(r, tuple)]
+    assert len(refused) == 3 and all(isinstance(r, InsufficientFunds) for r in refused), refused
+    (first, made_first), (second, made_second) = results[8:]  # type: ignore[misc]
+    assert first.bet_id == second.bet_id and {made_first, made_second} == {True, False}
+    assert env.sql("SELECT count(*) FROM betting.bets WHERE account_id = 'p40'")[0][0] == 5
+    assert env.sql("SELECT count(*) FROM betting.bets WHERE account_id = 'p41'")[0][0] == 1
+    assert balance(env, "p40") == (0, 1_500) and balance(env, "p41") == (9_300, 700)
+
+
 def test_the_same_request_in_flight_twice_is_placed_once(env: Env) -> None:
     env.send(fixture("b8"))
     priced(env, "b8")
