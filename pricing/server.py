@@ -35,6 +35,7 @@ import nats.js.errors
 from google.protobuf.timestamp_pb2 import Timestamp
 from livebet.feed.v1 import event_pb2 as ev
 from livebet.odds.v1 import market_pb2, trader_service_pb2_grpc
+from nats.aio.msg import Msg
 from nats.aio.subscription import Subscription
 from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
 from nats.js.kv import KeyValue
@@ -146,12 +147,13 @@ class Runner:
         self.retire_after_ms = retire_after_setting()
         self.sweep_seconds = min(SWEEP_SECONDS, max(0.5, self.retire_after_ms / 2000))
 
-    def apply(self, share: Share, e: ev.FeedEvent) -> list[Delta]:
-        """The share's engine on one event. An event the engine fails on is logged with its id,
-        counted and skipped: one bad event must not stop the share's other matches (left to
-        fail, it would stop the share, and again at every rebuild, since it is replayed)."""
+    def apply(self, share: Share, e: ev.FeedEvent, defer: bool = False) -> list[Delta]:
+        """The share's engine on one event (``defer``: see ``Engine.apply``). An event the engine
+        fails on is logged with its id, counted and skipped: one bad event must not stop the
+        share's other matches (left to fail, it would stop the share, and again at every rebuild,
+        since it is replayed)."""
         try:
-            return share.engine.apply(e)
+            return share.engine.apply(e, defer)
         except Exception:
             self.metrics.failed.inc()
             log.error(
@@ -209,6 +211,29 @@ class Runner:
             else:
                 pipe.zadd(codec.LIVE_KEY, {match_id: int(time.time() * 1000)})
         await pipe.execute()
+
+    async def price_batch(self, share: Share, msgs: list[Msg], batch: Batch) -> None:
+        """Each event's deltas leave as soon as it is priced (the NATS client sends them when the
+        loop next runs); a reprice that only moves prices waits for the end of the batch and is
+        done once per match (``Engine.apply(defer=True)``), carrying the feed time of the
+        earliest event it covers."""
+        engine = share.engine
+        waiting: dict[str, int] = {}  # match id -> feed time (ms) of the first event its deferred reprice covers
+        for msg in msgs:
+            e = ev.FeedEvent.FromString(msg.data)
+            await self.remember_version(share, e)
+            deltas = self.apply(share, e, defer=True)
+            received = e.received_at.ToMilliseconds() if e.HasField("received_at") else 0
+            if e.match_id in engine.deferred:
+                waiting.setdefault(e.match_id, received)
+            elif e.match_id in waiting:  # this event's reprice did the deferred one's work
+                received = waiting.pop(e.match_id) or received
+            if deltas:
+                await self.send(share, deltas, {e.match_id: received} if e.match_id else {}, batch)
+                await asyncio.sleep(0)
+        deltas = engine.flush()
+        if deltas:
+            await self.send(share, deltas, waiting, batch)
 
     async def rebuild(self, share: Share) -> tuple[int, int]:
         """Replay the share up to its consumer's ack floor into a fresh engine (nothing published);
@@ -306,14 +331,7 @@ class Runner:
                         # each event's deltas leave as soon as they are priced (the NATS client
                         # sends them when the loop next runs); Redis is written once per batch
                         batch = Batch(self.redis_dep.client.pipeline(transaction=False))
-                        for msg in msgs:
-                            e = ev.FeedEvent.FromString(msg.data)
-                            await self.remember_version(share, e)
-                            deltas = self.apply(share, e)
-                            if deltas:
-                                received = e.received_at.ToMilliseconds() if e.HasField("received_at") else 0
-                                await self.send(share, deltas, {e.match_id: received} if e.match_id else {}, batch)
-                                await asyncio.sleep(0)
+                        await self.price_batch(share, msgs, batch)
                         self.metrics.events.inc(len(msgs))
                         await self.store(share, batch)
                 await msgs[-1].ack()  # AckPolicy.ALL: everything up to here is done

@@ -97,6 +97,7 @@ class Engine:
         self.retired: dict[str, tuple[int, int]] = {}  # match id -> (last version, retired at, ms)
         self.processed = 0
         self.provider_mode = provider_mode
+        self.deferred: dict[str, str] = {}  # match id -> cause of a reprice left for flush()
 
     def match(self, match_id: str) -> LiveMatch:
         m = self.matches.get(match_id)
@@ -122,8 +123,15 @@ class Engine:
             del self.retired[match_id]
         return gone
 
-    def apply(self, e: ev.FeedEvent) -> list[Delta]:
-        """The deltas ``e`` causes, in publication order."""
+    def apply(self, e: ev.FeedEvent, defer: bool = False) -> list[Delta]:
+        """The deltas ``e`` causes, in publication order.
+
+        ``defer``: a reprice that only moves prices (a clock or provider-odds update, nothing
+        dangerous) is left for :meth:`flush`, which reprices each such match once. A batch of
+        events that holds several updates of one match then costs one reprice, not one each:
+        the engine catches up when it falls behind instead of pricing every state it was late
+        for. Suspensions are never deferred; any reprice of the match meanwhile does the deferred
+        one's work."""
         self.processed += 1
         kind = e.WhichOneof("payload")
         if kind == "provider_down":
@@ -153,7 +161,7 @@ class Engine:
             ou = (over, under) if over and under else None
             m.set_fixture(f.home.name, f.away.name, one, ou)
             m.sport = f.sport
-            emit(m.reprice("fixture"))
+            emit(self._reprice(m, "fixture"))
         elif kind == "match_state":
             s = e.match_state.state
             score_changed = (s.score.home, s.score.away) != (m.home_goals, m.away_goals)
@@ -169,19 +177,22 @@ class Engine:
             m.ended = s.status in (ev.MATCH_STATUS_ENDED, ev.MATCH_STATUS_CLOSED) or s.period == ev.PERIOD_FULL_TIME
             m.holds.discard(Hold.POSSIBLE_GOAL)  # the next state update after a possible goal resolves it
             m.holds.discard(Hold.BET_STOP)
-            emit(m.reprice("goal" if score_changed else "clock"))
+            if score_changed or reds_up or not defer:
+                emit(self._reprice(m, "goal" if score_changed else "clock"))
+            else:
+                self.deferred.setdefault(m.match_id, "clock")
         elif kind == "goal":
             emit(m.suspend_all("goal"))
             m.home_goals, m.away_goals = e.goal.score.home, e.goal.score.away
             m.holds.difference_update({Hold.POSSIBLE_GOAL, Hold.PENALTY})
-            emit(m.reprice("goal"))
+            emit(self._reprice(m, "goal"))
         elif kind == "card" and e.card.card_type in (ev.CARD_TYPE_RED, ev.CARD_TYPE_SECOND_YELLOW):
             emit(m.suspend_all("red_card"))
             if e.card.side == 1:
                 m.home_reds += 1
             elif e.card.side == 2:
                 m.away_reds += 1
-            emit(m.reprice("red_card"))
+            emit(self._reprice(m, "red_card"))
         elif kind == "penalty":
             if e.penalty.phase == ev.PENALTY_PHASE_AWARDED:
                 emit(_hold(m, Hold.PENALTY, "penalty"))
@@ -211,10 +222,27 @@ class Engine:
                 m.provider_markets.pop(key, None)  # deactivated, settled, cancelled or unusable
             if Hold.BET_STOP in m.holds:
                 emit(_release(m, Hold.BET_STOP, "provider_odds"))
+            elif m.mode == "provider" and defer:
+                self.deferred.setdefault(m.match_id, "provider_odds")
             elif m.mode == "provider":
-                emit(m.reprice("provider_odds"))
+                emit(self._reprice(m, "provider_odds"))
         if e.HasField("received_at"):
             m.last_event_ms = e.received_at.ToMilliseconds()
+        return out
+
+    def _reprice(self, m: LiveMatch, cause: str) -> Delta | None:
+        self.deferred.pop(m.match_id, None)  # this reprice does a deferred one's work too
+        return m.reprice(cause)
+
+    def flush(self) -> list[Delta]:
+        """The reprices :meth:`apply` deferred: one per match, in the order first deferred."""
+        deferred, self.deferred = self.deferred, {}
+        out = []
+        for match_id, cause in deferred.items():
+            m = self.matches.get(match_id)
+            d = m.reprice(cause) if m is not None else None
+            if d is not None:
+                out.append(d)
         return out
 
     def _for_provider(self, provider: str, action: object) -> list[Delta]:
@@ -237,4 +265,4 @@ def _hold(m: LiveMatch, hold: Hold, cause: str) -> Delta | None:
 
 def _release(m: LiveMatch, hold: Hold, cause: str) -> Delta | None:
     m.holds.discard(hold)
-    return m.reprice(cause)
+    return m.reprice(cause)  # a deferred reprice of the match still runs: it finds nothing changed

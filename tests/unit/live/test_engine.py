@@ -219,10 +219,10 @@ def test_an_event_the_engine_fails_on_is_skipped_and_counted_not_fatal_to_the_sh
     runner, share = Runner(None, None, "t"), Share(0)  # type: ignore[arg-type]  # no I/O here
     real = share.engine.apply
 
-    def apply(e: ev.FeedEvent) -> list:  # type: ignore[type-arg]
+    def apply(e: ev.FeedEvent, defer: bool = False) -> list:  # type: ignore[type-arg]
         if e.event_id == "poison":
             raise ZeroDivisionError("a bug the event exposes")
-        return real(e)
+        return real(e, defer)
 
     share.engine.apply = apply  # type: ignore[method-assign]
     poison = _event("goal", goal__side=1)
@@ -231,3 +231,55 @@ def test_an_event_the_engine_fails_on_is_skipped_and_counted_not_fatal_to_the_sh
     assert runner.metrics.failed._value.get() == 1
     fixture = _event("fixture_change", fixture_change__fixture__match_id="m")
     assert [d.cause for d in runner.apply(share, fixture)] == ["fixture"]  # the next event is priced
+
+
+def _offered(engine: Engine) -> dict[str, tuple]:  # type: ignore[type-arg]
+    """Each market's status, and the prices of the open ones (a closed or suspended market keeps
+    the last prices it was offered at, which depend on which states were priced)."""
+    return {
+        f"{match_id}/{q.key}": (q.status, q.odds_cents if q.status is Status.OPEN else None)
+        for match_id, m in engine.matches.items()
+        for q in m.quotes.values()
+    }
+
+
+def test_deferred_reprices_offer_the_same_book_after_each_batch_with_fewer_deltas() -> None:
+    matches = simulate(3, 7)
+    norm = Normaliser()
+    events = [norm.fixture(m, 0) for m in matches]
+    events += [e for _, m, i in schedule(matches) for e in norm.events(m, i, 1000)]
+    each, batched = Engine(), Engine()
+    one_by_one, deltas = [], []
+    for start in range(0, len(events), 50):  # as the service takes them: up to a batch at a time
+        for e in events[start : start + 50]:
+            one_by_one += each.apply(e)
+            deltas += batched.apply(e, defer=True)
+        deltas += batched.flush()
+        assert _offered(batched) == _offered(each)  # after every batch, what is on offer is the same
+    assert len(deltas) < len(one_by_one)
+    for match_id, m in batched.matches.items():
+        book: dict[str, tuple] = {}  # type: ignore[type-arg]
+        last = 0
+        for d in (d for d in deltas if d.match_id == match_id):
+            assert d.previous_version == last and d.version == last + 1  # every version, in order
+            last = d.version
+            book.update({q.key: (q.status, q.odds_cents) for q in d.markets})
+        assert last == m.version <= each.matches[match_id].version  # never more than one by one
+        assert book == {q.key: (q.status, q.odds_cents) for q in m.quotes.values()}
+
+
+def test_a_deferred_clock_reprice_never_delays_a_suspension() -> None:
+    engine = Engine()
+    engine.apply(_event("fixture_change", fixture_change__fixture__match_id="m"))
+    live = {"match_state__state__status": ev.MATCH_STATUS_LIVE}
+    engine.apply(_event("match_state", **live, match_state__state__clock__minute=30))
+    assert engine.apply(_event("match_state", **live, match_state__state__clock__minute=31), defer=True) == []
+    assert engine.deferred == {"m": "clock"}
+    suspension, reprice = engine.apply(_event("goal", goal__side=1, goal__score__home=1), defer=True)
+    assert {q.status for q in suspension.markets} == {Status.SUSPENDED}
+    assert reprice.cause == "goal" and engine.matches["m"].minute == 31  # the goal's reprice priced minute 31
+    assert engine.deferred == {} and engine.flush() == []
+    later = _event("match_state", **live, match_state__state__clock__minute=40, match_state__state__score__home=1)
+    assert engine.apply(later, defer=True) == []
+    (clock,) = engine.flush()
+    assert clock.cause == "clock" and clock.version == reprice.version + 1
