@@ -13,7 +13,7 @@ from google.protobuf import descriptor_pb2, descriptor_pool, message_factory, ti
 from google.protobuf.message import Message
 from google.protobuf.timestamp_pb2 import Timestamp
 from livebet.common.v1 import common_pb2
-from livebet.odds.v1 import market_pb2
+from livebet.odds.v1 import market_pb2, odds_service_pb2
 
 from feed.adapters.jetstream import token
 from pricing import ladder
@@ -165,11 +165,17 @@ class MarketCache:
         return list(self._markets.get(match_id, {}).values())
 
 
-def _delta_head_class() -> type[Message]:
-    """``OddsDelta`` as a router needs it: the match, the versions and the feed's receive time.
-    A message type of its own (built here, in a pool of its own, not part of the API) with only
-    those fields of ``OddsDelta``'s numbers; parsing a delta's bytes with it skips the markets, a
-    twentieth of the cost of parsing the whole delta."""
+HEAD_FIELDS = ("match_id", "version", "previous_version", "feed_received_at")
+
+
+def delta_head_type(fields: tuple[str, ...] = HEAD_FIELDS, in_response: bool = False) -> type[Message]:
+    """``OddsDelta`` as a router needs it: ``fields`` of it only (by default the match, the
+    versions and the feed's receive time). A message type of its own (built here, in a pool of
+    its own, not part of the API) with those fields' numbers and types; parsing a delta's bytes
+    with it skips the markets, a twentieth of the cost of parsing the whole delta.
+
+    ``in_response``: the type of a ``WatchOddsResponse`` whose ``delta`` is such a head (a client
+    that measures deltas without reading their markets: the live benchmark's subscribers)."""
     pool = descriptor_pool.DescriptorPool()
     timestamp = descriptor_pb2.FileDescriptorProto()
     timestamp_pb2.DESCRIPTOR.CopyToProto(timestamp)
@@ -184,15 +190,25 @@ def _delta_head_class() -> type[Message]:
     odds = descriptor_pb2.FileDescriptorProto()
     market_pb2.DESCRIPTOR.CopyToProto(odds)
     (delta,) = (m for m in odds.message_type if m.name == "OddsDelta")
-    wanted = ("match_id", "version", "previous_version", "feed_received_at")
-    head.field.extend(fd for fd in delta.field if fd.name in wanted)  # same numbers and types
+    head.field.extend(fd for fd in delta.field if fd.name in fields)  # same numbers and types
+    name = "OddsDeltaHead"
+    if in_response:
+        name = "WatchOddsResponseHead"
+        number = odds_service_pb2.WatchOddsResponse.DESCRIPTOR.fields_by_name["delta"].number
+        f.message_type.add(name=name).field.add(
+            name="delta",
+            number=number,
+            label=descriptor_pb2.FieldDescriptorProto.LABEL_OPTIONAL,
+            type=descriptor_pb2.FieldDescriptorProto.TYPE_MESSAGE,
+            type_name=".livebet.internal.OddsDeltaHead",
+        )
     pool.Add(f)
-    return message_factory.GetMessageClass(pool.FindMessageTypeByName("livebet.internal.OddsDeltaHead"))
+    return message_factory.GetMessageClass(pool.FindMessageTypeByName(f"livebet.internal.{name}"))
 
 
 #: ``DeltaHead.FromString(delta_bytes)``: an ``OddsDelta``'s match id, versions and
 #: ``feed_received_at`` without parsing its markets
-DeltaHead = _delta_head_class()
+DeltaHead = delta_head_type()
 
 
 def _repeated(number: int, framed: list[bytes]) -> bytes:
