@@ -39,6 +39,7 @@ from nats.aio.msg import Msg
 from nats.aio.subscription import Subscription
 from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
 from nats.js.kv import KeyValue
+from nats.js.object_store import ObjectStore
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 from redis.asyncio.client import Pipeline
 
@@ -47,8 +48,9 @@ from mesh import tracing
 from mesh.deps import NatsDependency, Readiness, RedisDependency
 from mesh.metrics import LATENCY_BUCKETS
 from mesh.service import ServiceApp, run
+from pricing import checkpoints
 from pricing.leases import RENEW_EVERY, Leases, lease_store, plan
-from pricing.live import codec
+from pricing.live import checkpoint, codec
 from pricing.live.book import Delta, LiveMatch
 from pricing.live.engine import RETIRE_AFTER_MS, Engine
 from pricing.trader import TraderApi, apply_trader_state, trader_store
@@ -87,6 +89,9 @@ class Share:
         self.task: asyncio.Task[None] | None = None
         self.sub: Subscription | None = None  # trader requests forwarded by other replicas
         self.swept = 0.0  # when ended matches were last retired (monotonic seconds)
+        self.sequence = 0  # the FEED stream sequence the engine has applied everything up to
+        self.built = False  # the engine is rebuilt and consistent with ``sequence``
+        self.checkpointed = 0.0  # when it was last checkpointed (monotonic seconds)
 
     def retire(self, now_ms: int, after_ms: int = RETIRE_AFTER_MS) -> list[str]:
         """Forget the matches that ended ``after_ms`` ago or more (engine and encoded markets)."""
@@ -126,6 +131,17 @@ class PricingMetrics:
         self.matches = Gauge(
             "livebet_pricing_matches_held", "Matches in this replica's engines (ended ones leave).", registry=registry
         )
+        self.replayed = Counter(
+            "livebet_pricing_replayed_events_total",
+            "FEED events replayed to rebuild shares (from their checkpoint, else from the stream's start).",
+            registry=registry,
+        )
+        self.checkpoints = Counter(
+            "livebet_pricing_checkpoints_total",
+            "Share checkpoints written, by outcome.",
+            ["outcome"],
+            registry=registry,
+        )
 
 
 class Runner:
@@ -146,6 +162,8 @@ class Runner:
         self.kv: KeyValue | None = None  # trader state
         self.retire_after_ms = retire_after_setting()
         self.sweep_seconds = min(SWEEP_SECONDS, max(0.5, self.retire_after_ms / 2000))
+        self.checkpoints: ObjectStore | None = None  # set at start (None: every rebuild replays it all)
+        self.checkpoint_seconds = checkpoints.every_setting()
 
     def apply(self, share: Share, e: ev.FeedEvent, defer: bool = False) -> list[Delta]:
         """The share's engine on one event (``defer``: see ``Engine.apply``). An event the engine
@@ -236,8 +254,9 @@ class Runner:
             await self.send(share, deltas, waiting, batch)
 
     async def rebuild(self, share: Share) -> tuple[int, int]:
-        """Replay the share up to its consumer's ack floor into a fresh engine (nothing published);
-        returns (events replayed, the floor)."""
+        """Rebuild the share's engine up to its consumer's ack floor (nothing published): from its
+        last checkpoint and the events after it, else from the whole stream; returns (events
+        replayed, the sequence to consume after)."""
         js = self.nats_dep.js
         try:
             info = await js.consumer_info(STREAM, durable(share.k))
@@ -245,8 +264,16 @@ class Runner:
             await js.delete_consumer(STREAM, durable(share.k))
         except nats.js.errors.NotFoundError:
             floor = 0
-        share.engine = Engine(self.provider_mode)
-        count = await replay(js, floor, lambda e: self.apply(share, e), partition_subjects(share.k))
+        share.built = False
+        engine, start = None, 0
+        if self.checkpoints is not None:
+            engine, start = await checkpoints.load(self.checkpoints, share.k, self.provider_mode)
+        share.engine = engine if engine is not None else Engine(self.provider_mode)
+        # a checkpoint past the floor (taken before the last acknowledgement reached the server)
+        # holds those events already: consume after it, or they would be applied twice
+        floor = max(floor, start)
+        count = await replay(js, floor, lambda e: self.apply(share, e), partition_subjects(share.k), after=start)
+        self.metrics.replayed.inc(count)
         for m, version in zip(
             share.engine.matches.values(), await self.stored_versions(list(share.engine.matches)), strict=True
         ):
@@ -257,7 +284,33 @@ class Runner:
             await apply_trader_state(share.engine, self.kv)
         for m in share.engine.matches.values():
             share.cache.seed(m)
+        share.sequence, share.built = floor, True
+        share.checkpointed = time.monotonic() + share.k * self.checkpoint_seconds / PARTITIONS  # spread out
+        if engine is not None:
+            log.info("share rebuilt from its checkpoint", extra={"partition": share.k, "checkpoint_sequence": start})
         return count, floor
+
+    async def checkpoint(self, share: Share, force: bool = False) -> None:
+        """Checkpoint the share's engine if it is time (``force``: now). The state is taken under
+        the share's lock, between batches; compressing and storing it happen outside. A failure
+        is logged and counted: the next rebuild replays a little more."""
+        if self.checkpoints is None or not share.built:
+            return
+        if not force and (
+            self.checkpoint_seconds <= 0 or time.monotonic() - share.checkpointed < self.checkpoint_seconds
+        ):
+            return
+        share.checkpointed = time.monotonic()
+        try:
+            async with share.lock:
+                state, sequence = checkpoint.state(share.engine, share.sequence), share.sequence
+            size = await checkpoints.save(self.checkpoints, share.k, state)
+        except Exception:
+            self.metrics.checkpoints.labels("failed").inc()
+            log.warning("checkpoint failed", exc_info=True, extra={"partition": share.k})
+            return
+        self.metrics.checkpoints.labels("saved").inc()
+        log.debug("checkpoint saved", extra={"partition": share.k, "sequence": sequence, "bytes": size})
 
     async def stored_versions(self, match_ids: list[str]) -> list[int]:
         """Each match's version in its Redis snapshot (0 without one), in one round trip."""
@@ -334,7 +387,9 @@ class Runner:
                         await self.price_batch(share, msgs, batch)
                         self.metrics.events.inc(len(msgs))
                         await self.store(share, batch)
+                    share.sequence = msgs[-1].metadata.sequence.stream
                 await msgs[-1].ack()  # AckPolicy.ALL: everything up to here is done
+                await self.checkpoint(share)
         finally:
             share.ready.clear()
             for s in (share.sub, sub):
@@ -379,6 +434,7 @@ def build(app: ServiceApp) -> None:
                 share.task.cancel()
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await share.task
+            await runner.checkpoint(share, force=True)  # whoever takes it next starts from here
 
     async def balance(leases: Leases) -> None:
         """Keep our leases alive, take free shares up to a fair part, give back extra ones."""
@@ -414,6 +470,8 @@ def build(app: ServiceApp) -> None:
         js = nats_dep.js
         await ensure_stream(js)
         runner.kv = await trader_store(js)
+        if runner.checkpoint_seconds > 0:
+            runner.checkpoints = await checkpoints.store(js)
         leases = Leases(await lease_store(js), js, runner.instance, PARTITIONS)
         task = app.spawn(balance(leases))
         app.spawn(

@@ -208,14 +208,16 @@ async def replay(
     handle: Callable[[event_pb2.FeedEvent], object],
     subjects: list[str] | None = None,
     timeout: float = 300.0,
+    after: int = 0,
 ) -> int:
-    """Hand every FEED event up to stream sequence ``upto`` (inclusive) on ``subjects`` (default:
-    all), in order, to ``handle``. An ephemeral consumer that acknowledges nothing and changes
-    nothing. Returns how many were handled."""
-    if upto <= 0:
+    """Hand every FEED event after stream sequence ``after`` and up to ``upto`` (inclusive) on
+    ``subjects`` (default: all), in order, to ``handle``. An ephemeral consumer that acknowledges
+    nothing and changes nothing. Returns how many were handled."""
+    if upto <= after:
         return 0
     config = ConsumerConfig(
-        deliver_policy=DeliverPolicy.ALL,
+        deliver_policy=DeliverPolicy.BY_START_SEQUENCE if after else DeliverPolicy.ALL,
+        opt_start_seq=after + 1 if after else None,
         ack_policy=AckPolicy.NONE,
         filter_subjects=subjects or [f"{SUBJECT_ROOT}.>"],
         inactive_threshold=30.0,

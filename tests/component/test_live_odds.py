@@ -46,6 +46,7 @@ def live(servers_root: Path) -> Iterator[Live]:
     env = {"LIVEBET_NATS_URL": n.url, "LIVEBET_REDIS_URL": r.url, "LIVEBET_FEED_PROVIDER_SILENCE_SECONDS": "120"}
     env["LIVEBET_PRICING_PROVIDER_MODE"] = "prov"
     env["LIVEBET_PRICING_RETIRE_AFTER_SECONDS"] = "2"  # ended matches are forgotten 2 s after their last event
+    env["LIVEBET_PRICING_CHECKPOINT_SECONDS"] = "1"  # every restart here starts from checkpoints
     procs = [
         Proc(service_spec("feed", "feed.server", env), servers_root / "live-feed.log").start(),
         Proc(service_spec("pricing", "pricing.server", env), servers_root / "live-pricing.log").start(),
@@ -223,6 +224,37 @@ def test_versions_never_go_backwards_across_an_engine_restart(live: Live) -> Non
     wait_for(lambda: (s := live.snapshot("lo3")) is not None and s.minute == 11, 30, what="repriced after restart")
     after = live.snapshot("lo3")
     assert after is not None and after.version > before.version
+
+
+def _pricing_metric(live: Live, name: str) -> float:
+    import urllib.request
+
+    url = f"http://127.0.0.1:{live.pricing.spec.env['LIVEBET_METRICS_PORT']}/metrics"
+    with urllib.request.urlopen(url, timeout=5) as resp:
+        text = resp.read().decode()
+    return sum(float(x.split()[-1]) for x in text.splitlines() if x.startswith(name + " ") or x.startswith(name + "{"))
+
+
+def test_a_restarted_engine_starts_from_its_checkpoints_and_prices_on_from_the_state_they_hold(live: Live) -> None:
+    live.send(fixture("lk1"), state("lk1", 1, 0, 0, 10), goal("lk1", 1, 0, 2), state("lk1", 3, 1, 0, 30))
+    wait_for(lambda: (s := live.snapshot("lk1")) is not None and s.minute == 30, 30, what="priced")
+    before = live.snapshot("lk1")
+    assert before is not None and before.score == "1-0"
+    live.pricing.signal(signal.SIGTERM)  # each share is checkpointed as it is given up
+    assert live.pricing.popen is not None and live.pricing.popen.wait(20) == 0
+    live.send(state("lk1", 4, 1, 0, 31))  # arrives while the engine is down
+    stream = live.odds.WatchOdds(odds_service_pb2.WatchOddsRequest(match_ids=["lk1"]), timeout=60)
+    assert next(stream).image.version == before.version
+    live.pricing.start()
+    wait_for(lambda: (s := live.snapshot("lk1")) is not None and s.minute == 31, 30, what="repriced after restart")
+    # nothing replayed: every share came back from its checkpoint, the stream's earlier events of
+    # this module (hundreds) untouched
+    assert _pricing_metric(live, "livebet_pricing_replayed_events_total") == 0
+    first = next(m for m in stream if m.WhichOneof("message") == "delta").delta
+    stream.cancel()
+    # the checkpoint held the score: 1-0 again is a clock update, not a goal to suspend for
+    assert first.cause == "clock" and first.previous_version == before.version
+    assert {m.status for m in first.markets} != {market_pb2.MARKET_STATUS_SUSPENDED}
 
 
 def test_provider_down_suspends_every_match_of_that_producer_until_it_recovers(live: Live) -> None:
