@@ -1,4 +1,4 @@
-"""Where the engine's checkpoints live: the JetStream object store ``PRICING_CHECKPOINTS``, one
+"""Where the engine's checkpoints live: the JetStream object store ``pricing-checkpoints``, one
 object per share (``share-<k>``), replaced by each new checkpoint (see
 :mod:`pricing.live.checkpoint` for what is in one).
 
@@ -24,7 +24,7 @@ from pricing.live import checkpoint
 from pricing.live.engine import Engine
 
 log = logging.getLogger("pricing.checkpoints")
-BUCKET = "PRICING_CHECKPOINTS"
+BUCKET = "pricing-checkpoints"
 EVERY_SECONDS = 60.0
 
 
