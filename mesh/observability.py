@@ -133,6 +133,15 @@ def rules(config: sla.Config) -> dict[str, Any]:
             "annotations": {"summary": "the engine skipped feed events it failed on (their ids are in its log)"},
         },
         {
+            "alert": "PricingCheckpointsFailing",
+            "expr": 'sum(increase(livebet_pricing_checkpoints_total{outcome="failed"}[15m])) > 0',
+            "for": "15m",
+            "labels": {"severity": "ticket"},
+            "annotations": {
+                "summary": "engine checkpoints are not being written: a restart or takeover replays more of the stream"
+            },
+        },
+        {
             "alert": "BetDecisionsFailing",
             "expr": "sum(increase(livebet_bets_decide_failures_total[5m])) > 0",
             "for": "5m",
