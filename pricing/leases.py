@@ -59,6 +59,17 @@ def plan(me: str, partitions: int, holders: dict[int, str], members: set[str]) -
     return free[: fair - len(mine)], []
 
 
+def settled(me: str, partitions: int, holders: dict[int, str], members: set[str]) -> bool:
+    """Whether the shares are where they will stay (pure): no replica holds more than its fair
+    part (nobody is about to give one back) and ``me`` has no free share to take. A replica that
+    starts while another holds every share is not settled until it got its part."""
+    fair = math.ceil(partitions / len(members | {me}))
+    held: dict[str, int] = {}
+    for holder in holders.values():
+        held[holder] = held.get(holder, 0) + 1
+    return all(n <= fair for n in held.values()) and not plan(me, partitions, holders, members)[0]
+
+
 async def lease_store(js: JetStreamContext) -> KeyValue:
     try:
         return await js.key_value(BUCKET)

@@ -50,7 +50,7 @@ from mesh.deps import NatsDependency, Readiness, RedisDependency
 from mesh.metrics import LATENCY_BUCKETS
 from mesh.service import ServiceApp, run
 from pricing import checkpoints
-from pricing.leases import RENEW_EVERY, Leases, lease_store, plan
+from pricing.leases import RENEW_EVERY, Leases, lease_store, plan, settled
 from pricing.live import checkpoint, codec
 from pricing.live.book import Delta, LiveMatch
 from pricing.live.engine import RETIRE_AFTER_MS, Engine
@@ -60,6 +60,7 @@ log = logging.getLogger("pricing")
 FIRST_WAIT = 1.0
 FETCH = 500
 SWEEP_SECONDS = 30.0
+SETTLE_LIMIT = 15.0  # seconds after start after which the engine reports SERVING even if shares still move
 
 
 def provider_mode_setting() -> frozenset[str]:
@@ -451,6 +452,7 @@ def build(app: ServiceApp) -> None:
 
     async def balance(leases: Leases) -> None:
         """Keep our leases alive, take free shares up to a fair part, give back extra ones."""
+        settle_by = time.monotonic() + SETTLE_LIMIT
         while True:
             try:
                 await leases.heartbeat()
@@ -458,7 +460,8 @@ def build(app: ServiceApp) -> None:
                     if not await leases.renew(k):
                         log.warning("lease lost; share dropped", extra={"partition": k})
                         await drop(k)
-                take, give = plan(runner.instance, PARTITIONS, await leases.holders(), await leases.members())
+                holders, members = await leases.holders(), await leases.members()
+                take, give = plan(runner.instance, PARTITIONS, holders, members)
                 for k in give:
                     await drop(k)
                     await leases.give(k)
@@ -467,9 +470,15 @@ def build(app: ServiceApp) -> None:
                     if await leases.take(k):
                         share = runner.shares[k] = Share(k)
                         share.task = app.spawn(share_task(share))
-                # SERVING once the shares taken at start are rebuilt (a rolling update waits for
-                # that, and so does `make run` before it starts the simulator); then it stays so
-                if not ready.up and all(sh.ready.is_set() for sh in runner.shares.values()):
+                # SERVING once the shares are where they will stay and ours are rebuilt (a rolling
+                # update waits for that, and so does `make run` before it starts the simulator: a
+                # share handed over meanwhile makes its events wait); then it stays so. A peer that
+                # never gives its extra shares back delays it SETTLE_LIMIT at most.
+                if (
+                    not ready.up
+                    and all(sh.ready.is_set() for sh in runner.shares.values())
+                    and (settled(runner.instance, PARTITIONS, holders, members) or time.monotonic() > settle_by)
+                ):
                     ready.set(True)
             except asyncio.CancelledError:
                 raise

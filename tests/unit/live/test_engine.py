@@ -103,6 +103,20 @@ def test_lease_plan_takes_a_fair_part_and_gives_back_the_extra() -> None:
     assert len(a) == len(b) == 8 and a != b  # replicas starting together try different shares first
 
 
+def test_shares_are_settled_only_when_nobody_holds_more_than_a_fair_part() -> None:
+    from pricing.leases import settled
+
+    all_a = {k: "a" for k in range(16)}
+    assert settled("a", 16, all_a, {"a"})  # alone: everything is its part
+    assert not settled("b", 16, all_a, {"a", "b"})  # b just joined: a has 8 to give back
+    assert not settled("a", 16, all_a, {"a", "b"})
+    halves = {k: "a" if k < 8 else "b" for k in range(16)}
+    assert settled("a", 16, halves, {"a", "b"}) and settled("b", 16, halves, {"a", "b"})
+    assert not settled("b", 16, {k: "a" for k in range(8)}, {"a", "b"})  # 8 free for b to take
+    thirds = {k: "a" for k in range(6)} | {k: "b" for k in range(6, 12)} | {k: "c" for k in range(12, 16)}
+    assert settled("c", 16, thirds, {"a", "b", "c"})  # ceil(16 / 3) = 6: c's 4 are all there is
+
+
 def test_partition_of_is_nats_fnv1a_modulo() -> None:
     from feed.adapters.jetstream import partition_of
 
