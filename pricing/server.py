@@ -75,6 +75,26 @@ def retire_after_setting() -> int:
     return int(float(os.environ.get("LIVEBET_PRICING_RETIRE_AFTER_SECONDS", RETIRE_AFTER_MS / 1000)) * 1000)
 
 
+def warm_up() -> None:
+    """Price one made-up match from fixture to a live state, and encode it, before any share is
+    taken. The first fit and reprice of a process cost ~200 ms (the margin kernel's compiled code
+    is loaded, the fit's optimiser and the encoders run for the first time); with shares rebuilt
+    from checkpoints nothing else does it before the first live event, which then waited that long."""
+    engine = Engine()
+    fixture = ev.FeedEvent(event_id="warm-up", provider="warm-up", match_id="warm-up")
+    fixture.fixture_change.fixture.match_id = "warm-up"
+    odds = fixture.fixture_change.fixture.pre_match_odds
+    odds.home.decimal, odds.draw.decimal, odds.away.decimal = "2.10", "3.40", "3.60"
+    live = ev.FeedEvent(event_id="warm-up-1", provider="warm-up", match_id="warm-up")
+    live.match_state.state.status, live.match_state.state.clock.minute = ev.MATCH_STATUS_LIVE, 30
+    cache, now = codec.MarketCache(), Timestamp()
+    now.GetCurrentTime()
+    for e in (fixture, live):
+        for d in engine.apply(e):
+            codec.delta(d, engine.matches[d.match_id], now, 0, cache.update(d))
+    codec.snapshot(engine.matches["warm-up"], now, cache)
+
+
 def durable(k: int) -> str:
     return f"pricing-p{k}"
 
@@ -487,6 +507,7 @@ def build(app: ServiceApp) -> None:
             await asyncio.sleep(RENEW_EVERY)
 
     async def start() -> None:
+        await asyncio.to_thread(warm_up)
         await nats_dep.wait_ready()
         await redis_dep.wait_ready()
         js = nats_dep.js
