@@ -57,9 +57,11 @@ async def save(obs: ObjectStore, k: int, state: bytes) -> int:
     return len(data)
 
 
-async def load(obs: ObjectStore, k: int, provider_mode: frozenset[str]) -> tuple[Engine | None, int]:
+async def load(obs: ObjectStore, k: int, provider_mode: frozenset[str], stream: str) -> tuple[Engine | None, int]:
     """A share's last checkpoint: (engine, stream sequence), or (None, 0) when there is none or it
-    cannot be used (then the engine is rebuilt from the whole stream, as without checkpoints)."""
+    cannot be used (then the engine is rebuilt from the whole stream, as without checkpoints): one
+    of other code, or of another life of the stream (``stream``: its creation time; the FEED
+    stream deleted and created again numbers its messages from 1 again)."""
     try:
         result = await obs.get(name(k))
     except nats.js.errors.ObjectNotFoundError:
@@ -68,7 +70,14 @@ async def load(obs: ObjectStore, k: int, provider_mode: frozenset[str]) -> tuple
         log.warning("checkpoint unreadable; replaying the whole stream", extra={"partition": k, "error": repr(err)})
         return None, 0
     try:
-        return await asyncio.to_thread(checkpoint.decode, result.data or b"", provider_mode)
+        engine, sequence, taken_of = await asyncio.to_thread(checkpoint.decode, result.data or b"", provider_mode)
     except checkpoint.CheckpointError as err:
         log.warning("checkpoint not usable; replaying the whole stream", extra={"partition": k, "error": str(err)})
         return None, 0
+    if taken_of != stream:
+        log.warning(
+            "checkpoint of an earlier FEED stream; replaying the whole stream",
+            extra={"partition": k, "checkpoint_stream": taken_of, "stream": stream},
+        )
+        return None, 0
+    return engine, sequence

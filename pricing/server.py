@@ -113,6 +113,7 @@ class Share:
         self.swept = 0.0  # when ended matches were last retired (monotonic seconds)
         self.sequence = 0  # the FEED stream sequence the engine has applied everything up to
         self.built = False  # the engine is rebuilt and consistent with ``sequence``
+        self.stream = ""  # the FEED stream's life (its creation time) the sequence counts in
         self.checkpointed = 0.0  # when it was last checkpointed (monotonic seconds)
 
     def retire(self, now_ms: int, after_ms: int = RETIRE_AFTER_MS) -> list[str]:
@@ -288,8 +289,9 @@ class Runner:
             floor = 0
         share.built = False
         engine, start = None, 0
+        share.stream = str((await js.stream_info(STREAM)).created)
         if self.checkpoints is not None:
-            engine, start = await checkpoints.load(self.checkpoints, share.k, self.provider_mode)
+            engine, start = await checkpoints.load(self.checkpoints, share.k, self.provider_mode, share.stream)
         share.engine = engine if engine is not None else Engine(self.provider_mode)
         # a checkpoint past the floor (taken before the last acknowledgement reached the server)
         # holds those events already: consume after it, or they would be applied twice
@@ -325,7 +327,7 @@ class Runner:
         share.checkpointed = time.monotonic()
         try:
             async with share.lock:
-                state, sequence = checkpoint.state(share.engine, share.sequence), share.sequence
+                state, sequence = checkpoint.state(share.engine, share.sequence, share.stream), share.sequence
             size = await checkpoints.save(self.checkpoints, share.k, state)
         except Exception:
             self.metrics.checkpoints.labels("failed").inc()

@@ -80,8 +80,10 @@ _IN: dict[str, Any] = {
 }
 
 
-def state(engine: Engine, sequence: int) -> bytes:
+def state(engine: Engine, sequence: int, stream: str = "") -> bytes:
     """``engine`` as it is after every FEED message up to stream ``sequence`` (nothing deferred),
+    ``stream`` naming the stream's life (its creation time: a sequence means nothing in a stream
+    deleted and created again),
     as JSON: taken on the event loop, between batches. :func:`compress` it next (in a thread:
     zlib lets go of the GIL), or call :func:`encode` for both."""
     if engine.deferred:
@@ -93,6 +95,7 @@ def state(engine: Engine, sequence: int) -> bytes:
         "format": FORMAT,
         "fields": FIELDS,
         "sequence": sequence,
+        "stream": stream,
         "provider_of": engine.provider_of,
         "retired": engine.retired,
         "matches": matches,
@@ -104,13 +107,13 @@ def compress(document: bytes) -> bytes:
     return zlib.compress(document, 1)
 
 
-def encode(engine: Engine, sequence: int) -> bytes:
+def encode(engine: Engine, sequence: int, stream: str = "") -> bytes:
     """A checkpoint of ``engine`` after stream ``sequence``: :func:`state`, compressed."""
-    return compress(state(engine, sequence))
+    return compress(state(engine, sequence, stream))
 
 
-def decode(data: bytes, provider_mode: frozenset[str] = frozenset()) -> tuple[Engine, int]:
-    """The engine a checkpoint holds and the stream sequence it was taken at."""
+def decode(data: bytes, provider_mode: frozenset[str] = frozenset()) -> tuple[Engine, int, str]:
+    """The engine a checkpoint holds, the stream sequence it was taken at and the stream's life."""
     try:
         doc = orjson.loads(zlib.decompress(data))
     except (zlib.error, orjson.JSONDecodeError) as err:
@@ -124,7 +127,7 @@ def decode(data: bytes, provider_mode: frozenset[str] = frozenset()) -> tuple[En
             engine.matches[m.match_id] = m
         engine.provider_of = {str(k): str(v) for k, v in doc["provider_of"].items()}
         engine.retired = {str(k): (int(v), int(at)) for k, (v, at) in doc["retired"].items()}
-        sequence = int(doc["sequence"])
+        sequence, stream = int(doc["sequence"]), str(doc["stream"])
     except (KeyError, TypeError, ValueError) as err:
         raise CheckpointError(f"a damaged checkpoint: {err!r}") from err
-    return engine, sequence
+    return engine, sequence, stream

@@ -126,8 +126,8 @@ class Engine:
     def apply(self, e: ev.FeedEvent, defer: bool = False) -> list[Delta]:
         """The deltas ``e`` causes, in publication order.
 
-        ``defer``: a reprice that only moves prices (a clock or provider-odds update, nothing
-        dangerous) is left for :meth:`flush`, which reprices each such match once. A batch of
+        ``defer``: a reprice that only moves prices (a clock update within a period, provider odds
+        with every quoted market active) is left for :meth:`flush`, which reprices each such match once. A batch of
         events that holds several updates of one match then costs one reprice, not one each:
         the engine catches up when it falls behind instead of pricing every state it was late
         for. Suspensions are never deferred; any reprice of the match meanwhile does the deferred
@@ -166,6 +166,7 @@ class Engine:
             s = e.match_state.state
             score_changed = (s.score.home, s.score.away) != (m.home_goals, m.away_goals)
             reds_up = s.home_cards.red + s.away_cards.red > m.home_reds + m.away_reds
+            phase = (m.live, m.ended, m.period)
             if (score_changed or reds_up) and m.quotes:
                 emit(m.suspend_all("goal" if score_changed else "red_card"))
             m.home_goals, m.away_goals = s.score.home, s.score.away
@@ -177,10 +178,10 @@ class Engine:
             m.ended = s.status in (ev.MATCH_STATUS_ENDED, ev.MATCH_STATUS_CLOSED) or s.period == ev.PERIOD_FULL_TIME
             m.holds.discard(Hold.POSSIBLE_GOAL)  # the next state update after a possible goal resolves it
             m.holds.discard(Hold.BET_STOP)
-            if score_changed or reds_up or not defer:
+            if defer and not (score_changed or reds_up) and phase == (m.live, m.ended, m.period):
+                self.deferred.setdefault(m.match_id, "clock")  # the clock only: prices move
+            else:  # kick-off, half or full time close or open markets: not left for later
                 emit(self._reprice(m, "goal" if score_changed else "clock"))
-            else:
-                self.deferred.setdefault(m.match_id, "clock")
         elif kind == "goal":
             emit(m.suspend_all("goal"))
             m.home_goals, m.away_goals = e.goal.score.home, e.goal.score.away
@@ -211,6 +212,7 @@ class Engine:
         elif kind == "bet_stop":
             emit(_hold(m, Hold.BET_STOP, "bet_stop"))
         elif kind == "provider_odds":
+            calm = True  # every quoted market active: prices move, nothing is suspended
             for pm in e.provider_odds.markets:
                 key = market_key(pm.market)
                 if pm.status in (ev.PROVIDER_MARKET_STATUS_ACTIVE, ev.PROVIDER_MARKET_STATUS_SUSPENDED):
@@ -218,11 +220,13 @@ class Engine:
                     if fair is not None:
                         active = pm.status == ev.PROVIDER_MARKET_STATUS_ACTIVE and all(o.active for o in pm.outcomes)
                         m.set_provider_market(key, active, fair)
+                        calm = calm and active
                         continue
                 m.provider_markets.pop(key, None)  # deactivated, settled, cancelled or unusable
+                calm = False
             if Hold.BET_STOP in m.holds:
                 emit(_release(m, Hold.BET_STOP, "provider_odds"))
-            elif m.mode == "provider" and defer:
+            elif m.mode == "provider" and defer and calm:
                 self.deferred.setdefault(m.match_id, "provider_odds")
             elif m.mode == "provider":
                 emit(self._reprice(m, "provider_odds"))

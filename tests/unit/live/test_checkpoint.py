@@ -39,9 +39,9 @@ def test_a_checkpoint_taken_mid_match_loads_the_same_engine_which_prices_on_iden
     m.holds.add(Hold.TRADER)  # what a trader set goes with it
     m.margins_by_type["1x2"] = 0.07
     engine.retired["gone"] = (12, 1_700_000_000_000)
-    data = checkpoint.encode(engine, 4242)
-    loaded, sequence = checkpoint.decode(data)
-    assert sequence == 4242
+    data = checkpoint.encode(engine, 4242, "2026-11-27 10:00:00+00:00")
+    loaded, sequence, stream = checkpoint.decode(data)
+    assert (sequence, stream) == (4242, "2026-11-27 10:00:00+00:00")
     assert loaded.provider_of == engine.provider_of and loaded.retired == engine.retired
     assert loaded.matches.keys() == engine.matches.keys()
     for match_id in engine.matches:

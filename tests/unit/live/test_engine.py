@@ -297,3 +297,24 @@ def test_a_deferred_clock_reprice_never_delays_a_suspension() -> None:
     assert engine.apply(later, defer=True) == []
     (clock,) = engine.flush()
     assert clock.cause == "clock" and clock.version == reprice.version + 1
+
+
+def test_kick_off_full_time_and_a_provider_suspension_are_never_left_for_the_end_of_a_batch() -> None:
+    engine = Engine()
+    engine.apply(_event("fixture_change", fixture_change__fixture__match_id="m"))
+    live = {"match_state__state__status": ev.MATCH_STATUS_LIVE}
+    assert engine.apply(_event("match_state", **live, match_state__state__clock__minute=1), defer=True)  # kick-off
+    assert engine.apply(_event("match_state", **live, match_state__state__clock__minute=2), defer=True) == []
+    ended = _event(
+        "match_state", match_state__state__status=ev.MATCH_STATUS_ENDED, match_state__state__clock__minute=90
+    )
+    (full_time,) = engine.apply(ended, defer=True)
+    assert {q.status for q in full_time.markets} == {Status.CLOSED} and engine.deferred == {}
+
+    provider = Engine(provider_mode=frozenset({"p"}))
+    one_x_two = [("home", "2.00"), ("draw", "3.50"), ("away", "4.00")]
+    provider.apply(_provider_odds("pm", [("1x2", ACTIVE, one_x_two)]))
+    moved = [("home", "1.90"), ("draw", "3.60"), ("away", "4.20")]
+    assert provider.apply(_provider_odds("pm", [("1x2", ACTIVE, moved)]), defer=True) == []  # prices only
+    (suspended,) = provider.apply(_provider_odds("pm", [("1x2", SUSPENDED, moved)]), defer=True)
+    assert [(q.key, q.status) for q in suspended.markets] == [("1x2", Status.SUSPENDED)]

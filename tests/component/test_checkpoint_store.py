@@ -1,0 +1,40 @@
+"""The engine's checkpoint store on a real NATS JetStream object store."""
+
+from __future__ import annotations
+
+import asyncio
+
+import nats
+
+from feed.domain.simulator import simulate
+from feed.simulator import Normaliser, schedule
+from pricing import checkpoints
+from pricing.live import checkpoint
+from pricing.live.engine import Engine
+from tests.conftest import Server
+
+
+def test_a_checkpoint_is_loaded_only_in_the_life_of_the_stream_it_was_taken_in(nats_server: Server) -> None:
+    matches = simulate(2, 5)
+    norm = Normaliser()
+    events = [norm.fixture(m, 0) for m in matches] + [
+        e for _, m, i in schedule(matches) for e in norm.events(m, i, 1000)
+    ]
+    engine = Engine()
+    engine.apply_all(events[: len(events) // 2])
+
+    async def run() -> tuple[int, int, int, bool]:
+        nc = await nats.connect(nats_server.url)
+        try:
+            obs = await checkpoints.store(nc.jetstream())
+            size = await checkpoints.save(obs, 3, checkpoint.state(engine, 777, "life-1"))
+            same, at = await checkpoints.load(obs, 3, frozenset(), "life-1")
+            other, other_at = await checkpoints.load(obs, 3, frozenset(), "life-2")  # FEED deleted, created again
+            none, none_at = await checkpoints.load(obs, 4, frozenset(), "life-1")  # never checkpointed
+            loaded = same is not None and same.matches.keys() == engine.matches.keys()
+            return size, at, other_at + none_at, loaded and other is None and none is None
+        finally:
+            await nc.close()
+
+    size, at, not_loaded, ok = asyncio.run(run())
+    assert size > 0 and at == 777 and not_loaded == 0 and ok
