@@ -272,9 +272,18 @@ class Runner:
             if deltas:
                 await self.send(share, deltas, {e.match_id: received} if e.match_id else {}, batch)
                 await asyncio.sleep(0)
-        deltas = engine.flush()
+        deltas = engine.flush(lambda match_id, err: self._failed(share, match_id, err))
         if deltas:
             await self.send(share, deltas, waiting, batch)
+
+    def _failed(self, share: Share, match_id: str, err: Exception) -> None:
+        """A deferred reprice the engine failed on: logged, counted and skipped, like an event."""
+        self.metrics.failed.inc()
+        log.error(
+            "deferred reprice skipped: the engine failed on it",
+            exc_info=err,
+            extra={"match_id": match_id, "partition": share.k},
+        )
 
     async def rebuild(self, share: Share) -> tuple[int, int]:
         """Rebuild the share's engine up to its consumer's ack floor (nothing published): from its

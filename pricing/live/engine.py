@@ -7,7 +7,7 @@ from JetStream and publishes what it returns.
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 
 from livebet.common.v1 import common_pb2
 from livebet.feed.v1 import event_pb2 as ev
@@ -238,13 +238,20 @@ class Engine:
         self.deferred.pop(m.match_id, None)  # this reprice does a deferred one's work too
         return m.reprice(cause)
 
-    def flush(self) -> list[Delta]:
-        """The reprices :meth:`apply` deferred: one per match, in the order first deferred."""
+    def flush(self, failed: Callable[[str, Exception], None] | None = None) -> list[Delta]:
+        """The reprices :meth:`apply` deferred: one per match, in the order first deferred.
+        ``failed``: told of a match whose reprice raised, which is then skipped (None: raise)."""
         deferred, self.deferred = self.deferred, {}
         out = []
         for match_id, cause in deferred.items():
             m = self.matches.get(match_id)
-            d = m.reprice(cause) if m is not None else None
+            try:
+                d = m.reprice(cause) if m is not None else None
+            except Exception as err:
+                if failed is None:
+                    raise
+                failed(match_id, err)
+                continue
             if d is not None:
                 out.append(d)
         return out

@@ -318,3 +318,26 @@ def test_kick_off_full_time_and_a_provider_suspension_are_never_left_for_the_end
     assert provider.apply(_provider_odds("pm", [("1x2", ACTIVE, moved)]), defer=True) == []  # prices only
     (suspended,) = provider.apply(_provider_odds("pm", [("1x2", SUSPENDED, moved)]), defer=True)
     assert [(q.key, q.status) for q in suspended.markets] == [("1x2", Status.SUSPENDED)]
+
+
+def test_a_deferred_reprice_that_fails_is_reported_and_the_other_matches_are_repriced() -> None:
+    engine = Engine()
+    live = {"match_state__state__status": ev.MATCH_STATUS_LIVE}
+    for match_id in ("a", "b"):
+        fixture = _event("fixture_change", fixture_change__fixture__match_id=match_id)
+        fixture.match_id = match_id
+        engine.apply(fixture)
+        kick_off = _event("match_state", **live, match_state__state__clock__minute=1)
+        kick_off.match_id = match_id
+        engine.apply(kick_off)
+        tick = _event("match_state", **live, match_state__state__clock__minute=20)
+        tick.match_id = match_id
+        assert engine.apply(tick, defer=True) == []
+
+    def broken(cause: str) -> None:
+        raise ZeroDivisionError("a bug this state exposes")
+
+    engine.matches["a"].reprice = broken  # type: ignore[method-assign]
+    failures: list[str] = []
+    (d,) = engine.flush(lambda match_id, err: failures.append(match_id))
+    assert d.match_id == "b" and failures == ["a"] and engine.deferred == {}
