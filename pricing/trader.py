@@ -72,7 +72,8 @@ def _state(m: LiveMatch) -> dict[str, Any]:
 
 
 async def apply_trader_state(engine: Engine, kv: KeyValue) -> int:
-    """Apply the stored trader state to the engine's matches (nothing published)."""
+    """Apply the stored trader state to the engine's matches (nothing published): to a fresh
+    engine after a replay, or to one loaded from a checkpoint taken before the latest actions."""
     from pricing.live.book import Hold
 
     try:
@@ -90,6 +91,8 @@ async def apply_trader_state(engine: Engine, kv: KeyValue) -> int:
             continue
         if state.get("suspended"):
             m.holds.add(Hold.TRADER)
+        else:  # resumed since: an engine loaded from a checkpoint may still hold it
+            m.holds.discard(Hold.TRADER)
         m.trader_markets = set(state.get("markets", []))
         m.margin = float(state.get("margin", m.margin))
         m.margins_by_type = {k: float(v) for k, v in state.get("margins", {}).items()}

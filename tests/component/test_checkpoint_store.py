@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import json
 
 import nats
 
@@ -38,3 +39,31 @@ def test_a_checkpoint_is_loaded_only_in_the_life_of_the_stream_it_was_taken_in(n
 
     size, at, not_loaded, ok = asyncio.run(run())
     assert size > 0 and at == 777 and not_loaded == 0 and ok
+
+
+def test_trader_actions_after_a_checkpoint_win_over_it(nats_server: Server) -> None:
+    from pricing.live.book import Hold
+    from pricing.trader import _match_key, _state, apply_trader_state, trader_store
+
+    matches = simulate(1, 9)
+    norm = Normaliser()
+    engine = Engine()
+    engine.apply_all([norm.fixture(m, 0) for m in matches])
+    (m,) = engine.matches.values()
+    m.holds.add(Hold.TRADER)  # suspended by a trader when the checkpoint was taken
+    loaded, _, _ = checkpoint.decode(checkpoint.encode(engine, 1))
+    m.holds.discard(Hold.TRADER)  # then resumed: the trader's key-value state says so
+    m.margin = 0.08
+
+    async def run() -> set[Hold]:
+        nc = await nats.connect(nats_server.url)
+        try:
+            kv = await trader_store(nc.jetstream())
+            await kv.put(_match_key(m.match_id), json.dumps(_state(m)).encode())
+            await apply_trader_state(loaded, kv)
+        finally:
+            await nc.close()
+        return loaded.matches[m.match_id].holds
+
+    assert Hold.TRADER not in asyncio.run(run())
+    assert loaded.matches[m.match_id].margin == 0.08
