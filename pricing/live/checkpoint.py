@@ -113,7 +113,9 @@ def encode(engine: Engine, sequence: int, stream: str = "") -> bytes:
 
 
 def decode(data: bytes, provider_mode: frozenset[str] = frozenset()) -> tuple[Engine, int, str]:
-    """The engine a checkpoint holds, the stream sequence it was taken at and the stream's life."""
+    """The engine a checkpoint holds, the stream sequence it was taken at and the stream's life.
+    Each match's pricing mode comes from ``provider_mode`` as when a replay creates it (the
+    configuration may have changed since); a trader's choice is applied after, from its store."""
     try:
         doc = orjson.loads(zlib.decompress(data))
     except (zlib.error, orjson.JSONDecodeError) as err:
@@ -127,6 +129,8 @@ def decode(data: bytes, provider_mode: frozenset[str] = frozenset()) -> tuple[En
             engine.matches[m.match_id] = m
         engine.provider_of = {str(k): str(v) for k, v in doc["provider_of"].items()}
         engine.retired = {str(k): (int(v), int(at)) for k, (v, at) in doc["retired"].items()}
+        for match_id, m in engine.matches.items():  # as a replay would: from today's configuration
+            m.mode = "provider" if engine.provider_of.get(match_id) in provider_mode else "model"
         sequence, stream = int(doc["sequence"]), str(doc["stream"])
     except (KeyError, TypeError, ValueError) as err:
         raise CheckpointError(f"a damaged checkpoint: {err!r}") from err

@@ -67,3 +67,16 @@ def test_a_checkpoint_of_another_engine_version_or_damaged_bytes_is_refused() ->
     engine.deferred["x"] = "clock"  # mid-batch: a reprice still to do is not in the state
     with pytest.raises(checkpoint.CheckpointError, match="between batches"):
         checkpoint.encode(engine, 2)
+
+
+def test_the_pricing_mode_comes_from_todays_configuration_as_after_a_replay() -> None:
+    events = _events()[:20]
+    providers = frozenset(e.provider for e in events)
+    engine = Engine(provider_mode=providers)  # every match priced from its provider's odds
+    engine.apply_all(events)
+    assert {m.mode for m in engine.matches.values()} == {"provider"}
+    data = checkpoint.encode(engine, 1)
+    as_model, _, _ = checkpoint.decode(data)  # since then, no provider is in provider mode
+    assert {m.mode for m in as_model.matches.values()} == {"model"}
+    as_before, _, _ = checkpoint.decode(data, providers)
+    assert {m.mode for m in as_before.matches.values()} == {"provider"}
