@@ -112,7 +112,7 @@ class Share:
         self.sub: Subscription | None = None  # trader requests forwarded by other replicas
         self.swept = 0.0  # when ended matches were last retired (monotonic seconds)
         self.sequence = 0  # the FEED stream sequence the engine has applied everything up to
-        self.built = False  # the engine is rebuilt and consistent with ``sequence``
+        self.built = False  # the engine holds exactly the events up to ``sequence`` (checkpoints allowed)
         self.stream = ""  # the FEED stream's life (its creation time) the sequence counts in
         self.checkpointed = 0.0  # when it was last checkpointed (monotonic seconds)
 
@@ -425,6 +425,10 @@ class Runner:
                 traced = [c for c in (tracing.extract(m.headers) for m in msgs) if c is not None]
                 async with share.lock:
                     parent, links = (traced[0], traced[1:]) if traced else (None, [])
+                    # until the batch is done the engine is ahead of share.sequence: a batch that
+                    # fails half-way (Redis lost) leaves no checkpoint possible until the rebuild,
+                    # which would otherwise apply its events a second time
+                    share.built = False
                     with tracing.span("pricing.price", parent, links, events=len(msgs), partition=share.k):
                         # each event's deltas leave as soon as they are priced (the NATS client
                         # sends them when the loop next runs); Redis is written once per batch
@@ -432,7 +436,7 @@ class Runner:
                         await self.price_batch(share, msgs, batch)
                         self.metrics.events.inc(len(msgs))
                         await self.store(share, batch)
-                    share.sequence = msgs[-1].metadata.sequence.stream
+                    share.sequence, share.built = msgs[-1].metadata.sequence.stream, True
                 await msgs[-1].ack()  # AckPolicy.ALL: everything up to here is done
                 await self.checkpoint(share)
         finally:

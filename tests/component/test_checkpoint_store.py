@@ -67,3 +67,36 @@ def test_trader_actions_after_a_checkpoint_win_over_it(nats_server: Server) -> N
 
     assert Hold.TRADER not in asyncio.run(run())
     assert loaded.matches[m.match_id].margin == 0.08
+
+
+def test_no_checkpoint_is_taken_of_an_engine_that_is_not_exactly_at_its_sequence(nats_server: Server) -> None:
+    """A share whose last batch failed half-way holds events past its sequence: a checkpoint of it
+    would have them applied twice after the next rebuild, so none is taken until it is rebuilt."""
+    from pricing.server import Runner, Share
+
+    async def run() -> tuple[Engine | None, Engine | None]:
+        nc = await nats.connect(nats_server.url)
+        try:
+            runner = Runner(None, None, "t")  # type: ignore[arg-type]  # only the checkpoint store is used
+            runner.checkpoints = await checkpoints.store(nc.jetstream())
+            share = Share(9)
+            share.ready.set()
+            share.engine.apply_all(simulate_events()[:30])
+            share.sequence, share.stream, share.built = 30, "life-1", False  # mid-batch when it failed
+            await runner.checkpoint(share, force=True)
+            before, _ = await checkpoints.load(runner.checkpoints, 9, frozenset(), "life-1")
+            share.built = True  # rebuilt: the engine holds exactly the events up to its sequence
+            await runner.checkpoint(share, force=True)
+            after, _ = await checkpoints.load(runner.checkpoints, 9, frozenset(), "life-1")
+            return before, after
+        finally:
+            await nc.close()
+
+    before, after = asyncio.run(run())
+    assert before is None and after is not None and len(after.matches) > 0
+
+
+def simulate_events() -> list:  # type: ignore[type-arg]
+    matches = simulate(2, 13)
+    norm = Normaliser()
+    return [norm.fixture(m, 0) for m in matches] + [e for _, m, i in schedule(matches) for e in norm.events(m, i, 1000)]
