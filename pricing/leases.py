@@ -18,6 +18,7 @@ replica that joins gets work without anyone restarting.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import hashlib
 import math
@@ -97,15 +98,18 @@ class Leases:
         return {s.rsplit(".", 1)[1] for s in subjects}
 
     async def holders(self) -> dict[int, str]:
-        out: dict[int, str] = {}
-        for k in range(self.partitions):
+        """Who holds each share: the keys read at once, not one round trip after another (a
+        replica busy replaying must still get through its lease round well within a lease's life)."""
+
+        async def holder(k: int) -> str | None:
             try:
                 entry = await self.kv.get(f"p.{k}")
             except (nats.js.errors.KeyNotFoundError, nats.js.errors.KeyDeletedError):
-                continue
-            if entry.value:
-                out[k] = entry.value.decode()
-        return out
+                return None
+            return entry.value.decode() if entry.value else None
+
+        found = await asyncio.gather(*(holder(k) for k in range(self.partitions)))
+        return {k: h for k, h in enumerate(found) if h is not None}
 
     async def renew(self, k: int) -> bool:
         """Extend our lease on ``k``; False when it is no longer ours."""

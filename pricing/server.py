@@ -491,8 +491,9 @@ def build(app: ServiceApp) -> None:
         while True:
             try:
                 await leases.heartbeat()
-                for k in list(runner.shares):
-                    if not await leases.renew(k):
+                held = list(runner.shares)  # renewed all at once: the lease round stays short under load
+                for k, renewed in zip(held, await asyncio.gather(*(leases.renew(k) for k in held)), strict=True):
+                    if not renewed:
                         log.warning("lease lost; share dropped", extra={"partition": k})
                         await drop(k)
                 holders, members = await leases.holders(), await leases.members()

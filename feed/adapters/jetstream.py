@@ -51,6 +51,7 @@ GAP_HEADER = "Livebet-Gap"
 # How many shares the matches are hashed into (fixed for the life of the stream: changing it moves
 # matches between shares, so a change needs the engines stopped and the stream re-created).
 PARTITIONS = 16
+YIELD_EVERY = 100  # replayed events between two turns of the event loop
 _UNSAFE = re.compile(r"[.\s*>]")
 
 
@@ -239,6 +240,10 @@ async def replay(
                     return count
                 handle(event_pb2.FeedEvent.FromString(msg.data))
                 count += 1
+                if count % YIELD_EVERY == 0:
+                    # a long replay must not hold the event loop for a whole fetch: the engine's
+                    # lease renewals (every 0.75 s, leases live 2.5 s) and health run meanwhile
+                    await asyncio.sleep(0)
                 if meta.sequence.stream == upto:
                     return count
     finally:

@@ -25,7 +25,7 @@ from pricing.football import Period
 from pricing.live.book import Hold, LiveMatch, MarketQuote, Status
 from pricing.live.engine import Engine
 
-FORMAT = 1
+FORMAT = 2  # 2: the FEED stream's life is in it
 FIELDS = tuple(f.name for f in fields(LiveMatch))
 
 

@@ -56,7 +56,7 @@ def test_a_checkpoint_of_another_engine_version_or_damaged_bytes_is_refused() ->
     engine.apply_all(_events()[:50])
     data = checkpoint.encode(engine, 1)
     doc = zlib.decompress(data).decode()
-    other = zlib.compress(doc.replace('"format":1', '"format":99').encode())
+    other = zlib.compress(doc.replace(f'"format":{checkpoint.FORMAT}', '"format":99').encode())
     with pytest.raises(checkpoint.CheckpointError, match="another engine version"):
         checkpoint.decode(other)
     fewer = zlib.compress(doc.replace('"home_xg",', "").encode())
