@@ -22,6 +22,7 @@ import asyncio
 import contextlib
 import hashlib
 import math
+from collections import Counter
 from dataclasses import dataclass
 
 import nats.js.errors
@@ -65,9 +66,7 @@ def settled(me: str, partitions: int, holders: dict[int, str], members: set[str]
     part (nobody is about to give one back) and ``me`` has no free share to take. A replica that
     starts while another holds every share is not settled until it got its part."""
     fair = math.ceil(partitions / len(members | {me}))
-    held: dict[str, int] = {}
-    for holder in holders.values():
-        held[holder] = held.get(holder, 0) + 1
+    held = Counter(holders.values())
     return all(n <= fair for n in held.values()) and not plan(me, partitions, holders, members)[0]
 
 

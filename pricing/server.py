@@ -185,7 +185,7 @@ class Runner:
         self.kv: KeyValue | None = None  # trader state
         self.retire_after_ms = retire_after_setting()
         self.sweep_seconds = min(SWEEP_SECONDS, max(0.5, self.retire_after_ms / 2000))
-        self.checkpoints: ObjectStore | None = None  # set at start (None: every rebuild replays it all)
+        self.checkpoints: ObjectStore | None = None  # set at start unless off (every rebuild replays it all)
         self.checkpoint_seconds = checkpoints.every_setting()
 
     def apply(self, share: Share, e: ev.FeedEvent, defer: bool = False) -> list[Delta]:
@@ -195,14 +195,14 @@ class Runner:
         since it is replayed)."""
         try:
             return share.engine.apply(e, defer)
-        except Exception:
-            self.metrics.failed.inc()
-            log.error(
-                "feed event skipped: the engine failed on it",
-                exc_info=True,
-                extra={"event_id": e.event_id, "match_id": e.match_id, "partition": share.k},
-            )
+        except Exception as err:
+            self.skipped(share, "feed event", err, event_id=e.event_id, match_id=e.match_id)
             return []
+
+    def skipped(self, share: Share, what: str, err: Exception, **ids: str) -> None:
+        """Work the engine failed on (an event, a deferred reprice): logged, counted, skipped."""
+        self.metrics.failed.inc()
+        log.error(f"{what} skipped: the engine failed on it", exc_info=err, extra={**ids, "partition": share.k})
 
     def local(self, match_id: str) -> Share | None:
         """The share holding ``match_id`` if this replica prices it and has rebuilt it."""
@@ -272,18 +272,9 @@ class Runner:
             if deltas:
                 await self.send(share, deltas, {e.match_id: received} if e.match_id else {}, batch)
                 await asyncio.sleep(0)
-        deltas = engine.flush(lambda match_id, err: self._failed(share, match_id, err))
+        deltas = engine.flush(lambda match_id, err: self.skipped(share, "deferred reprice", err, match_id=match_id))
         if deltas:
             await self.send(share, deltas, waiting, batch)
-
-    def _failed(self, share: Share, match_id: str, err: Exception) -> None:
-        """A deferred reprice the engine failed on: logged, counted and skipped, like an event."""
-        self.metrics.failed.inc()
-        log.error(
-            "deferred reprice skipped: the engine failed on it",
-            exc_info=err,
-            extra={"match_id": match_id, "partition": share.k},
-        )
 
     async def rebuild(self, share: Share) -> tuple[int, int]:
         """Rebuild the share's engine up to its consumer's ack floor (nothing published): from its
@@ -298,8 +289,8 @@ class Runner:
             floor = 0
         share.built = False
         engine, start = None, 0
-        share.stream = str((await js.stream_info(STREAM)).created)
-        if self.checkpoints is not None:
+        if self.checkpoints is not None:  # checkpoints count in the stream's life: its creation time
+            share.stream = str((await js.stream_info(STREAM)).created)
             engine, start = await checkpoints.load(self.checkpoints, share.k, self.provider_mode, share.stream)
         share.engine = engine if engine is not None else Engine(self.provider_mode)
         # a checkpoint past the floor (taken before the last acknowledgement reached the server)
@@ -329,9 +320,7 @@ class Runner:
         is logged and counted: the next rebuild replays a little more."""
         if self.checkpoints is None or not share.built:
             return
-        if not force and (
-            self.checkpoint_seconds <= 0 or time.monotonic() - share.checkpointed < self.checkpoint_seconds
-        ):
+        if not force and time.monotonic() - share.checkpointed < self.checkpoint_seconds:
             return
         share.checkpointed = time.monotonic()
         try:

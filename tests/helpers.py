@@ -1,11 +1,25 @@
 """Test helpers: the project's own process runner and health call (mesh.process)."""
 
 import grpc
+from livebet.feed.v1 import event_pb2 as ev
 
+from feed.domain.simulator import simulate
+from feed.simulator import Normaliser, schedule
 from mesh.process import Process as Proc
 from mesh.process import health, service_spec, wait_for
 
-__all__ = ["Proc", "health", "service_spec", "wait_for"]
+__all__ = ["Proc", "health", "service_spec", "simulated_events", "wait_for"]
+
+
+def simulated_events(matches: int, seed: int, fixtures_only: bool = False) -> list[ev.FeedEvent]:
+    """Every normalised feed event of ``matches`` simulated matches: their fixtures, then their
+    incidents and states in the order they happen (the simulator's own schedule)."""
+    played = simulate(matches, seed)
+    norm = Normaliser()
+    events = [norm.fixture(m, 0) for m in played]
+    if not fixtures_only:
+        events += [e for _, m, i in schedule(played) for e in norm.events(m, i, 1000)]
+    return events
 
 
 def feed_channel(target: str) -> grpc.Channel:

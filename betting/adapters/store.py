@@ -12,7 +12,6 @@ import asyncio
 import base64
 import hashlib
 import json
-import logging
 import uuid
 from collections import deque
 from collections.abc import Callable, Sequence
@@ -32,8 +31,6 @@ from betting.domain.money import format_minor
 from betting.domain.rules import Leg, Ticket
 from feed.adapters.jetstream import token
 from mesh import tracing
-
-log = logging.getLogger("betting.store")
 
 STATUS = {
     "pending": bet_pb2.BET_STATUS_PENDING,
@@ -150,21 +147,25 @@ class PlaceBatcher:
             try:
                 async with self.store.pool.connection() as conn:
                     rows = await write(conn, [bet for bet, _, _ in batch])
-            except BaseException as err:
-                for _, _, fut in batch:
-                    if not fut.done():
-                        gone = psycopg.OperationalError(
-                            "the betting service is stopping; retry with the same request_id"
-                        )
-                        fut.set_exception(err if isinstance(err, Exception) else gone)
-                if not isinstance(err, Exception):
-                    raise
+            except Exception as err:  # nothing of the batch was written: each caller gets the error
+                _fail(batch, err)
                 continue
+            except BaseException:  # cancelled: the service is stopping
+                _fail(
+                    batch, psycopg.OperationalError("the betting service is stopping; retry with the same request_id")
+                )
+                raise
             if self.on_batch is not None:
                 self.on_batch(len(batch))
             for (_, _, fut), row in zip(batch, rows, strict=True):
                 if not fut.done():
                     fut.set_result(row)
+
+
+def _fail(batch: list[tuple[Any, Any, asyncio.Future[tuple[Any, ...]]]], err: Exception) -> None:
+    for _, _, fut in batch:
+        if not fut.done():
+            fut.set_exception(err)
 
 
 async def write(

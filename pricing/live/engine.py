@@ -127,17 +127,17 @@ class Engine:
         """The deltas ``e`` causes, in publication order.
 
         ``defer``: a reprice that only moves prices (a clock update within a period, provider odds
-        with every quoted market active) is left for :meth:`flush`, which reprices each such match once. A batch of
-        events that holds several updates of one match then costs one reprice, not one each:
-        the engine catches up when it falls behind instead of pricing every state it was late
-        for. Suspensions are never deferred; any reprice of the match meanwhile does the deferred
-        one's work."""
+        with every quoted market active) is left for :meth:`flush`, which reprices each such match
+        once. A batch of events that holds several updates of one match then costs one reprice,
+        not one each: the engine catches up when it falls behind instead of pricing every state it
+        was late for. Suspensions are never deferred; any reprice of the match meanwhile does the
+        deferred one's work."""
         self.processed += 1
         kind = e.WhichOneof("payload")
         if kind == "provider_down":
             return self._for_provider(e.provider, lambda m: _hold(m, Hold.PROVIDER_DOWN, "provider_down"))
         if kind == "snapshot_complete":
-            return self._for_provider(e.provider, lambda m: _release(m, Hold.PROVIDER_DOWN, "provider_up"))
+            return self._for_provider(e.provider, lambda m: self._release(m, Hold.PROVIDER_DOWN, "provider_up"))
         if not e.match_id or kind is None:
             return []
         if e.match_id not in self.matches and not (
@@ -198,17 +198,17 @@ class Engine:
             if e.penalty.phase == ev.PENALTY_PHASE_AWARDED:
                 emit(_hold(m, Hold.PENALTY, "penalty"))
             elif e.penalty.phase == ev.PENALTY_PHASE_MISSED:
-                emit(_release(m, Hold.PENALTY, "penalty_missed"))
+                emit(self._release(m, Hold.PENALTY, "penalty_missed"))
         elif kind == "var_check":
             if e.var_check.phase == ev.VAR_PHASE_STARTED:
                 emit(_hold(m, Hold.VAR, "var"))
             else:
-                emit(_release(m, Hold.VAR, "var_decision"))
+                emit(self._release(m, Hold.VAR, "var_decision"))
         elif kind == "danger":
             if e.danger.level == ev.DANGER_LEVEL_POSSIBLE_GOAL:
                 emit(_hold(m, Hold.POSSIBLE_GOAL, "possible_goal"))
             elif e.danger.level == ev.DANGER_LEVEL_SAFE and Hold.POSSIBLE_GOAL in m.holds:
-                emit(_release(m, Hold.POSSIBLE_GOAL, "safe"))
+                emit(self._release(m, Hold.POSSIBLE_GOAL, "safe"))
         elif kind == "bet_stop":
             emit(_hold(m, Hold.BET_STOP, "bet_stop"))
         elif kind == "provider_odds":
@@ -225,7 +225,7 @@ class Engine:
                 m.provider_markets.pop(key, None)  # deactivated, settled, cancelled or unusable
                 calm = False
             if Hold.BET_STOP in m.holds:
-                emit(_release(m, Hold.BET_STOP, "provider_odds"))
+                emit(self._release(m, Hold.BET_STOP, "provider_odds"))
             elif m.mode == "provider" and defer and calm:
                 self.deferred.setdefault(m.match_id, "provider_odds")
             elif m.mode == "provider":
@@ -237,6 +237,10 @@ class Engine:
     def _reprice(self, m: LiveMatch, cause: str) -> Delta | None:
         self.deferred.pop(m.match_id, None)  # this reprice does a deferred one's work too
         return m.reprice(cause)
+
+    def _release(self, m: LiveMatch, hold: Hold, cause: str) -> Delta | None:
+        m.holds.discard(hold)
+        return self._reprice(m, cause)
 
     def flush(self, failed: Callable[[str, Exception], None] | None = None) -> list[Delta]:
         """The reprices :meth:`apply` deferred: one per match, in the order first deferred.
@@ -272,8 +276,3 @@ class Engine:
 def _hold(m: LiveMatch, hold: Hold, cause: str) -> Delta | None:
     m.holds.add(hold)
     return m.suspend_all(cause)
-
-
-def _release(m: LiveMatch, hold: Hold, cause: str) -> Delta | None:
-    m.holds.discard(hold)
-    return m.reprice(cause)  # a deferred reprice of the match still runs: it finds nothing changed

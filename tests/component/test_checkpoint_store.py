@@ -7,20 +7,15 @@ import json
 
 import nats
 
-from feed.domain.simulator import simulate
-from feed.simulator import Normaliser, schedule
 from pricing import checkpoints
 from pricing.live import checkpoint
 from pricing.live.engine import Engine
 from tests.conftest import Server
+from tests.helpers import simulated_events
 
 
 def test_a_checkpoint_is_loaded_only_in_the_life_of_the_stream_it_was_taken_in(nats_server: Server) -> None:
-    matches = simulate(2, 5)
-    norm = Normaliser()
-    events = [norm.fixture(m, 0) for m in matches] + [
-        e for _, m, i in schedule(matches) for e in norm.events(m, i, 1000)
-    ]
+    events = simulated_events(2, 5)
     engine = Engine()
     engine.apply_all(events[: len(events) // 2])
 
@@ -45,10 +40,8 @@ def test_trader_actions_after_a_checkpoint_win_over_it(nats_server: Server) -> N
     from pricing.live.book import Hold
     from pricing.trader import _match_key, _state, apply_trader_state, trader_store
 
-    matches = simulate(1, 9)
-    norm = Normaliser()
     engine = Engine()
-    engine.apply_all([norm.fixture(m, 0) for m in matches])
+    engine.apply_all(simulated_events(1, 9, fixtures_only=True))
     (m,) = engine.matches.values()
     m.holds.add(Hold.TRADER)  # suspended by a trader when the checkpoint was taken
     loaded, _, _ = checkpoint.decode(checkpoint.encode(engine, 1))
@@ -81,7 +74,7 @@ def test_no_checkpoint_is_taken_of_an_engine_that_is_not_exactly_at_its_sequence
             runner.checkpoints = await checkpoints.store(nc.jetstream())
             share = Share(9)
             share.ready.set()
-            share.engine.apply_all(simulate_events()[:30])
+            share.engine.apply_all(simulated_events(2, 13)[:30])
             share.sequence, share.stream, share.built = 30, "life-1", False  # mid-batch when it failed
             await runner.checkpoint(share, force=True)
             before, _ = await checkpoints.load(runner.checkpoints, 9, frozenset(), "life-1")
@@ -94,9 +87,3 @@ def test_no_checkpoint_is_taken_of_an_engine_that_is_not_exactly_at_its_sequence
 
     before, after = asyncio.run(run())
     assert before is None and after is not None and len(after.matches) > 0
-
-
-def simulate_events() -> list:  # type: ignore[type-arg]
-    matches = simulate(2, 13)
-    norm = Normaliser()
-    return [norm.fixture(m, 0) for m in matches] + [e for _, m, i in schedule(matches) for e in norm.events(m, i, 1000)]

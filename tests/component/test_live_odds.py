@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import signal
 import time
+import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -226,13 +227,11 @@ def test_versions_never_go_backwards_across_an_engine_restart(live: Live) -> Non
     assert after is not None and after.version > before.version
 
 
-def _pricing_metric(live: Live, name: str) -> float:
-    import urllib.request
-
-    url = f"http://127.0.0.1:{live.pricing.spec.env['LIVEBET_METRICS_PORT']}/metrics"
-    with urllib.request.urlopen(url, timeout=5) as resp:
+def _metric(port: str, name: str) -> float:
+    """A metric of a process (``port``: its /metrics), summed over its label sets."""
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as resp:
         text = resp.read().decode()
-    return sum(float(x.split()[-1]) for x in text.splitlines() if x.startswith(name + " ") or x.startswith(name + "{"))
+    return sum(float(x.split()[-1]) for x in text.splitlines() if x.startswith((name + " ", name + "{")))
 
 
 def test_a_restarted_engine_starts_from_its_checkpoints_and_prices_on_from_the_state_they_hold(live: Live) -> None:
@@ -249,7 +248,7 @@ def test_a_restarted_engine_starts_from_its_checkpoints_and_prices_on_from_the_s
     wait_for(lambda: (s := live.snapshot("lk1")) is not None and s.minute == 31, 30, what="repriced after restart")
     # nothing replayed: every share came back from its checkpoint, the stream's earlier events of
     # this module (hundreds) untouched
-    assert _pricing_metric(live, "livebet_pricing_replayed_events_total") == 0
+    assert _metric(live.pricing.spec.env["LIVEBET_METRICS_PORT"], "livebet_pricing_replayed_events_total") == 0
     first = next(m for m in stream if m.WhichOneof("message") == "delta").delta
     stream.cancel()
     # the checkpoint held the score: 1-0 again is a clock update, not a goal to suspend for
@@ -329,8 +328,6 @@ def test_trader_actions_take_effect_are_idempotent_and_survive_a_restart(live: L
 
 
 def test_a_client_that_never_reads_does_not_delay_others_and_is_conflated(live: Live) -> None:
-    import urllib.request
-
     live.send(fixture("ls1"), state("ls1", 1, 0, 0, 1))
     wait_for(lambda: live.snapshot("ls1") is not None, 30, what="priced")
     target = live.odds_target
@@ -367,18 +364,12 @@ def test_a_client_that_never_reads_does_not_delay_others_and_is_conflated(live: 
         if have >= final.version:
             break
     reader.cancel()
-    port = live.odds_metrics_port
-    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as resp:
-        text = resp.read().decode()
-    line = next(x for x in text.splitlines() if x.startswith("livebet_odds_conflations_total "))
-    conflations = float(line.split()[1])
+    conflations = _metric(live.odds_metrics_port, "livebet_odds_conflations_total")
     assert conflations > 0  # the stuck client was conflated, not queued without bound
     stuck.cancel()
 
 
 def test_a_client_that_stays_behind_is_dropped_then_resyncs_with_a_fresh_image(live: Live) -> None:
-    import urllib.request
-
     live.send(fixture("lb1"), state("lb1", 1, 0, 0, 1))
     wait_for(lambda: live.snapshot("lb1") is not None, 30, what="priced")
     # a client with HTTP/2's basic 64 KiB window (no BDP probing, which would let its library buffer
@@ -390,10 +381,7 @@ def test_a_client_that_stays_behind_is_dropped_then_resyncs_with_a_fresh_image(l
     first = next(stuck).image.version  # open; now it stops reading
 
     def drops() -> float:
-        url = f"http://127.0.0.1:{live.odds_metrics_port}/metrics"
-        with urllib.request.urlopen(url, timeout=5) as resp:
-            text = resp.read().decode()
-        return float(next(x for x in text.splitlines() if x.startswith("livebet_odds_stream_drops_total ")).split()[1])
+        return _metric(live.odds_metrics_port, "livebet_odds_stream_drops_total")
 
     before = drops()
     # far more updates than its queue (64) and merges (256) allow: it is let go of (each update

@@ -6,18 +6,14 @@ import zlib
 import numpy as np
 import pytest
 
-from feed.domain.simulator import simulate
-from feed.simulator import Normaliser, schedule
 from pricing.live import checkpoint
 from pricing.live.book import Hold, LiveMatch
 from pricing.live.engine import Engine
+from tests.helpers import simulated_events
 
 
-def _events(seed: int = 11) -> list:  # type: ignore[type-arg]
-    matches = simulate(3, seed)
-    norm = Normaliser()
-    events = [norm.fixture(m, 0) for m in matches]
-    return events + [e for _, m, i in schedule(matches) for e in norm.events(m, i, 1000)]
+def _events() -> list:  # type: ignore[type-arg]
+    return simulated_events(3, 11)
 
 
 def _same(a: LiveMatch, b: LiveMatch) -> None:

@@ -4,10 +4,9 @@ from google.protobuf.timestamp_pb2 import Timestamp
 from livebet.common.v1 import common_pb2
 from livebet.odds.v1 import market_pb2
 
-from feed.domain.simulator import simulate
-from feed.simulator import Normaliser, schedule
 from pricing.live import codec
 from pricing.live.engine import Engine
+from tests.helpers import simulated_events
 
 
 def _reference_delta(d, m, now: Timestamp, received_ms: int) -> market_pb2.OddsDelta:  # type: ignore[no-untyped-def]
@@ -27,10 +26,7 @@ def _reference_delta(d, m, now: Timestamp, received_ms: int) -> market_pb2.OddsD
 
 
 def test_deltas_and_snapshots_are_byte_for_byte_what_protobuf_writes() -> None:
-    matches = simulate(2, 11)
-    norm = Normaliser()
-    events = [norm.fixture(m, 0) for m in matches]
-    events += [e for _, m, i in schedule(matches) for e in norm.events(m, i, 1000)]
+    events = simulated_events(2, 11)
     engine, cache = Engine(), codec.MarketCache()
     now = Timestamp(seconds=1_790_000_000, nanos=5)
     reasons, statuses, compared = set(), set(), 0

@@ -2,19 +2,14 @@
 
 from livebet.feed.v1 import event_pb2 as ev
 
-from feed.domain.simulator import simulate
-from feed.simulator import Normaliser, schedule
 from pricing.live.book import Hold, Status
 from pricing.live.engine import Engine
+from tests.helpers import simulated_events
 
 
 def _replay(match_count: int = 2, seed: int = 4) -> tuple[Engine, list]:  # type: ignore[type-arg]
-    matches = simulate(match_count, seed)
-    norm = Normaliser()
-    events = [norm.fixture(m, 0) for m in matches]
-    events += [e for _, m, i in schedule(matches) for e in norm.events(m, i, 1000)]
     engine = Engine()
-    deltas = engine.apply_all(events)
+    deltas = engine.apply_all(simulated_events(match_count, seed))
     return engine, deltas
 
 
@@ -258,10 +253,7 @@ def _offered(engine: Engine) -> dict[str, tuple]:  # type: ignore[type-arg]
 
 
 def test_deferred_reprices_offer_the_same_book_after_each_batch_with_fewer_deltas() -> None:
-    matches = simulate(3, 7)
-    norm = Normaliser()
-    events = [norm.fixture(m, 0) for m in matches]
-    events += [e for _, m, i in schedule(matches) for e in norm.events(m, i, 1000)]
+    events = simulated_events(3, 7)
     each, batched = Engine(), Engine()
     one_by_one, deltas = [], []
     for start in range(0, len(events), 50):  # as the service takes them: up to a batch at a time
