@@ -194,6 +194,9 @@ class ObservabilityInterceptor(grpc.aio.ServerInterceptor):
         # method -> (the handler, it wrapped): a service's handler is the same object on every
         # call, so it is wrapped once, not per call (one entry per method, whatever comes)
         self._wrapped: dict[str, tuple[grpc.RpcMethodHandler, grpc.RpcMethodHandler]] = {}
+        # labelled children looked up once (labels() validates and hashes its arguments per call)
+        self._in_flight = metrics.rpc_in_flight.labels(metrics.service)
+        self._latency: dict[tuple[str, str], Any] = {}
 
     async def intercept_service(
         self,
@@ -217,7 +220,7 @@ class ObservabilityInterceptor(grpc.aio.ServerInterceptor):
         status-code accounting, and a log line for an unexpected exception."""
         m = self.metrics
         token = logs.request_id.set(_request_id(context))
-        m.rpc_in_flight.labels(m.service).inc()
+        self._in_flight.inc()
         started, default = time.perf_counter(), grpc.StatusCode.OK
         try:
             yield
@@ -233,8 +236,11 @@ class ObservabilityInterceptor(grpc.aio.ServerInterceptor):
             raise
         finally:
             code = _code_name(context, default)
-            m.rpc_latency.labels(m.service, method, code).observe(time.perf_counter() - started)
-            m.rpc_in_flight.labels(m.service).dec()
+            latency = self._latency.get((method, code))
+            if latency is None:
+                latency = self._latency[method, code] = m.rpc_latency.labels(m.service, method, code)
+            latency.observe(time.perf_counter() - started)
+            self._in_flight.dec()
             if code != "OK":
                 m.rpc_errors.labels(m.service, method, code).inc()
             with contextlib.suppress(ValueError):  # a stream may end in another context

@@ -11,7 +11,6 @@ from __future__ import annotations
 import asyncio
 import base64
 import hashlib
-import json
 import uuid
 from collections import deque
 from collections.abc import Callable, Sequence
@@ -20,6 +19,7 @@ from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 from typing import Any, Protocol
 
+import orjson
 import psycopg
 from google.protobuf.timestamp_pb2 import Timestamp
 from livebet.betting.v1 import bet_pb2
@@ -78,12 +78,7 @@ def subject(account: str, bet_id: str) -> str:
     return f"{SUBJECT_ROOT}.{token(account)}.{bet_id}"
 
 
-def _ts(value: datetime | None) -> Timestamp | None:
-    if value is None:
-        return None
-    t = Timestamp()
-    t.FromDatetime(value)
-    return t
+EPOCH = datetime(1970, 1, 1, tzinfo=UTC)  # bet_proto sets timestamps from it (FromDatetime costs more)
 
 
 def _odds(value: Decimal) -> common_pb2.Odds:
@@ -174,7 +169,7 @@ async def write(
     """Place ``bets`` with ``betting.place_bets``: one statement, one JSON document (a document
     is several times cheaper for psycopg to send than nineteen parameters per bet). Returns each
     bet's (outcome, request_digest, sqlstate, message, detail), in the order given."""
-    cur = await conn.execute(PLACE_BETS, (json.dumps(bets, separators=(",", ":")),))
+    cur = await conn.execute(PLACE_BETS, (orjson.dumps(bets).decode(),))
     rows = await cur.fetchall()
     if len(rows) != len(bets):
         raise psycopg.DataError(f"betting.place_bets returned {len(rows)} rows for {len(bets)} bets")
@@ -199,9 +194,11 @@ def bet_proto(row: dict[str, Any], legs: Sequence[dict[str, Any]]) -> bet_pb2.Be
         settlement_version=row["settlement_version"],
     )
     for name in ("placed_at", "decided_at", "settled_at", "decide_at"):
-        t = _ts(row.get(name))
-        if t is not None:
-            getattr(b, name).CopyFrom(t)
+        value = row.get(name)
+        if value is not None:
+            d = value - EPOCH
+            t = getattr(b, name)
+            t.seconds, t.nanos = d.days * 86400 + d.seconds, d.microseconds * 1000
     for leg in legs:
         s = b.selections.add(
             requested_odds=_odds(leg["requested_odds"]),
