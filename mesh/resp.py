@@ -1,13 +1,17 @@
-"""A pipelined, GET-only Redis client for one hot path: reading a live odds snapshot per bet.
+"""A pipelined Redis client for two hot paths: reading a live odds snapshot per bet (``get``) and
+the pricing engine's writes after each batch of feed events (``execute``, many commands at once).
 
-redis.asyncio costs ~65 µs of CPU per GET (a pooled connection taken and given back, a retry
+redis.asyncio costs ~50-65 µs of CPU per GET (a pooled connection taken and given back, a retry
 wrapper, a timeout context, a general reply parser); in the PlaceBet benchmark that was a tenth of
-the betting process's CPU, and that process is the bottleneck. This client keeps one connection,
-writes each GET at once and matches the replies, which Redis sends in order, to the callers waiting
-for them: ~13 µs per GET (``python -m mesh.resp`` measures both on a real Valkey).
+the betting process's CPU, and that process is the bottleneck; its pipelines cost the engine about
+as much per command. This client keeps one connection, writes each call's commands at once and
+matches the replies, which Redis sends in order, to the callers waiting for them: ~12 µs per GET
+(``python -m mesh.resp`` measures both on a real Valkey).
 
-It does one thing: ``GET`` of a key, a bulk string or nil. Everything else (lists, writes, health
-probes) goes through redis.asyncio as before. Failures raise redis-py's exceptions, so callers
+Replies understood: bulk strings and nil, simple strings, integers and errors, which is what
+GET, SET, LPUSH, LTRIM, ZADD, ZREM, EXPIRE, AUTH and SELECT answer; an array reply (a command not
+meant for this client) fails the connection. Everything else (reads of lists, health probes) goes
+through redis.asyncio as before. Failures raise redis-py's exceptions, so callers
 handle them as they handle redis.asyncio's: a lost connection fails every GET waiting on it with
 ``ConnectionError`` and the next GET connects again; a GET without a reply in ``timeout`` seconds
 fails with ``TimeoutError``, with every GET behind it, and drops the connection (a later reply
@@ -19,6 +23,7 @@ from __future__ import annotations
 import asyncio
 import collections
 import contextlib
+from typing import Any
 from urllib.parse import unquote, urlparse
 
 from redis.exceptions import AuthenticationError, ResponseError
@@ -41,8 +46,9 @@ class _Protocol(asyncio.Protocol):
 
     def __init__(self, timeout: float) -> None:
         self.timeout = timeout
-        self.waiting: collections.deque[asyncio.Future[bytes | None]] = collections.deque()
-        self.sent: collections.deque[float] = collections.deque()  # when each waiting command was sent
+        # per call: [its future, replies still to come, the replies so far (None: one command)]
+        self.waiting: collections.deque[list[Any]] = collections.deque()
+        self.sent: collections.deque[float] = collections.deque()  # when each waiting call was sent
         self.buffer = bytearray()
         self.transport: asyncio.Transport | None = None
         self.lost: Exception | None = None
@@ -75,17 +81,20 @@ class _Protocol(asyncio.Protocol):
             self._watch.cancel()
         self.sent.clear()
         while self.waiting:
-            fut = self.waiting.popleft()
+            fut = self.waiting.popleft()[0]
             if not fut.done():
                 fut.set_exception(err)
         if self.transport is not None:
             self.transport.close()
 
-    def send(self, data: bytes) -> asyncio.Future[bytes | None]:
+    def send(self, data: bytes, replies: int = 0) -> asyncio.Future[Any]:
+        """Write ``data``: one command (``replies`` 0: the future gets its reply) or ``replies``
+        commands (the future gets the list of their replies, or the first error among them once
+        all have come)."""
         if self.lost is not None or self.transport is None or self.transport.is_closing():
             raise self.lost or RedisConnectionError("connection to Redis closed")
-        fut: asyncio.Future[bytes | None] = asyncio.get_running_loop().create_future()
-        self.waiting.append(fut)
+        fut: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
+        self.waiting.append([fut, replies, [] if replies else None])
         self.sent.append(fut.get_loop().time())
         self.transport.write(data)
         return fut
@@ -114,6 +123,10 @@ class _Protocol(asyncio.Protocol):
                 value = bytes(buf[1:end])
                 del buf[: end + 2]
                 self._reply(value, None)
+            elif kind == 0x3A:  # :: an integer
+                number = int(buf[1:end])
+                del buf[: end + 2]
+                self._reply(number, None)
             elif kind == 0x2D:  # -: an error reply
                 message = bytes(buf[1:end]).decode(errors="replace")
                 del buf[: end + 2]
@@ -122,12 +135,22 @@ class _Protocol(asyncio.Protocol):
                 self.fail(RedisConnectionError(f"unexpected Redis reply {bytes(buf[:20])!r}"))
                 return
 
-    def _reply(self, value: bytes | None, err: Exception | None) -> None:
+    def _reply(self, value: Any, err: Exception | None) -> None:
         if not self.waiting:
             self.fail(RedisConnectionError("a Redis reply nobody asked for"))
             return
-        fut = self.waiting.popleft()
+        call = self.waiting[0]
+        replies = call[2]
+        if replies is not None:  # one of several commands
+            replies.append(err if err is not None else value)
+            call[1] -= 1
+            if call[1]:
+                return
+            err = next((r for r in replies if isinstance(r, ResponseError)), None)
+            value = replies
+        self.waiting.popleft()
         self.sent.popleft()
+        fut = call[0]
         if fut.done():  # its caller was cancelled
             return
         if err is not None:
@@ -136,14 +159,14 @@ class _Protocol(asyncio.Protocol):
             fut.set_result(value)
 
 
-class PipelinedGet:
-    """``await get(key)`` over one pipelined connection to the Redis at ``url``
-    (``redis://[[user]:password@]host[:port][/db]``)."""
+class Pipelined:
+    """``await get(key)`` and ``await execute(commands)`` over one pipelined connection to the
+    Redis at ``url`` (``redis://[[user]:password@]host[:port][/db]``)."""
 
     def __init__(self, url: str, timeout: float = 2.0, connect_timeout: float = 1.0) -> None:
         u = urlparse(url)
         if u.scheme != "redis":
-            raise ValueError(f"PipelinedGet takes a redis:// URL, not {url!r}")
+            raise ValueError(f"mesh.resp takes a redis:// URL, not {url!r}")
         self.host, self.port = u.hostname or "127.0.0.1", u.port or 6379
         self.db = int(u.path.strip("/") or 0)
         self.username = unquote(u.username) if u.username else None
@@ -185,7 +208,18 @@ class PipelinedGet:
 
     async def get(self, key: str) -> bytes | None:
         p = await self._connection()
-        return await p.send(command(b"GET", key.encode()))
+        value: bytes | None = await p.send(command(b"GET", key.encode()))
+        return value
+
+    async def execute(self, commands: list[bytes]) -> list[Any]:
+        """Send ``commands`` (each made by :func:`command`) in one write; their replies, in order.
+        An error reply to any of them raises it once all have replied (the others took effect,
+        as in a redis.asyncio pipeline without a transaction)."""
+        if not commands:
+            return []
+        p = await self._connection()
+        replies: list[Any] = await p.send(b"".join(commands), len(commands))
+        return replies
 
     async def close(self) -> None:
         if self._protocol is not None:
@@ -202,7 +236,7 @@ async def _measure(url: str, n: int = 20_000, concurrency: int = 16) -> None:
 
     r = Redis.from_url(url)
     await r.set("mesh.resp.bench", os.urandom(6000))
-    fast = PipelinedGet(url)
+    fast = Pipelined(url)
     for name, get in (("redis.asyncio", r.get), ("mesh.resp", fast.get)):
 
         async def worker(get=get) -> None:  # type: ignore[no-untyped-def]

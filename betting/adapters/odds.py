@@ -55,7 +55,7 @@ class RedisSource(Protocol):
 
 class OddsView:
     """``source``: anything with a Redis ``client`` (the service's Redis dependency); ``get``: what
-    reads a snapshot (the service passes a :class:`mesh.resp.PipelinedGet`, ~5 times cheaper per
+    reads a snapshot (the service passes a :class:`mesh.resp.Pipelined`, ~5 times cheaper per
     bet than redis.asyncio; without one, the source's client reads it)."""
 
     def __init__(

@@ -1,4 +1,4 @@
-"""mesh.resp.PipelinedGet, the betting service's snapshot reader, against a real Valkey: replies
+"""mesh.resp.Pipelined, the betting service's snapshot reader, against a real Valkey: replies
 matched to the right callers, values of any size, errors, a lost server, a stalled one, AUTH and
 SELECT."""
 
@@ -17,7 +17,7 @@ from redis.exceptions import ResponseError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from mesh import infra
-from mesh.resp import PipelinedGet
+from mesh.resp import Pipelined, command
 from tests.conftest import Server, start_valkey
 from tests.helpers import Proc
 
@@ -28,7 +28,7 @@ async def test_concurrent_gets_each_get_their_own_value(redis_server: Server) ->
     values["resp:big"] = os.urandom(3_000_000)
     values["resp:crlf"] = b"\r\n$-1\r\n+OK\r\n"  # reply syntax inside a value is only data
     await r.mset(values)
-    get = PipelinedGet(redis_server.url)
+    get = Pipelined(redis_server.url)
     keys = [k for k in values for _ in range(3)] + ["resp:missing"]
     got = await asyncio.gather(*(get.get(k) for k in keys))
     assert got[:-1] == [values[k] for k in keys[:-1]]
@@ -42,7 +42,7 @@ async def test_an_error_reply_fails_that_get_only(redis_server: Server) -> None:
     await r.delete("resp:list")
     await r.rpush("resp:list", b"x")
     await r.set("resp:fine", b"ok")
-    get = PipelinedGet(redis_server.url)
+    get = Pipelined(redis_server.url)
     wrong, fine = await asyncio.gather(get.get("resp:list"), get.get("resp:fine"), return_exceptions=True)
     assert isinstance(wrong, ResponseError) and "WRONGTYPE" in str(wrong)
     assert fine == b"ok"
@@ -56,7 +56,7 @@ async def test_a_lost_server_fails_the_gets_and_a_restarted_one_is_used_again(tm
     try:
         r = Redis.from_url(server.url)
         await r.set("resp:k", b"v1")
-        get = PipelinedGet(server.url)
+        get = Pipelined(server.url)
         assert await get.get("resp:k") == b"v1"
         server.proc.stop()
         with pytest.raises(RedisConnectionError):
@@ -77,7 +77,7 @@ async def test_a_stalled_server_times_out_every_get_waiting_on_it(tmp_path: Path
     try:
         r = Redis.from_url(server.url)
         await r.set("resp:k", b"v")
-        get = PipelinedGet(server.url, timeout=0.4)
+        get = Pipelined(server.url, timeout=0.4)
         assert await get.get("resp:k") == b"v"
         server.proc.signal(signal.SIGSTOP)
         try:
@@ -109,10 +109,41 @@ async def test_password_and_database_from_the_url(tmp_path: Path) -> None:
                 break
             except RedisConnectionError:
                 await asyncio.sleep(0.05)
-        assert await PipelinedGet(url).get("resp:k") == b"in db 2"
-        assert await PipelinedGet(f"redis://:s3cret@127.0.0.1:{port}/0").get("resp:k") is None
+        assert await Pipelined(url).get("resp:k") == b"in db 2"
+        assert await Pipelined(f"redis://:s3cret@127.0.0.1:{port}/0").get("resp:k") is None
         with pytest.raises(RedisConnectionError, match="WRONGPASS"):  # AuthenticationError, as redis-py
-            await PipelinedGet(f"redis://:wrong@127.0.0.1:{port}/2").get("resp:k")
+            await Pipelined(f"redis://:wrong@127.0.0.1:{port}/2").get("resp:k")
         await r.aclose()
     finally:
         proc.stop()
+
+
+async def test_execute_sends_many_commands_and_returns_every_reply(redis_server: Server) -> None:
+    r = Redis.from_url(redis_server.url)
+    await r.delete("resp:log", "resp:live", "resp:snap")
+    fast = Pipelined(redis_server.url)
+    replies = await fast.execute(
+        [
+            command(b"LPUSH", b"resp:log", b"d1"),
+            command(b"LPUSH", b"resp:log", b"d2"),
+            command(b"LTRIM", b"resp:log", b"0", b"0"),
+            command(b"SET", b"resp:snap", b"\x00snapshot\r\n"),
+            command(b"ZADD", b"resp:live", b"17", b"m1"),
+            command(b"EXPIRE", b"resp:snap", b"60"),
+            command(b"GET", b"resp:nothing"),
+        ]
+    )
+    assert replies == [1, 2, b"OK", b"OK", 1, 1, None]
+    assert await r.lrange("resp:log", 0, -1) == [b"d2"]
+    assert await r.get("resp:snap") == b"\x00snapshot\r\n"
+    assert await r.zscore("resp:live", "m1") == 17
+    assert 0 < await r.ttl("resp:snap") <= 60
+    # an error reply fails the call once every reply is in; the commands around it took effect
+    with pytest.raises(ResponseError, match="WRONGTYPE"):
+        await fast.execute(
+            [command(b"SET", b"resp:a", b"1"), command(b"LPUSH", b"resp:snap", b"x"), command(b"SET", b"resp:b", b"2")]
+        )
+    assert await r.mget("resp:a", "resp:b") == [b"1", b"2"]
+    assert await fast.get("resp:a") == b"1"  # the connection goes on
+    await fast.close()
+    await r.aclose()
