@@ -129,7 +129,10 @@ async def live_run(
     rate: int,
     seconds: float,
     tick: float = 0.01,
+    pids: dict[str, int] | None = None,
 ) -> dict[str, float]:
+    """``pids``: processes whose CPU time per feed event is measured over the drive (the load
+    generator, this process, is added as ``load``)."""
     async with access.aio_channel(feed, "svc:bench", [access.FEED]) as fch:
         fstub = feed_service_pb2_grpc.FeedServiceStub(fch)
         await fstub.PublishBatch(fs.PublishBatchRequest(provider="bl", events=[_fixture(i) for i in range(matches)]))
@@ -164,8 +167,11 @@ async def live_run(
         readers = [asyncio.create_task(reader(c)) for c in streams]
         await asyncio.sleep(2.0)  # images delivered
         measuring = True
+        groups = {name: (lambda pid=pid: [pid]) for name, pid in {**(pids or {}), "load": os.getpid()}.items()}
+        cpu = CpuMeter(groups)
         sent, elapsed = await _drive_clock(fstub, matches, rate, seconds, tick, first_seq=1)
         await asyncio.sleep(2.0)  # drain
+        per_event = cpu.per_op_ms(sent)
         for c in streams:
             c.cancel()
         for t in readers:
@@ -181,6 +187,7 @@ async def live_run(
         "max_ms": hist.get_max_value() / 1000,
         "engine_p50_ms": engine_hist.get_value_at_percentile(50) / 1000,
         "engine_p99_ms": engine_hist.get_value_at_percentile(99) / 1000,
+        **{f"cpu_ms_per_event_{k.removesuffix('_cpu_ms')}": v for k, v in per_event.items()},
     }
 
 
@@ -555,6 +562,13 @@ def main(argv: list[str] | None = None) -> int:
                 args.rate,
                 args.seconds,
                 args.tick_ms / 1000,
+                {
+                    "engine": procs[3].pid,
+                    "stream": odds_proc.pid,
+                    "feed": procs[2].pid,
+                    "nats": procs[0].pid,
+                    "redis": procs[1].pid,
+                },
             )
         )
         stuck: dict[str, float] = {}
@@ -599,6 +613,13 @@ def main(argv: list[str] | None = None) -> int:
     print(
         f"  of which feed received -> engine published: p50 {live['engine_p50_ms']:.1f} ms, "
         f"p99 {live['engine_p99_ms']:.1f} ms"
+    )
+    shares = {k.removeprefix("cpu_ms_per_event_"): v for k, v in live.items() if k.startswith("cpu_ms_per_event_")}
+    total = sum(shares.values())
+    print(
+        "  CPU ms per feed event: "
+        + ", ".join(f"{k} {v:.2f}" for k, v in shares.items())
+        + f"; {total:.2f} in all, {total * args.rate / 1000:.2f} of the {os.cpu_count()} cores at {args.rate} events/s"
     )
     if stuck:
         print(
