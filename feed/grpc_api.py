@@ -12,7 +12,7 @@ from livebet.feed.v1 import feed_service_pb2 as fs
 from livebet.feed.v1 import feed_service_pb2_grpc
 from nats.aio.msg import Msg
 
-from feed.adapters.jetstream import PublishUnavailable
+from feed.adapters.jetstream import PublishUnavailable, decode
 from feed.service import FeedCore, FeedError, IngestResult
 from mesh.service import ServiceApp
 
@@ -116,8 +116,9 @@ class WatchSource:
         queue: asyncio.Queue[tuple[int, ev.FeedEvent]] = asyncio.Queue(maxsize=10_000)
 
         async def on_msg(msg: Msg) -> None:
-            e = ev.FeedEvent.FromString(msg.data)
-            await queue.put((msg.metadata.sequence.stream, e))
+            e = decode(msg.data, msg.metadata.sequence.stream)
+            if e is not None:
+                await queue.put((msg.metadata.sequence.stream, e))
 
         sub = await js.subscribe(self.subject, stream=self.stream, ordered_consumer=True, config=config, cb=on_msg)
         try:

@@ -142,6 +142,15 @@ def rules(config: sla.Config) -> dict[str, Any]:
             },
         },
         {
+            "alert": "SettlementEventsParked",
+            "expr": "sum(increase(livebet_settlement_events_failed_total[15m])) > 0",
+            "labels": {"severity": "page"},
+            "annotations": {
+                "summary": "settlement parked FEED events it cannot apply: their bets stay open until "
+                "they are applied again (python -m settlement.failed)"
+            },
+        },
+        {
             "alert": "BetDecisionsFailing",
             "expr": "sum(increase(livebet_bets_decide_failures_total[5m])) > 0",
             "for": "5m",

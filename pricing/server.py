@@ -43,7 +43,15 @@ from nats.js.kv import KeyValue
 from nats.js.object_store import ObjectStore
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
-from feed.adapters.jetstream import PARTITIONS, STREAM, ensure_stream, partition_of, partition_subjects, replay
+from feed.adapters.jetstream import (
+    PARTITIONS,
+    STREAM,
+    decode,
+    ensure_stream,
+    partition_of,
+    partition_subjects,
+    replay,
+)
 from mesh import resp, tracing
 from mesh.deps import NatsDependency, Readiness, RedisDependency
 from mesh.metrics import LATENCY_BUCKETS
@@ -272,7 +280,11 @@ class Runner:
         engine = share.engine
         waiting: dict[str, int] = {}  # match id -> feed time (ms) of the first event its deferred reprice covers
         for msg in msgs:
-            e = ev.FeedEvent.FromString(msg.data)
+            decoded = decode(msg.data, msg.metadata.sequence.stream)
+            if decoded is None:
+                self.metrics.failed.inc()
+                continue
+            e = decoded
             await self.remember_version(share, e)
             deltas = self.apply(share, e, defer=True)
             received = e.received_at.ToMilliseconds() if e.HasField("received_at") else 0

@@ -19,6 +19,8 @@ import time
 from pathlib import Path
 
 import nats.errors
+import psycopg
+from google.protobuf.message import DecodeError
 from livebet.feed.v1 import event_pb2 as ev
 from livebet.settlement.v1 import report_service_pb2_grpc, settlement_service_pb2_grpc
 from nats.aio.msg import Msg
@@ -39,7 +41,15 @@ MIGRATIONS = Path(__file__).with_name("migrations")
 DURABLE = "settlement"
 BATCH = 200
 ACK_WAIT = 6.0
+ATTEMPTS = 3  # an event failing this often for a reason of its own is parked (failed_events)
+RETRY_SECONDS = 0.5  # between those attempts, doubling
 log = logging.getLogger("settlement")
+
+
+def transient(err: BaseException) -> bool:
+    """A dependency that is down or busy (PostgreSQL lost, a deadlock or serialization failure,
+    NATS lost, a timeout): retried without end, never a reason to park an event."""
+    return isinstance(err, psycopg.OperationalError | nats.errors.Error | OSError)
 
 
 async def _keep_in_progress(msg: Msg) -> None:
@@ -62,6 +72,11 @@ def build(app: ServiceApp) -> None:
         "Time to apply one FEED event (result, settlement, cancel, rollback) until it is in PostgreSQL.",
         ["kind"],
         buckets=LATENCY_BUCKETS,
+        registry=registry,
+    )
+    failed = Counter(
+        "livebet_settlement_events_failed_total",
+        "FEED events settlement could not apply, parked in settlement.failed_events (python -m settlement.failed).",
         registry=registry,
     )
     settle = SettlementApi(settler.store, pg)
@@ -94,16 +109,45 @@ def build(app: ServiceApp) -> None:
                 continue
             for msg in msgs:  # in stream order; each acknowledged once its effect is in PostgreSQL
                 keep = asyncio.create_task(_keep_in_progress(msg))
-                e = ev.FeedEvent.FromString(msg.data)
-                before, started = settler.settled_bets, time.perf_counter()
                 try:
-                    with tracing.span("settlement.apply", tracing.extract(msg.headers), match_id=e.match_id):
-                        await settler.on_event(e, msg.metadata.sequence.stream)
+                    await apply(msg)
                 finally:
                     keep.cancel()
-                handled.labels(e.WhichOneof("payload") or "none").observe(time.perf_counter() - started)
-                settled.inc(settler.settled_bets - before)
                 await msg.ack()
+
+    async def apply(msg: Msg) -> None:
+        """Apply one event; one it cannot apply (not a FeedEvent, or failing ``ATTEMPTS`` times
+        for a reason that is not a dependency being down) is parked in ``failed_events``, logged
+        and counted, and settlement goes on with the next. A dependency that is down raises: the
+        consumer starts again and the event comes back."""
+        seq = msg.metadata.sequence.stream
+        e = ev.FeedEvent()
+        for attempt in range(1, ATTEMPTS + 1):
+            before, started = settler.settled_bets, time.perf_counter()
+            try:
+                e = ev.FeedEvent.FromString(msg.data)
+                with tracing.span("settlement.apply", tracing.extract(msg.headers), match_id=e.match_id):
+                    await settler.on_event(e, seq)
+            except Exception as err:
+                if transient(err):
+                    raise
+                if attempt < ATTEMPTS and not isinstance(err, DecodeError):
+                    await asyncio.sleep(RETRY_SECONDS * 2 ** (attempt - 1))
+                    continue
+                kind = e.WhichOneof("payload") or ""
+                await settler.store.park(
+                    seq, msg.subject, msg.data, f"{type(err).__name__}: {err}", attempt, e.match_id, e.event_id, kind
+                )
+                failed.inc()
+                log.error(
+                    "FEED event parked: settlement cannot apply it (python -m settlement.failed lists it)",
+                    exc_info=err,
+                    extra={"stream_seq": seq, "event_id": e.event_id, "match_id": e.match_id, "attempts": attempt},
+                )
+                return
+            handled.labels(e.WhichOneof("payload") or "none").observe(time.perf_counter() - started)
+            settled.inc(settler.settled_bets - before)
+            return
 
     async def supervise() -> None:
         delay = 0.2

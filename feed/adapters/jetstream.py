@@ -19,12 +19,14 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 import re
 from collections.abc import Callable
 from dataclasses import dataclass
 
 import nats.errors
 import nats.js.errors
+from google.protobuf.message import DecodeError
 from livebet.feed.v1 import event_pb2
 from nats.aio.client import Client as NatsClient
 from nats.aio.msg import Msg
@@ -42,6 +44,8 @@ from nats.js.api import (
 
 from mesh import tracing
 from mesh.settings import jetstream_replicas
+
+log = logging.getLogger("feed.jetstream")
 
 STREAM = "FEED"
 SUBJECT_ROOT = "feed"
@@ -203,6 +207,17 @@ class JetStreamPublisher:
         return PublishResult(len(events) - batch.duplicates, batch.duplicates, batch.last_seq)
 
 
+def decode(data: bytes, seq: int) -> event_pb2.FeedEvent | None:
+    """A FEED message as a FeedEvent, or None (logged) for bytes that are not one: the feed service
+    writes only FeedEvents, but a reader must not stop at a message it cannot parse (it would stop
+    there again after every restart)."""
+    try:
+        return event_pb2.FeedEvent.FromString(data)
+    except DecodeError as err:
+        log.error("FEED message is not a FeedEvent; skipped", extra={"stream_seq": seq, "error": str(err)})
+        return None
+
+
 async def replay(
     js: JetStreamContext,
     upto: int,
@@ -238,7 +253,10 @@ async def replay(
                 pending = meta.num_pending
                 if meta.sequence.stream > upto:
                     return count
-                handle(event_pb2.FeedEvent.FromString(msg.data))
+                e = decode(msg.data, meta.sequence.stream)
+                if e is None:
+                    continue
+                handle(e)
                 count += 1
                 if count % YIELD_EVERY == 0:
                     # a long replay must not hold the event loop for a whole fetch: the engine's

@@ -11,6 +11,7 @@ from decimal import Decimal
 from typing import Any
 
 import psycopg
+from psycopg.rows import dict_row
 from psycopg.types.json import Jsonb
 from psycopg_pool import AsyncConnectionPool
 
@@ -278,3 +279,39 @@ class Store:
             await cur.execute("SELECT * FROM betting.rollback_market(%s, %s, 0)", (match_id, market_key))
             got = await cur.fetchone()
             return int(got[0]) if got else 0
+
+    # --- events the settler could not apply (migrations/0006_failed_events.sql) ---------------
+    async def park(
+        self, seq: int, subject: str, payload: bytes, error: str, attempts: int, match_id: str, event_id: str, kind: str
+    ) -> None:
+        """Keep an event the settler could not apply (a second parking of the same one, after a
+        redelivery, changes nothing)."""
+        async with self.pool.connection() as conn:
+            await conn.execute(
+                """INSERT INTO settlement.failed_events
+                       (stream_seq, subject, match_id, event_id, kind, payload, error, attempts)
+                   VALUES (%s, %s, %s, %s, %s, %s, %s, %s) ON CONFLICT (stream_seq) DO NOTHING""",
+                (seq, subject, match_id, event_id, kind, payload, error, attempts),
+            )
+
+    async def parked(self, include_retried: bool = False) -> list[dict[str, Any]]:
+        """Parked events in stream order (those applied again by hand too, with ``include_retried``)."""
+        async with self.pool.connection() as conn, conn.cursor(row_factory=dict_row) as cur:
+            await cur.execute(
+                "SELECT * FROM settlement.failed_events WHERE %s OR retried_at IS NULL ORDER BY stream_seq",
+                (include_retried,),
+            )
+            return await cur.fetchall()
+
+    async def retried(self, seq: int, error: str | None) -> None:
+        """Record a retry by hand: done (``error`` None) or failed again."""
+        async with self.pool.connection() as conn:
+            if error is None:
+                await conn.execute(
+                    "UPDATE settlement.failed_events SET retried_at = now(), retry_error = NULL WHERE stream_seq = %s",
+                    (seq,),
+                )
+            else:
+                await conn.execute(
+                    "UPDATE settlement.failed_events SET retry_error = %s WHERE stream_seq = %s", (error, seq)
+                )

@@ -18,7 +18,7 @@ from livebet.feed.v1 import event_pb2 as ev
 
 from mesh import access
 from tests.component.betting_env import Env, balance, deposit, md, place, priced, selection, start
-from tests.component.test_feed_service import fixture
+from tests.component.test_feed_service import fixture, state
 from tests.helpers import admin_channel, wait_for
 from tests.shared_data import UOF, needs
 
@@ -521,3 +521,73 @@ def test_a_bet_placed_after_its_result_happened_gets_its_stake_back(env: Env) ->
     wait_for(lambda: _bet(env, "q12", late.bet_id).status == bet_pb2.BET_STATUS_SETTLED, 30, what="settled")
     b = _bet(env, "q12", late.bet_id)
     assert (b.result, b.payout.minor_units) == (bet_pb2.BET_RESULT_VOID, 1_000)  # a winner, but past-posted
+
+
+def _publish_raw(env: Env, subject: str, *payloads: bytes) -> None:
+    """Straight into FEED, past the feed service's checks: what a reader must survive."""
+
+    async def go() -> None:
+        nc = await nats.connect(env.nats_url)
+        for data in payloads:
+            await nc.jetstream().publish(subject, data, stream="FEED")
+        await nc.close()
+
+    asyncio.run(go())
+
+
+def test_an_event_settlement_cannot_apply_is_parked_and_the_events_after_it_settle(
+    env: Env, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from feed.adapters.jetstream import subject_for
+    from settlement import failed
+
+    env.send(fixture("s20"))
+    priced(env, "s20")
+    deposit(env, "q20", 10_000, "q20-d")
+    odds, _ = env.price("s20", "1x2", "home")
+    bet = place(env, "q20", "q20-b", [selection("s20", "1x2", "home", odds)], 1_000)
+    bad = ev.FeedEvent(event_id="push:s20:cancel:45", provider="push", match_id="s20", sequence=45)
+    bad.bet_cancel.markets.add(match_id="s20", market_type="1x2", market_key="1x2")
+    bad.bet_cancel.start_time.seconds = 253_402_300_800  # after the year 9999: no datetime holds it
+    _publish_raw(env, subject_for("push", "s20"), b"\xff\xff\xff", bad.SerializeToString())
+    env.send(state("s20", 46, 1, 0, 60))
+    priced(env, "s20", 60)  # the engine's share went on past the message that is not a FeedEvent
+    env.send(final("s20", 50, 1, 0))
+    wait_for(lambda: _bet(env, "q20", bet.bet_id).status == bet_pb2.BET_STATUS_SETTLED, 60, what="settled after")
+    assert _bet(env, "q20", bet.bet_id).result == bet_pb2.BET_RESULT_WON
+    rows = env.sql(
+        "SELECT kind, event_id, match_id, error, attempts, retried_at FROM settlement.failed_events"
+        " WHERE subject LIKE 'feed.push.%%.s20' ORDER BY stream_seq"  # the stream puts the share in it
+    )
+    assert [(r[0], r[1], r[2], r[4], r[5]) for r in rows] == [
+        ("", "", "", 1, None),  # not a FeedEvent: parked at once
+        ("bet_cancel", "push:s20:cancel:45", "s20", 3, None),  # failed three times
+    ]
+    assert rows[0][3].startswith("DecodeError") and rows[1][3].startswith("ValueError")
+    wait_for(lambda: _caught_up(env), 30, what="every event acknowledged")
+
+    # applying them again by hand: they fail again and say so; nothing is marked applied
+    seqs = [r[0] for r in env.sql("SELECT stream_seq FROM settlement.failed_events WHERE match_id = 's20'")]
+    monkeypatch.setenv("LIVEBET_POSTGRES_DSN", env.dsn)
+    assert failed.main(["--retry", *map(str, seqs)]) == 1
+    assert env.sql(
+        "SELECT retried_at IS NULL, retry_error LIKE 'ValueError%%' FROM settlement.failed_events"
+        " WHERE match_id = 's20'"
+    ) == [(True, True)]
+    # an event parked by a settler that had a bug since fixed is applied: here a full-time result
+    # parked by hand for a match with an open bet
+    env.send(fixture("s21"))
+    priced(env, "s21")
+    odds21, _ = env.price("s21", "1x2", "away")
+    bet21 = place(env, "q20", "q20-b21", [selection("s21", "1x2", "away", odds21)], 1_000)
+    env.sql(
+        "INSERT INTO settlement.failed_events (stream_seq, subject, match_id, event_id, kind, payload, error, attempts)"
+        " VALUES (%s, 'feed.push.s21', 's21', 'push:s21:ft:50', 'match_state', %s, 'KeyError: fixed since', 3)",
+        10_000_000,
+        final("s21", 50, 0, 2).SerializeToString(),
+    )
+    assert failed.main(["--retry", "10000000"]) == 0
+    assert _bet(env, "q20", bet21.bet_id).result == bet_pb2.BET_RESULT_WON
+    assert env.sql("SELECT retried_at IS NOT NULL FROM settlement.failed_events WHERE stream_seq = 10000000") == [
+        (True,)
+    ]
