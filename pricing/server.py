@@ -61,7 +61,7 @@ from pricing.leases import RENEW_EVERY, Leases, lease_store, plan, settled
 from pricing.live import checkpoint, codec
 from pricing.live.book import Delta, LiveMatch
 from pricing.live.engine import RETIRE_AFTER_MS, Engine
-from pricing.trader import TraderApi, apply_trader_state, trader_store
+from pricing.trader import TraderApi, apply_trader_state, forget, migrate_keys, request_store, trader_store
 
 log = logging.getLogger("pricing")
 FIRST_WAIT = 1.0
@@ -199,6 +199,7 @@ class Runner:
         self.instance = instance
         self.shares: dict[int, Share] = {}
         self.kv: KeyValue | None = None  # trader state
+        self.requests: KeyValue | None = None  # trader calls' answers by request id
         self.retire_after_ms = retire_after_setting()
         self.sweep_seconds = min(SWEEP_SECONDS, max(0.5, self.retire_after_ms / 2000))
         self.checkpoints: ObjectStore | None = None  # set at start unless off (every rebuild replays it all)
@@ -326,9 +327,10 @@ class Runner:
         ):
             m.version = max(m.version, version)
         share.cache = codec.MarketCache()
-        share.retire(int(time.time() * 1000), self.retire_after_ms)  # ended a while ago: not worth holding
+        # ended a while ago: not worth holding
+        await self.forget_trader_state(share.retire(int(time.time() * 1000), self.retire_after_ms))
         if self.kv is not None:
-            await apply_trader_state(share.engine, self.kv)
+            await apply_trader_state(share.engine, self.kv, share.k)
         for m in share.engine.matches.values():
             share.cache.seed(m)
         share.sequence, share.built = floor, True
@@ -376,6 +378,16 @@ class Runner:
         if version:
             engine.retired[e.match_id] = (version, int(time.time() * 1000))
 
+    async def forget_trader_state(self, match_ids: list[str]) -> None:
+        """Delete the trader state of retired matches (a failure leaves a few bytes behind that
+        the share's rebuilds read and ignore)."""
+        if self.kv is None or not match_ids:
+            return
+        try:
+            await forget(self.kv, match_ids)
+        except (nats.errors.Error, OSError) as err:
+            log.warning("trader state of retired matches not deleted", extra={"error": str(err)})
+
     async def sweep(self, share: Share) -> None:
         """Retire ended matches, at most every ``sweep_seconds``."""
         if time.monotonic() - share.swept < self.sweep_seconds:
@@ -385,6 +397,7 @@ class Runner:
             gone = share.retire(int(time.time() * 1000), self.retire_after_ms)
         if gone:
             log.info("ended matches retired", extra={"partition": share.k, "matches": len(gone)})
+            await self.forget_trader_state(gone)
         self.metrics.matches.set(sum(len(s.engine.matches) for s in self.shares.values()))
 
     async def run_share(self, share: Share, trader: TraderApi) -> None:
@@ -541,6 +554,10 @@ def build(app: ServiceApp) -> None:
         js = nats_dep.js
         await ensure_stream(js)
         runner.kv = await trader_store(js)
+        runner.requests = await request_store(js)
+        moved = await migrate_keys(runner.kv)
+        if moved:
+            log.info("trader keys of an earlier engine moved", extra={"keys": moved})
         if runner.checkpoint_seconds > 0:
             runner.checkpoints = await checkpoints.store(js)
         leases = Leases(await lease_store(js), js, runner.instance, PARTITIONS)

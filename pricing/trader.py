@@ -1,11 +1,14 @@
 """The trader admin API on the pricing engine (``livebet.odds.v1.TraderService``).
 
 Each action takes effect at once (the engine reprices and publishes under its share's lock), **survives
-restarts** (the trader state of a match is kept in the NATS key-value bucket ``pricing-trader``
-and applied again when the engine rebuilds) and is **logged with who did it**: the actor comes from
-the edge's identity header ``x-livebet-account`` (``anonymous`` until the edge sets it). Every call
-is idempotent by ``request_id``: the same id with the same request returns the first answer; with a
-different request it fails ``ALREADY_EXISTS``.
+restarts** (the trader state of a match is kept in the NATS key-value bucket ``pricing-trader``,
+under ``match.<share>.<hash of the match id>``, and applied again when the engine rebuilds that
+share: a rebuild reads its own share's keys, not every match ever traded; a match's state is
+deleted when the engine retires the ended match) and is **logged with who did it**: the actor comes
+from the edge's identity header ``x-livebet-account`` (``anonymous`` until the edge sets it). Every
+call is idempotent by ``request_id`` for ``REQUEST_TTL_SECONDS`` (7 days; the answers are kept in
+the bucket ``pricing-trader-requests``, whose entries expire): the same id with the same request
+returns the first answer; with a different request it fails ``ALREADY_EXISTS``.
 
 Any engine replica answers: a call for a match whose share another replica holds is forwarded to
 that replica over NATS (``pricing.trader.<partition>``, request/reply) and answered with its result.
@@ -43,6 +46,8 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("pricing.trader")
 BUCKET = "pricing-trader"
+REQUESTS_BUCKET = "pricing-trader-requests"
+REQUEST_TTL_SECONDS = 7 * 24 * 3600.0
 FORWARD_TIMEOUT = 5.0
 
 
@@ -55,9 +60,58 @@ async def trader_store(js: JetStreamContext) -> KeyValue:
         )
 
 
+async def request_store(js: JetStreamContext) -> KeyValue:
+    """The trader calls' answers by request id, each kept ``REQUEST_TTL_SECONDS``."""
+    try:
+        return await js.key_value(REQUESTS_BUCKET)
+    except nats.js.errors.BucketNotFoundError:
+        return await js.create_key_value(
+            KeyValueConfig(
+                bucket=REQUESTS_BUCKET,
+                ttl=REQUEST_TTL_SECONDS,
+                storage=StorageType.FILE,
+                replicas=jetstream_replicas(),
+            )
+        )
+
+
 def _match_key(match_id: str) -> str:
-    """A key-value key for a match (ids such as ``sr:match:1`` have characters keys cannot)."""
-    return "match." + hashlib.sha256(match_id.encode()).hexdigest()[:40]
+    """A key-value key for a match, under its share (ids such as ``sr:match:1`` have characters
+    keys cannot)."""
+    return f"match.{partition_of(match_id)}." + hashlib.sha256(match_id.encode()).hexdigest()[:40]
+
+
+async def migrate_keys(kv: KeyValue) -> int:
+    """Earlier engines kept a match's state under ``match.<hash>`` (no share) and the request
+    answers in the same bucket, for ever: move the states under their share and drop the old
+    request answers. Once, at start (any replica; doing it twice changes nothing). How many keys
+    were moved or dropped."""
+    try:
+        keys = await kv.keys()
+    except nats.js.errors.NoKeysError:
+        return 0
+    moved = 0
+    for key in keys:
+        if key.startswith("req."):
+            await kv.purge(key)
+            moved += 1
+        elif key.startswith("match.") and key.count(".") == 1:
+            try:
+                entry = await kv.get(key)
+            except nats.js.errors.KeyNotFoundError:
+                continue  # another replica moved it meanwhile
+            state = json.loads(entry.value or b"{}")
+            if state.get("match_id"):
+                await kv.put(_match_key(state["match_id"]), entry.value or b"{}")
+            await kv.purge(key)
+            moved += 1
+    return moved
+
+
+async def forget(kv: KeyValue, match_ids: list[str]) -> None:
+    """Delete the trader state of matches the engine retired (ended a while ago)."""
+    for match_id in match_ids:
+        await kv.purge(_match_key(match_id))
 
 
 def _state(m: LiveMatch) -> dict[str, Any]:
@@ -71,20 +125,23 @@ def _state(m: LiveMatch) -> dict[str, Any]:
     }
 
 
-async def apply_trader_state(engine: Engine, kv: KeyValue) -> int:
-    """Apply the stored trader state to the engine's matches (nothing published): to a fresh
-    engine after a replay, or to one loaded from a checkpoint taken before the latest actions."""
+async def apply_trader_state(engine: Engine, kv: KeyValue, share: int | None = None) -> int:
+    """Apply the stored trader state of share ``share``'s matches (every share's with None) to the
+    engine's matches (nothing published): to a fresh engine after a replay, or to one loaded from
+    a checkpoint taken before the latest actions. One watch reads the share's latest states."""
     from pricing.live.book import Hold
 
+    watcher = await kv.watch(f"match.{share}.*" if share is not None else "match.>", ignore_deletes=True)
+    entries = []
     try:
-        keys = await kv.keys()
-    except nats.js.errors.NoKeysError:
-        return 0
+        async for entry in watcher:
+            if entry is None:  # every stored state has come
+                break
+            entries.append(entry)
+    finally:
+        await watcher.stop()
     count = 0
-    for key in keys:
-        if not key.startswith("match."):
-            continue
-        entry = await kv.get(key)
+    for entry in entries:
         state = json.loads(entry.value or b"{}")
         m = engine.matches.get(state.get("match_id", ""))
         if m is None:
@@ -167,15 +224,15 @@ class TraderApi(trader_service_pb2_grpc.TraderServiceServicer):
             raise TraderError(grpc.StatusCode.INVALID_ARGUMENT, "request_id is required")
         if not match_id:
             raise TraderError(grpc.StatusCode.INVALID_ARGUMENT, "match_id is required")
-        kv, share = self.runner.kv, self.runner.local(match_id)
-        if kv is None or share is None:
+        kv, requests, share = self.runner.kv, self.runner.requests, self.runner.local(match_id)
+        if kv is None or requests is None or share is None:
             raise TraderError(grpc.StatusCode.UNAVAILABLE, f"no engine is pricing match {match_id!r} right now; retry")
         action = make(request)
         digest = hashlib.sha256(request.SerializeToString(deterministic=True)).hexdigest()
         req_key = "req." + hashlib.sha256(request_id.encode()).hexdigest()[:40]
         async with share.lock:
             try:
-                seen = json.loads((await kv.get(req_key)).value or b"{}")
+                seen = json.loads((await requests.get(req_key)).value or b"{}")
             except nats.js.errors.KeyNotFoundError:
                 seen = None
             if seen is not None:
@@ -193,7 +250,7 @@ class TraderApi(trader_service_pb2_grpc.TraderServiceServicer):
                 raise TraderError(grpc.StatusCode.INVALID_ARGUMENT, str(exc).strip("'\"")) from exc
             await kv.put(_match_key(match_id), json.dumps(_state(m)).encode())
             await self.runner.publish(share, [delta] if delta else [])
-            await kv.put(req_key, json.dumps({"digest": digest, "version": m.version}).encode())
+            await requests.put(req_key, json.dumps({"digest": digest, "version": m.version}).encode())
             log.info(
                 "trader action",
                 extra={
