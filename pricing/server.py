@@ -327,8 +327,9 @@ class Runner:
         ):
             m.version = max(m.version, version)
         share.cache = codec.MarketCache()
-        # ended a while ago: not worth holding
-        await self.forget_trader_state(share.retire(int(time.time() * 1000), self.retire_after_ms))
+        # ended a while ago: not worth holding (their trader state went when the sweep of an earlier
+        # life retired them; purging it again for every match of a long replay would slow the rebuild)
+        share.retire(int(time.time() * 1000), self.retire_after_ms)
         if self.kv is not None:
             await apply_trader_state(share.engine, self.kv, share.k)
         for m in share.engine.matches.values():

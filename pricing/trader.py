@@ -16,6 +16,7 @@ that replica over NATS (``pricing.trader.<partition>``, request/reply) and answe
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import logging
@@ -102,7 +103,9 @@ async def migrate_keys(kv: KeyValue) -> int:
                 continue  # another replica moved it meanwhile
             state = json.loads(entry.value or b"{}")
             if state.get("match_id"):
-                await kv.put(_match_key(state["match_id"]), entry.value or b"{}")
+                # create, not put: a state a trader set under the new key meanwhile wins
+                with contextlib.suppress(nats.js.errors.KeyWrongLastSequenceError):
+                    await kv.create(_match_key(state["match_id"]), entry.value or b"{}")
             await kv.purge(key)
             moved += 1
     return moved

@@ -56,7 +56,11 @@ def test_trader_state_is_kept_per_share_moved_from_old_keys_and_deleted_with_its
             await kv.put("match." + hashlib.sha256(a.encode()).hexdigest()[:40], states[a])
             await kv.put("req.0123456789", b'{"digest": "d", "version": 3}')
             await kv.put(_match_key(b), states[b])
+            # an older state of b under the old key too: the one under the new key is newer and stays
+            older_b = json.dumps({**json.loads(states[b]), "margin": 0.05}).encode()
+            await kv.put("match." + hashlib.sha256(b.encode()).hexdigest()[:40], older_b)
             moved = await migrate_keys(kv)
+            b_margin = json.loads((await kv.get(_match_key(b))).value or b"{}")["margin"]
             again = await migrate_keys(kv)
             keys = sorted(await kv.keys())
             applied = await apply_trader_state(fresh, kv, partition_of(a))  # share of a: a only
@@ -74,6 +78,7 @@ def test_trader_state_is_kept_per_share_moved_from_old_keys_and_deleted_with_its
                 "after": after,
                 "ttl": ttl,
                 "margin": fresh.matches[a].margin,
+                "b_margin": b_margin,
             }
         finally:
             await nc.close()
@@ -82,7 +87,7 @@ def test_trader_state_is_kept_per_share_moved_from_old_keys_and_deleted_with_its
         got = asyncio.run(run())
     finally:
         server.proc.stop()
-    assert (got["moved"], got["again"]) == (2, 0)
+    assert (got["moved"], got["again"], got["b_margin"]) == (3, 0, 0.09)
     assert got["keys"] == sorted([_match_key(a), _match_key(b)])
     assert _match_key(a).startswith(f"match.{partition_of(a)}.")
     assert got["applied"] == 1 and got["held"] == {a: True, b: False} and got["margin"] == 0.09
