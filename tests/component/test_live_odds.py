@@ -16,6 +16,7 @@ from livebet.feed.v1 import feed_service_pb2_grpc
 from livebet.odds.v1 import market_pb2, odds_service_pb2, odds_service_pb2_grpc, trader_service_pb2_grpc
 from livebet.odds.v1 import trader_service_pb2 as ts
 
+from feed.adapters.jetstream import PARTITIONS
 from tests.component.test_feed_service import fixture, state
 from tests.conftest import start_nats, start_valkey
 from tests.helpers import Proc, admin_channel, feed_channel, service_spec, wait_for
@@ -285,6 +286,10 @@ def test_trader_actions_take_effect_are_idempotent_and_survive_a_restart(live: L
     from livebet.odds.v1 import trader_service_pb2 as ts
     from livebet.odds.v1 import trader_service_pb2_grpc
 
+    # every share held and rebuilt (the engine was restarted by earlier tests): a share still being
+    # rebuilt answers UNAVAILABLE ("retry"), not NOT_FOUND, for a match of its own
+    port = live.pricing.spec.env["LIVEBET_METRICS_PORT"]
+    wait_for(lambda: _metric(port, "livebet_pricing_shares_held") == PARTITIONS, 30, what="every share rebuilt")
     live.send(fixture("sim:7:1"), state("sim:7:1", 1, 0, 0, 15))
     wait_for(lambda: (s := live.snapshot("sim:7:1")) is not None and s.minute == 15, 30, what="priced")
     trader = trader_service_pb2_grpc.TraderServiceStub(admin_channel(live.pricing.spec.health_target))
