@@ -30,7 +30,6 @@ from betting.domain.rules import Config
 from betting.metrics import BetMetrics
 from betting.service import BettingApi, Decider, WalletApi
 from mesh.deps import NatsDependency, PostgresDependency, RedisDependency
-from mesh.resp import Pipelined
 from mesh.service import ServiceApp, run
 
 MIGRATIONS = Path(__file__).with_name("migrations")
@@ -90,8 +89,7 @@ def build(app: ServiceApp) -> None:
     nats_dep = app.add_dependency(NatsDependency(s.nats_url, s.instance, s.health_interval_seconds))
     redis_dep = app.add_dependency(RedisDependency(s.redis_url, s.health_interval_seconds))
     store = Store(pg)
-    snapshots = Pipelined(s.redis_url)
-    odds = OddsView(redis_dep, snapshots.get)
+    odds = OddsView(redis_dep)
     metrics = BetMetrics(app.metrics.registry)
     store.batcher.on_batch = metrics.batch.observe
     bets = BettingApi(store, odds, config, nats_dep, metrics)
@@ -136,7 +134,6 @@ def build(app: ServiceApp) -> None:
             for t in tasks:
                 with contextlib.suppress(asyncio.CancelledError, Exception):
                     await t
-            await snapshots.close()
 
         app.on_stop(stop)
 

@@ -23,6 +23,7 @@ from psycopg_pool import AsyncConnectionPool
 
 from mesh.backoff import Backoff
 from mesh.migrate import migrate
+from mesh.resp import Pipelined
 
 log = logging.getLogger("mesh.deps")
 
@@ -190,7 +191,9 @@ class _PollingDependency(Dependency):
 
 
 class RedisDependency(_PollingDependency):
-    """Redis or Valkey through redis.asyncio; it reconnects per command, PING decides ``up``."""
+    """Redis or Valkey through redis.asyncio; it reconnects per command, PING decides ``up``.
+    ``pipelined`` is a :class:`mesh.resp.Pipelined` on the same server for the hot paths (a
+    snapshot read per bet, the engine's writes per batch); it connects on first use."""
 
     name = "redis"
 
@@ -198,6 +201,7 @@ class RedisDependency(_PollingDependency):
         super().__init__(interval)
         self.url = url
         self._client: aioredis.Redis | None = None
+        self.pipelined = Pipelined(url)
 
     @property
     def client(self) -> aioredis.Redis:
@@ -217,6 +221,7 @@ class RedisDependency(_PollingDependency):
         await super().close()
         if self._client is not None:
             await self._client.aclose()
+        await self.pipelined.close()
 
 
 class PostgresDependency(_PollingDependency):

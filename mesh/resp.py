@@ -46,9 +46,9 @@ class _Protocol(asyncio.Protocol):
 
     def __init__(self, timeout: float) -> None:
         self.timeout = timeout
-        # per call: [its future, replies still to come, the replies so far (None: one command)]
+        # per call: [its future, replies still to come, the replies so far (None: one command),
+        # when it was sent]
         self.waiting: collections.deque[list[Any]] = collections.deque()
-        self.sent: collections.deque[float] = collections.deque()  # when each waiting call was sent
         self.buffer = bytearray()
         self.transport: asyncio.Transport | None = None
         self.lost: Exception | None = None
@@ -66,7 +66,7 @@ class _Protocol(asyncio.Protocol):
         if self.lost is not None:
             return
         loop = asyncio.get_running_loop()
-        if self.sent and loop.time() - self.sent[0] > self.timeout:
+        if self.waiting and loop.time() - self.waiting[0][3] > self.timeout:
             self.fail(RedisTimeoutError(f"no reply from Redis in {self.timeout} s"))
             return
         self._watch = loop.call_later(self.timeout / 2, self._check)
@@ -79,7 +79,6 @@ class _Protocol(asyncio.Protocol):
             self.lost = err
         if self._watch is not None:
             self._watch.cancel()
-        self.sent.clear()
         while self.waiting:
             fut = self.waiting.popleft()[0]
             if not fut.done():
@@ -93,9 +92,9 @@ class _Protocol(asyncio.Protocol):
         all have come)."""
         if self.lost is not None or self.transport is None or self.transport.is_closing():
             raise self.lost or RedisConnectionError("connection to Redis closed")
-        fut: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
-        self.waiting.append([fut, replies, [] if replies else None])
-        self.sent.append(fut.get_loop().time())
+        loop = asyncio.get_running_loop()
+        fut: asyncio.Future[Any] = loop.create_future()
+        self.waiting.append([fut, replies, [] if replies else None, loop.time()])
         self.transport.write(data)
         return fut
 
@@ -149,7 +148,6 @@ class _Protocol(asyncio.Protocol):
             err = next((r for r in replies if isinstance(r, ResponseError)), None)
             value = replies
         self.waiting.popleft()
-        self.sent.popleft()
         fut = call[0]
         if fut.done():  # its caller was cancelled
             return

@@ -27,10 +27,9 @@ from dataclasses import dataclass
 
 import nats.js.errors
 from nats.js import JetStreamContext
-from nats.js.api import KeyValueConfig, StorageType
 from nats.js.kv import KeyValue
 
-from mesh.settings import jetstream_replicas
+from feed.adapters.jetstream import key_value
 
 BUCKET = "pricing-leases"
 LEASE_TTL = 2.5
@@ -71,14 +70,7 @@ def settled(me: str, partitions: int, holders: dict[int, str], members: set[str]
 
 
 async def lease_store(js: JetStreamContext) -> KeyValue:
-    try:
-        return await js.key_value(BUCKET)
-    except nats.js.errors.BucketNotFoundError:
-        return await js.create_key_value(
-            KeyValueConfig(
-                bucket=BUCKET, history=1, ttl=LEASE_TTL, storage=StorageType.FILE, replicas=jetstream_replicas()
-            )
-        )
+    return await key_value(js, BUCKET, ttl=LEASE_TTL)
 
 
 class Leases:

@@ -192,10 +192,7 @@ class Runner:
         self.metrics = metrics or PricingMetrics()
         self.provider_mode = provider_mode
         self.nats_dep = nats_dep
-        self.redis_dep = redis_dep
-        # the batch writes go through one pipelined connection (mesh.resp: a fraction of
-        # redis.asyncio's CPU per command); the rare reads through redis_dep's client
-        self.redis_writes = resp.Pipelined(redis_dep.url) if redis_dep is not None else None
+        self.redis_dep = redis_dep  # its pipelined connection (mesh.resp) writes each batch
         self.instance = instance
         self.shares: dict[int, Share] = {}
         self.kv: KeyValue | None = None  # trader state
@@ -270,8 +267,7 @@ class Runner:
                 commands.append(resp.command(b"EXPIRE", (codec.LOG_KEY + match_id).encode(), ENDED_TTL))
             else:
                 commands.append(resp.command(b"ZADD", LIVE, str(int(time.time() * 1000)).encode(), mid))
-        assert self.redis_writes is not None
-        await self.redis_writes.execute(commands)
+        await self.redis_dep.pipelined.execute(commands)
 
     async def price_batch(self, share: Share, msgs: list[Msg], batch: Batch) -> None:
         """Each event's deltas leave as soon as it is priced (the NATS client sends them when the
@@ -364,10 +360,11 @@ class Runner:
         """Each match's version in its Redis snapshot (0 without one), in one round trip."""
         if not match_ids:
             return []
-        pipe = self.redis_dep.client.pipeline(transaction=False)
-        for match_id in match_ids:
-            pipe.get(codec.SNAP_KEY + match_id)
-        return [market_pb2.MatchOdds.FromString(raw).version if raw else 0 for raw in await pipe.execute()]
+        gets = [resp.command(b"GET", (codec.SNAP_KEY + match_id).encode()) for match_id in match_ids]
+        return [
+            market_pb2.MatchOdds.FromString(raw).version if raw else 0
+            for raw in await self.redis_dep.pipelined.execute(gets)
+        ]
 
     async def remember_version(self, share: Share, e: ev.FeedEvent) -> None:
         """A fixture for a match the engine does not hold: one it forgot before a restart may be
@@ -576,8 +573,6 @@ def build(app: ServiceApp) -> None:
             for k in list(runner.shares):
                 await drop(k)
                 await leases.give(k)  # hand over at once instead of after the lease expires
-            if runner.redis_writes is not None:
-                await runner.redis_writes.close()
 
         app.on_stop(stop)
 

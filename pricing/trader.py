@@ -33,12 +33,10 @@ from livebet.odds.v1 import trader_service_pb2 as ts
 from livebet.odds.v1 import trader_service_pb2_grpc
 from nats.aio.msg import Msg
 from nats.js import JetStreamContext
-from nats.js.api import KeyValueConfig, StorageType
 from nats.js.kv import KeyValue
 
-from feed.adapters.jetstream import partition_of
+from feed.adapters.jetstream import key_value, partition_of
 from mesh import access
-from mesh.settings import jetstream_replicas
 from pricing.live.book import Delta, LiveMatch
 from pricing.live.engine import Engine, market_key
 
@@ -53,27 +51,12 @@ FORWARD_TIMEOUT = 5.0
 
 
 async def trader_store(js: JetStreamContext) -> KeyValue:
-    try:
-        return await js.key_value(BUCKET)
-    except nats.js.errors.BucketNotFoundError:
-        return await js.create_key_value(
-            KeyValueConfig(bucket=BUCKET, history=5, storage=StorageType.FILE, replicas=jetstream_replicas())
-        )
+    return await key_value(js, BUCKET, history=5)
 
 
 async def request_store(js: JetStreamContext) -> KeyValue:
     """The trader calls' answers by request id, each kept ``REQUEST_TTL_SECONDS``."""
-    try:
-        return await js.key_value(REQUESTS_BUCKET)
-    except nats.js.errors.BucketNotFoundError:
-        return await js.create_key_value(
-            KeyValueConfig(
-                bucket=REQUESTS_BUCKET,
-                ttl=REQUEST_TTL_SECONDS,
-                storage=StorageType.FILE,
-                replicas=jetstream_replicas(),
-            )
-        )
+    return await key_value(js, REQUESTS_BUCKET, ttl=REQUEST_TTL_SECONDS)
 
 
 def _match_key(match_id: str) -> str:
@@ -82,33 +65,36 @@ def _match_key(match_id: str) -> str:
     return f"match.{partition_of(match_id)}." + hashlib.sha256(match_id.encode()).hexdigest()[:40]
 
 
+async def _latest(kv: KeyValue, keys: str) -> list[KeyValue.Entry]:
+    """The latest entry of every key matching ``keys`` (a subject pattern), deleted ones left
+    out: one watch, caught up, stopped."""
+    watcher = await kv.watch(keys, ignore_deletes=True)
+    entries = []
+    try:
+        async for entry in watcher:
+            if entry is None:  # every stored entry has come
+                break
+            entries.append(entry)
+    finally:
+        await watcher.stop()
+    return entries
+
+
 async def migrate_keys(kv: KeyValue) -> int:
     """Earlier engines kept a match's state under ``match.<hash>`` (no share) and the request
     answers in the same bucket, for ever: move the states under their share and drop the old
-    request answers. Once, at start (any replica; doing it twice changes nothing). How many keys
-    were moved or dropped."""
-    try:
-        keys = await kv.keys()
-    except nats.js.errors.NoKeysError:
-        return 0
-    moved = 0
-    for key in keys:
-        if key.startswith("req."):
-            await kv.purge(key)
-            moved += 1
-        elif key.startswith("match.") and key.count(".") == 1:
-            try:
-                entry = await kv.get(key)
-            except nats.js.errors.KeyNotFoundError:
-                continue  # another replica moved it meanwhile
-            state = json.loads(entry.value or b"{}")
-            if state.get("match_id"):
-                # create, not put: a state a trader set under the new key meanwhile wins
-                with contextlib.suppress(nats.js.errors.KeyWrongLastSequenceError):
-                    await kv.create(_match_key(state["match_id"]), entry.value or b"{}")
-            await kv.purge(key)
-            moved += 1
-    return moved
+    request answers. At start (any replica; doing it twice changes nothing); only keys of the old
+    layout are read (``match.*`` is one token after ``match.``, the new keys are two). How many
+    keys were moved or dropped."""
+    old = await _latest(kv, "match.*") + await _latest(kv, "req.>")
+    for entry in old:
+        state = json.loads(entry.value or b"{}") if entry.key.startswith("match.") else {}
+        if state.get("match_id"):
+            # create, not put: a state a trader set under the new key meanwhile wins
+            with contextlib.suppress(nats.js.errors.KeyWrongLastSequenceError):
+                await kv.create(_match_key(state["match_id"]), entry.value or b"{}")
+        await kv.purge(entry.key)
+    return len(old)
 
 
 async def forget(kv: KeyValue, match_ids: list[str]) -> None:
@@ -134,17 +120,8 @@ async def apply_trader_state(engine: Engine, kv: KeyValue, share: int | None = N
     a checkpoint taken before the latest actions. One watch reads the share's latest states."""
     from pricing.live.book import Hold
 
-    watcher = await kv.watch(f"match.{share}.*" if share is not None else "match.>", ignore_deletes=True)
-    entries = []
-    try:
-        async for entry in watcher:
-            if entry is None:  # every stored state has come
-                break
-            entries.append(entry)
-    finally:
-        await watcher.stop()
     count = 0
-    for entry in entries:
+    for entry in await _latest(kv, f"match.{share}.*" if share is not None else "match.>"):
         state = json.loads(entry.value or b"{}")
         m = engine.matches.get(state.get("match_id", ""))
         if m is None:

@@ -19,13 +19,13 @@ import shutil
 import sys
 import tempfile
 import time
-from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 
 import psycopg
 from psycopg_pool import AsyncConnectionPool
 
+from betting.adapters.store import Pooled
 from mesh import infra
 from mesh.migrate import migrate
 from mesh.process import Process
@@ -89,15 +89,10 @@ async def _migrate(dsn: str) -> None:
         await migrate(conn, "settlement", REPO / "settlement" / "migrations")
 
 
-@dataclass
-class _Pool:
-    pool: AsyncConnectionPool
-
-
 async def _settle(dsn: str) -> tuple[float, int]:
     pool = AsyncConnectionPool(dsn, min_size=1, max_size=4, open=False, kwargs={"autocommit": True})
     await pool.open(wait=True)
-    store = Store(_Pool(pool))
+    store = Store(Pooled(pool))
     await store.record_state("bench:1", 2, 1, True, (1, 1), datetime.now(UTC))
     start = time.perf_counter()
     settled = await Settler(store).settle_match("bench:1")

@@ -26,14 +26,10 @@ from typing import Any
 from livebet.feed.v1 import event_pb2 as ev
 from psycopg_pool import AsyncConnectionPool
 
+from betting.adapters.store import Pooled
 from mesh.settings import Settings
 from settlement.adapters.store import Store
 from settlement.service import Settler, certainty_setting
-
-
-class _Pool:
-    def __init__(self, pool: AsyncConnectionPool) -> None:
-        self.pool = pool
 
 
 def _line(row: dict[str, Any]) -> str:
@@ -51,7 +47,7 @@ async def run(dsn: str, retry: bool, only: Sequence[int], include_retried: bool)
     one applied again failed again."""
     async with AsyncConnectionPool(dsn, min_size=1, max_size=2, open=False) as pool:
         await pool.open(wait=True, timeout=10)
-        store = Store(_Pool(pool))
+        store = Store(Pooled(pool))
         rows = await store.parked(include_retried or bool(only))
         if only:
             rows = [r for r in rows if r["stream_seq"] in set(only)]

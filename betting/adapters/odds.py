@@ -9,7 +9,6 @@ kept in memory, so any betting replica, or one restarted during the delay, decid
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -19,6 +18,7 @@ from livebet.odds.v1 import market_pb2
 from redis.asyncio import Redis
 
 from betting.domain.rules import Kind, Leg, Quote, Refusal, parse_odds
+from mesh.resp import Pipelined
 from pricing.live.codec import LOG_KEY, SNAP_KEY
 
 
@@ -52,17 +52,17 @@ class RedisSource(Protocol):
     @property
     def client(self) -> Redis: ...
 
+    @property
+    def pipelined(self) -> Pipelined: ...
+
 
 class OddsView:
-    """``source``: anything with a Redis ``client`` (the service's Redis dependency); ``get``: what
-    reads a snapshot (the service passes a :class:`mesh.resp.Pipelined`, ~5 times cheaper per
-    bet than redis.asyncio; without one, the source's client reads it)."""
+    """``source``: anything with a Redis ``client`` and ``pipelined`` (the service's Redis
+    dependency); a snapshot is read through ``pipelined``, ~5 times cheaper per bet than
+    redis.asyncio."""
 
-    def __init__(
-        self, source: RedisSource, get: Callable[[str], Awaitable[bytes | None]] | None = None, cache_size: int = 10_000
-    ) -> None:
+    def __init__(self, source: RedisSource, cache_size: int = 10_000) -> None:
         self.source = source
-        self._get = get
         self._cache: dict[str, tuple[bytes, MatchView]] = {}  # the last snapshot read per match, parsed
         self._cache_size = cache_size
 
@@ -71,11 +71,10 @@ class OddsView:
         return self.source.client
 
     async def match(self, match_id: str) -> MatchView:
-        key = SNAP_KEY + match_id
-        got = await (self._get(key) if self._get is not None else self.redis.get(key))
+        got = await self.source.pipelined.get(SNAP_KEY + match_id)
         if got is None:
             raise Refusal(Kind.NOT_FOUND, 0, f"no priced match {match_id!r}")
-        raw = got if isinstance(got, bytes) else got.encode()
+        raw = got
         cached = self._cache.get(match_id)
         if cached is not None and cached[0] == raw:
             return cached[1]  # unchanged since the last bet on it: no parse

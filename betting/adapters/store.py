@@ -263,6 +263,13 @@ class PoolSource(Protocol):
     def pool(self) -> AsyncConnectionPool: ...
 
 
+@dataclass(frozen=True)
+class Pooled:
+    """A :class:`PoolSource` for a pool opened by hand (the tools and the benchmarks)."""
+
+    pool: AsyncConnectionPool
+
+
 class Store:
     """``source``: anything with a ``pool`` (the service's PostgreSQL dependency, which has one
     once connected)."""

@@ -36,11 +36,13 @@ from nats.js.api import (
     ConsumerConfig,
     DeliverPolicy,
     DiscardPolicy,
+    KeyValueConfig,
     StorageType,
     StreamConfig,
     StreamInfo,
     SubjectTransform,
 )
+from nats.js.kv import KeyValue
 
 from mesh import tracing
 from mesh.settings import jetstream_replicas
@@ -112,6 +114,19 @@ async def ensure_stream(js: JetStreamContext, config: StreamConfig | None = None
         return await js.add_stream(cfg)
     except nats.js.errors.BadRequestError:
         return await js.update_stream(cfg)
+
+
+async def key_value(js: JetStreamContext, bucket: str, ttl: float | None = None, history: int = 1) -> KeyValue:
+    """The key-value bucket ``bucket``, created (file storage, the deployment's replicas) when it
+    does not exist yet; ``ttl``: how long an entry lives (None: for ever)."""
+    try:
+        return await js.key_value(bucket)
+    except nats.js.errors.BucketNotFoundError:
+        return await js.create_key_value(
+            KeyValueConfig(
+                bucket=bucket, history=history, ttl=ttl, storage=StorageType.FILE, replicas=jetstream_replicas()
+            )
+        )
 
 
 @dataclass(frozen=True)

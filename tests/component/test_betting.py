@@ -26,6 +26,7 @@ from livebet.betting.v1 import wallet_service_pb2 as ws
 from livebet.odds.v1 import market_pb2
 from livebet.odds.v1 import trader_service_pb2 as ts
 
+from mesh.resp import Pipelined
 from tests.component.betting_env import (
     IN_PLAY_DELAY,
     Env,
@@ -460,7 +461,8 @@ def test_a_bet_whose_decision_fails_stays_pending_and_the_bets_behind_it_are_dec
             pool = AsyncConnectionPool(env.dsn, min_size=1, max_size=2, open=False)
             await pool.open(wait=True)
             redis = aioredis.from_url(env.redis_url)
-            real = Decider(OddsView(SimpleNamespace(client=redis)), Config.from_env())
+            snapshots = Pipelined(env.redis_url)
+            real = Decider(OddsView(SimpleNamespace(client=redis, pipelined=snapshots)), Config.from_env())
 
             async def decider(row: dict[str, object], legs: list[dict[str, object]]) -> tuple[object, ...]:
                 if str(row["bet_id"]) == bad.bet_id:
@@ -473,6 +475,7 @@ def test_a_bet_whose_decision_fails_stays_pending_and_the_bets_behind_it_are_dec
             finally:
                 await pool.close()
                 await redis.aclose()
+                await snapshots.close()
             return decided, metrics.decide_failures._value.get()
 
         due_before = env.sql("SELECT decide_at FROM betting.bets WHERE bet_id = %s", bad.bet_id)[0][0]

@@ -2,7 +2,7 @@
 
 from livebet.feed.v1 import event_pb2 as ev
 
-from pricing.live.book import Hold, Status
+from pricing.live.book import Delta, Hold, Status
 from pricing.live.engine import Engine
 from tests.helpers import simulated_events
 
@@ -13,16 +13,22 @@ def _replay(match_count: int = 2, seed: int = 4) -> tuple[Engine, list]:  # type
     return engine, deltas
 
 
+def _applied(deltas: list[Delta], match_id: str) -> tuple[int, dict[str, tuple]]:  # type: ignore[type-arg]
+    """A client's book of ``match_id`` from ``deltas`` applied in order, and the last version;
+    checks that every version comes, in order."""
+    book: dict[str, tuple] = {}  # type: ignore[type-arg]
+    last = 0
+    for d in (d for d in deltas if d.match_id == match_id):
+        assert d.previous_version == last and d.version == last + 1  # every version, in order
+        last = d.version
+        book.update({q.key: (q.status, q.odds_cents) for q in d.markets})
+    return last, book
+
+
 def test_deltas_applied_in_order_give_exactly_the_engines_book() -> None:
     engine, deltas = _replay()
     for match_id, m in engine.matches.items():
-        book: dict[str, tuple] = {}  # type: ignore[type-arg]
-        last = 0
-        for d in (d for d in deltas if d.match_id == match_id):
-            assert d.previous_version == last and d.version == last + 1  # every version, in order
-            last = d.version
-            for q in d.markets:
-                book[q.key] = (q.status, q.odds_cents)
+        last, book = _applied(deltas, match_id)
         assert last == m.version
         assert book == {q.key: (q.status, q.odds_cents) for q in m.quotes.values()}
 
@@ -264,12 +270,7 @@ def test_deferred_reprices_offer_the_same_book_after_each_batch_with_fewer_delta
         assert _offered(batched) == _offered(each)  # after every batch, what is on offer is the same
     assert len(deltas) < len(one_by_one)
     for match_id, m in batched.matches.items():
-        book: dict[str, tuple] = {}  # type: ignore[type-arg]
-        last = 0
-        for d in (d for d in deltas if d.match_id == match_id):
-            assert d.previous_version == last and d.version == last + 1  # every version, in order
-            last = d.version
-            book.update({q.key: (q.status, q.odds_cents) for q in d.markets})
+        last, book = _applied(deltas, match_id)
         assert last == m.version <= each.matches[match_id].version  # never more than one by one
         assert book == {q.key: (q.status, q.odds_cents) for q in m.quotes.values()}
 
