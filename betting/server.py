@@ -13,7 +13,6 @@ Besides the gRPC services it runs two loops, safe to run in every replica at onc
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import time
 from datetime import UTC, datetime
@@ -31,6 +30,7 @@ from betting.metrics import BetMetrics
 from betting.service import BettingApi, Decider, WalletApi
 from mesh.deps import NatsDependency, PostgresDependency, RedisDependency
 from mesh.service import ServiceApp, run
+from mesh.tasks import cancel_and_wait
 
 MIGRATIONS = Path(__file__).with_name("migrations")
 log = logging.getLogger("betting")
@@ -129,11 +129,7 @@ def build(app: ServiceApp) -> None:
         tasks = [app.spawn(decide_loop()), app.spawn(run_relay(pg.pool, s.postgres_dsn, nats_dep, app.stopping))]
 
         async def stop() -> None:
-            for t in tasks:
-                t.cancel()
-            for t in tasks:
-                with contextlib.suppress(asyncio.CancelledError, Exception):
-                    await t
+            await cancel_and_wait(*tasks)
 
         app.on_stop(stop)
 

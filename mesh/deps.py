@@ -24,6 +24,7 @@ from psycopg_pool import AsyncConnectionPool
 from mesh.backoff import Backoff
 from mesh.migrate import migrate
 from mesh.resp import Pipelined
+from mesh.tasks import cancel_and_wait
 
 log = logging.getLogger("mesh.deps")
 
@@ -72,10 +73,7 @@ class Dependency(abc.ABC):
 
     async def close(self) -> None:
         self._closing = True
-        if self._task:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
+        await cancel_and_wait(self._task)
         self._set_up(False)
 
 

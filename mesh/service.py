@@ -12,6 +12,11 @@ JSON logs, and graceful shutdown on SIGTERM/SIGINT:
 
 With ``LIVEBET_DRAIN_SECONDS`` set, step 1 is followed by that long a wait, still serving, so the
 load balancer moves new calls elsewhere before step 3 refuses them (a rolling restart).
+
+Every step is bounded, and so is the whole: a process asked to stop is gone within its stop budget
+(:meth:`ServiceApp.stop_budget`) even if a library swallows a cancellation, a thread is stuck in a
+blocking call, or the servers it talks to died with it. Past the budget a watchdog thread logs
+what overran and ends the process (exit code 1).
 """
 
 from __future__ import annotations
@@ -19,7 +24,9 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import os
 import signal
+import threading
 from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine
 from typing import Any, TypeVar
 
@@ -33,6 +40,7 @@ from mesh.access import AccessInterceptor
 from mesh.deps import Dependency
 from mesh.metrics import Metrics, ObservabilityInterceptor
 from mesh.settings import Settings
+from mesh.tasks import cancel_and_wait
 
 log = logging.getLogger("mesh.service")
 
@@ -54,6 +62,8 @@ SERVER_OPTIONS = [
     ("grpc.http2.min_ping_interval_without_data_ms", 5_000),
 ]
 DEFAULT_MAX_RECEIVE_BYTES = 8 * 1024 * 1024
+#: added to a stop's budget for the interpreter's own exit (threads, atexit handlers, log flushing)
+STOP_MARGIN_SECONDS = 5.0
 
 
 class ServiceApp:
@@ -77,6 +87,7 @@ class ServiceApp:
         self._serving: bool | None = None
         self._health_dirty = asyncio.Event()
         self._tasks: set[asyncio.Task[Any]] = set()
+        self._stop_stage = ""  # where a stop is, for the watchdog's message
 
     # --- wiring ------------------------------------------------------------------------------
     def add_dependency(self, dependency: D) -> D:
@@ -153,9 +164,7 @@ class ServiceApp:
                 nxt = asyncio.ensure_future(anext(source))
                 done, _ = await asyncio.wait({nxt, stop}, return_when=asyncio.FIRST_COMPLETED)
                 if nxt not in done:
-                    nxt.cancel()
-                    with contextlib.suppress(asyncio.CancelledError, StopAsyncIteration):
-                        await nxt
+                    await cancel_and_wait(nxt)
                     return
                 try:
                     yield nxt.result()
@@ -211,30 +220,61 @@ class ServiceApp:
             extra={"grpc_port": self.grpc_port, "metrics_port": metrics_port, "replica": s.replica},
         )
 
+    def stop_budget(self) -> float:
+        """Seconds a stop may take in all: the drain, the grace period, each stop hook and each
+        dependency's close at its own bound, and a margin for the interpreter's exit."""
+        s = self.settings
+        steps = len(self._on_stop) + len(self.dependencies)
+        return s.drain_seconds + s.grace_seconds + steps * self._step_limit() + STOP_MARGIN_SECONDS
+
+    def _step_limit(self) -> float:
+        return max(1.0, self.settings.grace_seconds)
+
+    def _arm_stop_watchdog(self) -> None:
+        budget = self.stop_budget()
+
+        def overran() -> None:
+            log.error(
+                "shutdown overran its budget; exiting now",
+                extra={"budget_seconds": round(budget, 1), "stage": self._stop_stage},
+            )
+            logging.shutdown()
+            os._exit(1)
+
+        timer = threading.Timer(budget, overran)
+        timer.daemon = True  # never what keeps the process alive
+        timer.start()
+
     async def stop(self) -> None:
         """Graceful shutdown (idempotent)."""
-        if self.stopping.is_set():
+        if self._stop_stage:
             await self._stopped.wait()
             return
+        self._stop_stage = "drain"
+        self._arm_stop_watchdog()
         log.info("shutting down", extra={"grace_seconds": self.settings.grace_seconds})
         await self.health.enter_graceful_shutdown()
         self.metrics.serving.labels(self.metrics.service).set(0)
         if self.settings.drain_seconds > 0:  # still serving while the load balancer notices
             await asyncio.sleep(self.settings.drain_seconds)
         self.stopping.set()
+        self._stop_stage = "grpc server"
         if self._server is not None:
             await self._server.stop(self.settings.grace_seconds)
         for task in list(self._tasks):
             task.cancel()
         # every step is bounded: a dependency that is already gone must not keep the process alive
-        limit = max(1.0, self.settings.grace_seconds)
+        limit = self._step_limit()
         for hook in self._on_stop:
+            self._stop_stage = f"stop hook {getattr(hook, '__qualname__', hook)}"
             with contextlib.suppress(Exception):
                 await asyncio.wait_for(hook(), limit)
         for d in reversed(self.dependencies):
+            self._stop_stage = f"closing {d.name}"
             with contextlib.suppress(Exception):
                 await asyncio.wait_for(d.close(), limit)
         self._health_task.cancel()
+        self._stop_stage = "exit"
         self._stopped.set()
         log.info("stopped")
 

@@ -56,6 +56,7 @@ from mesh import resp, tracing
 from mesh.deps import NatsDependency, Readiness, RedisDependency
 from mesh.metrics import LATENCY_BUCKETS
 from mesh.service import ServiceApp, run
+from mesh.tasks import cancel_and_wait
 from pricing import checkpoints
 from pricing.leases import RENEW_EVERY, Leases, lease_store, plan, settled
 from pricing.live import checkpoint, codec
@@ -504,8 +505,7 @@ def build(app: ServiceApp) -> None:
         if share is not None and share.task is not None:
             async with share.lock:  # let a batch in flight finish and be acknowledged
                 share.task.cancel()
-            with contextlib.suppress(asyncio.CancelledError, Exception):
-                await share.task
+            await cancel_and_wait(share.task)
             await runner.checkpoint(share, force=True)  # whoever takes it next starts from here
 
     async def balance(leases: Leases) -> None:
@@ -567,9 +567,7 @@ def build(app: ServiceApp) -> None:
         )
 
         async def stop() -> None:
-            task.cancel()
-            with contextlib.suppress(asyncio.CancelledError, Exception):
-                await task
+            await cancel_and_wait(task)
             for k in list(runner.shares):
                 await drop(k)
                 await leases.give(k)  # hand over at once instead of after the lease expires

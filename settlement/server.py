@@ -32,6 +32,7 @@ from mesh import tracing
 from mesh.deps import NatsDependency, PostgresDependency, Readiness
 from mesh.metrics import LATENCY_BUCKETS
 from mesh.service import ServiceApp, run
+from mesh.tasks import cancel_and_wait
 from settlement.adapters.store import Store
 from settlement.admin import SettlementApi
 from settlement.reports import ReportApi
@@ -169,9 +170,7 @@ def build(app: ServiceApp) -> None:
         app.spawn(app.metrics.watch_consumers(lambda: nats_dep.js, STREAM, lambda: [DURABLE], app.stopping))
 
         async def stop() -> None:
-            task.cancel()
-            with contextlib.suppress(asyncio.CancelledError, Exception):
-                await task
+            await cancel_and_wait(task)
 
         app.on_stop(stop)
 

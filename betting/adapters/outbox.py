@@ -28,6 +28,7 @@ from betting.adapters.store import bet_proto, money
 from feed.adapters import jetstream
 from mesh import tracing
 from mesh.settings import jetstream_replicas
+from mesh.tasks import cancel_and_wait
 from pricing.live.codec import length_delimited
 
 log = logging.getLogger("betting.outbox")
@@ -168,9 +169,7 @@ async def run_relay(pool: AsyncConnectionPool, dsn: str, js_of: object, stopping
             # into one round instead of a transaction and a JetStream round trip per event
             await asyncio.sleep(COALESCE_SECONDS)
     finally:
-        listener.cancel()
-        with contextlib.suppress(asyncio.CancelledError, Exception):
-            await listener
+        await cancel_and_wait(listener)
 
 
 _last_cleanup = 0.0

@@ -1,10 +1,17 @@
 """A service used only by the runtime's tests, built on mesh.service like every real one:
 FeedService.WatchEvents streams a message every 20 ms through ``ServiceApp.until_stopping``;
-GetMatchState takes one second, to be in flight when SIGTERM arrives. No dependencies."""
+GetMatchState takes one second, to be in flight when SIGTERM arrives. No dependencies.
+
+``TEST_STUCK_STOP`` makes its stop hang the way a faulty library would: ``hook``, a stop hook that
+swallows its cancellation; ``thread``, a non-daemon thread stuck in a blocking call."""
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import os
+import threading
+import time
 from collections.abc import AsyncIterator
 
 import grpc
@@ -37,9 +44,20 @@ class StreamingFeed(feed_service_pb2_grpc.FeedServiceServicer):
         return feed_service_pb2.GetMatchStateResponse(sequence=7)
 
 
+async def swallows_cancellation() -> None:
+    while True:
+        with contextlib.suppress(asyncio.CancelledError):
+            await asyncio.sleep(3600)
+
+
 def build(app: ServiceApp) -> None:
     api = StreamingFeed(app)
     app.add_service("livebet.feed.v1.FeedService", api, feed_service_pb2_grpc.add_FeedServiceServicer_to_server)
+    stuck = os.environ.get("TEST_STUCK_STOP", "")
+    if stuck == "hook":
+        app.on_stop(swallows_cancellation)
+    elif stuck == "thread":
+        threading.Thread(target=time.sleep, args=(3600,), name="blocked", daemon=False).start()
 
 
 if __name__ == "__main__":

@@ -86,8 +86,17 @@ def test_children_die_with_a_killed_supervisor(tmp_path: Path) -> None:
     """Even SIGKILL, which the supervisor cannot handle, leaves no process behind (PDEATHSIG)."""
     tmp_path.chmod(0o755)
     m = start_mesh(tmp_path / "data", free_port_topology(tmp_path), tmp_path / "mesh.log")
-    pids = all_pids(m)
-    assert len(pids) == 12  # servers, service replicas, Envoy and the simulator
+    names = {p["pid"]: p["name"] for p in m.state()["processes"] if p["pid"]}
+    assert len(names) == 12  # servers, service replicas, Envoy and the simulator
     m.popen.kill()
     m.popen.wait(10)
-    wait_for(lambda: not any(pid_alive(p) for p in pids), 30, what="children gone after the supervisor died")
+
+    def left() -> list[str]:
+        return [names[pid] for pid in names if pid_alive(pid)]
+
+    try:
+        # a service's stop is bounded by its stop budget (here 2 s grace + 2 s per step + 5 s)
+        wait_for(lambda: not left(), 30)
+    except AssertionError:
+        tails = {name: (m.data_dir / "logs" / f"{name}.log").read_text(errors="replace")[-1500:] for name in left()}
+        raise AssertionError(f"still alive 30 s after the supervisor died: {tails}") from None
