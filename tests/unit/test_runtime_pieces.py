@@ -1,3 +1,5 @@
+import asyncio
+import contextlib
 import json
 import logging
 from pathlib import Path
@@ -7,6 +9,7 @@ import pytest
 from mesh import contracts, logs
 from mesh.backoff import Backoff
 from mesh.migrate import MigrationError, discover
+from mesh.tasks import cancel_and_wait
 
 
 def test_backoff_doubles_then_caps() -> None:
@@ -79,3 +82,53 @@ def test_schema_image_holds_health_and_every_livebet_file() -> None:
     # dependencies come before the files that import them
     order = [f.name for f in fds.file]
     assert order.index("livebet/common/v1/common.proto") < order.index("livebet/odds/v1/market.proto")
+
+
+async def _stop_step(use_helper: bool, cancelled: asyncio.Event, release: asyncio.Event, after: list[str]) -> None:
+    """A stop step: cancel a background task that is slow to finish, then go on (a lease
+    hand-over, say), which a bounded stop must never reach once the step itself was cancelled."""
+
+    async def background() -> None:
+        try:
+            await asyncio.sleep(3600)
+        finally:
+            cancelled.set()
+            await release.wait()  # e.g. an unsubscribe from a server that is gone
+
+    task = asyncio.create_task(background())
+    await asyncio.sleep(0)
+    if use_helper:
+        await cancel_and_wait(task)
+    else:
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError, Exception):
+            await task
+    after.append("went on")
+
+
+@pytest.mark.parametrize("use_helper", [True, False])
+async def test_cancel_and_wait_lets_the_callers_own_cancellation_through(use_helper: bool) -> None:
+    cancelled, release, after = asyncio.Event(), asyncio.Event(), []
+    step = asyncio.create_task(_stop_step(use_helper, cancelled, release, after))
+    await cancelled.wait()  # the step is now waiting for the background task to end
+    step.cancel()  # what asyncio.wait_for does when the step's bound is up
+    release.set()
+    await asyncio.wait([step])
+    if use_helper:
+        assert step.cancelled() and after == []
+    else:  # the trap the helper replaces: the step's cancellation is swallowed, and it goes on
+        assert not step.cancelled() and after == ["went on"]
+
+
+async def test_cancel_and_wait_waits_for_every_task_and_retrieves_their_errors() -> None:
+    async def fails() -> None:
+        raise ValueError("boom")
+
+    async def sleeps() -> None:
+        await asyncio.sleep(3600)
+
+    failed, sleeping = asyncio.create_task(fails()), asyncio.create_task(sleeps())
+    await asyncio.sleep(0)
+    await cancel_and_wait(failed, None, sleeping)
+    assert failed.done() and isinstance(failed.exception(), ValueError)
+    assert sleeping.cancelled()
