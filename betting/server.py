@@ -91,7 +91,13 @@ def build(app: ServiceApp) -> None:
     store = Store(pg)
     odds = OddsView(redis_dep)
     metrics = BetMetrics(app.metrics.registry)
-    store.batcher.on_batch = metrics.batch.observe
+    relay_wake = asyncio.Event()  # the outbox relay: woken by each batch of bets this process commits
+
+    def batch_written(size: int) -> None:
+        metrics.batch.observe(size)
+        relay_wake.set()
+
+    store.batcher.on_batch = batch_written
     bets = BettingApi(store, odds, config, nats_dep, metrics)
     wallet = WalletApi(store, config)
     decider = Decider(odds, config)
@@ -126,7 +132,8 @@ def build(app: ServiceApp) -> None:
         await redis_dep.wait_ready()
         await nats_dep.wait_ready()
         await ensure_stream(nats_dep.js)
-        tasks = [app.spawn(decide_loop()), app.spawn(run_relay(pg.pool, s.postgres_dsn, nats_dep, app.stopping))]
+        relay = run_relay(pg.pool, s.postgres_dsn, nats_dep, app.stopping, relay_wake)
+        tasks = [app.spawn(decide_loop()), app.spawn(relay)]
 
         async def stop() -> None:
             await cancel_and_wait(*tasks)

@@ -4,8 +4,13 @@ published to the JetStream stream ``BETS`` (subjects ``bets.<account>.<bet_id>``
 
 At-least-once: a relay that dies after publishing and before marking publishes again, and the
 stream's duplicate window (10 minutes) drops the copy; consumers also key on the event id. Several
-relays (one per betting replica) share the work with ``FOR UPDATE SKIP LOCKED``. A PostgreSQL
-``NOTIFY betting_outbox`` in the writing transaction wakes the relay at once; it also polls.
+relays (one per betting replica) share the work with ``FOR UPDATE SKIP LOCKED``.
+
+What wakes a relay: the betting process wakes its own once a batch of bets is committed (the
+``wake`` event, set by ``PlaceBatcher.on_batch``); writers in other processes (settlement, market
+rollbacks) and the delayed decisions send ``NOTIFY betting_outbox`` in their transaction, which
+wakes every relay; and each relay polls every ``POLL_SECONDS`` (a bet whose process died before
+publishing it is published by another replica's relay at its next poll).
 """
 
 from __future__ import annotations
@@ -131,9 +136,12 @@ def _with_balance(payload: bytes, balance: int | None, currency: str | None) -> 
     return payload + length_delimited(bet_pb2.BetEvent.BALANCE_FIELD_NUMBER, value)
 
 
-async def run_relay(pool: AsyncConnectionPool, dsn: str, js_of: object, stopping: asyncio.Event) -> None:
-    """Relay until ``stopping``; survives NATS or PostgreSQL outages (retries with backoff)."""
-    wake = asyncio.Event()
+async def run_relay(
+    pool: AsyncConnectionPool, dsn: str, js_of: object, stopping: asyncio.Event, wake: asyncio.Event | None = None
+) -> None:
+    """Relay until ``stopping``; survives NATS or PostgreSQL outages (retries with backoff).
+    ``wake``: set by this process when it wrote events (see the module's doc)."""
+    wake = wake or asyncio.Event()
 
     async def listen() -> None:
         while not stopping.is_set():
@@ -149,6 +157,7 @@ async def run_relay(pool: AsyncConnectionPool, dsn: str, js_of: object, stopping
     delay = 0.2
     try:
         while not stopping.is_set():
+            wake.clear()  # before the round: events written during it wake the next one at once
             try:
                 sent = await relay_once(pool, js_of.js)  # type: ignore[attr-defined]
                 delay = 0.2
@@ -162,10 +171,9 @@ async def run_relay(pool: AsyncConnectionPool, dsn: str, js_of: object, stopping
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, 5.0)
                 continue
-            wake.clear()
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(wake.wait(), POLL_SECONDS)
-            # events come in bursts (every placed bet notifies): gather a few milliseconds of them
+            # events come in bursts (every batch of bets wakes it): gather a few milliseconds of them
             # into one round instead of a transaction and a JetStream round trip per event
             await asyncio.sleep(COALESCE_SECONDS)
     finally:

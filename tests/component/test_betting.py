@@ -344,6 +344,52 @@ def test_bets_written_in_one_transaction_each_succeed_or_fail_alone(env: Env) ->
     assert balance(env, "p40") == (0, 1_500) and balance(env, "p41") == (9_300, 700)
 
 
+def test_a_batch_waiting_on_a_lock_does_not_hold_other_players_bets(env: Env) -> None:
+    """One batch is written at a time, but one that waits on a player's lock (a settlement
+    holding it) lets the next batch start beside it once it has stalled: another player's bet is
+    placed meanwhile, and the waiting one when the lock is released."""
+    from types import SimpleNamespace
+
+    from psycopg_pool import AsyncConnectionPool
+
+    from betting.adapters.store import Placement, Store, digest
+    from betting.domain.rules import Leg, Ticket
+
+    deposit(env, "p42", 1_000, "p42-d")
+    deposit(env, "p43", 1_000, "p43-d")
+    leg = Leg("b42", ONE, ONE, "home", Decimal("2.00"), 0)
+
+    def placement(account: str) -> Placement:
+        ticket = Ticket(f"{account}-bet", (leg,), "EUR", 300, bet_pb2.ODDS_CHANGE_POLICY_ANY)
+        return Placement(
+            ticket, account, digest(account.encode()), [Decimal("2.00")], [1], Decimal("2.00"), 600, False, 0.0,
+            10**9, 10**9,
+        )  # fmt: skip
+
+    async def scenario() -> tuple[bool, bool]:
+        pool = AsyncConnectionPool(env.dsn, min_size=1, max_size=3, open=False, kwargs={"autocommit": True})
+        await pool.open(wait=True)
+        store = Store(SimpleNamespace(pool=pool))  # type: ignore[arg-type]
+        try:
+            async with await psycopg.AsyncConnection.connect(env.dsn) as holder:
+                await holder.execute(
+                    "SELECT 1 FROM betting.ledger_accounts WHERE account_id = 'player:p42:EUR' FOR UPDATE"
+                )
+                waiting = asyncio.ensure_future(store.place(placement("p42")))
+                await asyncio.sleep(0.2)  # its batch is now waiting on the lock
+                other = await asyncio.wait_for(store.place(placement("p43")), 30)
+                other_placed, first_still_waiting = other[1], not waiting.done()
+            # the holder's transaction ends with its connection: the waiting bet goes through
+            first = await asyncio.wait_for(waiting, 30)
+            return other_placed and first[1], first_still_waiting
+        finally:
+            await pool.close()
+
+    placed, waited = asyncio.run(scenario())
+    assert placed and waited
+    assert balance(env, "p42") == (700, 300) and balance(env, "p43") == (700, 300)
+
+
 def test_the_same_request_in_flight_twice_is_placed_once(env: Env) -> None:
     env.send(fixture("b8"))
     priced(env, "b8")

@@ -1,0 +1,106 @@
+-- betting.place_bet without its NOTIFY betting_outbox.
+--
+-- Every placed bet used to wake the outbox relays through PostgreSQL: a NOTIFY in the placing
+-- transaction, delivered to each relay's LISTEN connection. The relay that matters runs in the
+-- very process that placed the bet, and PlaceBatcher now wakes it directly once a batch is
+-- committed (betting.server). The NOTIFY cost PostgreSQL work at every commit (its queue is
+-- written under a lock all notifying commits share) and the service a wake-up per batch: in the
+-- PlaceBet benchmark, PostgreSQL's CPU per bet fell by a tenth without it. Settlement, rollbacks
+-- and bet cancels, written by other processes, still notify; relays in other betting replicas
+-- pick a bet's event up at their next poll if its own process died before publishing it.
+--
+-- The function is otherwise 0009's, unchanged.
+CREATE OR REPLACE FUNCTION betting.place_bet(
+    p_bet_id uuid, p_account text, p_request_id text, p_digest bytea, p_currency char(3), p_stake bigint,
+    p_policy smallint, p_status text, p_odds numeric, p_payout bigint, p_in_play boolean, p_delay float8,
+    p_legs jsonb, p_max_liability bigint, p_max_daily bigint, p_now timestamptz, p_subject text, p_msg_id text,
+    p_event bytea)
+RETURNS TABLE (outcome text, bet_id uuid, balance bigint, placed_at timestamptz, decided_at timestamptz,
+               request_digest bytea)
+LANGUAGE plpgsql AS $$
+DECLARE
+    v_now timestamptz := p_now;
+    v_txn uuid := gen_random_uuid();
+    v_balance bigint;
+    v_staked bigint;
+    v_own_max bigint;
+    v_own_daily bigint;
+    v_amount bigint;
+    v_leg jsonb;
+BEGIN
+    INSERT INTO betting.bets AS b (bet_id, account_id, request_id, request_digest, currency, stake, policy, status,
+                                   odds, potential_payout, in_play, placed_at, decide_at, decided_at)
+    VALUES (p_bet_id, p_account, p_request_id, p_digest, p_currency, p_stake, p_policy, p_status, p_odds, p_payout,
+            p_in_play, v_now, v_now + p_delay * interval '1 second',
+            CASE WHEN p_status = 'accepted' THEN v_now END)
+    ON CONFLICT (account_id, request_id) DO NOTHING;
+    IF NOT FOUND THEN
+        RETURN QUERY SELECT 'exists'::text, b.bet_id, 0::bigint, b.placed_at, b.decided_at, b.request_digest
+                     FROM betting.bets b WHERE b.account_id = p_account AND b.request_id = p_request_id;
+        RETURN;
+    END IF;
+
+    INSERT INTO betting.selections (bet_id, leg, match_id, market_key, market_type, outcome_id, requested_odds,
+                                    market_version, seen_version, odds)
+    SELECT p_bet_id, (l.ord - 1)::smallint, l.v->>'match_id', l.v->>'market_key', l.v->>'market_type',
+           l.v->>'outcome_id', (l.v->>'requested_odds')::numeric, (l.v->>'market_version')::bigint,
+           (l.v->>'seen_version')::bigint, (l.v->>'odds')::numeric
+    FROM jsonb_array_elements(p_legs) WITH ORDINALITY AS l(v, ord);
+
+    -- the stake hold; the player's row lock taken here serialises this player's bets from now on
+    INSERT INTO betting.transactions (transaction_id, kind, owner, currency, bet_id)
+    VALUES (v_txn, 'stake_hold', p_account, p_currency, p_bet_id);
+    -- lock the player's held and player rows in account order (as every other movement does)
+    PERFORM 1 FROM betting.ledger_accounts a
+     WHERE a.account_id IN ('held:' || p_account || ':' || p_currency, 'player:' || p_account || ':' || p_currency)
+     ORDER BY a.account_id FOR UPDATE;
+    SELECT a.balance INTO v_balance FROM betting.ledger_accounts a
+     WHERE a.account_id = 'player:' || p_account || ':' || p_currency;
+    IF v_balance IS NULL OR v_balance < p_stake THEN  -- the CHECK on the balance would refuse it too
+        RAISE EXCEPTION 'stake % is more than the available balance', p_stake USING ERRCODE = 'LB001';
+    END IF;
+    INSERT INTO betting.postings (transaction_id, account_id, amount, bet_id)
+    VALUES (v_txn, 'held:' || p_account || ':' || p_currency, p_stake, p_bet_id),
+           (v_txn, 'player:' || p_account || ':' || p_currency, -p_stake, p_bet_id);
+    v_balance := v_balance - p_stake;
+
+    SELECT l.max_stake, l.max_daily_stake INTO v_own_max, v_own_daily
+    FROM betting.account_limits l WHERE l.account_id = p_account AND l.currency = p_currency;
+    IF v_own_max IS NOT NULL AND p_stake > v_own_max THEN
+        RAISE EXCEPTION 'stake is above your limit a bet' USING ERRCODE = 'LB003', DETAIL = v_own_max::text;
+    END IF;
+    -- the player's stakes over the last 24 hours, from hourly buckets: at most 25 rows to add up
+    -- however many bets the player places (a sum over the bets themselves grew with each bet)
+    INSERT INTO betting.stake_buckets AS sb (account_id, currency, hour, staked)
+    VALUES (p_account, p_currency, date_trunc('hour', v_now, 'UTC'), p_stake)
+    ON CONFLICT (account_id, currency, hour) DO UPDATE SET staked = sb.staked + excluded.staked;
+    SELECT coalesce(sum(sb.staked), 0) INTO v_staked FROM betting.stake_buckets sb
+    WHERE sb.account_id = p_account AND sb.currency = p_currency
+      AND sb.hour >= date_trunc('hour', v_now - interval '24 hours', 'UTC');
+    DELETE FROM betting.stake_buckets sb
+    WHERE sb.account_id = p_account AND sb.currency = p_currency
+      AND sb.hour < date_trunc('hour', v_now - interval '24 hours', 'UTC');
+    IF v_staked > coalesce(v_own_daily, p_max_daily) THEN
+        RAISE EXCEPTION 'stakes over 24 hours would exceed your limit' USING ERRCODE = 'LB003';
+    END IF;
+
+    IF p_status = 'accepted' THEN
+        FOR v_leg IN SELECT * FROM jsonb_array_elements(p_legs) LOOP
+            INSERT INTO betting.liability AS li (match_id, market_key, outcome_id, currency, amount)
+            VALUES (v_leg->>'match_id', v_leg->>'market_key', v_leg->>'outcome_id', p_currency, p_payout)
+            ON CONFLICT (match_id, market_key, outcome_id, currency)
+            DO UPDATE SET amount = li.amount + excluded.amount
+            RETURNING li.amount INTO v_amount;
+            IF v_amount > p_max_liability THEN
+                RAISE EXCEPTION 'liability limit reached on % % %', v_leg->>'match_id', v_leg->>'market_key',
+                    v_leg->>'outcome_id' USING ERRCODE = 'LB002';
+            END IF;
+        END LOOP;
+    END IF;
+
+    INSERT INTO betting.outbox (subject, msg_id, payload, balance, currency)
+    VALUES (p_subject, p_msg_id, p_event, v_balance, p_currency);
+
+    RETURN QUERY SELECT 'placed'::text, p_bet_id, v_balance, v_now,
+                        CASE WHEN p_status = 'accepted' THEN v_now END, p_digest;
+END $$;
