@@ -26,6 +26,7 @@ log = logging.getLogger("mesh.rpc")
 
 #: Buckets in seconds, fine at the low end where the SLOs live (ms) and up to long calls.
 LATENCY_BUCKETS = (0.0005, 0.001, 0.002, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
+GC_BUCKETS = (0.0001, 0.0005, 0.001, 0.002, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25)
 
 
 class LoopCounter:
@@ -124,6 +125,19 @@ class Metrics:
             "livebet_jetstream_consumer_redelivered",
             "Messages delivered more than once and not acknowledged yet.",
             ["service", "stream", "consumer"],
+            registry=self.registry,
+        )
+        # pauses of the garbage collector: every one stops the event loop (LoopHistogram: lock-free,
+        # so safe to observe from inside a collection whatever lock the collected thread holds)
+        self.gc_pause = LoopHistogram(
+            "livebet_gc_pause_seconds",
+            "Pauses of Python's cyclic garbage collector (each stops the process's event loop).",
+            GC_BUCKETS,
+            self.registry,
+        )
+        self.gc_frozen = Gauge(
+            "livebet_gc_frozen_objects",
+            "Objects moved out of the collector's reach when the service first turned SERVING (gc.freeze).",
             registry=self.registry,
         )
         self.service = service

@@ -10,6 +10,13 @@ JSON logs, and graceful shutdown on SIGTERM/SIGINT:
 3. ``server.stop(grace)`` lets in-flight calls finish within the grace period;
 4. dependencies are drained and closed.
 
+Garbage collection: the first time the service turns SERVING (its modules imported, its state
+built), every object alive is moved out of the cyclic collector's reach (``gc.freeze``). A full
+collection walks every tracked object with the event loop stopped: ~0.4 µs an object here, so the
+~120,000-180,000 objects of a service's code and wiring made each one a 50-270 ms pause, every
+few seconds under load. Frozen, they are skipped; only what the service made since is walked.
+Every collection's pause is measured (``livebet_gc_pause_seconds``).
+
 With ``LIVEBET_DRAIN_SECONDS`` set, step 1 is followed by that long a wait, still serving, so the
 load balancer moves new calls elsewhere before step 3 refuses them (a rolling restart).
 
@@ -23,10 +30,12 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import gc
 import logging
 import os
 import signal
 import threading
+import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine
 from typing import Any, TypeVar
 
@@ -88,6 +97,8 @@ class ServiceApp:
         self._health_dirty = asyncio.Event()
         self._tasks: set[asyncio.Task[Any]] = set()
         self._stop_stage = ""  # where a stop is, for the watchdog's message
+        self._frozen = False  # gc.freeze done (the first time the service turned SERVING)
+        self._gc_callback: Callable[[str, dict[str, int]], None] | None = None
 
     # --- wiring ------------------------------------------------------------------------------
     def add_dependency(self, dependency: D) -> D:
@@ -140,12 +151,42 @@ class ServiceApp:
         serving = self.healthy
         if serving == self._serving:
             return
+        if serving and not self._frozen:  # start-up is over: before the first call is routed here
+            self._freeze_heap()
         self._serving = serving
         status = SERVING if serving else NOT_SERVING
         for name in ["", *self._service_names]:
             await self.health.set(name, status)
         m.serving.labels(m.service).set(1 if serving else 0)
         log.info("health %s", "SERVING" if serving else "NOT_SERVING")
+
+    def _freeze_heap(self) -> None:
+        """Collect once, then move every object alive out of the collector's reach (see the
+        module's doc). Once per process: what is frozen is never collected, so a cycle that dies
+        later stays; objects alive at start-up are the process's code and wiring, made to last."""
+        self._frozen = True
+        started = time.perf_counter()
+        gc.collect()
+        gc.freeze()
+        self.metrics.gc_frozen.set(gc.get_freeze_count())
+        log.info(
+            "heap frozen",
+            extra={"objects": gc.get_freeze_count(), "ms": round((time.perf_counter() - started) * 1000, 1)},
+        )
+
+    def _watch_gc(self) -> None:
+        """Time every collection into ``livebet_gc_pause_seconds`` (removed again at stop)."""
+        started = [0.0]
+        observe = self.metrics.gc_pause.observe
+
+        def callback(phase: str, info: dict[str, int]) -> None:
+            if phase == "start":
+                started[0] = time.perf_counter()
+            else:
+                observe(time.perf_counter() - started[0])
+
+        self._gc_callback = callback
+        gc.callbacks.append(callback)
 
     async def _health_loop(self) -> None:
         """Re-evaluate health at once when a dependency changes, and every interval anyway."""
@@ -207,6 +248,7 @@ class ServiceApp:
         if self.grpc_port == 0:
             raise RuntimeError(f"could not bind gRPC port {s.grpc_host}:{s.grpc_port}")
         metrics_port = self.metrics.serve(s.metrics_host, s.metrics_port)
+        self._watch_gc()
         await server.start()
         self._server = server
         for d in self.dependencies:
@@ -274,6 +316,8 @@ class ServiceApp:
             with contextlib.suppress(Exception):
                 await asyncio.wait_for(d.close(), limit)
         self._health_task.cancel()
+        if self._gc_callback in gc.callbacks:
+            gc.callbacks.remove(self._gc_callback)
         self._stop_stage = "exit"
         self._stopped.set()
         log.info("stopped")

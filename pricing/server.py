@@ -293,9 +293,14 @@ class Runner:
             if deltas:
                 await self.send(share, deltas, {e.match_id: received} if e.match_id else {}, batch)
                 await asyncio.sleep(0)
-        deltas = engine.flush(lambda match_id, err: self.skipped(share, "deferred reprice", err, match_id=match_id))
-        if deltas:
-            await self.send(share, deltas, waiting, batch)
+
+        # each match's deferred reprice leaves as soon as it is done, not after every match's
+        def failed(match_id: str, err: Exception) -> None:
+            self.skipped(share, "deferred reprice", err, match_id=match_id)
+
+        for d in engine.flush_each(failed):
+            await self.send(share, [d], waiting, batch)
+            await asyncio.sleep(0)
 
     async def rebuild(self, share: Share) -> tuple[int, int]:
         """Rebuild the share's engine up to its consumer's ack floor (nothing published): from its

@@ -7,7 +7,7 @@ from JetStream and publishes what it returns.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 
 from livebet.common.v1 import common_pb2
 from livebet.feed.v1 import event_pb2 as ev
@@ -245,8 +245,13 @@ class Engine:
     def flush(self, failed: Callable[[str, Exception], None] | None = None) -> list[Delta]:
         """The reprices :meth:`apply` deferred: one per match, in the order first deferred.
         ``failed``: told of a match whose reprice raised, which is then skipped (None: raise)."""
+        return list(self.flush_each(failed))
+
+    def flush_each(self, failed: Callable[[str, Exception], None] | None = None) -> Iterator[Delta]:
+        """:meth:`flush` one match at a time: each delta as soon as its match is repriced, so a
+        caller can publish it before the next match's reprice instead of after all of them. The
+        deferred set is taken at the first step; reprices deferred meanwhile wait for the next flush."""
         deferred, self.deferred = self.deferred, {}
-        out = []
         for match_id, cause in deferred.items():
             m = self.matches.get(match_id)
             try:
@@ -257,8 +262,7 @@ class Engine:
                 failed(match_id, err)
                 continue
             if d is not None:
-                out.append(d)
-        return out
+                yield d
 
     def _for_provider(self, provider: str, action: object) -> list[Delta]:
         out: list[Delta] = []

@@ -12,7 +12,7 @@ from livebet.feed.v1 import feed_service_pb2, feed_service_pb2_grpc
 
 from mesh.infra import ProcessSpec
 from tests.conftest import Server
-from tests.helpers import Proc, health, service_spec
+from tests.helpers import Proc, health, service_spec, wait_for
 
 
 @pytest.fixture(scope="module")
@@ -75,3 +75,16 @@ def test_logs_are_json_lines_with_the_service_name(feed: tuple[ProcessSpec, Proc
     assert listening
     assert listening[0]["service"] == "feed-0"
     assert {"ts", "level", "logger"} <= listening[0].keys()
+
+
+def test_the_heap_is_frozen_once_serving_and_collector_pauses_are_measured(feed: tuple[ProcessSpec, Proc]) -> None:
+    """Once SERVING, the objects of the service's code and wiring are out of the collector's reach
+    (gc.freeze), so a full collection no longer walks them; every collection's pause is counted."""
+    spec, proc = feed
+    wait_for(lambda: health(spec.health_target) == "SERVING", 30, what="feed SERVING")
+    m = _metrics(spec)
+    assert m["livebet_gc_frozen_objects"] > 20_000  # a service's modules alone are tens of thousands
+    assert m["livebet_gc_pause_seconds_count"] > 0  # the collection before the freeze, at least
+    assert m['livebet_gc_pause_seconds_bucket{le="+Inf"}'] == m["livebet_gc_pause_seconds_count"]
+    frozen = [json.loads(line) for line in proc.log_path.read_text().splitlines() if '"heap frozen"' in line]
+    assert len(frozen) == 1 and frozen[0]["objects"] == m["livebet_gc_frozen_objects"]
