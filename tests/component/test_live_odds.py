@@ -105,7 +105,8 @@ def test_a_goal_suspends_first_then_reprices_with_new_versions(live: Live) -> No
 
 def test_an_idle_stream_gets_a_heartbeat_every_interval_and_nothing_else(live: Live) -> None:
     live.send(fixture("lh1"), state("lh1", 1, 0, 0, 10))
-    wait_for(lambda: live.snapshot("lh1") is not None, 30, what="priced")
+    # the state, not only the fixture (they may be priced in two batches: a delta would follow)
+    wait_for(lambda: (s := live.snapshot("lh1")) is not None and s.minute == 10, 30, what="priced")
     stream = live.odds.WatchOdds(
         odds_service_pb2.WatchOddsRequest(match_ids=["lh1"], heartbeat_interval_ms=500), timeout=30
     )
