@@ -141,7 +141,7 @@ async def run_relay(
 ) -> None:
     """Relay until ``stopping``; survives NATS or PostgreSQL outages (retries with backoff).
     ``wake``: set by this process when it wrote events (see the module's doc)."""
-    wake = wake or asyncio.Event()
+    wake = wake if wake is not None else asyncio.Event()
 
     async def listen() -> None:
         while not stopping.is_set():

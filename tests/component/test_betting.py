@@ -5,9 +5,10 @@ through the outbox, and the money invariants after every test."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import signal
 import time
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from decimal import Decimal
 from pathlib import Path
@@ -25,7 +26,10 @@ from livebet.betting.v1 import betting_service_pb2 as bs
 from livebet.betting.v1 import wallet_service_pb2 as ws
 from livebet.odds.v1 import market_pb2
 from livebet.odds.v1 import trader_service_pb2 as ts
+from psycopg_pool import AsyncConnectionPool
 
+from betting.adapters.store import InsufficientFunds, Placement, Pooled, Store, digest
+from betting.domain.rules import Leg, Ticket
 from mesh.resp import Pipelined
 from tests.component.betting_env import (
     IN_PLAY_DELAY,
@@ -296,39 +300,40 @@ def test_fifty_concurrent_bets_against_a_balance_for_ten_accept_exactly_ten(env:
     assert balance(env, "p7") == (0, 3_000)
 
 
+@contextlib.asynccontextmanager
+async def direct_store(env: Env, connections: int = 2) -> AsyncIterator[Store]:
+    """A Store on a pool of its own, in this process (PlaceBatcher driven without the service)."""
+    pool = AsyncConnectionPool(env.dsn, min_size=1, max_size=connections, open=False, kwargs={"autocommit": True})
+    await pool.open(wait=True)
+    try:
+        yield Store(Pooled(pool))
+    finally:
+        await pool.close()
+
+
+def direct_placement(match_id: str, account: str, request_id: str, stake: int) -> Placement:
+    """A checked single at 2.00 on ``match_id``'s home win, as the service hands it to the Store."""
+    leg = Leg(match_id, ONE, ONE, "home", Decimal("2.00"), 0)
+    ticket = Ticket(request_id, (leg,), "EUR", stake, bet_pb2.ODDS_CHANGE_POLICY_ANY)
+    return Placement(
+        ticket, account, digest(f"{account}/{request_id}/{stake}".encode()), [Decimal("2.00")], [1],
+        Decimal("2.00"), 2 * stake, False, 0.0, 10**9, 10**9,
+    )  # fmt: skip
+
+
 def test_bets_written_in_one_transaction_each_succeed_or_fail_alone(env: Env) -> None:
     """Group commit (PlaceBatcher): bets queued together go in one transaction, yet each is
     refused or written as if it were alone, and a request id sent twice in one batch is placed once."""
-    from types import SimpleNamespace
-
-    from psycopg_pool import AsyncConnectionPool
-
-    from betting.adapters.store import InsufficientFunds, Placement, Store, digest
-    from betting.domain.rules import Leg, Ticket
-
     deposit(env, "p40", 5 * 300, "p40-d")
     deposit(env, "p41", 10_000, "p41-d")
-    leg = Leg("b40", ONE, ONE, "home", Decimal("2.00"), 0)
-
-    def placement(account: str, request_id: str, stake: int) -> Placement:
-        ticket = Ticket(request_id, (leg,), "EUR", stake, bet_pb2.ODDS_CHANGE_POLICY_ANY)
-        return Placement(
-            ticket, account, digest(f"{account}/{request_id}/{stake}".encode()), [Decimal("2.00")], [1],
-            Decimal("2.00"), 2 * stake, False, 0.0, 10**9, 10**9,
-        )  # fmt: skip
 
     async def place_together() -> tuple[list[object], list[int]]:
-        pool = AsyncConnectionPool(env.dsn, min_size=1, max_size=2, open=False, kwargs={"autocommit": True})
-        await pool.open(wait=True)
-        store = Store(SimpleNamespace(pool=pool))  # type: ignore[arg-type]
-        sizes: list[int] = []
-        store.batcher.on_batch = sizes.append
-        wanted = [placement("p40", f"p40-{i}", 300) for i in range(8)]  # funds for five of them
-        wanted += [placement("p41", "p41-twice", 700), placement("p41", "p41-twice", 700)]
-        try:
+        async with direct_store(env) as store:
+            sizes: list[int] = []
+            store.batcher.on_batch = sizes.append
+            wanted = [direct_placement("b40", "p40", f"p40-{i}", 300) for i in range(8)]  # funds for five
+            wanted += [direct_placement("b40", "p41", "p41-twice", 700) for _ in range(2)]
             results = await asyncio.gather(*(store.place(p) for p in wanted), return_exceptions=True)
-        finally:
-            await pool.close()
         return results, sizes
 
     results, sizes = asyncio.run(place_together())
@@ -348,42 +353,22 @@ def test_a_batch_waiting_on_a_lock_does_not_hold_other_players_bets(env: Env) ->
     """One batch is written at a time, but one that waits on a player's lock (a settlement
     holding it) lets the next batch start beside it once it has stalled: another player's bet is
     placed meanwhile, and the waiting one when the lock is released."""
-    from types import SimpleNamespace
-
-    from psycopg_pool import AsyncConnectionPool
-
-    from betting.adapters.store import Placement, Store, digest
-    from betting.domain.rules import Leg, Ticket
-
     deposit(env, "p42", 1_000, "p42-d")
     deposit(env, "p43", 1_000, "p43-d")
-    leg = Leg("b42", ONE, ONE, "home", Decimal("2.00"), 0)
-
-    def placement(account: str) -> Placement:
-        ticket = Ticket(f"{account}-bet", (leg,), "EUR", 300, bet_pb2.ODDS_CHANGE_POLICY_ANY)
-        return Placement(
-            ticket, account, digest(account.encode()), [Decimal("2.00")], [1], Decimal("2.00"), 600, False, 0.0,
-            10**9, 10**9,
-        )  # fmt: skip
 
     async def scenario() -> tuple[bool, bool]:
-        pool = AsyncConnectionPool(env.dsn, min_size=1, max_size=3, open=False, kwargs={"autocommit": True})
-        await pool.open(wait=True)
-        store = Store(SimpleNamespace(pool=pool))  # type: ignore[arg-type]
-        try:
+        async with direct_store(env, connections=3) as store:
             async with await psycopg.AsyncConnection.connect(env.dsn) as holder:
                 await holder.execute(
                     "SELECT 1 FROM betting.ledger_accounts WHERE account_id = 'player:p42:EUR' FOR UPDATE"
                 )
-                waiting = asyncio.ensure_future(store.place(placement("p42")))
+                waiting = asyncio.ensure_future(store.place(direct_placement("b42", "p42", "p42-bet", 300)))
                 await asyncio.sleep(0.2)  # its batch is now waiting on the lock
-                other = await asyncio.wait_for(store.place(placement("p43")), 30)
+                other = await asyncio.wait_for(store.place(direct_placement("b42", "p43", "p43-bet", 300)), 30)
                 other_placed, first_still_waiting = other[1], not waiting.done()
             # the holder's transaction ends with its connection: the waiting bet goes through
             first = await asyncio.wait_for(waiting, 30)
-            return other_placed and first[1], first_still_waiting
-        finally:
-            await pool.close()
+        return other_placed and first[1], first_still_waiting
 
     placed, waited = asyncio.run(scenario())
     assert placed and waited
@@ -484,10 +469,8 @@ def test_a_bet_whose_decision_fails_stays_pending_and_the_bets_behind_it_are_dec
     from types import SimpleNamespace
 
     import redis.asyncio as aioredis
-    from psycopg_pool import AsyncConnectionPool
 
     from betting.adapters.odds import OddsView
-    from betting.adapters.store import Store
     from betting.domain.rules import Config
     from betting.metrics import BetMetrics
     from betting.server import decide_due
@@ -517,7 +500,7 @@ def test_a_bet_whose_decision_fails_stays_pending_and_the_bets_behind_it_are_dec
 
             metrics = BetMetrics()
             try:
-                decided = await decide_due(Store(SimpleNamespace(pool=pool)), decider, metrics)  # type: ignore[arg-type]
+                decided = await decide_due(Store(Pooled(pool)), decider, metrics)
             finally:
                 await pool.close()
                 await redis.aclose()
