@@ -138,9 +138,12 @@ def test_live_odds_suspension_bet_settlement_and_reconnect_in_chromium(mesh: Mes
     before = home.locator(".odds").inner_text()
     for minute in (15, 25, 35):
         feed.live(minute=minute)
+    # the three updates may arrive as one delta or as several: wait for the last minute's
     page.wait_for_function(
-        "([sel, old]) => document.querySelector(sel)?.querySelector('.odds').textContent !== old",
-        arg=[f'button.price[data-k="{feed.match_id}|1x2|home"]', before],
+        "([card, old]) => { const c = document.querySelector(card);"
+        " return c?.querySelector('.clock').textContent === \"35'\""
+        " && c.querySelector('button.price[data-k$=\"|1x2|home\"] .odds').textContent !== old; }",
+        arg=[f'section.match[data-match="{feed.match_id}"]', before],
         timeout=10_000,
     )
     assert card.locator(".clock").inner_text() == "35'"
