@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import hashlib
+import logging
 import uuid
 from collections import deque
 from collections.abc import Callable, Sequence
@@ -31,6 +32,8 @@ from betting.domain.money import format_minor
 from betting.domain.rules import Leg, Ticket
 from feed.adapters.jetstream import token
 from mesh import tracing
+
+log = logging.getLogger("betting.store")
 
 STATUS = {
     "pending": bet_pb2.BET_STATUS_PENDING,
@@ -94,6 +97,10 @@ async def trace_transaction(cur: psycopg.AsyncCursor[Any]) -> None:
 
 
 PLACE_BETS = "SELECT * FROM betting.place_bets(%s::jsonb)"  # migrations/0010_place_bets.sql
+#: a bet whose write failed with one of these (its subtransaction rolled back, nothing written) is
+#: written again, up to WRITE_ATTEMPTS times in all, before the caller gets UNAVAILABLE
+RETRIED_STATES = frozenset({"40P01", "40001"})  # deadlock detected, serialization failure
+WRITE_ATTEMPTS = 3
 MAX_BATCH = 50  # bets per transaction: each is a subtransaction, and PostgreSQL caches 64 per backend
 BATCH_WRITERS = 2  # batches in flight at most, each on its own connection
 #: a batch in flight longer than this is waiting (on a lock, or a slow disk): another may start beside it
@@ -523,14 +530,17 @@ class Store:
             "msg_id": event.event_id,
             "event": event.SerializeToString().hex(),
         }
-        if tracing.inject({}).get("traceparent"):  # traced: the outbox row carries the trace, alone
-            async with self.pool.connection() as conn, conn.transaction(), conn.cursor() as tcur:
-                await trace_transaction(tcur)
-                (row,) = await write(tcur, [item])
-        else:  # with the bets arriving meanwhile: one statement, one commit
-            locks = tuple(sorted(f"{g.match_id}\x00{g.market_key}\x00{g.outcome_id}" for g in t.legs))
-            row = await self.batcher.place(item, locks)
-        outcome, found_digest, state, message, detail = row
+        locks = tuple(sorted(f"{g.match_id}\x00{g.market_key}\x00{g.outcome_id}" for g in t.legs))
+        for attempt in range(1, WRITE_ATTEMPTS + 1):
+            outcome, found_digest, state, message, detail = await self._write(item, locks)
+            if outcome != "failed" or state not in RETRIED_STATES or attempt == WRITE_ATTEMPTS:
+                break
+            # it lost a deadlock (two batches, or a batch and a settlement, each waiting on a row
+            # the other holds): its subtransaction was rolled back, nothing of it was written
+            log.info(
+                "a bet's write lost a deadlock; writing it again",
+                extra={"bet_id": str(bet_id), "sqlstate": state, "attempt": attempt},
+            )
         if outcome == "failed":
             refused = _refusal(state, message, detail, t)
             if refused is not None:
@@ -543,6 +553,14 @@ class Store:
         earlier = await self.existing(p.account, t.request_id, p.request_digest)
         assert earlier is not None
         return earlier, False
+
+    async def _write(self, item: dict[str, Any], locks: tuple[str, ...]) -> tuple[Any, ...]:
+        if tracing.inject({}).get("traceparent"):  # traced: the outbox row carries the trace, alone
+            async with self.pool.connection() as conn, conn.transaction(), conn.cursor() as tcur:
+                await trace_transaction(tcur)
+                (row,) = await write(tcur, [item])
+            return row
+        return await self.batcher.place(item, locks)  # with the bets arriving meanwhile: one commit
 
     @staticmethod
     async def _add_liability(cur: psycopg.AsyncCursor[Any], t: Ticket, win: int, limit: int) -> None:

@@ -6,12 +6,14 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 import signal
 import time
 from collections.abc import AsyncIterator, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from decimal import Decimal
 from pathlib import Path
+from typing import Any
 
 import grpc
 import nats
@@ -373,6 +375,50 @@ def test_a_batch_waiting_on_a_lock_does_not_hold_other_players_bets(env: Env) ->
     placed, waited = asyncio.run(scenario())
     assert placed and waited
     assert balance(env, "p42") == (700, 300) and balance(env, "p43") == (700, 300)
+
+
+def test_a_bet_that_loses_a_deadlock_is_written_again(env: Env, caplog: pytest.LogCaptureFixture) -> None:
+    """Another transaction holds the liability row a bet needs, and then waits for the player's
+    row the bet holds: PostgreSQL breaks the deadlock by rolling back the bet's subtransaction
+    (the bet waited first, so its deadlock check runs first). Nothing of it was written, so the
+    store writes it again, and it is placed once the other transaction ends, instead of failing."""
+    deposit(env, "p44", 1_000, "p44-d")
+    row = "match_id = 'b44' AND market_key = '1x2' AND outcome_id = 'home' AND currency = 'EUR'"
+    env.sql(
+        "INSERT INTO betting.liability (match_id, market_key, outcome_id, currency, amount)"
+        " VALUES ('b44', '1x2', 'home', 'EUR', 0) ON CONFLICT DO NOTHING"
+    )
+
+    async def waiting_on_a_lock(conn: psycopg.AsyncConnection[Any]) -> None:
+        for _ in range(300):
+            cur = await conn.execute("SELECT count(*) FROM pg_stat_activity WHERE wait_event_type = 'Lock'")
+            found = await cur.fetchone()
+            if found and found[0]:
+                return
+            await asyncio.sleep(0.02)
+        raise AssertionError("the bet never waited for the liability row")
+
+    async def scenario() -> tuple[object, bool]:
+        async with direct_store(env) as store:
+            async with (
+                await psycopg.AsyncConnection.connect(env.dsn, autocommit=True) as watcher,
+                await psycopg.AsyncConnection.connect(env.dsn) as other,
+            ):
+                await other.execute(f"UPDATE betting.liability SET amount = amount WHERE {row}")
+                bet = asyncio.ensure_future(store.place(direct_placement("b44", "p44", "p44-bet", 300)))
+                await waiting_on_a_lock(watcher)  # the bet holds p44's rows, waits for the liability row
+                await other.execute(  # ... and now the other transaction waits for p44's row
+                    "SELECT 1 FROM betting.ledger_accounts WHERE account_id = 'player:p44:EUR' FOR UPDATE"
+                )
+                await other.commit()
+            return await asyncio.wait_for(bet, 30)
+
+    with caplog.at_level(logging.INFO, logger="betting.store"):
+        _, created = asyncio.run(scenario())
+    assert created
+    assert [r.sqlstate for r in caplog.records if "deadlock" in r.getMessage()] == ["40P01"]  # type: ignore[attr-defined]
+    assert env.sql("SELECT count(*) FROM betting.bets WHERE account_id = 'p44'")[0][0] == 1
+    assert balance(env, "p44") == (700, 300)
 
 
 def test_the_same_request_in_flight_twice_is_placed_once(env: Env) -> None:
