@@ -1,4 +1,5 @@
-"""Migrations on a real PostgreSQL: applied once, even by replicas starting together."""
+"""Migrations on a real PostgreSQL: applied once, even by replicas starting together; repeatable
+definitions applied again when their content is new, never put back by an older replica."""
 
 import asyncio
 import uuid
@@ -52,3 +53,57 @@ async def test_a_failing_migration_leaves_nothing_half_applied(postgres_server: 
         assert await cur.fetchone() is None
         cur = await conn.execute("SELECT 1 FROM public.livebet_migrations WHERE component = %s", (schema,))
         assert await cur.fetchone() is None
+
+
+async def _function_says(conn: psycopg.AsyncConnection, schema: str) -> str:
+    cur = await conn.execute(f"SELECT {schema}.say()")
+    row = await cur.fetchone()
+    assert row is not None
+    return str(row[0])
+
+
+async def test_a_repeatable_definition_is_applied_when_its_content_is_new(
+    postgres_server: Server, tmp_path: Path
+) -> None:
+    schema = f"m_{uuid.uuid4().hex[:8]}"
+    (tmp_path / "0001_schema.sql").write_text(f"CREATE SCHEMA {schema};")
+    fn = tmp_path / "R_say.sql"
+
+    def define(word: str) -> str:
+        text = f"CREATE OR REPLACE FUNCTION {schema}.say() RETURNS text LANGUAGE sql AS $$ SELECT '{word}' $$;"
+        fn.write_text(text)
+        return text
+
+    conns = [await psycopg.AsyncConnection.connect(postgres_server.url) for _ in range(3)]
+    try:
+        first = define("one")  # after the versioned files (it needs their schema), once for three replicas
+        results = await asyncio.gather(*(migrate(c, schema, tmp_path) for c in conns))
+        assert sorted(v for r in results for v in r) == ["0001_schema", "R_say"]
+        assert await migrate(conns[0], schema, tmp_path) == []
+        assert await _function_says(conns[0], schema) == "one"
+
+        define("two")  # edited in place: applied again, not refused
+        assert await migrate(conns[1], schema, tmp_path) == ["R_say"]
+        assert await _function_says(conns[0], schema) == "two"
+
+        fn.write_text(first)  # a replica still on the older code starts: the newer definition stays
+        assert await migrate(conns[2], schema, tmp_path) == []
+        assert await _function_says(conns[0], schema) == "two"
+        cur = await conns[0].execute("SELECT count(*) FROM public.livebet_repeatables WHERE component = %s", (schema,))
+        assert await cur.fetchone() == (2,)
+    finally:
+        for c in conns:
+            await c.close()
+
+
+async def test_a_failing_repeatable_definition_is_not_recorded(postgres_server: Server, tmp_path: Path) -> None:
+    schema = f"m_{uuid.uuid4().hex[:8]}"
+    (tmp_path / "0001_schema.sql").write_text(f"CREATE SCHEMA {schema};")
+    (tmp_path / "R_bad.sql").write_text(f"CREATE FUNCTION {schema}.f() RETURNS int LANGUAGE sql AS $$ SELECT x $$;")
+    async with await psycopg.AsyncConnection.connect(postgres_server.url) as conn:
+        with pytest.raises(psycopg.errors.UndefinedColumn):
+            await migrate(conn, schema, tmp_path)
+        cur = await conn.execute("SELECT 1 FROM public.livebet_repeatables WHERE component = %s", (schema,))
+        assert await cur.fetchone() is None
+        (tmp_path / "R_bad.sql").write_text(f"CREATE FUNCTION {schema}.f() RETURNS int LANGUAGE sql AS $$ SELECT 1 $$;")
+        assert await migrate(conn, schema, tmp_path) == ["R_bad"]  # the versioned file was kept meanwhile

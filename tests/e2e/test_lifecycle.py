@@ -10,6 +10,7 @@ import nats
 import psycopg
 
 from mesh import infra
+from mesh.migrate import discover, discover_repeatable
 from mesh.supervisor import REPO_ROOT
 from tests.e2e.conftest import Mesh, all_pids, free_port_topology, pid_alive, start_mesh
 from tests.helpers import wait_for
@@ -70,8 +71,11 @@ def test_stop_leaves_no_orphans_and_data_survives_a_restart(tmp_path: Path) -> N
         with psycopg.connect(dsn) as conn:
             assert conn.execute("SELECT v FROM persist_check").fetchone() == ("kept",)
             # migrations ran once each, on the first start only
+            folder = REPO_ROOT / "betting" / "migrations"
             row = conn.execute("SELECT count(*) FROM livebet_migrations WHERE component = 'betting'").fetchone()
-            assert row == (len(list((REPO_ROOT / "betting" / "migrations").glob("*.sql"))),)
+            assert row == (len(discover(folder)),)
+            row = conn.execute("SELECT count(*) FROM livebet_repeatables WHERE component = 'betting'").fetchone()
+            assert row == (len(discover_repeatable(folder)),)
     finally:
         assert second.stop() == 0
 

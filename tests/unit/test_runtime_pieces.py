@@ -8,7 +8,7 @@ import pytest
 
 from mesh import contracts, logs
 from mesh.backoff import Backoff
-from mesh.migrate import MigrationError, discover
+from mesh.migrate import MigrationError, discover, discover_repeatable
 from mesh.tasks import cancel_and_wait
 
 
@@ -48,10 +48,20 @@ def test_migrations_are_discovered_in_order(tmp_path: Path) -> None:
     assert [v for v, _ in discover(tmp_path)] == ["0001_a", "0002_b"]
 
 
+def test_repeatable_files_are_discovered_apart_from_the_versioned_ones(tmp_path: Path) -> None:
+    (tmp_path / "0001_a.sql").write_text("select 1")
+    (tmp_path / "R_place_bet.sql").write_text("select 1")
+    (tmp_path / "R_a_view.sql").write_text("select 1")
+    assert [v for v, _ in discover(tmp_path)] == ["0001_a"]
+    assert [n for n, _ in discover_repeatable(tmp_path)] == ["R_a_view", "R_place_bet"]
+
+
 def test_badly_named_migration_is_refused(tmp_path: Path) -> None:
-    (tmp_path / "init.sql").write_text("select 1")
-    with pytest.raises(MigrationError, match=r"0001_name\.sql"):
-        discover(tmp_path)
+    for bad in ("init.sql", "R_Place.sql", "r_place.sql"):
+        (tmp_path / bad).write_text("select 1")
+        with pytest.raises(MigrationError, match=r"0001_name\.sql or R_name\.sql"):
+            discover(tmp_path)
+        (tmp_path / bad).unlink()
 
 
 def test_two_migrations_with_one_number_are_refused(tmp_path: Path) -> None:

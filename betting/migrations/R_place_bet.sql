@@ -1,15 +1,20 @@
--- betting.place_bet without its NOTIFY betting_outbox.
+-- betting.place_bet: the current definition (a repeatable file, see mesh/migrate.py: edit it in
+-- place; it is applied again whenever its content is new).
 --
--- Every placed bet used to wake the outbox relays through PostgreSQL: a NOTIFY in the placing
--- transaction, delivered to each relay's LISTEN connection. The relay that matters runs in the
--- very process that placed the bet, and PlaceBatcher now wakes it directly once a batch is
--- committed (betting.server). The NOTIFY cost PostgreSQL work at every commit (its queue is
--- written under a lock all notifying commits share) and the service a wake-up per batch: in the
--- PlaceBet benchmark, PostgreSQL's CPU per bet fell by a tenth without it. Settlement, rollbacks
--- and bet cancels, written by other processes, still notify; relays in other betting replicas
--- pick a bet's event up at their next poll if its own process died before publishing it.
+-- Placing a bet in one transaction: the bet and its legs, the stake hold (a ledger transaction
+-- through the same postings and triggers as every movement), the player's own limits (the daily
+-- one from hourly stake buckets, 0009), the liability and the outbox event, all or nothing. The
+-- rules (prices, policies, operator limits) were applied by the service before the call; this
+-- function only writes, and refuses with these SQLSTATEs:
+--   LB001 insufficient funds, LB002 liability limit (message: the leg), LB003 the player's own limit.
+-- When the (account, request id) exists already nothing is written and outcome = 'exists'.
+-- betting.place_bets (0010) calls it once per bet of a batch, each in its own subtransaction.
 --
--- The function is otherwise 0009's, unchanged.
+-- History: created by 0003; its hold postings in one statement in 0004; the daily limit from
+-- buckets in 0009; its NOTIFY betting_outbox removed by what was 0011 (the betting process wakes
+-- its own outbox relay when a batch commits, and PostgreSQL's CPU per bet fell by a tenth without
+-- the NOTIFY; settlement, rollbacks and bet cancels still notify). 0011 became this file;
+-- databases that applied 0011 keep its record.
 CREATE OR REPLACE FUNCTION betting.place_bet(
     p_bet_id uuid, p_account text, p_request_id text, p_digest bytea, p_currency char(3), p_stake bigint,
     p_policy smallint, p_status text, p_odds numeric, p_payout bigint, p_in_play boolean, p_delay float8,
