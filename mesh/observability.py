@@ -70,6 +70,10 @@ def rules(config: sla.Config) -> dict[str, Any]:
         {"record": "livebet:feed_to_client_seconds:p99_5m", "expr": _p99("livebet_odds_feed_to_send_seconds")},
         {"record": "livebet:event_to_publish_seconds:p99_5m", "expr": _p99("livebet_pricing_event_to_publish_seconds")},
         {
+            "record": "livebet:prematch_event_to_publish_seconds:p99_5m",
+            "expr": _p99("livebet_pricing_prematch_event_to_publish_seconds"),
+        },
+        {
             "record": "livebet:feed_events:rate1m",
             "expr": 'sum by (provider) (rate(livebet_feed_events_total{outcome="stored"}[1m]))',
         },
@@ -213,7 +217,8 @@ def dashboard() -> dict[str, Any]:
             "Feed event → client and → engine publish (p99)",
             [
                 ("livebet:feed_to_client_seconds:p99_5m", "to client"),
-                ("livebet:event_to_publish_seconds:p99_5m", "engine published"),
+                ("livebet:event_to_publish_seconds:p99_5m", "engine published (in play)"),
+                ("livebet:prematch_event_to_publish_seconds:p99_5m", "engine published (pre-match)"),
             ],
             "s",
         ),

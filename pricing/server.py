@@ -149,9 +149,18 @@ class Batch:
 class PricingMetrics:
     def __init__(self, registry: CollectorRegistry | None = None) -> None:
         registry = registry if registry is not None else CollectorRegistry()
+        # in play and before it apart: the in-play objective is milliseconds (a goal must suspend
+        # and reprice at once); a new round's fixtures come all together, and are priced in turn
         self.event_to_publish = Histogram(
             "livebet_pricing_event_to_publish_seconds",
-            "From the feed receiving an event to the engine publishing the deltas it caused on NATS.",
+            "From the feed receiving an event of a match under way (in play or just ended) to the engine"
+            " publishing the deltas it caused on NATS.",
+            buckets=LATENCY_BUCKETS,
+            registry=registry,
+        )
+        self.prematch_to_publish = Histogram(
+            "livebet_pricing_prematch_event_to_publish_seconds",
+            "The same for an event of a match not yet under way (a fixture, pre-match provider odds).",
             buckets=LATENCY_BUCKETS,
             registry=registry,
         )
@@ -245,7 +254,8 @@ class Runner:
             await nc.publish(codec.subject(d.match_id), data, headers=headers)
             self.metrics.deltas.labels(d.cause or "none").inc()
             if received:
-                self.metrics.event_to_publish.observe(max(0.0, time.time() - received / 1000))
+                took = max(0.0, time.time() - received / 1000)
+                (self.metrics.event_to_publish if m.live or m.ended else self.metrics.prematch_to_publish).observe(took)
             log_key = (codec.LOG_KEY + d.match_id).encode()
             commands.append(resp.command(b"LPUSH", log_key, data))
             commands.append(resp.command(b"LTRIM", log_key, b"0", LOG_LAST))

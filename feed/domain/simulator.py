@@ -200,15 +200,23 @@ def simulate_match(
 
 
 def simulate(n: int, seed: int, stagger_s: int = 0) -> list[SimMatch]:
-    """``n`` matches, deterministic for ``seed``; kick-offs ``stagger_s`` match-seconds apart."""
+    """``n`` matches, deterministic for ``seed``; kick-offs ``stagger_s`` match-seconds apart.
+
+    With a stagger, each kick-off is also late by 0-59 s, as real ones are: a match's clock
+    updates come every match minute from its own kick-off, and kick-offs exactly whole minutes
+    apart would make every match's minute tick at the same instant (a burst of every match at
+    once, every minute, that no real slate of matches sends). Drawn apart from the matches, so
+    a seed plays the same matches with or without a stagger."""
     rng = random.Random(seed)
+    late = random.Random(f"kick-off:{seed}")
     matches = []
     for i in range(n):
         home, away = rng.sample(TEAMS, 2)
         total = rng.uniform(2.2, 3.2)
         share = min(max(rng.gauss(0.55, 0.12), 0.2), 0.85)
         hx, ax = round(total * share, 3), round(total * (1 - share), 3)
-        matches.append(simulate_match(rng, f"sim:{seed}:{i + 1}", home, away, hx, ax, i * stagger_s))
+        offset = i * stagger_s + (late.randint(0, 59) if stagger_s else 0)
+        matches.append(simulate_match(rng, f"sim:{seed}:{i + 1}", home, away, hx, ax, offset))
     return matches
 
 

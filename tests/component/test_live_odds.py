@@ -103,6 +103,23 @@ def test_a_goal_suspends_first_then_reprices_with_new_versions(live: Live) -> No
     assert reprice.HasField("feed_received_at")
 
 
+def test_pre_match_and_in_play_events_are_timed_apart(live: Live) -> None:
+    """The in-play objective (event → deltas published, p99 25 ms) times the events of matches
+    under way; a fixture before kick-off goes in the pre-match histogram."""
+    port = live.pricing.spec.env["LIVEBET_METRICS_PORT"]
+    pre, in_play = (
+        "livebet_pricing_prematch_event_to_publish_seconds_count",
+        "livebet_pricing_event_to_publish_seconds_count",
+    )
+    before = _metric(port, pre), _metric(port, in_play)
+    live.send(fixture("lo20"))
+    wait_for(lambda: _metric(port, pre) > before[0], 30, what="the fixture timed as pre-match")
+    assert _metric(port, in_play) == before[1]
+    live.send(state("lo20", 1, 0, 0, 3))
+    wait_for(lambda: _metric(port, in_play) > before[1], 30, what="the kick-off timed as in play")
+    assert _metric(port, pre) == before[0] + 1
+
+
 def test_an_idle_stream_gets_a_heartbeat_every_interval_and_nothing_else(live: Live) -> None:
     live.send(fixture("lh1"), state("lh1", 1, 0, 0, 10))
     # the state, not only the fixture (they may be priced in two batches: a delta would follow)

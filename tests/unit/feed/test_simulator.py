@@ -57,3 +57,17 @@ def test_normalised_events_have_increasing_sequences_and_uof_output_parses() -> 
     (parsed,) = parse(uof_odds_change(last_state), "sim").events
     s = parsed.match_state.state
     assert (s.score.home, s.score.away) == matches[0].final_score
+
+
+def test_staggered_kick_offs_do_not_tick_their_minutes_together() -> None:
+    plain, staggered = simulate(8, seed=21), simulate(8, seed=21, stagger_s=120)
+    assert [(m.home, m.away, m.final_score) for m in plain] == [(m.home, m.away, m.final_score) for m in staggered]
+    offsets = [m.kick_off_offset for m in staggered]
+    assert all(i * 120 <= o < i * 120 + 60 for i, o in enumerate(offsets)), offsets
+    # each match's clock updates fall at its own second of the minute, not all at the same one
+    clock_phase = {
+        m.match_id: {(m.kick_off_offset + i.second) % 60 for i in m.incidents if i.kind is Kind.CLOCK}
+        for m in staggered
+    }
+    assert len({frozenset(p) for p in clock_phase.values()}) > 4, clock_phase
+    assert simulate(8, seed=21, stagger_s=120)[3].kick_off_offset == offsets[3]  # deterministic for a seed
