@@ -57,7 +57,7 @@ from livebet.common.v1 import common_pb2
 from livebet.feed.v1 import event_pb2 as ev
 from psycopg_pool import AsyncConnectionPool
 
-from mesh import infra
+from mesh import eventloop, infra
 from mesh.process import CpuMeter, Process, service_spec, wait_for
 from pricing.live import codec
 from pricing.live.engine import Engine
@@ -178,7 +178,7 @@ def echo_server(port: int) -> None:
         await server.start()
         await server.wait_for_termination()
 
-    asyncio.run(main())
+    eventloop.run(main())
 
 
 async def _drive(clients: int, seconds: float, call: object, rate: float = 0.0) -> dict[str, float]:
@@ -391,13 +391,13 @@ def main(argv: list[str] | None = None) -> int:
                     return False  # still starting
             return True
 
-        wait_for(lambda: asyncio.run(probe()), 30, what="echo server")
+        wait_for(lambda: eventloop.run(probe()), 30, what="echo server")
         n, secs = args.clients, args.seconds
         # CPU per bet of each part: the figures least disturbed by a noisy neighbour
         pg_cpu = {"postgres": lambda: postgres_pids(postmaster), "client": lambda: [os.getpid()]}
         cpu = {"betting": lambda: betting_pids, **pg_cpu}
         print(f"raw grpc.aio unary ({n} clients, {secs:.0f} s) ...", file=sys.stderr)
-        grpc_raw = asyncio.run(raw_grpc(f"127.0.0.1:{echo_port}", n, secs, payload))
+        grpc_raw = eventloop.run(raw_grpc(f"127.0.0.1:{echo_port}", n, secs, payload))
         echo.terminate()
         echo.wait(10)
         # raw PostgreSQL and PlaceBet in alternating rounds, so that what the (shared, noisy)
@@ -405,9 +405,9 @@ def main(argv: list[str] | None = None) -> int:
         rounds: list[dict[str, Any]] = []
         for r in range(args.rounds):
             print(f"raw PostgreSQL bet-shaped transactions, round {r + 1}/{args.rounds} ...", file=sys.stderr)
-            pg_r = asyncio.run(raw_postgres(dsn, n, secs / args.rounds, pg_cpu))
+            pg_r = eventloop.run(raw_postgres(dsn, n, secs / args.rounds, pg_cpu))
             print(f"PlaceBet, full load, round {r + 1}/{args.rounds} ...", file=sys.stderr)
-            full_r = asyncio.run(
+            full_r = eventloop.run(
                 place_bets(
                     targets, n, secs / args.rounds, odds, args.matches, 0.0, f"full{r}", cpu=cpu, metrics=metrics
                 )
@@ -419,12 +419,14 @@ def main(argv: list[str] | None = None) -> int:
         half_rate = full["per_s"] / 2
         print(f"PlaceBet at half that load ({half_rate:.0f}/s) ...", file=sys.stderr)
         with DiskProbe(root / "pg") as disk:
-            half = asyncio.run(
+            half = eventloop.run(
                 place_bets(targets, n, secs, odds, args.matches, half_rate, "half", cpu=cpu, metrics=metrics)
             )
         disk_half = disk.figures()
         print("PlaceBet, every client on the same outcome ...", file=sys.stderr)
-        hot = asyncio.run(place_bets(targets, n, secs, odds, args.matches, 0.0, "hot", True, cpu=cpu, metrics=metrics))
+        hot = eventloop.run(
+            place_bets(targets, n, secs, odds, args.matches, 0.0, "hot", True, cpu=cpu, metrics=metrics)
+        )
     finally:
         for child in procs_cleanup:
             if child.poll() is None:
@@ -436,6 +438,7 @@ def main(argv: list[str] | None = None) -> int:
     share = float(statistics.median(float(x["share"]) for x in rounds))
     report = {
         "rounds": rounds,
+        "event_loop": eventloop.chosen(),
         "clients": n,
         "replicas": args.replicas,
         "raw_grpc_unary": grpc_raw,
@@ -454,7 +457,7 @@ def main(argv: list[str] | None = None) -> int:
     print(
         f"\nPlaceBet benchmark, {n} concurrent clients, {args.replicas} betting process(es), {secs:.0f} s per phase,"
         f" pre-match (no delay); raw PostgreSQL and PlaceBet at full load in {args.rounds} alternating rounds"
-        " (medians)"
+        f" (medians); every process on {eventloop.chosen()} (LIVEBET_EVENT_LOOP)"
     )
     print(f"{'':<38}{'':>38}{'CPU ms per bet':^24}{'bets per':>10}")
     print(

@@ -23,7 +23,7 @@ from __future__ import annotations
 import asyncio
 import collections
 import contextlib
-from typing import Any
+from typing import Any, cast
 from urllib.parse import unquote, urlparse
 
 from redis.exceptions import AuthenticationError, ResponseError
@@ -55,8 +55,8 @@ class _Protocol(asyncio.Protocol):
         self._watch: asyncio.TimerHandle | None = None
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        assert isinstance(transport, asyncio.Transport)
-        self.transport = transport
+        # a stream transport: uvloop's has asyncio.Transport's methods without being its subclass
+        self.transport = cast(asyncio.Transport, transport)
         self._watch = asyncio.get_running_loop().call_later(self.timeout / 2, self._check)
 
     def _check(self) -> None:

@@ -44,7 +44,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_health.v1.health import aio as health_aio
 from grpc_reflection.v1alpha import reflection
 
-from mesh import contracts, logs, tracing
+from mesh import contracts, eventloop, logs, tracing
 from mesh.access import AccessInterceptor
 from mesh.deps import Dependency
 from mesh.metrics import Metrics, ObservabilityInterceptor
@@ -259,7 +259,12 @@ class ServiceApp:
             await hook()
         log.info(
             "listening",
-            extra={"grpc_port": self.grpc_port, "metrics_port": metrics_port, "replica": s.replica},
+            extra={
+                "grpc_port": self.grpc_port,
+                "metrics_port": metrics_port,
+                "replica": s.replica,
+                "event_loop": eventloop.name_of(asyncio.get_running_loop()),
+            },
         )
 
     def stop_budget(self) -> float:
@@ -342,4 +347,4 @@ def run(service: str, build: Callable[[ServiceApp], Any]) -> None:
         build(app)
         await app.serve()
 
-    asyncio.run(main())
+    eventloop.run(main())

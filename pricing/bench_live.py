@@ -46,7 +46,7 @@ from livebet.feed.v1 import feed_service_pb2 as fs
 from livebet.feed.v1 import feed_service_pb2_grpc
 from livebet.odds.v1 import odds_service_pb2, odds_service_pb2_grpc
 
-from mesh import access, infra
+from mesh import access, eventloop, infra
 from mesh.process import CpuMeter, Process, service_spec
 from pricing.live import codec
 from pricing.live.book import Delta
@@ -269,7 +269,7 @@ def raw_server(port: int, size: int) -> None:
         await server.start()
         await server.wait_for_termination()
 
-    asyncio.run(serve())
+    eventloop.run(serve())
 
 
 async def _count_messages(
@@ -513,7 +513,7 @@ def main(argv: list[str] | None = None) -> int:
         rounds: list[dict[str, Any]] = []
         try:
             for k in range(args.rounds):
-                cap_r = asyncio.run(
+                cap_r = eventloop.run(
                     capacity_run(
                         book,
                         specs[2].health_target,
@@ -526,7 +526,7 @@ def main(argv: list[str] | None = None) -> int:
                         pid=odds_proc.pid,
                     )
                 )
-                raw_r = asyncio.run(
+                raw_r = eventloop.run(
                     raw_run(
                         f"127.0.0.1:{raw_port}",
                         args.subscribers,
@@ -552,7 +552,7 @@ def main(argv: list[str] | None = None) -> int:
         capacity: dict[str, float] = middle["capacity"]
         raw = float(middle["raw_msgs_per_s"])
         share = float(middle["share"])
-        live = asyncio.run(
+        live = eventloop.run(
             live_run(
                 specs[0].health_target,
                 specs[2].health_target,
@@ -573,7 +573,7 @@ def main(argv: list[str] | None = None) -> int:
         )
         stuck: dict[str, float] = {}
         if args.stuck:
-            stuck = asyncio.run(
+            stuck = eventloop.run(
                 stuck_run(
                     specs[0].health_target,
                     specs[2].health_target,

@@ -74,6 +74,8 @@ def test_health_follows_postgres_and_migrations_ran(
             row = conn.execute("SELECT count(*) FROM public.livebet_migrations WHERE component = 'betting'").fetchone()
             assert row is not None and row[0] >= 1
             assert conn.execute("SELECT 1 FROM pg_namespace WHERE nspname = 'betting'").fetchone() is not None
+        # the service runs on the platform's event loop (mesh.eventloop)
+        assert '"event_loop":"uvloop"' in (servers_root / "betting-health.log").read_text()
 
         pg.proc.signal(signal.SIGQUIT)  # immediate shutdown, like a crash: no checkpoint
         assert pg.proc.popen is not None

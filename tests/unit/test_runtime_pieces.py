@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from mesh import contracts, logs
+from mesh import contracts, eventloop, logs
 from mesh.backoff import Backoff
 from mesh.migrate import MigrationError, discover, discover_repeatable
 from mesh.tasks import cancel_and_wait
@@ -142,3 +142,16 @@ async def test_cancel_and_wait_waits_for_every_task_and_retrieves_their_errors()
     await cancel_and_wait(failed, None, sleeping)
     assert failed.done() and isinstance(failed.exception(), ValueError)
     assert sleeping.cancelled()
+
+
+def test_the_event_loop_is_uvloop_unless_asked_for_asyncio(monkeypatch: pytest.MonkeyPatch) -> None:
+    async def running() -> str:
+        return eventloop.name_of(asyncio.get_running_loop())
+
+    monkeypatch.delenv("LIVEBET_EVENT_LOOP", raising=False)
+    assert eventloop.chosen() == "uvloop" and eventloop.run(running()) == "uvloop"
+    monkeypatch.setenv("LIVEBET_EVENT_LOOP", "asyncio")
+    assert eventloop.run(running()) == "asyncio"
+    monkeypatch.setenv("LIVEBET_EVENT_LOOP", "trio")
+    with pytest.raises(ValueError, match="LIVEBET_EVENT_LOOP='trio'"):
+        eventloop.chosen()
