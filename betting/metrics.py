@@ -22,6 +22,12 @@ class BetMetrics:
             "Pending bets whose decision failed (logged with the bet id; tried again next round).",
             registry=registry,
         )
+        self.outbox_failures = Counter(
+            "livebet_bets_outbox_publish_failures_total",
+            "Outbox events JetStream refused while others of the same round were published (each is "
+            "logged with its id and tried again next round; the others are not held up by it).",
+            registry=registry,
+        )
         self.batch = Histogram(
             "livebet_bets_placed_per_transaction",
             "New bets written per PostgreSQL transaction (group commit: the bets that arrive while one "

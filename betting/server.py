@@ -132,7 +132,7 @@ def build(app: ServiceApp) -> None:
         await redis_dep.wait_ready()
         await nats_dep.wait_ready()
         await ensure_stream(nats_dep.js)
-        relay = run_relay(pg.pool, s.postgres_dsn, nats_dep, app.stopping, relay_wake)
+        relay = run_relay(pg.pool, s.postgres_dsn, nats_dep, app.stopping, relay_wake, metrics)
         tasks = [app.spawn(decide_loop()), app.spawn(relay)]
 
         async def stop() -> None:

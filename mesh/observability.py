@@ -162,6 +162,16 @@ def rules(config: sla.Config) -> dict[str, Any]:
             "annotations": {"summary": "a pending bet's decision keeps failing: the player's bet stays pending"},
         },
         {
+            "alert": "BetEventsRefused",
+            "expr": "sum(increase(livebet_bets_outbox_publish_failures_total[5m])) > 0",
+            "for": "5m",
+            "labels": {"severity": "page"},
+            "annotations": {
+                "summary": "JetStream keeps refusing an outbox event (its id is in the betting log): watchers of "
+                "that bet do not see it change"
+            },
+        },
+        {
             "alert": "DependencyDown",
             "expr": "min by (service, dependency) (livebet_dependency_up) == 0",
             "for": "1m",

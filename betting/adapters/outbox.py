@@ -18,6 +18,8 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import time
+from collections.abc import Callable
 from datetime import datetime
 from decimal import Decimal
 from typing import Any
@@ -30,6 +32,7 @@ from opentelemetry.trace import SpanKind
 from psycopg_pool import AsyncConnectionPool
 
 from betting.adapters.store import bet_proto, money
+from betting.metrics import BetMetrics
 from feed.adapters import jetstream
 from mesh import tracing
 from mesh.settings import jetstream_replicas
@@ -69,8 +72,15 @@ async def _publish(js: JetStreamContext, subject: str, msg_id: str, data: bytes,
         await js.publish(subject, data, headers=tracing.inject({"Nats-Msg-Id": msg_id}))
 
 
-async def relay_once(pool: AsyncConnectionPool, js: JetStreamContext) -> int:
-    """Publish one batch of unpublished events in order; how many."""
+async def relay_once(
+    pool: AsyncConnectionPool, js: JetStreamContext, failed: Callable[[str, BaseException], None] | None = None
+) -> int:
+    """Publish one batch of unpublished events in order; how many were taken (published or not).
+
+    An event JetStream refuses while others of the round go through (a subject no stream takes,
+    a message too large) stays unpublished, is reported to ``failed`` with its error and is tried
+    again next round: it does not hold up the events behind it. When none goes through, NATS
+    itself is the trouble: the round raises and nothing is marked."""
     async with pool.connection() as conn, conn.transaction(), conn.cursor() as cur:
         await cur.execute(
             "SELECT id, subject, msg_id, payload, balance, currency, bet_id, traceparent FROM betting.outbox"
@@ -86,9 +96,41 @@ async def relay_once(pool: AsyncConnectionPool, js: JetStreamContext) -> int:
             for r in found
         ]
         # sent in order on one connection, so stored in order; the acks are awaited together
-        await asyncio.gather(*(_publish(js, subj, msg_id, data, parent) for _, subj, msg_id, data, parent in rows))
-        await cur.execute("UPDATE betting.outbox SET published_at = now() WHERE id = ANY(%s)", ([r[0] for r in rows],))
+        results = await asyncio.gather(
+            *(_publish(js, subj, msg_id, data, parent) for _, subj, msg_id, data, parent in rows),
+            return_exceptions=True,
+        )
+        published: list[int] = []
+        refused: list[tuple[str, Exception]] = []
+        for row, result in zip(rows, results, strict=True):
+            if isinstance(result, Exception):
+                refused.append((row[2], result))
+            elif isinstance(result, BaseException):
+                raise result  # cancelled: the service is stopping
+            else:
+                published.append(row[0])
+        if not published:
+            raise refused[0][1]  # none went through: NATS itself is the trouble
+        for msg_id, err in refused:
+            (failed or _log_failure)(msg_id, err)
+        await cur.execute("UPDATE betting.outbox SET published_at = now() WHERE id = ANY(%s)", (published,))
         return len(rows)
+
+
+_logged: dict[str, float] = {}  # msg id -> when its failure was last logged
+
+
+def _log_failure(msg_id: str, err: BaseException) -> None:
+    """Log a refused event, at most once a minute each (it is tried again every round)."""
+    now = time.monotonic()
+    if now - _logged.get(msg_id, -60.0) >= 60.0:
+        if len(_logged) > 10_000:
+            _logged.clear()
+        _logged[msg_id] = now
+        log.error(
+            "an outbox event was refused by JetStream; it stays unpublished and is tried again",
+            extra={"msg_id": msg_id, "error": repr(err)},
+        )
 
 
 async def _events(cur: psycopg.AsyncCursor[Any], ids: list[int]) -> dict[int, bytes]:
@@ -137,11 +179,21 @@ def _with_balance(payload: bytes, balance: int | None, currency: str | None) -> 
 
 
 async def run_relay(
-    pool: AsyncConnectionPool, dsn: str, js_of: object, stopping: asyncio.Event, wake: asyncio.Event | None = None
+    pool: AsyncConnectionPool,
+    dsn: str,
+    js_of: object,
+    stopping: asyncio.Event,
+    wake: asyncio.Event | None = None,
+    metrics: BetMetrics | None = None,
 ) -> None:
     """Relay until ``stopping``; survives NATS or PostgreSQL outages (retries with backoff).
     ``wake``: set by this process when it wrote events (see the module's doc)."""
     wake = wake if wake is not None else asyncio.Event()
+
+    def failed(msg_id: str, err: BaseException) -> None:
+        if metrics is not None:
+            metrics.outbox_failures.inc()
+        _log_failure(msg_id, err)
 
     async def listen() -> None:
         while not stopping.is_set():
@@ -159,7 +211,7 @@ async def run_relay(
         while not stopping.is_set():
             wake.clear()  # before the round: events written during it wake the next one at once
             try:
-                sent = await relay_once(pool, js_of.js)  # type: ignore[attr-defined]
+                sent = await relay_once(pool, js_of.js, failed)  # type: ignore[attr-defined]
                 delay = 0.2
                 if sent == BATCH:
                     continue

@@ -9,6 +9,7 @@ import contextlib
 import logging
 import signal
 import time
+import urllib.request
 from collections.abc import AsyncIterator, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from decimal import Decimal
@@ -597,6 +598,28 @@ def test_events_leave_through_the_outbox_to_the_bets_stream_and_watchbets(env: E
     wait_for(
         lambda: env.sql("SELECT count(*) FROM betting.outbox WHERE published_at IS NULL") == [(0,)], 10, what="relayed"
     )
+
+
+def test_an_event_jetstream_refuses_does_not_hold_up_the_others(env: Env) -> None:
+    """An outbox row JetStream cannot take (its subject is in no stream) stays unpublished, is
+    counted and tried again, while the events behind it are published."""
+    deposit(env, "p45", 10_000, "p45-d")
+    env.sql("INSERT INTO betting.outbox (subject, msg_id, payload) VALUES ('nowhere.p45', 'p45-refused', '\\x00')")
+    try:
+        env.send(fixture("b45"))
+        priced(env, "b45")
+        odds, _ = env.price("b45", ONE, "home")
+        bet = place(env, "p45", "p45-b", [selection("b45", ONE, "home", odds)], 100)
+        unpublished = "SELECT count(*) FROM betting.outbox WHERE msg_id LIKE %s AND published_at IS NULL"
+        wait_for(lambda: env.sql(unpublished, f"{bet.bet_id}:%") == [(0,)], 15, what="the bet's event published")
+        assert env.sql(unpublished, "p45-refused") == [(1,)]
+        port = env.betting.spec.env["LIVEBET_METRICS_PORT"]
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as reply:
+            lines = reply.read().decode().splitlines()
+        (count,) = [float(x.split()[-1]) for x in lines if x.startswith("livebet_bets_outbox_publish_failures_total ")]
+        assert count >= 1
+    finally:
+        env.sql("DELETE FROM betting.outbox WHERE msg_id = 'p45-refused'")
 
 
 def test_list_bets_pages_newest_first(env: Env) -> None:
