@@ -127,8 +127,9 @@ class Engine:
         """The deltas ``e`` causes, in publication order.
 
         ``defer``: a reprice that only moves prices (a clock update within a period, provider odds
-        with every quoted market active) is left for :meth:`flush`, which reprices each such match
-        once. A batch of events that holds several updates of one match then costs one reprice,
+        with every quoted market active) or prices a fixture (a new round's fixtures come in
+        bulk: a goal in the same batch must not wait behind them) is left for :meth:`flush`,
+        which reprices each such match once. A batch of events that holds several updates of one match then costs one reprice,
         not one each: the engine catches up when it falls behind instead of pricing every state it
         was late for. Suspensions are never deferred; any reprice of the match meanwhile does the
         deferred one's work."""
@@ -161,7 +162,10 @@ class Engine:
             ou = (over, under) if over and under else None
             m.set_fixture(f.home.name, f.away.name, one, ou)
             m.sport = f.sport
-            emit(self._reprice(m, "fixture"))
+            if defer:  # pricing a new match's book waits for the batch's events of matches under way
+                self.deferred.setdefault(m.match_id, "fixture")
+            else:
+                emit(self._reprice(m, "fixture"))
         elif kind == "match_state":
             s = e.match_state.state
             score_changed = (s.score.home, s.score.away) != (m.home_goals, m.away_goals)

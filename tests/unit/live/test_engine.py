@@ -292,6 +292,22 @@ def test_a_deferred_clock_reprice_never_delays_a_suspension() -> None:
     assert clock.cause == "clock" and clock.version == reprice.version + 1
 
 
+def test_a_batch_of_fixtures_is_priced_after_the_goal_that_came_with_it() -> None:
+    engine = Engine()
+    engine.apply(_event("fixture_change", fixture_change__fixture__match_id="m"))
+    live = {"match_state__state__status": ev.MATCH_STATUS_LIVE}
+    engine.apply(_event("match_state", **live, match_state__state__clock__minute=30))
+    for match_id in ("n1", "n2"):  # tomorrow's fixtures, then a goal in a match under way
+        fixture = _event("fixture_change", fixture_change__fixture__match_id=match_id)
+        fixture.match_id = match_id
+        assert engine.apply(fixture, defer=True) == []
+    suspension, reprice = engine.apply(_event("goal", goal__side=1, goal__score__home=1), defer=True)
+    assert suspension.match_id == reprice.match_id == "m" and reprice.cause == "goal"
+    first, second = engine.flush()
+    assert (first.match_id, first.cause, second.match_id, second.cause) == ("n1", "fixture", "n2", "fixture")
+    assert {q.status for q in first.markets} == {Status.OPEN} and engine.deferred == {}
+
+
 def test_kick_off_full_time_and_a_provider_suspension_are_never_left_for_the_end_of_a_batch() -> None:
     engine = Engine()
     engine.apply(_event("fixture_change", fixture_change__fixture__match_id="m"))
