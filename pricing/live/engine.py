@@ -129,9 +129,9 @@ class Engine:
         ``defer``: a reprice that only moves prices (a clock update within a period, provider odds
         with every quoted market active) or prices a fixture (a new round's fixtures come in
         bulk: a goal in the same batch must not wait behind them) is left for :meth:`flush`,
-        which reprices each such match once. A batch of events that holds several updates of one match then costs one reprice,
-        not one each: the engine catches up when it falls behind instead of pricing every state it
-        was late for. Suspensions are never deferred; any reprice of the match meanwhile does the
+        which reprices each such match once. A batch of events that holds several updates of one
+        match then costs one reprice, not one each: the engine catches up when it falls behind
+        instead of pricing every state it was late for. Suspensions are never deferred; any reprice of the match meanwhile does the
         deferred one's work."""
         self.processed += 1
         kind = e.WhichOneof("payload")
