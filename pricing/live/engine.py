@@ -131,8 +131,8 @@ class Engine:
         bulk: a goal in the same batch must not wait behind them) is left for :meth:`flush`,
         which reprices each such match once. A batch of events that holds several updates of one
         match then costs one reprice, not one each: the engine catches up when it falls behind
-        instead of pricing every state it was late for. Suspensions are never deferred; any reprice of the match meanwhile does the
-        deferred one's work."""
+        instead of pricing every state it was late for. Suspensions are never deferred; any
+        reprice of the match meanwhile does the deferred one's work."""
         self.processed += 1
         kind = e.WhichOneof("payload")
         if kind == "provider_down":
