@@ -13,7 +13,9 @@ Two kinds of file live in a service's ``migrations/`` folder:
   under this name. Each content applied is recorded in ``public.livebet_repeatables``, so a
   replica still running older code (a rolling update) does not put the older definition back:
   the newest content to be applied stays. (To go back to an earlier definition, change the file
-  again: a content applied once is not applied twice.)
+  again: a content applied once is not applied twice. The rule knows contents, not versions: an
+  older replica's definition that this database never had, one from a release it skipped, would
+  be applied.)
 
 A version recorded in the database whose file is gone is left alone: that is how a versioned
 file that only replaced a function becomes that function's repeatable file.
