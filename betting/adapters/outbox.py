@@ -24,6 +24,8 @@ from datetime import datetime
 from decimal import Decimal
 from typing import Any
 
+import nats.errors
+import nats.js.errors
 import psycopg
 from livebet.betting.v1 import bet_pb2
 from nats.js import JetStreamContext
@@ -40,6 +42,14 @@ from mesh.tasks import cancel_and_wait
 from pricing.live.codec import length_delimited
 
 log = logging.getLogger("betting.outbox")
+#: what JetStream or the client says about an event itself: no stream takes its subject, a bad
+#: request (too large), a payload over the server's limit, a malformed subject
+REFUSALS = (
+    nats.js.errors.NoStreamResponseError,
+    nats.js.errors.BadRequestError,
+    nats.errors.MaxPayloadError,
+    nats.errors.BadSubjectError,
+)
 STREAM = "BETS"
 BATCH = 500
 POLL_SECONDS = 1.0
@@ -77,10 +87,11 @@ async def relay_once(
 ) -> int:
     """Publish one batch of unpublished events in order; how many were taken (published or not).
 
-    An event JetStream refuses while others of the round go through (a subject no stream takes,
-    a message too large) stays unpublished, is reported to ``failed`` with its error and is tried
-    again next round: it does not hold up the events behind it. When none goes through, NATS
-    itself is the trouble: the round raises and nothing is marked."""
+    An event JetStream refuses (a subject no stream takes, a message too large: ``REFUSALS``), or
+    that fails while others of the round go through, stays unpublished, is reported to ``failed``
+    with its error and is tried again next round: it does not hold up the events behind it. When
+    none goes through for another reason (the connection), NATS itself is the trouble: the round
+    raises and nothing is marked."""
     async with pool.connection() as conn, conn.transaction(), conn.cursor() as cur:
         await cur.execute(
             "SELECT id, subject, msg_id, payload, balance, currency, bet_id, traceparent FROM betting.outbox"
@@ -109,8 +120,8 @@ async def relay_once(
                 raise result  # cancelled: the service is stopping
             else:
                 published.append(row[0])
-        if not published:
-            raise refused[0][1]  # none went through: NATS itself is the trouble
+        if not published and not all(isinstance(err, REFUSALS) for _, err in refused):
+            raise refused[0][1]  # none went through, not for its own reasons: NATS itself is the trouble
         for msg_id, err in refused:
             (failed or _log_failure)(msg_id, err)
         await cur.execute("UPDATE betting.outbox SET published_at = now() WHERE id = ANY(%s)", (published,))
