@@ -67,6 +67,7 @@ from pricing.trader import TraderApi, apply_trader_state, forget, migrate_keys, 
 log = logging.getLogger("pricing")
 FIRST_WAIT = 1.0
 FETCH = 500
+CHECKPOINT_STEP = 8  # matches whose checkpoint state is taken between two turns of the event loop
 SWEEP_SECONDS = 30.0
 SETTLE_LIMIT = 15.0  # seconds after start after which the engine reports SERVING even if shares still move
 
@@ -354,16 +355,23 @@ class Runner:
 
     async def checkpoint(self, share: Share, force: bool = False) -> None:
         """Checkpoint the share's engine if it is time (``force``: now). The state is taken under
-        the share's lock, between batches; compressing and storing it happen outside. A failure
-        is logged and counted: the next rebuild replays a little more."""
+        the share's lock, between batches, ``CHECKPOINT_STEP`` matches at a time with the loop
+        free between steps (all at once, it held the loop for 5-11 ms, and every other share's
+        events waited); compressing and storing it happen outside. A failure is logged and
+        counted: the next rebuild replays a little more."""
         if self.checkpoints is None or not share.built:
             return
         if not force and time.monotonic() - share.checkpointed < self.checkpoint_seconds:
             return
         share.checkpointed = time.monotonic()
         try:
-            async with share.lock:
-                state, sequence = checkpoint.state(share.engine, share.sequence, share.stream), share.sequence
+            async with share.lock:  # nothing changes the share meanwhile; the other shares go on
+                engine, parts = share.engine, []
+                for i, m in enumerate(list(engine.matches.values()), 1):
+                    parts.append(checkpoint.match_state(m))
+                    if i % CHECKPOINT_STEP == 0:
+                        await asyncio.sleep(0)
+                state, sequence = checkpoint.document(engine, parts, share.sequence, share.stream), share.sequence
             size = await checkpoints.save(self.checkpoints, share.k, state)
         except Exception:
             self.metrics.checkpoints.labels("failed").inc()
