@@ -6,9 +6,10 @@ history (seven days of it). With one, it starts after the sequence the checkpoin
 
 The format is explicit JSON (orjson: ~5 ms for 60 matches where the standard library takes ~25;
 it runs on the engine's event loop, one match at a time: :func:`match_state`, then
-:func:`document`, so that the service can let the loop run between matches), zlib-compressed: every :class:`LiveMatch` field by name (prices,
-statuses, holds, the published quotes and the arrays they are compared with, the version), the
-engine's provider map and the versions of the matches it forgot. Nothing is executed on load.
+:func:`document`, so that the service can let the loop run between matches), zlib-compressed:
+every :class:`LiveMatch` field by name (prices, statuses, holds, the published quotes and the
+arrays they are compared with, the version), the engine's provider map and the versions of the
+matches it forgot. Nothing is executed on load.
 A checkpoint written by code whose ``LiveMatch`` has other fields, or another ``FORMAT``, is
 refused (:class:`CheckpointError`); the engine is then rebuilt from the stream, as without one.
 """
