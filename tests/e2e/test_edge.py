@@ -206,7 +206,13 @@ def test_simulated_matches_are_priced_and_streamed_through_envoy(mesh: Mesh) -> 
         )
         first = next(stream)
         assert first.WhichOneof("message") == "image"
-        assert any(m.status == market_pb2.MARKET_STATUS_OPEN for m in first.image.markets) or first.image.minute >= 90
+        # priced: markets offered (open, or suspended while a hold lasts: a possible goal, a VAR
+        # check, a penalty can be on at any moment of a match), all closed only once it is over
+        offered = (market_pb2.MARKET_STATUS_OPEN, market_pb2.MARKET_STATUS_SUSPENDED)
+        statuses = sorted({market_pb2.MarketStatus.Name(m.status) for m in first.image.markets})
+        assert any(m.status in offered for m in first.image.markets) or first.image.minute >= 90, (
+            f"{match_id} v{first.image.version} minute {first.image.minute}: {statuses}"
+        )
         kinds = {next(stream).WhichOneof("message") for _ in range(3)}
         stream.cancel()
     assert kinds <= {"delta", "heartbeat", "image"}
