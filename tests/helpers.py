@@ -1,5 +1,7 @@
 """Test helpers: the project's own process runner and health call (mesh.process)."""
 
+import urllib.request
+
 import grpc
 from livebet.feed.v1 import event_pb2 as ev
 
@@ -8,7 +10,7 @@ from feed.simulator import Normaliser, schedule
 from mesh.process import Process as Proc
 from mesh.process import health, service_spec, wait_for
 
-__all__ = ["Proc", "health", "service_spec", "simulated_events", "wait_for"]
+__all__ = ["Proc", "health", "metric", "service_spec", "simulated_events", "wait_for"]
 
 
 def simulated_events(matches: int, seed: int, fixtures_only: bool = False) -> list[ev.FeedEvent]:
@@ -34,3 +36,10 @@ def admin_channel(target: str) -> grpc.Channel:
     from mesh import access
 
     return access.channel(target, "trader:tests", [access.ADMIN])
+
+
+def metric(port: str, name: str) -> float:
+    """A metric of a process (``port``: its /metrics), summed over its label sets."""
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as resp:
+        text = resp.read().decode()
+    return sum(float(x.split()[-1]) for x in text.splitlines() if x.startswith((name + " ", name + "{")))

@@ -89,7 +89,6 @@ def state(engine: Engine, sequence: int, stream: str = "") -> bytes:
     as JSON: taken on the event loop, between batches. :func:`compress` it next (in a thread:
     zlib lets go of the GIL), or call :func:`encode` for both. The service builds it in steps
     (:func:`match_state` per match, then :func:`document`) to let other work run between them."""
-    _between_batches(engine)
     return document(engine, [match_state(m) for m in engine.matches.values()], sequence, stream)
 
 

@@ -9,7 +9,6 @@ import contextlib
 import logging
 import signal
 import time
-import urllib.request
 from collections.abc import AsyncIterator, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from decimal import Decimal
@@ -49,7 +48,7 @@ from tests.component.betting_env import (
 )
 from tests.component.test_feed_service import fixture
 from tests.component.test_live_odds import goal
-from tests.helpers import wait_for
+from tests.helpers import metric, wait_for
 
 ONE = "1x2"
 
@@ -616,11 +615,7 @@ def test_an_event_jetstream_refuses_does_not_hold_up_the_others(env: Env) -> Non
         port = env.betting.spec.env["LIVEBET_METRICS_PORT"]
 
         def refusals() -> float:
-            with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as reply:
-                lines = reply.read().decode().splitlines()
-            name = "livebet_bets_outbox_publish_failures_total "
-            (count,) = [float(x.split()[-1]) for x in lines if x.startswith(name)]
-            return count
+            return metric(port, "livebet_bets_outbox_publish_failures_total")
 
         seen = refusals()
         assert seen >= 1

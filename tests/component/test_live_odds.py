@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import signal
 import time
-import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -19,7 +18,7 @@ from livebet.odds.v1 import trader_service_pb2 as ts
 from feed.adapters.jetstream import PARTITIONS
 from tests.component.test_feed_service import fixture, state
 from tests.conftest import start_nats, start_valkey
-from tests.helpers import Proc, admin_channel, feed_channel, service_spec, wait_for
+from tests.helpers import Proc, admin_channel, feed_channel, metric, service_spec, wait_for
 
 
 class Live:
@@ -111,13 +110,13 @@ def test_pre_match_and_in_play_events_are_timed_apart(live: Live) -> None:
         "livebet_pricing_prematch_event_to_publish_seconds_count",
         "livebet_pricing_event_to_publish_seconds_count",
     )
-    before = _metric(port, pre), _metric(port, in_play)
+    before = metric(port, pre), metric(port, in_play)
     live.send(fixture("lo20"))
-    wait_for(lambda: _metric(port, pre) > before[0], 30, what="the fixture timed as pre-match")
-    assert _metric(port, in_play) == before[1]
+    wait_for(lambda: metric(port, pre) > before[0], 30, what="the fixture timed as pre-match")
+    assert metric(port, in_play) == before[1]
     live.send(state("lo20", 1, 0, 0, 3))
-    wait_for(lambda: _metric(port, in_play) > before[1], 30, what="the kick-off timed as in play")
-    assert _metric(port, pre) == before[0] + 1
+    wait_for(lambda: metric(port, in_play) > before[1], 30, what="the kick-off timed as in play")
+    assert metric(port, pre) == before[0] + 1
 
 
 def test_an_idle_stream_gets_a_heartbeat_every_interval_and_nothing_else(live: Live) -> None:
@@ -246,13 +245,6 @@ def test_versions_never_go_backwards_across_an_engine_restart(live: Live) -> Non
     assert after is not None and after.version > before.version
 
 
-def _metric(port: str, name: str) -> float:
-    """A metric of a process (``port``: its /metrics), summed over its label sets."""
-    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as resp:
-        text = resp.read().decode()
-    return sum(float(x.split()[-1]) for x in text.splitlines() if x.startswith((name + " ", name + "{")))
-
-
 def test_a_restarted_engine_starts_from_its_checkpoints_and_prices_on_from_the_state_they_hold(live: Live) -> None:
     live.send(fixture("lk1"), state("lk1", 1, 0, 0, 10), goal("lk1", 1, 0, 2), state("lk1", 3, 1, 0, 30))
     wait_for(lambda: (s := live.snapshot("lk1")) is not None and s.minute == 30, 30, what="priced")
@@ -267,7 +259,7 @@ def test_a_restarted_engine_starts_from_its_checkpoints_and_prices_on_from_the_s
     wait_for(lambda: (s := live.snapshot("lk1")) is not None and s.minute == 31, 30, what="repriced after restart")
     # nothing replayed: every share came back from its checkpoint, the stream's earlier events of
     # this module (hundreds) untouched
-    assert _metric(live.pricing.spec.env["LIVEBET_METRICS_PORT"], "livebet_pricing_replayed_events_total") == 0
+    assert metric(live.pricing.spec.env["LIVEBET_METRICS_PORT"], "livebet_pricing_replayed_events_total") == 0
     first = next(m for m in stream if m.WhichOneof("message") == "delta").delta
     stream.cancel()
     # the checkpoint held the score: 1-0 again is a clock update, not a goal to suspend for
@@ -307,7 +299,7 @@ def test_trader_actions_take_effect_are_idempotent_and_survive_a_restart(live: L
     # every share held and rebuilt (the engine was restarted by earlier tests): a share still being
     # rebuilt answers UNAVAILABLE ("retry"), not NOT_FOUND, for a match of its own
     port = live.pricing.spec.env["LIVEBET_METRICS_PORT"]
-    wait_for(lambda: _metric(port, "livebet_pricing_shares_held") == PARTITIONS, 30, what="every share rebuilt")
+    wait_for(lambda: metric(port, "livebet_pricing_shares_held") == PARTITIONS, 30, what="every share rebuilt")
     live.send(fixture("sim:7:1"), state("sim:7:1", 1, 0, 0, 15))
     wait_for(lambda: (s := live.snapshot("sim:7:1")) is not None and s.minute == 15, 30, what="priced")
     trader = trader_service_pb2_grpc.TraderServiceStub(admin_channel(live.pricing.spec.health_target))
@@ -387,7 +379,7 @@ def test_a_client_that_never_reads_does_not_delay_others_and_is_conflated(live: 
         if have >= final.version:
             break
     reader.cancel()
-    conflations = _metric(live.odds_metrics_port, "livebet_odds_conflations_total")
+    conflations = metric(live.odds_metrics_port, "livebet_odds_conflations_total")
     assert conflations > 0  # the stuck client was conflated, not queued without bound
     stuck.cancel()
 
@@ -404,7 +396,7 @@ def test_a_client_that_stays_behind_is_dropped_then_resyncs_with_a_fresh_image(l
     first = next(stuck).image.version  # open; now it stops reading
 
     def drops() -> float:
-        return _metric(live.odds_metrics_port, "livebet_odds_stream_drops_total")
+        return metric(live.odds_metrics_port, "livebet_odds_stream_drops_total")
 
     before = drops()
     # far more updates than its queue (64) and merges (256) allow: it is let go of (each update

@@ -2,7 +2,9 @@
 definitions applied again when their content is new, never put back by an older replica."""
 
 import asyncio
+import contextlib
 import uuid
+from collections.abc import AsyncIterator
 from pathlib import Path
 
 import psycopg
@@ -10,6 +12,17 @@ import pytest
 
 from mesh.migrate import MigrationError, migrate
 from tests.conftest import Server
+
+
+@contextlib.asynccontextmanager
+async def _replicas(url: str, n: int = 3) -> AsyncIterator[list[psycopg.AsyncConnection]]:
+    """One connection per replica starting at once."""
+    conns = [await psycopg.AsyncConnection.connect(url) for _ in range(n)]
+    try:
+        yield conns
+    finally:
+        for c in conns:
+            await c.close()
 
 
 async def test_migrations_apply_exactly_once_when_replicas_start_together(
@@ -20,16 +33,12 @@ async def test_migrations_apply_exactly_once_when_replicas_start_together(
     (tmp_path / "0002_table.sql").write_text(
         f"CREATE TABLE {schema}.t (id int PRIMARY KEY); INSERT INTO {schema}.t VALUES (1);"
     )
-    conns = [await psycopg.AsyncConnection.connect(postgres_server.url) for _ in range(3)]
-    try:
+    async with _replicas(postgres_server.url) as conns:
         results = await asyncio.gather(*(migrate(c, schema, tmp_path) for c in conns))
         assert sorted(v for r in results for v in r) == ["0001_schema", "0002_table"]
         assert await migrate(conns[0], schema, tmp_path) == []
         cur = await conns[0].execute(f"SELECT count(*) FROM {schema}.t")
         assert await cur.fetchone() == (1,)
-    finally:
-        for c in conns:
-            await c.close()
 
 
 async def test_an_applied_migration_that_changed_is_refused(postgres_server: Server, tmp_path: Path) -> None:
@@ -74,8 +83,7 @@ async def test_a_repeatable_definition_is_applied_when_its_content_is_new(
         fn.write_text(text)
         return text
 
-    conns = [await psycopg.AsyncConnection.connect(postgres_server.url) for _ in range(3)]
-    try:
+    async with _replicas(postgres_server.url) as conns:
         first = define("one")  # after the versioned files (it needs their schema), once for three replicas
         results = await asyncio.gather(*(migrate(c, schema, tmp_path) for c in conns))
         assert sorted(v for r in results for v in r) == ["0001_schema", "R_say"]
@@ -91,9 +99,6 @@ async def test_a_repeatable_definition_is_applied_when_its_content_is_new(
         assert await _function_says(conns[0], schema) == "two"
         cur = await conns[0].execute("SELECT count(*) FROM public.livebet_repeatables WHERE component = %s", (schema,))
         assert await cur.fetchone() == (2,)
-    finally:
-        for c in conns:
-            await c.close()
 
 
 async def test_a_failing_repeatable_definition_is_not_recorded(postgres_server: Server, tmp_path: Path) -> None:
