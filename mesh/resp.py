@@ -53,6 +53,8 @@ class _Protocol(asyncio.Protocol):
         self.transport: asyncio.Transport | None = None
         self.lost: Exception | None = None
         self._watch: asyncio.TimerHandle | None = None
+        # commands sent during this turn of the event loop, written together at its end
+        self._out: list[bytes] = []
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         # a stream transport: uvloop's has asyncio.Transport's methods without being its subclass
@@ -95,8 +97,17 @@ class _Protocol(asyncio.Protocol):
         loop = asyncio.get_running_loop()
         fut: asyncio.Future[Any] = loop.create_future()
         self.waiting.append([fut, replies, [] if replies else None, loop.time()])
-        self.transport.write(data)
+        if not self._out:
+            loop.call_soon(self._flush)
+        self._out.append(data)
         return fut
+
+    def _flush(self) -> None:
+        """One write for every command sent in the last turn of the loop: 16 callers each sending a
+        GET cost one system call, not 16 (a write to a socket was 5 % of the betting process's CPU)."""
+        out, self._out = self._out, []
+        if self.lost is None and self.transport is not None and not self.transport.is_closing():
+            self.transport.write(out[0] if len(out) == 1 else b"".join(out))
 
     def data_received(self, data: bytes) -> None:
         buf = self.buffer
@@ -257,7 +268,7 @@ def main() -> None:
     import time
     from pathlib import Path
 
-    from mesh import infra
+    from mesh import eventloop, infra
 
     with tempfile.TemporaryDirectory() as d:
         port = infra.free_port()
@@ -267,7 +278,7 @@ def main() -> None:
             deadline = time.monotonic() + 10
             while not spec.ready() and time.monotonic() < deadline:
                 time.sleep(0.05)
-            asyncio.run(_measure(f"redis://127.0.0.1:{port}/0"))
+            eventloop.run(_measure(f"redis://127.0.0.1:{port}/0"))
         finally:
             proc.terminate()
             with contextlib.suppress(subprocess.TimeoutExpired):
