@@ -73,6 +73,15 @@ SERVER_OPTIONS = [
 DEFAULT_MAX_RECEIVE_BYTES = 8 * 1024 * 1024
 #: added to a stop's budget for the interpreter's own exit (threads, atexit handlers, log flushing)
 STOP_MARGIN_SECONDS = 5.0
+#: a collection pausing the process this long or longer, once its heap is frozen, is logged
+LONG_GC_SECONDS = 0.02
+
+
+def _log_long_pause(generation: int, seconds: float, collected: int) -> None:
+    log.warning(
+        "long garbage collection pause",
+        extra={"generation": generation, "ms": round(seconds * 1000, 1), "collected": collected},
+    )
 
 
 class ServiceApp:
@@ -164,10 +173,10 @@ class ServiceApp:
         """Collect once, then move every object alive out of the collector's reach (see the
         module's doc). Once per process: what is frozen is never collected, so a cycle that dies
         later stays; objects alive at start-up are the process's code and wiring, made to last."""
-        self._frozen = True
         started = time.perf_counter()
         gc.collect()
         gc.freeze()
+        self._frozen = True
         self.metrics.gc_frozen.set(gc.get_freeze_count())
         log.info(
             "heap frozen",
@@ -175,15 +184,23 @@ class ServiceApp:
         )
 
     def _watch_gc(self) -> None:
-        """Time every collection into ``livebet_gc_pause_seconds`` (removed again at stop)."""
+        """Time every collection into ``livebet_gc_pause_seconds`` (removed again at stop); once
+        the heap is frozen, log each pause of ``LONG_GC_SECONDS`` or more (``long garbage
+        collection pause``, with its generation), so a latency outlier can be matched to one."""
         started = [0.0]
         observe = self.metrics.gc_pause.observe
+        loop = asyncio.get_running_loop()
 
         def callback(phase: str, info: dict[str, int]) -> None:
             if phase == "start":
                 started[0] = time.perf_counter()
-            else:
-                observe(time.perf_counter() - started[0])
+                return
+            pause = time.perf_counter() - started[0]
+            observe(pause)
+            if pause >= LONG_GC_SECONDS and self._frozen and not loop.is_closed():
+                # not logged from inside the collection (the logging handler's lock may be held by
+                # the code it interrupted): the loop logs it as soon as it runs again
+                loop.call_soon_threadsafe(_log_long_pause, info["generation"], pause, info["collected"])
 
         self._gc_callback = callback
         gc.callbacks.append(callback)

@@ -1,5 +1,6 @@
 import asyncio
 import contextlib
+import gc
 import json
 import logging
 from pathlib import Path
@@ -155,3 +156,32 @@ def test_the_event_loop_is_uvloop_unless_asked_for_asyncio(monkeypatch: pytest.M
     monkeypatch.setenv("LIVEBET_EVENT_LOOP", "trio")
     with pytest.raises(ValueError, match="LIVEBET_EVENT_LOOP='trio'"):
         eventloop.chosen()
+
+
+async def test_a_long_collection_once_the_heap_is_frozen_is_logged_with_its_generation(
+    caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Every pause is measured; once the heap is frozen (start-up over), one of LONG_GC_SECONDS
+    or more is also logged, from the event loop rather than from inside the collection."""
+    from mesh import service
+    from mesh.settings import Settings
+
+    app = service.ServiceApp(Settings(service="gc-0"))
+    monkeypatch.setattr(service, "LONG_GC_SECONDS", 0.0)  # every collection is "long" here
+    caplog.set_level(logging.WARNING, logger="mesh.service")
+    app._watch_gc()
+    try:
+        gc.collect()  # start-up: measured, not logged
+        await asyncio.sleep(0)
+        app._frozen = True
+        gc.collect(1)
+        assert not [r for r in caplog.records if r.getMessage() == "long garbage collection pause"]
+        await asyncio.sleep(0)  # the loop logs it
+    finally:
+        gc.callbacks.remove(app._gc_callback)
+    logged = [r for r in caplog.records if r.getMessage() == "long garbage collection pause"]
+    assert [r.__dict__["generation"] for r in logged] == [1]
+    assert logged[0].__dict__["ms"] >= 0 and logged[0].__dict__["collected"] >= 0
+    (family,) = app.metrics.gc_pause.collect()
+    count = next(s.value for s in family.samples if s.name.endswith("_count"))
+    assert count >= 2  # both collections measured (and any the test's allocations set off)
