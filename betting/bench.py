@@ -22,6 +22,10 @@ next transaction (group commit, ``betting.adapters.store.PlaceBatcher``); the la
 bets per transaction, from the service's ``livebet_bets_placed_per_transaction`` histogram. The raw
 PostgreSQL figure is one transaction per bet, as a service without group commit would write them.
 
+During the half-load phase a disk probe times fdatasync beside PostgreSQL, and the garbage
+collectors' pauses are counted (the betting processes' from their metrics, the load generator's
+own), so that a bad p99 can be traced to a disk stall or a collection, or neither.
+
 Goals (issue 6): PlaceBet throughput ≥ 50 % of the lower raw figure; p99 ≤ 25 ms at half load.
 Latencies are recorded in an HdrHistogram (1 µs .. 60 s, 3 digits).
 """
@@ -30,6 +34,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import gc
 import itertools
 import json
 import os
@@ -280,18 +285,58 @@ async def raw_postgres(dsn: str, clients: int, seconds: float, cpu: dict[str, An
 
 
 # --- 3/4. PlaceBet --------------------------------------------------------------------------
-def _batches(metrics_urls: list[str]) -> tuple[float, float]:
-    """(bets, transactions) the betting processes have written so far (their group-commit
-    histogram, ``livebet_bets_placed_per_transaction``)."""
-    bets = txns = 0.0
+def _scrape(metrics_urls: list[str], names: tuple[str, ...]) -> list[float]:
+    """Each of the samples ``names`` (exact, labels included), summed over the processes."""
+    out = dict.fromkeys(names, 0.0)
     for url in metrics_urls:
         with urllib.request.urlopen(url, timeout=5) as reply:
             for line in reply.read().decode().splitlines():
-                if line.startswith("livebet_bets_placed_per_transaction_sum"):
-                    bets += float(line.split()[-1])
-                elif line.startswith("livebet_bets_placed_per_transaction_count"):
-                    txns += float(line.split()[-1])
+                name, _, value = line.rpartition(" ")
+                if name in out:
+                    out[name] += float(value)
+    return list(out.values())
+
+
+def _batches(metrics_urls: list[str]) -> tuple[float, float]:
+    """(bets, transactions) the betting processes have written so far (their group-commit
+    histogram, ``livebet_bets_placed_per_transaction``)."""
+    bets, txns = _scrape(
+        metrics_urls, ("livebet_bets_placed_per_transaction_sum", "livebet_bets_placed_per_transaction_count")
+    )
     return bets, txns
+
+
+GC_LONG = ("0.01", "0.025")  # the buckets of livebet_gc_pause_seconds the report counts pauses above
+
+
+def _betting_gc(metrics_urls: list[str]) -> list[float]:
+    """The betting processes' collections so far, and those of them up to 10 and 25 ms."""
+    return _scrape(
+        metrics_urls,
+        ("livebet_gc_pause_seconds_count", *(f'livebet_gc_pause_seconds_bucket{{le="{le}"}}' for le in GC_LONG)),
+    )
+
+
+class GcWatch:
+    """The load generator's own collections (this process): a pause here delays the replies it
+    is timing as much as one in the service does."""
+
+    def __init__(self) -> None:
+        self.pauses: list[float] = []
+        self._started = 0.0
+
+    def _callback(self, phase: str, info: dict[str, int]) -> None:
+        if phase == "start":
+            self._started = time.perf_counter()
+        else:
+            self.pauses.append(time.perf_counter() - self._started)
+
+    def __enter__(self) -> GcWatch:
+        gc.callbacks.append(self._callback)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        gc.callbacks.remove(self._callback)
 
 
 async def place_bets(
@@ -418,11 +463,21 @@ def main(argv: list[str] | None = None) -> int:
         full = _median([x["placebet_full"] for x in rounds])
         half_rate = full["per_s"] / 2
         print(f"PlaceBet at half that load ({half_rate:.0f}/s) ...", file=sys.stderr)
-        with DiskProbe(root / "pg") as disk:
+        gc_before = _betting_gc(metrics)
+        with DiskProbe(root / "pg") as disk, GcWatch() as client_gc:
             half = eventloop.run(
                 place_bets(targets, n, secs, odds, args.matches, half_rate, "half", cpu=cpu, metrics=metrics)
             )
         disk_half = disk.figures()
+        total, *upto = (after - before for after, before in zip(_betting_gc(metrics), gc_before, strict=True))
+        gc_half = {
+            "betting_collections": total,
+            "betting_over_10ms": total - upto[0],
+            "betting_over_25ms": total - upto[1],
+            "client_collections": len(client_gc.pauses),
+            "client_over_10ms": sum(p > 0.01 for p in client_gc.pauses),
+            "client_max_ms": max(client_gc.pauses, default=0.0) * 1000,
+        }
         print("PlaceBet, every client on the same outcome ...", file=sys.stderr)
         hot = eventloop.run(
             place_bets(targets, n, secs, odds, args.matches, 0.0, "hot", True, cpu=cpu, metrics=metrics)
@@ -446,6 +501,7 @@ def main(argv: list[str] | None = None) -> int:
         "placebet_full": full,
         "placebet_half": half,
         "disk_during_half_load": disk_half,
+        "gc_during_half_load": gc_half,
         "placebet_same_outcome": hot,
         "share_of_lower_raw": round(share, 3),
         "goal_share": GOAL_RAW_SHARE,
@@ -487,6 +543,13 @@ def main(argv: list[str] | None = None) -> int:
     print(
         f"the disk meanwhile (an 8 KiB write + fdatasync every 20 ms beside PostgreSQL): p50 {d['p50_ms']:.2f} ms,"
         f" p99 {d['p99_ms']:.1f} ms, max {d['max_ms']:.1f} ms, {d['over_20ms']:.0f} of {d['flushes']:.0f} over 20 ms"
+    )
+    g = gc_half
+    print(
+        f"garbage collection meanwhile: betting {g['betting_collections']:.0f} pauses,"
+        f" {g['betting_over_10ms']:.0f} over 10 ms, {g['betting_over_25ms']:.0f} over 25 ms;"
+        f" load generator {g['client_collections']} pauses, {g['client_over_10ms']} over 10 ms,"
+        f" longest {g['client_max_ms']:.1f} ms"
     )
     return 0
 
