@@ -24,8 +24,8 @@ class BetMetrics:
         )
         self.outbox_failures = Counter(
             "livebet_bets_outbox_publish_failures_total",
-            "Outbox events JetStream refused while others of the same round were published (each is "
-            "logged with its id and tried again next round; the others are not held up by it).",
+            "Attempts to publish an outbox event that JetStream refused (each event is logged with its "
+            "id and tried again 1 s later, doubling up to a minute; the others are not held up by it).",
             registry=registry,
         )
         self.batch = Histogram(

@@ -51,6 +51,10 @@ REFUSALS = (
     nats.errors.BadSubjectError,
 )
 STREAM = "BETS"
+SUBJECT_PREFIX = "bets."
+#: an event refused is tried again after 1 s, then 2, 4 ... at most a minute apart
+RETRY_FIRST_SECONDS = 1.0
+RETRY_MAX_SECONDS = 60.0
 BATCH = 500
 POLL_SECONDS = 1.0
 COALESCE_SECONDS = 0.02
@@ -61,7 +65,7 @@ def stream_config(replicas: int | None = None) -> StreamConfig:
     replicas = replicas or jetstream_replicas()
     return StreamConfig(
         name=STREAM,
-        subjects=["bets.>"],
+        subjects=[SUBJECT_PREFIX + ">"],
         storage=StorageType.FILE,
         num_replicas=replicas,
         duplicate_window=600.0,
@@ -89,13 +93,16 @@ async def relay_once(
 
     An event JetStream refuses (a subject no stream takes, a message too large: ``REFUSALS``), or
     that fails while others of the round go through, stays unpublished, is reported to ``failed``
-    with its error and is tried again next round: it does not hold up the events behind it. When
-    none goes through for another reason (the connection), NATS itself is the trouble: the round
-    raises and nothing is marked."""
+    with its error and is tried again later (``retry_at``: 1 s, then doubling up to a minute): it
+    does not hold up the events behind it, nor take their places in the rounds meanwhile. Refused
+    because the ``BETS`` stream is gone, it has the stream created again. When none goes through for
+    another reason (the connection), NATS itself is the trouble: the round raises and nothing is
+    marked."""
     async with pool.connection() as conn, conn.transaction(), conn.cursor() as cur:
         await cur.execute(
             "SELECT id, subject, msg_id, payload, balance, currency, bet_id, traceparent FROM betting.outbox"
-            " WHERE published_at IS NULL ORDER BY id LIMIT %s FOR UPDATE SKIP LOCKED",
+            " WHERE published_at IS NULL AND (retry_at IS NULL OR retry_at <= now())"
+            " ORDER BY id LIMIT %s FOR UPDATE SKIP LOCKED",
             (BATCH,),
         )
         found = await cur.fetchall()
@@ -112,27 +119,54 @@ async def relay_once(
             return_exceptions=True,
         )
         published: list[int] = []
-        refused: list[tuple[str, Exception]] = []
+        refused: list[tuple[int, str, str, Exception]] = []
         for row, result in zip(rows, results, strict=True):
             if isinstance(result, Exception):
-                refused.append((row[2], result))
+                refused.append((row[0], row[1], row[2], result))
             elif isinstance(result, BaseException):
                 raise result  # cancelled: the service is stopping
             else:
                 published.append(row[0])
-        if not published and not all(isinstance(err, REFUSALS) for _, err in refused):
-            raise refused[0][1]  # none went through, not for its own reasons: NATS itself is the trouble
-        for msg_id, err in refused:
+        if not published and not all(isinstance(err, REFUSALS) for *_, err in refused):
+            raise refused[0][3]  # none went through, not for its own reasons: NATS itself is the trouble
+        for _, subject, msg_id, err in refused:
             (failed or _log_failure)(msg_id, err)
+            if isinstance(err, nats.js.errors.NoStreamResponseError) and subject.startswith(SUBJECT_PREFIX):
+                await _restore_stream(js)
         await cur.execute("UPDATE betting.outbox SET published_at = now() WHERE id = ANY(%s)", (published,))
+        if refused:
+            await cur.execute(
+                "UPDATE betting.outbox SET attempts = attempts + 1,"
+                " retry_at = now() + least(%s * power(2, attempts), %s) * interval '1 second' WHERE id = ANY(%s)",
+                (RETRY_FIRST_SECONDS, RETRY_MAX_SECONDS, [r[0] for r in refused]),
+            )
         return len(rows)
+
+
+_restored = [-3600.0]  # when the BETS stream was last created again
+
+
+async def _restore_stream(js: JetStreamContext) -> None:
+    """No stream takes ``bets.>`` any more (it was deleted while the service ran): create it again,
+    as the service does at start (at most once a minute), so bet events flow again without a
+    restart. The events refused meanwhile are published at their next attempt."""
+    now = time.monotonic()
+    if now - _restored[0] < 60.0:
+        return
+    _restored[0] = now
+    try:
+        await ensure_stream(js)
+    except Exception as err:  # NATS is in trouble: the next attempt tries again
+        log.warning("could not create the BETS stream again", extra={"error": repr(err)})
+        return
+    log.error("the BETS stream was missing and has been created again; bet events refused meanwhile follow")
 
 
 _logged: dict[str, float] = {}  # msg id -> when its failure was last logged
 
 
 def _log_failure(msg_id: str, err: BaseException) -> None:
-    """Log a refused event, at most once a minute each (it is tried again every round)."""
+    """Log a refused event, at most once a minute each (it is tried again up to once a second)."""
     now = time.monotonic()
     if now - _logged.get(msg_id, -60.0) >= 60.0:
         if len(_logged) > 10_000:

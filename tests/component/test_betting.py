@@ -619,10 +619,47 @@ def test_an_event_jetstream_refuses_does_not_hold_up_the_others(env: Env) -> Non
 
         seen = refusals()
         assert seen >= 1
-        # alone in its rounds now, it is still counted as refused (not taken for NATS being down)
+        # alone in its rounds now, it is still counted as refused (not taken for NATS being down),
+        # and tried again later each time (1 s, 2 s, 4 s ...), not in every round
         wait_for(lambda: refusals() >= seen + 2, 15, what="the refused event counted again on its own")
+        ((attempts, wait),) = env.sql(
+            "SELECT attempts, extract(epoch FROM retry_at - now()) FROM betting.outbox WHERE msg_id = 'p45-refused'"
+        )
+        assert attempts >= 3 and 0 < wait <= 2 ** (attempts - 1)
+        assert refusals() - seen <= attempts  # at most one attempt per retry, none in between
     finally:
         env.sql("DELETE FROM betting.outbox WHERE msg_id = 'p45-refused'")
+
+
+def test_bet_events_flow_again_after_the_bets_stream_was_deleted(env: Env) -> None:
+    """The BETS stream deleted while the service runs: the next bet's event is refused (no stream
+    takes it), the relay creates the stream again, and the event is published at its next attempt."""
+
+    async def delete_stream() -> None:
+        nc = await nats.connect(env.nats_url)
+        await nc.jetstream().delete_stream("BETS")
+        await nc.close()
+
+    deposit(env, "p46", 10_000, "p46-d")
+    env.send(fixture("b46"))
+    priced(env, "b46")
+    odds, _ = env.price("b46", ONE, "home")
+    asyncio.run(delete_stream())
+    bet = place(env, "p46", "p46-b", [selection("b46", ONE, "home", odds)], 100)
+    unpublished = "SELECT count(*) FROM betting.outbox WHERE msg_id LIKE %s AND published_at IS NULL"
+    wait_for(lambda: env.sql(unpublished, f"{bet.bet_id}:%") == [(0,)], 20, what="the bet's event published")
+    ((attempts,),) = env.sql("SELECT max(attempts) FROM betting.outbox WHERE msg_id LIKE %s", f"{bet.bet_id}:%")
+    assert attempts >= 1  # it was refused first: the stream was gone
+
+    async def stored() -> list[str]:
+        nc = await nats.connect(env.nats_url)
+        sub = await nc.jetstream().subscribe(f"bets.p46.{bet.bet_id}", ordered_consumer=True)
+        msg = await sub.next_msg(timeout=10)
+        await nc.close()
+        return [msg.headers["Nats-Msg-Id"]]  # type: ignore[index]
+
+    assert asyncio.run(stored())[0].startswith(bet.bet_id)
+    assert "the BETS stream was missing and has been created again" in env.betting.log_path.read_text()
 
 
 def test_list_bets_pages_newest_first(env: Env) -> None:
