@@ -19,7 +19,7 @@ from livebet.settlement.v1 import settlement_service_pb2_grpc
 from betting.adapters.store import PoolSource, money
 from betting.domain.rules import ref_key
 from mesh import access
-from settlement.adapters.store import Store
+from settlement.adapters.store import ORIGINS, Store
 from settlement.domain.results import provider_results
 
 log = logging.getLogger("settlement.admin")
@@ -140,7 +140,7 @@ class SettlementApi(settlement_service_pb2_grpc.SettlementServiceServicer):
             await context.abort(grpc.StatusCode.INVALID_ARGUMENT, "end_time must be after start_time")
         key = ref_key(request.market)
         count = await self.store.cancel(
-            f"manual:{request.request_id}", request.market.match_id, key, start, end, request.reason
+            f"manual:{request.request_id}", request.market.match_id, key, start, end, request.reason, actor
         )
         out = self._settlement(request, sp.SETTLEMENT_ACTION_VOID, actor, 0, count, 0)
         return ss.VoidMarketResponse(settlement=await self._finish(request.request_id, digest, actor, out))
@@ -152,7 +152,7 @@ class SettlementApi(settlement_service_pb2_grpc.SettlementServiceServicer):
         if earlier is not None:
             return ss.RollbackSettlementResponse(settlement=earlier)
         version, reopened = await self.store.rollback(
-            request.market.match_id, ref_key(request.market), f"manual: {request.reason}"
+            request.market.match_id, ref_key(request.market), f"manual: {request.reason}", actor
         )
         if version == 0:
             await context.abort(grpc.StatusCode.FAILED_PRECONDITION, "the market has no settlement to roll back")
@@ -193,11 +193,7 @@ class SettlementApi(settlement_service_pb2_grpc.SettlementServiceServicer):
             )
             rows = await cur.fetchall()
         out = ss.ListSettlementsResponse()
-        origins = {
-            "score": sp.SETTLEMENT_ORIGIN_SCORE,
-            "provider": sp.SETTLEMENT_ORIGIN_PROVIDER,
-            "manual": sp.SETTLEMENT_ORIGIN_MANUAL,
-        }
+        origins = ORIGINS
         for sid, key, version, origin, results, bets, payout, actor, reason, created, rolled in rows[:size]:
             s = out.settlements.add(
                 settlement_id=str(sid), action=sp.SETTLEMENT_ACTION_SETTLE, origin=origins[origin], version=version,

@@ -51,7 +51,8 @@ REFUSALS = (
     nats.errors.BadSubjectError,
 )
 STREAM = "BETS"
-SUBJECT_PREFIX = "bets."
+#: bet events (bets.<account>.<bet>) and the settlement service's SettlementEvents (settlements.<match>)
+SUBJECT_PREFIXES = ("bets.", "settlements.")
 #: an event refused is tried again after 1 s, then 2, 4 ... at most a minute apart
 RETRY_FIRST_SECONDS = 1.0
 RETRY_MAX_SECONDS = 60.0
@@ -65,7 +66,7 @@ def stream_config(replicas: int | None = None) -> StreamConfig:
     replicas = replicas or jetstream_replicas()
     return StreamConfig(
         name=STREAM,
-        subjects=[SUBJECT_PREFIX + ">"],
+        subjects=[prefix + ">" for prefix in SUBJECT_PREFIXES],
         storage=StorageType.FILE,
         num_replicas=replicas,
         duplicate_window=600.0,
@@ -131,7 +132,7 @@ async def relay_once(
             raise refused[0][3]  # none went through, not for its own reasons: NATS itself is the trouble
         for _, subject, msg_id, err in refused:
             (failed or _log_failure)(msg_id, err)
-            if isinstance(err, nats.js.errors.NoStreamResponseError) and subject.startswith(SUBJECT_PREFIX):
+            if isinstance(err, nats.js.errors.NoStreamResponseError) and subject.startswith(SUBJECT_PREFIXES):
                 await _restore_stream(js)
         await cur.execute("UPDATE betting.outbox SET published_at = now() WHERE id = ANY(%s)", (published,))
         if refused:
@@ -147,7 +148,8 @@ _restored = [-3600.0]  # when the BETS stream was last created again
 
 
 async def _restore_stream(js: JetStreamContext) -> None:
-    """No stream takes ``bets.>`` any more (it was deleted while the service ran): create it again,
+    """No stream takes ``bets.>`` or ``settlements.>`` any more (the stream was deleted while the
+    service ran, or a replica of an older version set it up without a subject): create it again,
     as the service does at start (at most once a minute), so bet events flow again without a
     restart. The events refused meanwhile are published at their next attempt."""
     now = time.monotonic()

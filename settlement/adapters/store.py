@@ -1,6 +1,12 @@
 """The settlement service's PostgreSQL: what it knows of results (schema ``settlement``), the open
 legs it has to settle (read from ``betting``), and the call that moves the money
-(``betting.settle_market``, owned by the betting service's migrations)."""
+(``betting.settle_market``, owned by the betting service's migrations).
+
+Every settlement action that changes something (a market settled, a settlement rolled back, bets
+voided by a cancel, a cancel rolled back) also writes a ``SettlementEvent`` to ``betting.outbox``
+in the same transaction; the betting service's relay publishes it to the JetStream stream ``BETS``
+on ``settlements.<match>``, with ``Nats-Msg-Id`` = its ``event_id``, as the contract in
+``livebet/settlement/v1/settlement.proto`` says."""
 
 from __future__ import annotations
 
@@ -11,12 +17,77 @@ from decimal import Decimal
 from typing import Any
 
 import psycopg
+from livebet.settlement.v1 import settlement_pb2 as sp
 from psycopg.rows import dict_row
 from psycopg.types.json import Jsonb
 from psycopg_pool import AsyncConnectionPool
 
-from betting.adapters.store import PoolSource, trace_transaction
+from betting.adapters.store import PoolSource, money, trace_transaction
+from feed.adapters.jetstream import token
 from settlement.domain.results import MatchResult, OpenLeg
+
+SUBJECT_ROOT = "settlements"
+ORIGINS = {
+    "score": sp.SETTLEMENT_ORIGIN_SCORE,
+    "provider": sp.SETTLEMENT_ORIGIN_PROVIDER,
+    "manual": sp.SETTLEMENT_ORIGIN_MANUAL,
+}
+
+
+def settlement_message(
+    settlement_id: str,
+    match_id: str,
+    market_key: str,
+    action: int,
+    origin: int,
+    version: int,
+    bets: int,
+    payout: int,
+    results: list[dict[str, Any]] = (),  # type: ignore[assignment]
+    actor: str = "",
+    reason: str = "",
+    at: datetime | None = None,
+) -> sp.Settlement:
+    """One settlement action on one market as the contract has it (``results``: the stored
+    results, one per outcome and price; the message has one result per outcome)."""
+    s = sp.Settlement(
+        settlement_id=settlement_id,
+        action=action,  # type: ignore[arg-type]
+        origin=origin,  # type: ignore[arg-type]
+        version=version,
+        bets_affected=bets,
+        total_payout=money(payout, "EUR"),
+        actor=actor,
+        reason=reason,
+    )
+    s.market.match_id, s.market.market_key, s.market.market_type = match_id, market_key, market_key.split("|")[0]
+    for part in market_key.split("|")[1:]:
+        k, _, v = part.partition("=")
+        s.market.specifiers.add(key=k, value=v)
+    seen: set[str] = set()
+    for r in results:
+        if r["outcome_id"] not in seen:
+            seen.add(r["outcome_id"])
+            s.outcomes.add(outcome_id=r["outcome_id"], result=int(r["result"]))
+    if at is not None:
+        s.created_at.FromDatetime(at)
+    else:
+        s.created_at.GetCurrentTime()
+    return s
+
+
+async def write_event(cur: psycopg.AsyncCursor[Any], event_id: str, settlement: sp.Settlement) -> None:
+    """The action's ``SettlementEvent``, in the caller's transaction, for the outbox relay."""
+    event = sp.SettlementEvent(event_id=event_id, settlement=settlement)
+    await cur.execute(
+        "INSERT INTO betting.outbox (subject, msg_id, payload) VALUES (%s, %s, %s)",
+        (f"{SUBJECT_ROOT}.{token(settlement.market.match_id)}", event_id, event.SerializeToString()),
+    )
+    await cur.execute("SELECT pg_notify('betting_outbox', '')")
+
+
+def _cancel_origin(cancel_id: str) -> int:
+    return sp.SETTLEMENT_ORIGIN_MANUAL if cancel_id.startswith("manual:") else sp.SETTLEMENT_ORIGIN_PROVIDER
 
 
 class Store:
@@ -148,6 +219,7 @@ class Store:
                 (match_id, market_key),
             )
             row = await cur.fetchone()
+            new = False  # a settlement version made by this call
             if row is None or row[4] is not None:
                 version = 1 if row is None else int(row[0]) + 1
                 await cur.execute(
@@ -155,6 +227,7 @@ class Store:
                        VALUES (%s, %s, %s, %s, %s, %s) ON CONFLICT (match_id, market_key, version) DO NOTHING""",
                     (match_id, market_key, version, origin, Jsonb(results), decided_at),
                 )
+                new = cur.rowcount == 1
                 stored, decided = results, decided_at
             else:
                 version, stored, decided, stored_origin = int(row[0]), row[1], row[2], row[3]
@@ -166,8 +239,9 @@ class Store:
                     and before[(r["outcome_id"], r["odds"])] != (r["result"], str(r["rpu"]))
                 ]
                 if changed and (stored_origin == origin or correct_any):  # a correction: roll back, settle anew
-                    await self._rollback(cur, match_id, market_key, version, reason or "corrected result")
+                    await self._rollback(cur, match_id, market_key, version, reason or "corrected result", actor)
                     version += 1
+                    new = True
                     await cur.execute(
                         """INSERT INTO settlement.settlements
                            (match_id, market_key, version, origin, results, decided_at)
@@ -196,26 +270,40 @@ class Store:
                     " AND version = %s",
                     (actor, reason, match_id, market_key, version),
                 )
-            if count:
-                await cur.execute(
-                    "UPDATE settlement.settlements SET bets_settled = bets_settled + %s,"
-                    " total_payout = total_payout + %s WHERE match_id = %s AND market_key = %s AND version = %s",
-                    (count, payout, match_id, market_key, version),
-                )
+            await cur.execute(
+                "UPDATE settlement.settlements SET bets_settled = bets_settled + %s,"
+                " total_payout = total_payout + %s WHERE match_id = %s AND market_key = %s AND version = %s"
+                " RETURNING settlement_id, bets_settled, origin, actor, reason",
+                (count, payout, match_id, market_key, version),
+            )
+            sid, settled, stored_origin, stored_actor, stored_reason = await cur.fetchone()  # type: ignore[misc]
+            if new or count:  # settled now, or more bets settled by it: the same results again are no event
+                message = settlement_message(
+                    str(sid), match_id, market_key, sp.SETTLEMENT_ACTION_SETTLE, ORIGINS[stored_origin], version,
+                    count, payout, merged, stored_actor, stored_reason,
+                )  # fmt: skip
+                await write_event(cur, f"{sid}:settle:{settled}", message)
             return version, count, payout
 
     @staticmethod
-    async def _rollback(cur: Any, match_id: str, market_key: str, version: int, reason: str) -> int:
+    async def _rollback(cur: Any, match_id: str, market_key: str, version: int, reason: str, actor: str = "") -> int:
         await cur.execute("SELECT * FROM betting.rollback_market(%s, %s, %s)", (match_id, market_key, version))
         got = await cur.fetchone()
+        reopened = int(got[0]) if got else 0
         await cur.execute(
             "UPDATE settlement.settlements SET rolled_back_at = now(), rollback_reason = %s"
-            " WHERE match_id = %s AND market_key = %s AND version = %s",
+            " WHERE match_id = %s AND market_key = %s AND version = %s RETURNING settlement_id, origin, total_payout",
             (reason, match_id, market_key, version),
         )
-        return int(got[0]) if got else 0
+        sid, origin, paid = await cur.fetchone()
+        message = settlement_message(
+            str(sid), match_id, market_key, sp.SETTLEMENT_ACTION_ROLLBACK_SETTLEMENT,
+            ORIGINS["manual"] if actor else ORIGINS[origin], version, reopened, -int(paid), actor=actor, reason=reason,
+        )  # fmt: skip
+        await write_event(cur, f"{sid}:rollback", message)
+        return reopened
 
-    async def rollback(self, match_id: str, market_key: str, reason: str) -> tuple[int, int]:
+    async def rollback(self, match_id: str, market_key: str, reason: str, actor: str = "") -> tuple[int, int]:
         """Roll back the market's latest settlement (its bets reopen); (version, bets reopened)."""
         async with self._transaction() as cur:
             await cur.execute(
@@ -226,10 +314,17 @@ class Store:
             row = await cur.fetchone()
             if row is None:
                 return 0, 0
-            return int(row[0]), await self._rollback(cur, match_id, market_key, int(row[0]), reason)
+            return int(row[0]), await self._rollback(cur, match_id, market_key, int(row[0]), reason, actor)
 
     async def cancel(
-        self, cancel_id: str, match_id: str, market_key: str, start: datetime, end: datetime | None, reason: str
+        self,
+        cancel_id: str,
+        match_id: str,
+        market_key: str,
+        start: datetime,
+        end: datetime | None,
+        reason: str,
+        actor: str = "",
     ) -> int:
         """Void the open legs on the market of bets placed in [start, end) and settle what that
         decides (version 0); once per cancel id. Returns how many bets were settled by it."""
@@ -256,6 +351,11 @@ class Store:
             got = await cur.fetchone()
             count = int(got[0]) if got else 0
             await cur.execute("UPDATE settlement.cancels SET bets_voided = %s WHERE cancel_id = %s", (count, cancel_id))
+            message = settlement_message(
+                cancel_id, match_id, market_key, sp.SETTLEMENT_ACTION_VOID, _cancel_origin(cancel_id), 0, count,
+                int(got[1]) if got else 0, actor=actor, reason=reason,
+            )  # fmt: skip
+            await write_event(cur, f"cancel:{cancel_id}", message)
             return count
 
     async def rollback_cancels(
@@ -275,9 +375,23 @@ class Store:
             ids = [r[0] for r in await cur.fetchall()]
             if not ids:
                 return 0
+            # the bets each cancel settled, which its rollback reopens (for its event)
+            await cur.execute(
+                """SELECT s.cancelled_by, count(DISTINCT s.bet_id) FROM betting.selections s
+                   JOIN betting.bets b ON b.bet_id = s.bet_id
+                   WHERE s.cancelled_by = ANY(%s) AND b.status = 'settled' GROUP BY 1""",
+                (ids,),
+            )
+            reopens = dict(await cur.fetchall())
             await cur.execute("UPDATE betting.selections SET cancelled_by = NULL WHERE cancelled_by = ANY(%s)", (ids,))
             await cur.execute("SELECT * FROM betting.rollback_market(%s, %s, 0)", (match_id, market_key))
             got = await cur.fetchone()
+            for cancel_id in ids:
+                message = settlement_message(
+                    cancel_id, match_id, market_key, sp.SETTLEMENT_ACTION_ROLLBACK_VOID, _cancel_origin(cancel_id),
+                    0, int(reopens.get(cancel_id, 0)), 0, reason="cancel rolled back",
+                )  # fmt: skip
+                await write_event(cur, f"cancel:{cancel_id}:rollback", message)
             return int(got[0]) if got else 0
 
     # --- events the settler could not apply (migrations/0006_failed_events.sql) ---------------

@@ -5,12 +5,15 @@ exactly once however often the result arrives."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
 from collections.abc import Iterator
 from decimal import ROUND_DOWN, Decimal
 from pathlib import Path
+from typing import Any
 
 import nats
+import nats.errors
 import pytest
 from livebet.betting.v1 import bet_pb2
 from livebet.betting.v1 import betting_service_pb2 as bs
@@ -50,6 +53,29 @@ def _caught_up(env: Env) -> bool:
         info = await nc.jetstream().consumer_info("FEED", "settlement")
         await nc.close()
         return info.num_ack_pending == 0 and info.num_pending == 0
+
+    return asyncio.run(go())
+
+
+def _settlement_events(env: Env, match_id: str, count: int) -> list[Any]:
+    """The ``SettlementEvent``s published for the match (JetStream ``settlements.<match>``): the
+    first ``count``, and nothing more within a second."""
+    from livebet.settlement.v1 import settlement_pb2 as sp
+
+    async def go() -> list[Any]:
+        nc = await nats.connect(env.nats_url)
+        sub = await nc.jetstream().subscribe(f"settlements.{match_id}", ordered_consumer=True)
+        out = []
+        for _ in range(count):
+            msg = await sub.next_msg(timeout=15)
+            event = sp.SettlementEvent.FromString(msg.data)
+            assert msg.headers and msg.headers["Nats-Msg-Id"] == event.event_id
+            out.append(event)
+        with contextlib.suppress(nats.errors.TimeoutError):
+            extra = await sub.next_msg(timeout=1)
+            out.append(sp.SettlementEvent.FromString(extra.data))
+        await nc.close()
+        return out
 
     return asyncio.run(go())
 
@@ -382,6 +408,22 @@ def test_bet_cancel_voids_bets_in_its_window_and_its_rollback_settles_them_by_th
     assert (b.status, b.payout.minor_units) == (bet_pb2.BET_STATUS_SETTLED, _payout(1_000, odds))
     assert balance(env, "q9") == (10_000 - 3_000 + _payout(1_000, odds) + _payout(2_000, odds), 0)
 
+    from livebet.settlement.v1 import settlement_pb2 as sp
+
+    events = _settlement_events(env, "s10", 4)
+    assert [(e.settlement.action, e.settlement.origin, e.settlement.bets_affected) for e in events] == [
+        (sp.SETTLEMENT_ACTION_VOID, sp.SETTLEMENT_ORIGIN_PROVIDER, 1),
+        (sp.SETTLEMENT_ACTION_SETTLE, sp.SETTLEMENT_ORIGIN_SCORE, 1),  # the bet outside the window
+        (sp.SETTLEMENT_ACTION_ROLLBACK_VOID, sp.SETTLEMENT_ORIGIN_PROVIDER, 1),
+        (sp.SETTLEMENT_ACTION_SETTLE, sp.SETTLEMENT_ORIGIN_SCORE, 1),  # the reopened bet, by the result
+    ]
+    assert events[0].settlement.reason == "goal reported late"
+    assert [e.settlement.total_payout.minor_units for e in events] == [
+        1_000, _payout(2_000, odds), 0, _payout(1_000, odds),
+    ]  # fmt: skip
+    assert events[1].settlement.settlement_id == events[3].settlement.settlement_id  # one version, two actions
+    assert [(o.outcome_id, o.result) for o in events[1].settlement.outcomes] == [("home", ev.OUTCOME_RESULT_WIN)]
+
 
 def test_a_trader_settles_voids_and_rolls_back_by_hand_with_a_reason(env: Env) -> None:
     import grpc
@@ -446,6 +488,29 @@ def test_a_trader_settles_voids_and_rolls_back_by_hand_with_a_reason(env: Env) -
     listed = admin.ListSettlements(ss.ListSettlementsRequest(match_id="s11"), timeout=10).settlements
     assert [(s.version, s.actor) for s in listed] == [(2, "trader-7"), (1, "trader-7")]
     assert admin.GetSettlement(ss.GetSettlementRequest(settlement_id="m4"), timeout=10).settlement == void
+
+    # every action was published on settlements.s11, in order, once each (the repeated m1 is none)
+    events = _settlement_events(env, "s11", 5)
+    assert [(e.settlement.action, e.settlement.version, e.settlement.bets_affected) for e in events] == [
+        (sp.SETTLEMENT_ACTION_SETTLE, 1, 1),
+        (sp.SETTLEMENT_ACTION_ROLLBACK_SETTLEMENT, 1, 1),  # the correction undoes version 1 ...
+        (sp.SETTLEMENT_ACTION_SETTLE, 2, 1),  # ... and settles version 2
+        (sp.SETTLEMENT_ACTION_ROLLBACK_SETTLEMENT, 2, 1),
+        (sp.SETTLEMENT_ACTION_VOID, 0, 1),
+    ]
+    won = _payout(1_000, odds)
+    assert [e.settlement.total_payout.minor_units for e in events] == [won, -won, 0, 0, 1_000]
+    assert [[(o.outcome_id, o.result) for o in e.settlement.outcomes] for e in events[::2]] == [
+        [("yes", ev.OUTCOME_RESULT_WIN)],
+        [("yes", ev.OUTCOME_RESULT_LOSE)],
+        [],
+    ]
+    assert {e.settlement.actor for e in events} == {"trader-7"}
+    assert {e.settlement.origin for e in events} == {sp.SETTLEMENT_ORIGIN_MANUAL}
+    assert events[0].settlement.settlement_id == events[1].settlement.settlement_id == listed[1].settlement_id
+    assert events[4].settlement.settlement_id == "manual:m4" and events[4].settlement.reason == "match abandoned"
+    assert all(e.settlement.market.match_id == "s11" and e.settlement.market.market_type == "btts" for e in events)
+    assert len({e.event_id for e in events}) == 5
 
 
 SAMPLES = UOF
