@@ -1,7 +1,8 @@
 """The feed service process: ``python -m feed.server``.
 
 Wiring: NATS (JetStream) dependency → FEED stream ensured → projection rebuilt from the stream →
-FeedService over gRPC; a liveness loop declares silent producers down.
+FeedService over gRPC; a liveness loop declares silent producers down and stops betting on
+silent matches.
 """
 
 from __future__ import annotations
@@ -52,7 +53,12 @@ def build(app: ServiceApp) -> None:
     ready = app.add_dependency(Readiness("feed-stream"))
     publisher = _LazyPublisher()
     feed_settings = FeedSettings.from_env()
-    core = FeedCore(publisher, feed_settings.provider_silence_seconds)
+    core = FeedCore(
+        publisher,
+        feed_settings.provider_silence_seconds,
+        match_silence=feed_settings.match_silence_seconds,
+        break_silence=feed_settings.break_silence_seconds,
+    )
     core.observers.append(FeedMetrics(app.metrics.registry).observe)
     if feed_settings.record_path:
         recorder = FileRecorder(Path(feed_settings.record_path))

@@ -12,6 +12,13 @@ Every batch, from any adapter (gRPC push, raw UOF, simulator, replay), goes thro
 
 A producer silent for longer than the threshold makes :meth:`FeedCore.check_liveness` publish a
 ``provider_down`` event, whose id is deterministic so that two feed replicas store it once.
+
+A match in play with no event of its own for longer than ``match_silence`` (its producer still
+alive: the producer's silence is ``provider_down``'s) gets a ``bet_stop`` from the feed itself:
+its prices no longer follow the match, so the engine suspends its markets until its next state
+update. In a break (half time, before or in extra time's break) the limit is ``break_silence``,
+since a feed may send nothing for a match then. Its id is deterministic too (the match's last
+event), so it is stored once, and once per silence.
 """
 
 from __future__ import annotations
@@ -38,6 +45,9 @@ FORGET_AFTER_S = MAX_AGE_S  # a finished match is kept as long as the stream kee
 FINISHED = {ev.MATCH_STATUS_ENDED, ev.MATCH_STATUS_CLOSED, ev.MATCH_STATUS_ABANDONED, ev.MATCH_STATUS_CANCELLED}
 MAX_EVENT_ID = 256
 MAX_FUTURE_S = 300.0
+#: periods of a live match in which a feed may well send nothing for a while
+BREAKS = {ev.PERIOD_HALFTIME, ev.PERIOD_AWAITING_EXTRA_TIME, ev.PERIOD_EXTRA_TIME_HALFTIME}
+SILENT = ":silent:"  # in the id of the bet_stop the feed publishes for a silent match
 MATCH_SCOPED = {
     "match_state",
     "goal",
@@ -78,6 +88,8 @@ class MatchRecord:
     sequence: int = 0
     provider: str = ""
     updated_s: float = 0.0  # when its last fixture or state event was received
+    heard_s: float = 0.0  # when its last event of any kind was received
+    stopped_s: float = -1.0  # the heard_s of the silence a bet_stop was published for
 
 
 @dataclass
@@ -119,10 +131,16 @@ def validate(e: ev.FeedEvent, provider: str, now: float, known: Callable[[str], 
 
 class FeedCore:
     def __init__(
-        self, publisher: Publisher, liveness_threshold: float = 20.0, clock: Callable[[], float] = time.time
+        self,
+        publisher: Publisher,
+        liveness_threshold: float = 20.0,
+        clock: Callable[[], float] = time.time,
+        match_silence: float = 30.0,
+        break_silence: float = 1200.0,
     ) -> None:
         self.publisher = publisher
         self.clock = clock
+        self.match_silence, self.break_silence = match_silence, break_silence
         self.sequencer = Sequencer()
         self.liveness = Liveness(liveness_threshold)
         self.matches: dict[str, MatchRecord] = {}
@@ -146,8 +164,14 @@ class FeedCore:
         if e.match_id and kind and not ordered:
             produced = e.produced_at.ToMilliseconds() if e.HasField("produced_at") else -1
             self.sequencer.commit(e.provider, e.match_id, kind, e.sequence, produced)
-        if kind in ("fixture_change", "match_state"):
+        if kind in ("fixture_change", "match_state") or e.match_id in self.matches:
             at = e.received_at.ToMilliseconds() / 1000.0 if e.HasField("received_at") else self.clock()
+        known = self.matches.get(e.match_id)
+        if known is not None:
+            if kind == "bet_stop" and SILENT in e.event_id:
+                known.stopped_s = known.heard_s  # ours (seen again in a rebuild): not news from the match
+            else:
+                known.heard_s = max(known.heard_s, at)
         if kind == "fixture_change":
             rec = self.matches.get(e.match_id)
             fixture = ev.Fixture()
@@ -155,7 +179,7 @@ class FeedCore:
             fixture.match_id = e.match_id
             if rec is None:
                 state = ev.MatchState(match_id=e.match_id, status=ev.MATCH_STATUS_NOT_STARTED)
-                self.matches[e.match_id] = MatchRecord(fixture, state, e.sequence, e.provider, at)
+                self.matches[e.match_id] = MatchRecord(fixture, state, e.sequence, e.provider, at, at)
             else:
                 rec.fixture.MergeFrom(fixture)
                 rec.updated_s = at
@@ -297,9 +321,37 @@ class FeedCore:
             e.received_at.FromMilliseconds(int(self.clock() * 1000))
             events.append(e)
             log.warning("provider down", extra={"provider": t.producer})
+        silent = self.silent_matches()
+        events += [e for e, _ in silent]
         if events:
-            await self.publisher.publish([(e, 0) for e in events])
+            try:
+                await self.publisher.publish([(e, 0) for e in events])
+            except Exception:
+                for _, rec in silent:  # not stored: tried again at the next check
+                    rec.stopped_s = -1.0
+                raise
         return events
+
+    def silent_matches(self) -> list[tuple[ev.FeedEvent, MatchRecord]]:
+        """A ``bet_stop`` for each match in play silent for too long (see the module's doc), once
+        per silence, with the match's record (marked as stopped)."""
+        now = self.clock()
+        out = []
+        for match_id, rec in self.matches.items():
+            if rec.state.status != ev.MATCH_STATUS_LIVE or rec.stopped_s == rec.heard_s:
+                continue
+            limit = self.break_silence if rec.state.period in BREAKS else self.match_silence
+            if now - rec.heard_s <= limit or self.liveness.status(rec.provider) is Status.DOWN:
+                continue
+            rec.stopped_s = rec.heard_s
+            heard_ms = int(rec.heard_s * 1000)
+            e = ev.FeedEvent(event_id=f"{rec.provider}:{match_id}{SILENT}{heard_ms}", provider=rec.provider)
+            e.match_id = match_id
+            e.bet_stop.reason = f"no event for this match for more than {limit:.0f}s"
+            e.received_at.FromMilliseconds(int(now * 1000))
+            out.append((e, rec))
+            log.warning("match silent: betting stopped", extra={"match_id": match_id, "provider": rec.provider})
+        return out
 
     # --- queries -------------------------------------------------------------------------------
     def list_matches(self, page_size: int, page_token: str, status: int) -> tuple[list[MatchRecord], str]:

@@ -15,18 +15,30 @@ class FeedSettings:
     provider_silence_seconds: float = 20.0
     #: append every accepted batch to this recording (empty: do not record)
     record_path: str = ""
+    #: a match in play with no event for longer than this gets a bet_stop (its markets suspended)
+    match_silence_seconds: float = 30.0
+    #: the same in a break (half time, before and in extra time's break)
+    break_silence_seconds: float = 1200.0
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> FeedSettings:
         e = os.environ if env is None else env
-        record = e.get("LIVEBET_FEED_RECORD", "")
-        raw = e.get("LIVEBET_FEED_PROVIDER_SILENCE_SECONDS", "")
-        if not raw:
-            return cls(record_path=record)
-        try:
-            value = float(raw)
-        except ValueError:
-            raise SettingsError(f"LIVEBET_FEED_PROVIDER_SILENCE_SECONDS must be a number, got {raw!r}") from None
-        if value <= 0:
-            raise SettingsError("LIVEBET_FEED_PROVIDER_SILENCE_SECONDS must be positive")
-        return cls(provider_silence_seconds=value, record_path=record)
+        return cls(
+            provider_silence_seconds=_seconds(e, "LIVEBET_FEED_PROVIDER_SILENCE_SECONDS", cls.provider_silence_seconds),
+            record_path=e.get("LIVEBET_FEED_RECORD", ""),
+            match_silence_seconds=_seconds(e, "LIVEBET_FEED_MATCH_SILENCE_SECONDS", cls.match_silence_seconds),
+            break_silence_seconds=_seconds(e, "LIVEBET_FEED_BREAK_SILENCE_SECONDS", cls.break_silence_seconds),
+        )
+
+
+def _seconds(env: Mapping[str, str], name: str, default: float) -> float:
+    raw = env.get(name, "")
+    if not raw:
+        return default
+    try:
+        value = float(raw)
+    except ValueError:
+        raise SettingsError(f"{name} must be a number, got {raw!r}") from None
+    if not value > 0:
+        raise SettingsError(f"{name} must be positive")
+    return value

@@ -224,6 +224,47 @@ def test_a_silent_provider_is_declared_down(feed_env: tuple[Server, Proc, str]) 
     assert second.provider_down.last_seen.ToMilliseconds() > first.provider_down.last_seen.ToMilliseconds()
 
 
+def test_a_silent_match_of_a_live_provider_gets_a_bet_stop_and_a_restarted_feed_does_not_repeat_it(
+    servers_root: Path,
+) -> None:
+    """Its provider sends alive messages, the match nothing for longer than
+    LIVEBET_FEED_MATCH_SILENCE_SECONDS: the feed stores a bet_stop for it in FEED (which the
+    engine turns into suspended markets), once. A feed restarted on the stream sends no second."""
+    n = start_nats(servers_root, "nats-silence")
+    env = {"LIVEBET_NATS_URL": n.url, "LIVEBET_FEED_MATCH_SILENCE_SECONDS": "1"}
+    procs = [Proc(service_spec("feed", "feed.server", env), servers_root / "feed-silence.log").start()]
+    try:
+        stub = _stub(procs[0].spec.health_target)
+        live, pre = state("quiet-1", 1, 0, 0, 10, "steady"), fixture("quiet-2", "steady")
+        live.match_state.state.period = ev.PERIOD_FIRST_HALF
+        stub.PublishBatch(fs.PublishBatchRequest(provider="steady", events=[fixture("quiet-1", "steady"), live, pre]))
+
+        def stops() -> list[ev.FeedEvent]:
+            return [e for _, e in stored(n.url) if e.WhichOneof("payload") == "bet_stop"]
+
+        def keep_alive(seconds: float) -> None:
+            for i in range(int(seconds / 0.25)):
+                alive = ev.FeedEvent(event_id=f"steady:alive:{time.monotonic()}:{i}", provider="steady")
+                alive.provider_alive.subscribed = True
+                stub.PublishBatch(fs.PublishBatchRequest(provider="steady", events=[alive]), timeout=10)
+                time.sleep(0.25)
+
+        keep_alive(3.0)
+        (stop,) = stops()  # the match in play; not the one that has not kicked off
+        assert (stop.match_id, stop.provider) == ("quiet-1", "steady")
+        assert stop.bet_stop.reason == "no event for this match for more than 1s"
+        procs[0].stop()
+        procs.append(Proc(service_spec("feed", "feed.server", env), servers_root / "feed-silence-2.log").start())
+        stub = _stub(procs[1].spec.health_target)
+        wait_for(lambda: health(procs[1].spec.health_target) == "SERVING", 30, what="the second feed SERVING")
+        keep_alive(3.0)
+        assert len(stops()) == 1  # the rebuilt feed knows it was sent for this silence
+    finally:
+        for p in procs:
+            p.stop()
+        n.proc.stop()
+
+
 def test_watch_events_streams_what_is_published(feed_env: tuple[Server, Proc, str]) -> None:
     _, _, target = feed_env
     stub = _stub(target)

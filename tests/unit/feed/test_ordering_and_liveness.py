@@ -113,3 +113,100 @@ def test_a_finished_match_is_forgotten_once_the_stream_no_longer_holds_its_event
     assert ("p", "ended") not in core.sequencer._cursors and ("p", "live") in core.sequencer._cursors
     assert core.forget_finished(10**12) == 1  # "late" goes too; a live match never does
     assert set(core.matches) == {"live"}
+
+
+class _Stored:
+    """A publisher keeping what it was given (or failing, when told to)."""
+
+    def __init__(self) -> None:
+        self.events: list[object] = []
+        self.fail = False
+
+    async def publish(self, events: list[tuple[object, int]]) -> object:
+        if self.fail:
+            raise ConnectionError("JetStream unavailable")
+        self.events += [e for e, _ in events]
+        return None
+
+
+def test_a_match_in_play_without_events_gets_a_bet_stop_once_per_silence() -> None:
+    """Its producer alive (alive messages) but nothing for the match for longer than the limit:
+    the feed stops betting on it, once; a break has a longer limit; not started or ended matches,
+    and matches of a producer that is down (provider_down covers them), get none."""
+    import asyncio
+
+    from livebet.feed.v1 import event_pb2 as ev
+
+    from feed.service import FeedCore
+
+    now = [1000.0]
+    out = _Stored()
+    core = FeedCore(out, liveness_threshold=20.0, clock=lambda: now[0], match_silence=30.0, break_silence=600.0)  # type: ignore[arg-type]
+
+    def event(match_id: str, seq: int, status: int = ev.MATCH_STATUS_LIVE, period: int = 1, p: str = "p") -> None:
+        e = ev.FeedEvent(event_id=f"{match_id}:{seq}", provider=p, match_id=match_id, sequence=seq)
+        e.received_at.FromMilliseconds(int(now[0] * 1000))
+        if seq == 0:
+            e.fixture_change.fixture.match_id = match_id
+        else:
+            s = e.match_state.state
+            s.status, s.period = status, period  # type: ignore[assignment]
+        core.apply(e)
+
+    def alive(p: str = "p") -> None:
+        e = ev.FeedEvent(event_id=f"{p}:alive:{now[0]}", provider=p)
+        e.provider_alive.subscribed = True
+        e.received_at.FromMilliseconds(int(now[0] * 1000))
+        core.apply(e)
+
+    def check() -> list[ev.FeedEvent]:
+        return [e for e in asyncio.run(core.check_liveness()) if e.WhichOneof("payload") == "bet_stop"]
+
+    for m in ("play", "break", "soon", "over"):
+        event(m, 0)
+    event("play", 1)
+    event("break", 1, period=ev.PERIOD_HALFTIME)
+    event("soon", 1, status=ev.MATCH_STATUS_NOT_STARTED)
+    event("over", 1, status=ev.MATCH_STATUS_ENDED)
+    event("other", 0, p="q")
+    event("other", 1, p="q")
+    now[0] += 30.0
+    alive()  # p stays alive; q says nothing more, so it goes down, and "other" is provider_down's
+    assert check() == []  # 30 s is not more than the limit
+    now[0] += 1.0
+    alive()
+    (stop,) = check()
+    assert (stop.match_id, stop.provider) == ("play", "p")
+    assert stop.bet_stop.reason == "no event for this match for more than 30s"
+    assert stop.event_id == "p:play:silent:1000000" and stop.received_at.ToMilliseconds() == 1_031_000
+    assert core.liveness.status("q") is Status.DOWN
+    assert check() == []  # once per silence
+
+    event("play", 2)  # the match speaks again: a new silence gets a new bet_stop, with another id
+    now[0] += 31.0
+    alive()
+    out.fail = True  # not stored: tried again at the next check
+    with pytest.raises(ConnectionError):
+        asyncio.run(core.check_liveness())
+    out.fail = False
+    (again,) = check()
+    assert again.event_id == "p:play:silent:1031000"
+    now[0] += 600.0
+    alive()
+    assert [e.match_id for e in check()] == ["break"]  # the break's own limit
+    assert [e.match_id for e in out.events if e.WhichOneof("payload") == "bet_stop"] == ["play", "play", "break"]  # type: ignore[attr-defined]
+
+    # rebuilt from the stream, a feed knows the bet_stops it published: none is sent again
+    rebuilt = FeedCore(_Stored(), clock=lambda: now[0], match_silence=30.0, break_silence=600.0)  # type: ignore[arg-type]
+    rebuilt_events = []
+    for m in ("play",):
+        f = ev.FeedEvent(event_id=f"{m}:0", provider="p", match_id=m)
+        f.fixture_change.fixture.match_id = m
+        f.received_at.FromMilliseconds(1_000_000)
+        s = ev.FeedEvent(event_id=f"{m}:2", provider="p", match_id=m, sequence=2)
+        s.match_state.state.status, s.match_state.state.period = ev.MATCH_STATUS_LIVE, 1  # type: ignore[assignment]
+        s.received_at.FromMilliseconds(1_031_000)
+        rebuilt_events += [f, s, again]
+    for e in rebuilt_events:
+        rebuilt.apply(e)
+    assert [e for e in asyncio.run(rebuilt.check_liveness()) if e.WhichOneof("payload") == "bet_stop"] == []

@@ -86,6 +86,25 @@ def test_holds_keep_markets_suspended_until_resolved() -> None:
     assert any(q.status is Status.OPEN for q in m.quotes.values())
 
 
+def test_a_bet_stop_suspends_every_market_until_the_next_state_update() -> None:
+    """The feed's bet_stop for a silent match (or a provider's): every open market suspended at
+    once; a goal meanwhile reprices but keeps them suspended; the next state update reopens them."""
+    engine = Engine()
+    engine.apply(_event("fixture_change", fixture_change__fixture__match_id="m"))
+    live = {"match_state__state__status": ev.MATCH_STATUS_LIVE, "match_state__state__clock__minute": 30}
+    engine.apply(_event("match_state", **live))
+    m = engine.matches["m"]
+    (stop,) = engine.apply(_event("bet_stop", bet_stop__reason="no event for this match for more than 30s"))
+    assert stop.cause == "bet_stop" and {q.status for q in stop.markets} == {Status.SUSPENDED}
+    assert Hold.BET_STOP in m.holds and not any(q.status is Status.OPEN for q in m.quotes.values())
+    engine.apply(_event("goal", goal__side=1, goal__score__home=1))
+    assert not any(q.status is Status.OPEN for q in m.quotes.values())
+    later = {**live, "match_state__state__score__home": 1, "match_state__state__clock__minute": 33}
+    (back,) = engine.apply(_event("match_state", **later))
+    assert Hold.BET_STOP not in m.holds and m.quotes["1x2"].status is Status.OPEN
+    assert back.version > stop.version
+
+
 def test_lease_plan_takes_a_fair_part_and_gives_back_the_extra() -> None:
     from pricing.leases import plan
 
