@@ -17,8 +17,10 @@ A match in play with no event of its own for longer than ``match_silence`` (its 
 alive: the producer's silence is ``provider_down``'s) gets a ``bet_stop`` from the feed itself:
 its prices no longer follow the match, so the engine suspends its markets until its next state
 update. In a break (half time, before or in extra time's break) the limit is ``break_silence``,
-since a feed may send nothing for a match then. Its id is deterministic too (the match's last
-event), so it is stored once, and once per silence.
+since a feed may send nothing for a match then. A match not started ``match_silence`` past its
+scheduled kick-off, and silent as long, gets one too: it may be under way without the feed
+knowing, and pre-match prices on a match being played are the past-posting a bookmaker fears.
+Its id is deterministic too (the match's last event), so it is stored once, and once per silence.
 """
 
 from __future__ import annotations
@@ -338,19 +340,34 @@ class FeedCore:
         now = self.clock()
         out = []
         for match_id, rec in self.matches.items():
-            if rec.state.status != ev.MATCH_STATUS_LIVE or rec.stopped_s == rec.heard_s:
+            if rec.stopped_s == rec.heard_s:
                 continue
-            limit = self.break_silence if rec.state.period in BREAKS else self.match_silence
+            if rec.state.status == ev.MATCH_STATUS_LIVE:
+                limit = self.break_silence if rec.state.period in BREAKS else self.match_silence
+                reason = f"no event for this match for more than {limit:.0f}s"
+            elif rec.state.status == ev.MATCH_STATUS_NOT_STARTED and rec.fixture.HasField("start_time"):
+                # pre-match prices past the kick-off: the match may be under way unreported
+                limit, due = self.match_silence, rec.fixture.start_time.ToMilliseconds() / 1000.0
+                if now - due <= limit:
+                    continue
+                reason = f"kick-off was due {now - due:.0f}s ago and the match has not started"
+            else:
+                continue
             if now - rec.heard_s <= limit or self.liveness.status(rec.provider) is Status.DOWN:
                 continue
             rec.stopped_s = rec.heard_s
             heard_ms = int(rec.heard_s * 1000)
             e = ev.FeedEvent(event_id=f"{rec.provider}:{match_id}{SILENT}{heard_ms}", provider=rec.provider)
             e.match_id = match_id
-            e.bet_stop.reason = f"no event for this match for more than {limit:.0f}s"
+            e.bet_stop.reason = reason
             e.received_at.FromMilliseconds(int(now * 1000))
             out.append((e, rec))
-            log.warning("match silent: betting stopped", extra={"match_id": match_id, "provider": rec.provider})
+        if out:
+            ids = [e.match_id for e, _ in out]
+            log.warning(
+                "silent matches: betting stopped",
+                extra={"matches": len(ids), "match_ids": ids[:20], "reason": out[0][0].bet_stop.reason},
+            )
         return out
 
     # --- queries -------------------------------------------------------------------------------

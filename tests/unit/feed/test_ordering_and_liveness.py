@@ -164,6 +164,12 @@ def test_a_match_in_play_without_events_gets_a_bet_stop_once_per_silence() -> No
 
     for m in ("play", "break", "soon", "over"):
         event(m, 0)
+    for m, due in (("late", now[0] + 20.0), ("later", now[0] + 3600.0)):  # scheduled kick-offs
+        f = ev.FeedEvent(event_id=f"{m}:0", provider="p", match_id=m)
+        f.fixture_change.fixture.match_id = m
+        f.fixture_change.fixture.start_time.FromMilliseconds(int(due * 1000))
+        f.received_at.FromMilliseconds(int(now[0] * 1000))
+        core.apply(f)
     event("play", 1)
     event("break", 1, period=ev.PERIOD_HALFTIME)
     event("soon", 1, status=ev.MATCH_STATUS_NOT_STARTED)
@@ -181,6 +187,11 @@ def test_a_match_in_play_without_events_gets_a_bet_stop_once_per_silence() -> No
     assert stop.event_id == "p:play:silent:1000000" and stop.received_at.ToMilliseconds() == 1_031_000
     assert core.liveness.status("q") is Status.DOWN
     assert check() == []  # once per silence
+    now[0] += 20.0  # "late" is 31 s past its kick-off and has said nothing for 51 s: it may be under way
+    alive()
+    (late,) = check()
+    assert late.match_id == "late" and late.bet_stop.reason == "kick-off was due 31s ago and the match has not started"
+    now[0] -= 20.0  # (the rest of the test keeps its times)
 
     event("play", 2)  # the match speaks again: a new silence gets a new bet_stop, with another id
     now[0] += 31.0
@@ -194,7 +205,8 @@ def test_a_match_in_play_without_events_gets_a_bet_stop_once_per_silence() -> No
     now[0] += 600.0
     alive()
     assert [e.match_id for e in check()] == ["break"]  # the break's own limit
-    assert [e.match_id for e in out.events if e.WhichOneof("payload") == "bet_stop"] == ["play", "play", "break"]  # type: ignore[attr-defined]
+    stopped = [e.match_id for e in out.events if e.WhichOneof("payload") == "bet_stop"]  # type: ignore[attr-defined]
+    assert stopped == ["play", "late", "play", "break"]  # "later" is not due yet
 
     # rebuilt from the stream, a feed knows the bet_stops it published: none is sent again
     rebuilt = FeedCore(_Stored(), clock=lambda: now[0], match_silence=30.0, break_silence=600.0)  # type: ignore[arg-type]
