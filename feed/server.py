@@ -11,12 +11,22 @@ import asyncio
 import contextlib
 import logging
 import time
+import uuid
 from pathlib import Path
 
+import orjson
 from livebet.feed.v1 import event_pb2 as ev
 from livebet.feed.v1 import feed_service_pb2_grpc
+from nats.aio.msg import Msg
 
-from feed.adapters.jetstream import STREAM, JetStreamPublisher, PublishUnavailable, ensure_stream, replay
+from feed.adapters.jetstream import (
+    INSTANCE_HEADER,
+    STREAM,
+    JetStreamPublisher,
+    PublishUnavailable,
+    ensure_stream,
+    replay,
+)
 from feed.grpc_api import FeedApi, WatchSource
 from feed.metrics import FeedMetrics
 from feed.replay import FileRecorder
@@ -26,6 +36,7 @@ from mesh.deps import NatsDependency, Readiness
 from mesh.service import ServiceApp, run
 
 log = logging.getLogger("feed")
+HEARD_SUBJECT = "livebet.feed.heard"  # core NATS, in no stream: what each feed replica heard (share_heard)
 SWEEP_SECONDS = 3600.0  # how often finished matches older than the stream's retention are dropped
 
 
@@ -42,9 +53,35 @@ class _LazyPublisher:
 
 
 async def rebuild(core: FeedCore, nats: NatsDependency) -> int:
-    """Replay the FEED stream into the projection and the ordering cursors."""
+    """Replay the FEED stream into the projection, the ordering cursors and liveness."""
     info = await nats.js.stream_info(STREAM)
     return await replay(nats.js, info.state.last_seq, core.apply, timeout=120)
+
+
+async def share_heard(core: FeedCore, nats: NatsDependency, instance: str, stopping: asyncio.Event) -> None:
+    """Tell the other feed replicas, each second, which producers and matches this one heard
+    from (core NATS, ``HEARD_SUBJECT``), and take in what they heard: liveness is judged on what
+    every replica was sent, not one replica's share of it. One small message a second each."""
+
+    async def on_heard(msg: Msg) -> None:
+        if (msg.headers or {}).get(INSTANCE_HEADER) == instance:
+            return
+        try:
+            core.merge_heard(orjson.loads(msg.data))
+        except (orjson.JSONDecodeError, AttributeError, TypeError, ValueError) as err:
+            log.warning("a feed replica's heard message was not understood", extra={"error": str(err)})
+
+    sub = await nats.nc.subscribe(HEARD_SUBJECT, cb=on_heard)
+    try:
+        while not stopping.is_set():
+            await asyncio.sleep(1.0)
+            heard = core.take_heard()
+            if heard["providers"] or heard["matches"]:
+                with contextlib.suppress(Exception):  # NATS down: the others judge on what they heard
+                    await nats.nc.publish(HEARD_SUBJECT, orjson.dumps(heard), headers={INSTANCE_HEADER: instance})
+    finally:
+        with contextlib.suppress(Exception):
+            await sub.unsubscribe()
 
 
 def build(app: ServiceApp) -> None:
@@ -93,6 +130,7 @@ def build(app: ServiceApp) -> None:
         ready.set()
         log.info("feed ready", extra={"replayed_events": replayed, "matches": len(core.matches)})
         app.spawn(liveness_loop())
+        app.spawn(share_heard(core, nats, uuid.uuid4().hex[:12], app.stopping))
 
     async def on_start() -> None:
         app.spawn(start())

@@ -143,6 +143,9 @@ class FeedCore:
         self.publisher = publisher
         self.clock = clock
         self.match_silence, self.break_silence = match_silence, break_silence
+        # what this replica heard since it last told the others (see take_heard)
+        self._heard_providers: dict[str, float] = {}
+        self._heard_matches: dict[str, float] = {}
         self.sequencer = Sequencer()
         self.liveness = Liveness(liveness_threshold)
         self.matches: dict[str, MatchRecord] = {}
@@ -160,7 +163,10 @@ class FeedCore:
         """Update the projection and liveness with a stored event (also used to rebuild).
         ``ordered``/``heard``: the cursor and the provider's liveness were already updated."""
         kind = e.WhichOneof("payload")
-        if e.provider and (not heard or kind == "snapshot_complete"):
+        ours = kind == "provider_down" or (kind == "bet_stop" and SILENT in e.event_id)  # not a sign of life
+        if kind == "provider_down":
+            self.liveness.went_down(e.provider, e.provider_down.last_seen.ToMilliseconds() / 1000.0)
+        elif e.provider and not ours and (not heard or kind == "snapshot_complete"):
             now = e.received_at.ToMilliseconds() / 1000.0 if e.HasField("received_at") else self.clock()
             self.liveness.heard(e.provider, now, snapshot_complete=kind == "snapshot_complete")
         if e.match_id and kind and not ordered:
@@ -170,7 +176,7 @@ class FeedCore:
             at = e.received_at.ToMilliseconds() / 1000.0 if e.HasField("received_at") else self.clock()
         known = self.matches.get(e.match_id)
         if known is not None:
-            if kind == "bet_stop" and SILENT in e.event_id:
+            if ours:
                 known.stopped_s = known.heard_s  # ours (seen again in a rebuild): not news from the match
             else:
                 known.heard_s = max(known.heard_s, at)
@@ -303,13 +309,36 @@ class FeedCore:
         now = self.clock()
         for p in {e.provider for e, _ in to_publish if e.provider}:
             self.liveness.heard(p, now)
+            self._heard_providers[p] = now
         for e, _ in to_publish:
             self.apply(e, ordered=True, heard=True)
+            rec = self.matches.get(e.match_id) if e.match_id else None
+            if rec is not None:
+                self._heard_matches[e.match_id] = rec.heard_s
         for key in ("skipped", "stale", "gaps"):
             self.counters[key] += getattr(result, key)
         for observe in self.observers:
             observe(provider, result, [e for e, _ in to_publish], now)
         return result
+
+    # --- liveness shared between feed replicas -------------------------------------------------
+    def take_heard(self) -> dict[str, dict[str, float]]:
+        """The producers and matches this replica heard from since the last call, and when: for
+        the other feed replicas (:meth:`merge_heard`), which a provider's batches may not reach.
+        Without it a replica that is not sent a provider's batches would declare the provider
+        down, and its matches silent."""
+        out = {"providers": self._heard_providers, "matches": self._heard_matches}
+        self._heard_providers, self._heard_matches = {}, {}
+        return out
+
+    def merge_heard(self, heard: dict[str, dict[str, float]]) -> None:
+        """What another feed replica heard (:meth:`take_heard`): signs of life here too."""
+        for producer, at in heard.get("providers", {}).items():
+            self.liveness.heard(producer, float(at))
+        for match_id, at in heard.get("matches", {}).items():
+            rec = self.matches.get(match_id)
+            if rec is not None:
+                rec.heard_s = max(rec.heard_s, float(at))
 
     async def check_liveness(self) -> list[ev.FeedEvent]:
         """Publish ``provider_down`` for every producer silent for longer than the threshold."""

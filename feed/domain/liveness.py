@@ -59,6 +59,15 @@ class Liveness:
             return Transition(producer, Status.UP, now)
         return None
 
+    def went_down(self, producer: str, last_seen: float) -> None:
+        """``producer`` was declared down (by another feed replica, or read back from the stream)
+        for a silence that began at ``last_seen``: down here too, unless heard of since."""
+        p = self._producers.get(producer)
+        if p is None:
+            self._producers[producer] = _Producer(last_seen, Status.DOWN)
+        elif p.last_seen <= last_seen:
+            p.status = Status.DOWN
+
     def tick(self, now: float) -> list[Transition]:
         """Producers silent for longer than the threshold go down (once)."""
         out = []

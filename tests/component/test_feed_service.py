@@ -265,6 +265,44 @@ def test_a_silent_match_of_a_live_provider_gets_a_bet_stop_and_a_restarted_feed_
         n.proc.stop()
 
 
+def test_a_feed_replica_that_is_not_sent_a_providers_batches_does_not_declare_it_down(servers_root: Path) -> None:
+    """Two feed replicas; a provider's batches all go to the first. The second rebuilt the
+    provider and its match from the stream, then hears of them only through what the first tells
+    it each second: neither declares the provider down nor the match silent while the first is fed.
+    Once the provider goes silent, it is declared down."""
+    n = start_nats(servers_root, "nats-two-feeds")
+    env = {
+        "LIVEBET_NATS_URL": n.url,
+        "LIVEBET_FEED_PROVIDER_SILENCE_SECONDS": "2",
+        "LIVEBET_FEED_MATCH_SILENCE_SECONDS": "2",
+    }
+    first = Proc(service_spec("feed", "feed.server", env), servers_root / "feed-one.log").start()
+    procs = [first]
+    try:
+        stub = _stub(first.spec.health_target)
+        live = state("two-1", 1, 0, 0, 10, "busy")
+        live.match_state.state.period = ev.PERIOD_FIRST_HALF
+        stub.PublishBatch(fs.PublishBatchRequest(provider="busy", events=[fixture("two-1", "busy"), live]))
+        second = Proc(service_spec("feed", "feed.server", env), servers_root / "feed-two.log").start()
+        procs.append(second)
+        wait_for(lambda: health(second.spec.health_target) == "SERVING", 30, what="the second feed SERVING")
+        known = _stub(second.spec.health_target).GetMatchState(fs.GetMatchStateRequest(match_id="two-1"))
+        assert known.state.clock.minute == 10  # rebuilt from the stream
+
+        def warnings() -> list[ev.FeedEvent]:
+            return [e for _, e in stored(n.url) if e.WhichOneof("payload") in ("provider_down", "bet_stop")]
+
+        for i in range(2, 26):  # 6 s of a live match: a state every 0.25 s, all to the first replica
+            stub.PublishBatch(fs.PublishBatchRequest(provider="busy", events=[state("two-1", i, 0, 0, 10 + i, "busy")]))
+            time.sleep(0.25)
+        assert warnings() == []
+        wait_for(lambda: any(e.WhichOneof("payload") == "provider_down" for e in warnings()), 15, what="provider_down")
+    finally:
+        for p in procs:
+            p.stop()
+        n.proc.stop()
+
+
 def test_watch_events_streams_what_is_published(feed_env: tuple[Server, Proc, str]) -> None:
     _, _, target = feed_env
     stub = _stub(target)

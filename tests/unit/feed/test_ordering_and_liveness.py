@@ -222,3 +222,33 @@ def test_a_match_in_play_without_events_gets_a_bet_stop_once_per_silence() -> No
     for e in rebuilt_events:
         rebuilt.apply(e)
     assert [e for e in asyncio.run(rebuilt.check_liveness()) if e.WhichOneof("payload") == "bet_stop"] == []
+
+
+def test_a_provider_down_read_back_from_the_stream_is_not_a_sign_of_life() -> None:
+    """Rebuilt from the stream, a feed takes a provider_down it finds as the producer being down
+    (not as a message from it), so it does not declare the same silence again under another id;
+    a message from the producer after it still counts."""
+    import asyncio
+
+    from livebet.feed.v1 import event_pb2 as ev
+
+    from feed.service import FeedCore
+
+    now = [1000.0]
+    out = _Stored()
+    core = FeedCore(out, liveness_threshold=20.0, clock=lambda: now[0])  # type: ignore[arg-type]
+    alive = ev.FeedEvent(event_id="p:alive:1", provider="p")
+    alive.provider_alive.subscribed = True
+    alive.received_at.FromMilliseconds(900_000)
+    down = ev.FeedEvent(event_id="p:provider_down:900000", provider="p")
+    down.provider_down.last_seen.FromMilliseconds(900_000)
+    down.received_at.FromMilliseconds(921_000)
+    core.apply(alive)
+    core.apply(down)
+    assert core.liveness.status("p") is Status.DOWN
+    assert asyncio.run(core.check_liveness()) == [] and out.events == []
+    later = ev.FeedEvent(event_id="p:alive:2", provider="p")
+    later.provider_alive.subscribed = True
+    later.received_at.FromMilliseconds(990_000)
+    core.apply(later)
+    assert core.liveness.status("p") is Status.RECOVERING
