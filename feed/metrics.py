@@ -33,6 +33,19 @@ class FeedMetrics:
             registry=registry,
         )
 
+        self.liveness = Counter(
+            "livebet_feed_liveness_events_total",
+            "Events the feed itself published: provider_down for a silent producer, bet_stop for a "
+            "silent match (or one not started past its kick-off), by provider.",
+            ["provider", "kind"],
+            registry=registry,
+        )
+
+    def published(self, events: list[ev.FeedEvent]) -> None:
+        """What :meth:`feed.service.FeedCore.check_liveness` published."""
+        for e in events:
+            self.liveness.labels(e.provider, e.WhichOneof("payload") or "").inc()
+
     def observe(self, provider: str, result: IngestResult, events: list[ev.FeedEvent], now: float) -> None:
         for outcome, n in (
             ("stored", result.accepted),

@@ -96,7 +96,8 @@ def build(app: ServiceApp) -> None:
         match_silence=feed_settings.match_silence_seconds,
         break_silence=feed_settings.break_silence_seconds,
     )
-    core.observers.append(FeedMetrics(app.metrics.registry).observe)
+    feed_metrics = FeedMetrics(app.metrics.registry)
+    core.observers.append(feed_metrics.observe)
     if feed_settings.record_path:
         recorder = FileRecorder(Path(feed_settings.record_path))
         core.recorder = recorder
@@ -113,7 +114,7 @@ def build(app: ServiceApp) -> None:
         while not app.stopping.is_set():
             await asyncio.sleep(1.0)
             with contextlib.suppress(PublishUnavailable):
-                await core.check_liveness()
+                feed_metrics.published(await core.check_liveness())
             if time.monotonic() - swept >= SWEEP_SECONDS:
                 swept = time.monotonic()
                 if gone := core.forget_finished(time.time()):

@@ -18,7 +18,7 @@ from livebet.feed.v1 import feed_service_pb2_grpc
 
 from mesh import infra
 from tests.conftest import Server, start_nats
-from tests.helpers import Proc, feed_channel, health, service_spec, wait_for
+from tests.helpers import Proc, feed_channel, health, metric, service_spec, wait_for
 from tests.shared_data import UOF, needs
 
 SAMPLES = UOF
@@ -253,6 +253,8 @@ def test_a_silent_match_of_a_live_provider_gets_a_bet_stop_and_a_restarted_feed_
         (stop,) = stops()  # the match in play; not the one that has not kicked off
         assert (stop.match_id, stop.provider) == ("quiet-1", "steady")
         assert stop.bet_stop.reason == "no event for this match for more than 1s"
+        port = procs[0].spec.env["LIVEBET_METRICS_PORT"]
+        assert metric(port, "livebet_feed_liveness_events_total") == 1  # the one bet_stop
         procs[0].stop()
         procs.append(Proc(service_spec("feed", "feed.server", env), servers_root / "feed-silence-2.log").start())
         stub = _stub(procs[1].spec.health_target)
