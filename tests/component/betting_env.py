@@ -145,6 +145,7 @@ def start(root: Path, name: str, extra_env: dict[str, str] | None = None, settle
         "LIVEBET_REDIS_URL": r.url,
         "LIVEBET_POSTGRES_DSN": p.url,
         "LIVEBET_FEED_PROVIDER_SILENCE_SECONDS": "300",
+        "LIVEBET_FEED_MATCH_SILENCE_SECONDS": "3600",
         "LIVEBET_BETTING_IN_PLAY_DELAY": f"football={IN_PLAY_DELAY}",
         **(extra_env or {}),
     }

@@ -69,7 +69,12 @@ class Cluster:
 @pytest.fixture(scope="module")
 def cluster(servers_root: Path) -> Iterator[Cluster]:
     n, r = start_nats(servers_root, "nats-rep"), start_valkey(servers_root, "redis-rep")
-    env = {"LIVEBET_NATS_URL": n.url, "LIVEBET_REDIS_URL": r.url, "LIVEBET_FEED_PROVIDER_SILENCE_SECONDS": "120"}
+    env = {
+        "LIVEBET_NATS_URL": n.url,
+        "LIVEBET_REDIS_URL": r.url,
+        "LIVEBET_FEED_PROVIDER_SILENCE_SECONDS": "120",
+        "LIVEBET_FEED_MATCH_SILENCE_SECONDS": "3600",  # matches left in play by earlier tests stay open
+    }
     feed = Proc(service_spec("feed", "feed.server", env), servers_root / "rep-feed.log").start()
     engines = [
         Proc(

@@ -44,7 +44,12 @@ class Live:
 @pytest.fixture(scope="module")
 def live(servers_root: Path) -> Iterator[Live]:
     n, r = start_nats(servers_root, "nats-live"), start_valkey(servers_root, "redis-live")
-    env = {"LIVEBET_NATS_URL": n.url, "LIVEBET_REDIS_URL": r.url, "LIVEBET_FEED_PROVIDER_SILENCE_SECONDS": "120"}
+    env = {
+        "LIVEBET_NATS_URL": n.url,
+        "LIVEBET_REDIS_URL": r.url,
+        "LIVEBET_FEED_PROVIDER_SILENCE_SECONDS": "120",
+        "LIVEBET_FEED_MATCH_SILENCE_SECONDS": "3600",  # matches left in play by earlier tests stay open
+    }
     env["LIVEBET_PRICING_PROVIDER_MODE"] = "prov"
     env["LIVEBET_PRICING_RETIRE_AFTER_SECONDS"] = "2"  # ended matches are forgotten 2 s after their last event
     env["LIVEBET_PRICING_CHECKPOINT_SECONDS"] = "1"  # every restart here starts from checkpoints

@@ -44,6 +44,7 @@ def traced(servers_root: Path) -> Iterator[tuple[Path, str, str]]:
             "LIVEBET_NATS_URL": n.url,
             "LIVEBET_REDIS_URL": r.url,
             "LIVEBET_FEED_PROVIDER_SILENCE_SECONDS": "120",
+            "LIVEBET_FEED_MATCH_SILENCE_SECONDS": "3600",
             "LIVEBET_TRACE_FILE": str(folder / f"{name}.jsonl"),
         }
         procs.append(Proc(service_spec(name, module, env), servers_root / f"trace-{name}.log").start())
