@@ -155,6 +155,16 @@ def rules(config: sla.Config) -> dict[str, Any]:
             },
         },
         {
+            "alert": "OpenBetsOnSilentMatches",
+            "expr": "max(livebet_settlement_stale_open_bets) > 0",
+            "for": "10m",
+            "labels": {"severity": "ticket"},
+            "annotations": {
+                "summary": "accepted bets wait on matches with no state update for hours (a feed that dropped "
+                "them): nothing will settle them; settle or void their markets (SettlementService)"
+            },
+        },
+        {
             "alert": "BetDecisionsFailing",
             "expr": "sum(increase(livebet_bets_decide_failures_total[5m])) > 0",
             "for": "5m",

@@ -25,7 +25,7 @@ from livebet.feed.v1 import event_pb2 as ev
 from livebet.settlement.v1 import report_service_pb2_grpc, settlement_service_pb2_grpc
 from nats.aio.msg import Msg
 from nats.js.api import AckPolicy, ConsumerConfig
-from prometheus_client import Counter, Histogram
+from prometheus_client import Counter, Gauge, Histogram
 
 from feed.adapters.jetstream import STREAM, ensure_stream
 from mesh import tracing
@@ -36,7 +36,7 @@ from mesh.tasks import cancel_and_wait
 from settlement.adapters.store import Store
 from settlement.admin import SettlementApi
 from settlement.reports import ReportApi
-from settlement.service import Settler, certainty_setting
+from settlement.service import Settler, certainty_setting, stale_match_seconds
 
 MIGRATIONS = Path(__file__).with_name("migrations")
 DURABLE = "settlement"
@@ -44,6 +44,7 @@ BATCH = 200
 ACK_WAIT = 6.0
 ATTEMPTS = 3  # an event failing this often for a reason of its own is parked (failed_events)
 RETRY_SECONDS = 0.5  # between those attempts, doubling
+STALE_CHECK_SECONDS = 60.0  # how often the open bets nothing will settle are counted
 log = logging.getLogger("settlement")
 
 
@@ -80,6 +81,18 @@ def build(app: ServiceApp) -> None:
         "FEED events settlement could not apply, parked in settlement.failed_events (python -m settlement.failed).",
         registry=registry,
     )
+    stale_bets = Gauge(
+        "livebet_settlement_stale_open_bets",
+        "Accepted bets open on matches seen in play, not ended, with no state update for "
+        "LIVEBET_SETTLEMENT_STALE_MATCH_SECONDS: nothing will settle them; a trader must settle or void.",
+        registry=registry,
+    )
+    stale_matches = Gauge(
+        "livebet_settlement_stale_matches",
+        "Matches with such bets (see livebet_settlement_stale_open_bets).",
+        registry=registry,
+    )
+    stale_after = stale_match_seconds()
     settle = SettlementApi(settler.store, pg)
     reports = ReportApi(pg)
     app.add_service(
@@ -163,9 +176,22 @@ def build(app: ServiceApp) -> None:
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, 5.0)
 
+    async def watch_stale() -> None:
+        """Every minute: the open bets nothing will settle (``Store.stale_open_bets``)."""
+        while not app.stopping.is_set():
+            try:
+                bets, matches = await settler.store.stale_open_bets(stale_after)
+                stale_bets.set(bets)
+                stale_matches.set(matches)
+            except psycopg.Error as err:  # PostgreSQL down: health says so; try again next time
+                log.warning("could not count stale open bets", extra={"error": str(err)})
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(app.stopping.wait(), STALE_CHECK_SECONDS)
+
     async def start() -> None:
         await pg.wait_ready()
         await nats_dep.wait_ready()
+        app.spawn(watch_stale())
         task = app.spawn(supervise())
         app.spawn(app.metrics.watch_consumers(lambda: nats_dep.js, STREAM, lambda: [DURABLE], app.stopping))
 

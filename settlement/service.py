@@ -29,6 +29,9 @@ def _when(e: ev.FeedEvent, produced: bool = True) -> datetime:
     return min(times) if times else datetime.now(UTC)
 
 
+STALE_MATCH_SECONDS = 3 * 3600.0
+
+
 def certainty_setting() -> int:
     """``LIVEBET_SETTLEMENT_CERTAINTY``: the least certain provider settlement acted on, ``live``
     or ``confirmed`` (the default: wait for the provider's confirmation after the match)."""
@@ -37,6 +40,19 @@ def certainty_setting() -> int:
     if value not in levels:
         raise ValueError(f"LIVEBET_SETTLEMENT_CERTAINTY must be live or confirmed, got {value!r}")
     return levels[value]
+
+
+def stale_match_seconds() -> float:
+    """``LIVEBET_SETTLEMENT_STALE_MATCH_SECONDS`` (default 3 hours): a match seen in play, not
+    ended, with no state update for this long, has open bets that nothing will settle."""
+    raw = os.environ.get("LIVEBET_SETTLEMENT_STALE_MATCH_SECONDS", "").strip()
+    try:
+        value = float(raw) if raw else STALE_MATCH_SECONDS
+    except ValueError:
+        raise ValueError(f"LIVEBET_SETTLEMENT_STALE_MATCH_SECONDS must be a number, got {raw!r}") from None
+    if not value > 0:
+        raise ValueError("LIVEBET_SETTLEMENT_STALE_MATCH_SECONDS must be positive")
+    return value
 
 
 class Settler:

@@ -394,6 +394,22 @@ class Store:
                 await write_event(cur, f"cancel:{cancel_id}:rollback", message)
             return int(got[0]) if got else 0
 
+    async def stale_open_bets(self, silent_seconds: float) -> tuple[int, int]:
+        """Accepted bets still open on matches that were seen in play, have not ended, and have had
+        no state update for ``silent_seconds``: (bets, matches). Nothing will settle them by
+        itself: a trader settles or voids their markets."""
+        async with self.pool.connection() as conn, conn.cursor() as cur:
+            await cur.execute(
+                """SELECT count(DISTINCT b.bet_id), count(DISTINCT m.match_id)
+                   FROM settlement.matches m
+                   JOIN betting.selections s ON s.match_id = m.match_id AND s.settled_version IS NULL
+                   JOIN betting.bets b ON b.bet_id = s.bet_id AND b.status = 'accepted'
+                   WHERE NOT m.ended AND m.updated_at < now() - make_interval(secs => %s)""",
+                (silent_seconds,),
+            )
+            row = await cur.fetchone()
+        return (int(row[0]), int(row[1])) if row else (0, 0)
+
     # --- events the settler could not apply (migrations/0006_failed_events.sql) ---------------
     async def park(
         self, seq: int, subject: str, payload: bytes, error: str, attempts: int, match_id: str, event_id: str, kind: str

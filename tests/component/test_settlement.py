@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
+import urllib.request
 from collections.abc import Iterator
 from decimal import ROUND_DOWN, Decimal
 from pathlib import Path
@@ -656,3 +657,43 @@ def test_an_event_settlement_cannot_apply_is_parked_and_the_events_after_it_sett
     assert env.sql("SELECT retried_at IS NOT NULL FROM settlement.failed_events WHERE stream_seq = 10000000") == [
         (True,)
     ]
+
+
+def test_open_bets_on_a_match_that_went_silent_in_play_are_counted_until_it_ends(env: Env) -> None:
+    """A match seen in play, not ended, with no state update for hours: its accepted bets are
+    ones nothing will settle (the gauge livebet_settlement_stale_open_bets, alert
+    OpenBetsOnSilentMatches). A full time takes them out again."""
+    from psycopg_pool import AsyncConnectionPool
+
+    from betting.adapters.store import Pooled
+    from settlement.adapters.store import Store
+
+    async def stale() -> tuple[int, int]:
+        pool = AsyncConnectionPool(env.dsn, min_size=1, max_size=1, open=False, kwargs={"autocommit": True})
+        await pool.open()
+        try:
+            return await Store(Pooled(pool)).stale_open_bets(3600.0)
+        finally:
+            await pool.close()
+
+    env.send(fixture("s30"))
+    priced(env, "s30")
+    deposit(env, "q30", 10_000, "q30-d")
+    odds, _ = env.price("s30", "1x2", "home")
+    place(env, "q30", "q30-b", [selection("s30", "1x2", "home", odds)], 500)
+    env.send(state("s30", 5, 0, 0, 20))  # in play
+    wait_for(lambda: env.sql("SELECT 1 FROM settlement.matches WHERE match_id = 's30'") == [(1,)], 30, what="seen")
+    before = asyncio.run(stale())
+    env.sql("UPDATE settlement.matches SET updated_at = now() - interval '2 hours' WHERE match_id = 's30'")
+    assert asyncio.run(stale()) == (before[0] + 1, before[1] + 1)
+    env.send(final("s30", 6, 1, 0))
+    wait_for(lambda: asyncio.run(stale()) == before, 30, what="settled at full time: no longer stale")
+    port = env.procs[3].spec.env["LIVEBET_METRICS_PORT"]
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as reply:
+        exposed = [line for line in reply.read().decode().splitlines() if line.startswith("livebet_settlement_stale")]
+    # counted at the service's start and once a minute after: present, a whole number
+    assert sorted(line.split()[0] for line in exposed) == [
+        "livebet_settlement_stale_matches",
+        "livebet_settlement_stale_open_bets",
+    ]
+    assert all(float(line.split()[1]).is_integer() for line in exposed)
