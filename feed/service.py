@@ -341,7 +341,8 @@ class FeedCore:
                 rec.heard_s = max(rec.heard_s, float(at))
 
     async def check_liveness(self) -> list[ev.FeedEvent]:
-        """Publish ``provider_down`` for every producer silent for longer than the threshold."""
+        """Publish ``provider_down`` for every producer silent for longer than the threshold, and
+        a ``bet_stop`` for every silent match (:meth:`silent_matches`); returns what it published."""
         events = []
         for t in self.liveness.tick(self.clock()):
             if t.status is not Status.DOWN:
