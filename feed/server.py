@@ -19,14 +19,7 @@ from livebet.feed.v1 import event_pb2 as ev
 from livebet.feed.v1 import feed_service_pb2_grpc
 from nats.aio.msg import Msg
 
-from feed.adapters.jetstream import (
-    INSTANCE_HEADER,
-    STREAM,
-    JetStreamPublisher,
-    PublishUnavailable,
-    ensure_stream,
-    replay,
-)
+from feed.adapters.jetstream import STREAM, JetStreamPublisher, PublishUnavailable, ensure_stream, replay
 from feed.grpc_api import FeedApi, WatchSource
 from feed.metrics import FeedMetrics
 from feed.replay import FileRecorder
@@ -37,6 +30,7 @@ from mesh.service import ServiceApp, run
 
 log = logging.getLogger("feed")
 HEARD_SUBJECT = "livebet.feed.heard"  # core NATS, in no stream: what each feed replica heard (share_heard)
+INSTANCE_HEADER = "Livebet-Feed-Instance"  # which feed process sent a heard message
 SWEEP_SECONDS = 3600.0  # how often finished matches older than the stream's retention are dropped
 
 

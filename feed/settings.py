@@ -6,7 +6,7 @@ import os
 from collections.abc import Mapping
 from dataclasses import dataclass
 
-from mesh.settings import SettingsError
+from mesh.settings import seconds
 
 
 @dataclass(frozen=True)
@@ -24,21 +24,8 @@ class FeedSettings:
     def from_env(cls, env: Mapping[str, str] | None = None) -> FeedSettings:
         e = os.environ if env is None else env
         return cls(
-            provider_silence_seconds=_seconds(e, "LIVEBET_FEED_PROVIDER_SILENCE_SECONDS", cls.provider_silence_seconds),
+            provider_silence_seconds=seconds(e, "LIVEBET_FEED_PROVIDER_SILENCE_SECONDS", cls.provider_silence_seconds),
             record_path=e.get("LIVEBET_FEED_RECORD", ""),
-            match_silence_seconds=_seconds(e, "LIVEBET_FEED_MATCH_SILENCE_SECONDS", cls.match_silence_seconds),
-            break_silence_seconds=_seconds(e, "LIVEBET_FEED_BREAK_SILENCE_SECONDS", cls.break_silence_seconds),
+            match_silence_seconds=seconds(e, "LIVEBET_FEED_MATCH_SILENCE_SECONDS", cls.match_silence_seconds),
+            break_silence_seconds=seconds(e, "LIVEBET_FEED_BREAK_SILENCE_SECONDS", cls.break_silence_seconds),
         )
-
-
-def _seconds(env: Mapping[str, str], name: str, default: float) -> float:
-    raw = env.get(name, "")
-    if not raw:
-        return default
-    try:
-        value = float(raw)
-    except ValueError:
-        raise SettingsError(f"{name} must be a number, got {raw!r}") from None
-    if not value > 0:
-        raise SettingsError(f"{name} must be positive")
-    return value

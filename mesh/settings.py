@@ -41,6 +41,15 @@ def _float(env: Mapping[str, str], name: str, default: float, minimum: float = 0
     return value
 
 
+def seconds(env: Mapping[str, str], name: str, default: float) -> float:
+    """A duration setting: ``default`` when unset, else a positive number of seconds
+    (:class:`SettingsError` saying what is wrong otherwise)."""
+    value = _float(env, name, default)
+    if not value > 0:
+        raise SettingsError(f"{name} must be positive, got {value}")
+    return value
+
+
 _LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR")
 _HOST = "127.0.0.1"
 _NATS = "nats://127.0.0.1:4222"

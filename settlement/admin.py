@@ -16,10 +16,10 @@ from livebet.settlement.v1 import settlement_pb2 as sp
 from livebet.settlement.v1 import settlement_service_pb2 as ss
 from livebet.settlement.v1 import settlement_service_pb2_grpc
 
-from betting.adapters.store import PoolSource, money
+from betting.adapters.store import PoolSource
 from betting.domain.rules import ref_key
 from mesh import access
-from settlement.adapters.store import ORIGINS, Store
+from settlement.adapters.store import ORIGINS, Store, settlement_message
 from settlement.domain.results import provider_results
 
 log = logging.getLogger("settlement.admin")
@@ -68,19 +68,13 @@ class SettlementApi(settlement_service_pb2_grpc.SettlementServiceServicer):
         return settlement
 
     def _settlement(self, request: Any, action: int, actor: str, version: int, bets: int, payout: int) -> sp.Settlement:
-        s = sp.Settlement(
-            settlement_id=request.request_id,
-            market=request.market,
-            action=action,  # type: ignore[arg-type]
-            origin=sp.SETTLEMENT_ORIGIN_MANUAL,
-            version=version,
-            bets_affected=bets,
-            total_payout=money(payout, "EUR"),
-            actor=actor,
-            reason=request.reason,
-        )
-        s.market.market_key = ref_key(request.market)
-        s.created_at.FromDatetime(datetime.now(UTC))
+        key = ref_key(request.market)
+        s = settlement_message(
+            request.request_id, request.market.match_id, key, action, sp.SETTLEMENT_ORIGIN_MANUAL, version, bets,
+            payout, actor=actor, reason=request.reason,
+        )  # fmt: skip
+        s.market.CopyFrom(request.market)  # the reference as the trader gave it, with its canonical key
+        s.market.market_key = key
         return s
 
     async def SettleMarket(
@@ -193,21 +187,12 @@ class SettlementApi(settlement_service_pb2_grpc.SettlementServiceServicer):
             )
             rows = await cur.fetchall()
         out = ss.ListSettlementsResponse()
-        origins = ORIGINS
         for sid, key, version, origin, results, bets, payout, actor, reason, created, rolled in rows[:size]:
-            s = out.settlements.add(
-                settlement_id=str(sid), action=sp.SETTLEMENT_ACTION_SETTLE, origin=origins[origin], version=version,
-                bets_affected=bets, total_payout=money(int(payout), "EUR"), actor=actor,
-                reason=reason + (" (rolled back)" if rolled else ""),
+            settlement = settlement_message(
+                str(sid), request.match_id, key, sp.SETTLEMENT_ACTION_SETTLE, ORIGINS[origin], version, bets,
+                int(payout), results, actor, reason + (" (rolled back)" if rolled else ""), created,
             )  # fmt: skip
-            s.market.match_id, s.market.market_key = request.match_id, key
-            s.market.market_type = key.split("|")[0]
-            seen = set()
-            for r in results:
-                if r["outcome_id"] not in seen:
-                    seen.add(r["outcome_id"])
-                    s.outcomes.add(outcome_id=r["outcome_id"], result=int(r["result"]))
-            s.created_at.FromDatetime(created)
+            out.settlements.append(settlement)
         if len(rows) > size:
             out.next_page_token = str(offset + size)
         return out

@@ -10,6 +10,7 @@ from datetime import UTC, datetime
 from livebet.feed.v1 import event_pb2 as ev
 
 from betting.domain.rules import ref_key
+from mesh.settings import seconds
 from settlement.adapters.store import Store
 from settlement.domain.results import parse_market_key, provider_results, results_by_market
 
@@ -45,14 +46,7 @@ def certainty_setting() -> int:
 def stale_match_seconds() -> float:
     """``LIVEBET_SETTLEMENT_STALE_MATCH_SECONDS`` (default 3 hours): a match seen in play, not
     ended, with no state update for this long, has open bets that nothing will settle."""
-    raw = os.environ.get("LIVEBET_SETTLEMENT_STALE_MATCH_SECONDS", "").strip()
-    try:
-        value = float(raw) if raw else STALE_MATCH_SECONDS
-    except ValueError:
-        raise ValueError(f"LIVEBET_SETTLEMENT_STALE_MATCH_SECONDS must be a number, got {raw!r}") from None
-    if not value > 0:
-        raise ValueError("LIVEBET_SETTLEMENT_STALE_MATCH_SECONDS must be positive")
-    return value
+    return seconds(os.environ, "LIVEBET_SETTLEMENT_STALE_MATCH_SECONDS", STALE_MATCH_SECONDS)
 
 
 class Settler:

@@ -144,7 +144,19 @@ async def relay_once(
         return len(rows)
 
 
-_restored = [-3600.0]  # when the BETS stream was last created again
+_last: dict[str, float] = {}  # what was last done when (_once_a_minute)
+
+
+def _once_a_minute(what: str) -> bool:
+    """Whether ``what`` (the stream's restoration, an event's log line) was not done in the last
+    minute; if so, it counts as done now."""
+    now = time.monotonic()
+    if now - _last.get(what, -60.0) < 60.0:
+        return False
+    if len(_last) > 10_000:
+        _last.clear()
+    _last[what] = now
+    return True
 
 
 async def _restore_stream(js: JetStreamContext) -> None:
@@ -152,10 +164,8 @@ async def _restore_stream(js: JetStreamContext) -> None:
     service ran, or a replica of an older version set it up without a subject): create it again,
     as the service does at start (at most once a minute), so bet events flow again without a
     restart. The events refused meanwhile are published at their next attempt."""
-    now = time.monotonic()
-    if now - _restored[0] < 60.0:
+    if not _once_a_minute("restore the stream"):
         return
-    _restored[0] = now
     try:
         await ensure_stream(js)
     except Exception as err:  # NATS is in trouble: the next attempt tries again
@@ -164,16 +174,9 @@ async def _restore_stream(js: JetStreamContext) -> None:
     log.error("the BETS stream was missing and has been created again; bet events refused meanwhile follow")
 
 
-_logged: dict[str, float] = {}  # msg id -> when its failure was last logged
-
-
 def _log_failure(msg_id: str, err: BaseException) -> None:
     """Log a refused event, at most once a minute each (it is tried again up to once a second)."""
-    now = time.monotonic()
-    if now - _logged.get(msg_id, -60.0) >= 60.0:
-        if len(_logged) > 10_000:
-            _logged.clear()
-        _logged[msg_id] = now
+    if _once_a_minute(msg_id):
         log.error(
             "an outbox event was refused by JetStream; it stays unpublished and is tried again",
             extra={"msg_id": msg_id, "error": repr(err)},

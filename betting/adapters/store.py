@@ -29,7 +29,7 @@ from psycopg.rows import dict_row
 from psycopg_pool import AsyncConnectionPool
 
 from betting.domain.money import format_minor
-from betting.domain.rules import Leg, Ticket
+from betting.domain.rules import Leg, Ticket, specifiers_of
 from feed.adapters.jetstream import token
 from mesh import tracing
 
@@ -237,8 +237,7 @@ def bet_proto(row: dict[str, Any], legs: Sequence[dict[str, Any]]) -> bet_pb2.Be
         s.outcome.outcome_id = leg["outcome_id"]
         ref = s.outcome.market
         ref.match_id, ref.market_type, ref.market_key = leg["match_id"], leg["market_type"], leg["market_key"]
-        for part in leg["market_key"].split("|")[1:]:
-            k, _, v = part.partition("=")
+        for k, v in specifiers_of(leg["market_key"]):
             ref.specifiers.add(key=k, value=v)
     return b
 

@@ -159,6 +159,11 @@ def market_key(market_type: str, specifiers: list[tuple[str, str]], given: str) 
     return market_type + "".join(f"|{k}={v}" for k, v in specifiers)
 
 
+def specifiers_of(key: str) -> list[tuple[str, str]]:
+    """The specifiers in a canonical market key (the inverse of :func:`market_key`'s)."""
+    return [(k, v) for k, _, v in (part.partition("=") for part in key.split("|")[1:])]
+
+
 def ref_key(ref: common_pb2.MarketRef) -> str:
     """The canonical key of a ``MarketRef`` (its ``market_key``, or type and specifiers)."""
     return market_key(ref.market_type, [(x.key, x.value) for x in ref.specifiers], ref.market_key)

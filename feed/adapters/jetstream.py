@@ -54,7 +54,6 @@ SUBJECT_ROOT = "feed"
 DUPLICATE_WINDOW_S = 600.0
 MAX_AGE_S = 7 * 24 * 3600.0
 GAP_HEADER = "Livebet-Gap"
-INSTANCE_HEADER = "Livebet-Feed-Instance"  # the feed process that sent a message
 # How many shares the matches are hashed into (fixed for the life of the stream: changing it moves
 # matches between shares, so a change needs the engines stopped and the stream re-created).
 PARTITIONS = 16

@@ -101,7 +101,8 @@ def match_state(m: LiveMatch) -> bytes:
 
 def document(engine: Engine, matches: list[bytes], sequence: int, stream: str = "") -> bytes:
     """The checkpoint of ``engine`` whose matches' parts are ``matches`` (:func:`match_state`)."""
-    _between_batches(engine)
+    if engine.deferred:
+        raise CheckpointError("a checkpoint is taken between batches, with no reprice deferred")
     head = {
         "format": FORMAT,
         "fields": FIELDS,
@@ -115,11 +116,6 @@ def document(engine: Engine, matches: list[bytes], sequence: int, stream: str = 
 
 def _same(value: Any) -> Any:
     return value
-
-
-def _between_batches(engine: Engine) -> None:
-    if engine.deferred:
-        raise CheckpointError("a checkpoint is taken between batches, with no reprice deferred")
 
 
 def compress(document: bytes) -> bytes:

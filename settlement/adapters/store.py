@@ -23,6 +23,7 @@ from psycopg.types.json import Jsonb
 from psycopg_pool import AsyncConnectionPool
 
 from betting.adapters.store import PoolSource, money, trace_transaction
+from betting.domain.rules import specifiers_of
 from feed.adapters.jetstream import token
 from settlement.domain.results import MatchResult, OpenLeg
 
@@ -61,8 +62,7 @@ def settlement_message(
         reason=reason,
     )
     s.market.match_id, s.market.market_key, s.market.market_type = match_id, market_key, market_key.split("|")[0]
-    for part in market_key.split("|")[1:]:
-        k, _, v = part.partition("=")
+    for k, v in specifiers_of(market_key):
         s.market.specifiers.add(key=k, value=v)
     seen: set[str] = set()
     for r in results:
@@ -79,11 +79,11 @@ def settlement_message(
 async def write_event(cur: psycopg.AsyncCursor[Any], event_id: str, settlement: sp.Settlement) -> None:
     """The action's ``SettlementEvent``, in the caller's transaction, for the outbox relay."""
     event = sp.SettlementEvent(event_id=event_id, settlement=settlement)
-    await cur.execute(
-        "INSERT INTO betting.outbox (subject, msg_id, payload) VALUES (%s, %s, %s)",
+    await cur.execute(  # one round trip: the row, and the relays woken when it commits
+        "WITH row AS (INSERT INTO betting.outbox (subject, msg_id, payload) VALUES (%s, %s, %s) RETURNING 1)"
+        " SELECT pg_notify('betting_outbox', '') FROM row",
         (f"{SUBJECT_ROOT}.{token(settlement.market.match_id)}", event_id, event.SerializeToString()),
     )
-    await cur.execute("SELECT pg_notify('betting_outbox', '')")
 
 
 def _cancel_origin(cancel_id: str) -> int:
