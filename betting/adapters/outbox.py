@@ -36,6 +36,7 @@ from psycopg_pool import AsyncConnectionPool
 from betting.adapters.store import bet_proto, money
 from betting.metrics import BetMetrics
 from feed.adapters import jetstream
+from feed.adapters.jetstream import Pipeline
 from mesh import tracing
 from mesh.settings import jetstream_replicas
 from mesh.tasks import cancel_and_wait
@@ -79,16 +80,8 @@ async def ensure_stream(js: JetStreamContext) -> None:
     await jetstream.ensure_stream(js, stream_config())
 
 
-async def _publish(js: JetStreamContext, subject: str, msg_id: str, data: bytes, parent: str | None) -> None:
-    if not parent:
-        await js.publish(subject, data, headers={"Nats-Msg-Id": msg_id})
-        return
-    with tracing.span("betting.outbox.publish", tracing.extract({"traceparent": parent}), kind=SpanKind.PRODUCER):
-        await js.publish(subject, data, headers=tracing.inject({"Nats-Msg-Id": msg_id}))
-
-
 async def relay_once(
-    pool: AsyncConnectionPool, js: JetStreamContext, failed: Callable[[str, BaseException], None] | None = None
+    pool: AsyncConnectionPool, pipeline: Pipeline, failed: Callable[[str, BaseException], None] | None = None
 ) -> int:
     """Publish one batch of unpublished events in order; how many were taken (published or not).
 
@@ -115,17 +108,27 @@ async def relay_once(
             for r in found
         ]
         # sent in order on one connection, so stored in order; the acks are awaited together
-        results = await asyncio.gather(
-            *(_publish(js, subj, msg_id, data, parent) for _, subj, msg_id, data, parent in rows),
-            return_exceptions=True,
-        )
+        with contextlib.ExitStack() as spans:
+            messages = []
+            for _, subj, msg_id, data, parent in rows:
+                headers = {"Nats-Msg-Id": msg_id}
+                if parent:  # a traced bet: its event's publish is a span of the bet's trace
+                    spans.enter_context(
+                        tracing.span(
+                            "betting.outbox.publish",
+                            tracing.extract({"traceparent": parent}),
+                            kind=SpanKind.PRODUCER,
+                        )
+                    )
+                    headers = tracing.inject(headers)
+                messages.append((subj, data, headers))
+            sent = await pipeline.send(messages)
         published: list[int] = []
         refused: list[tuple[int, str, str, Exception]] = []
-        for row, result in zip(rows, results, strict=True):
-            if isinstance(result, Exception):
-                refused.append((row[0], row[1], row[2], result))
-            elif isinstance(result, BaseException):
-                raise result  # cancelled: the service is stopping
+        for i, row in enumerate(rows):
+            err = sent.error(i)
+            if err is not None:
+                refused.append((row[0], row[1], row[2], err))
             else:
                 published.append(row[0])
         if not published and not all(isinstance(err, REFUSALS) for *_, err in refused):
@@ -133,7 +136,7 @@ async def relay_once(
         for _, subject, msg_id, err in refused:
             (failed or _log_failure)(msg_id, err)
             if isinstance(err, nats.js.errors.NoStreamResponseError) and subject.startswith(SUBJECT_PREFIXES):
-                await _restore_stream(js)
+                await _restore_stream(pipeline.nc.jetstream())
         await cur.execute("UPDATE betting.outbox SET published_at = now() WHERE id = ANY(%s)", (published,))
         if refused:
             await cur.execute(
@@ -256,12 +259,13 @@ async def run_relay(
                 await asyncio.sleep(1.0)
 
     listener = asyncio.create_task(listen())
+    pipeline = Pipeline(js_of.nc)  # type: ignore[attr-defined]
     delay = 0.2
     try:
         while not stopping.is_set():
             wake.clear()  # before the round: events written during it wake the next one at once
             try:
-                sent = await relay_once(pool, js_of.js, failed)  # type: ignore[attr-defined]
+                sent = await relay_once(pool, pipeline, failed)
                 delay = 0.2
                 if sent == BATCH:
                     continue

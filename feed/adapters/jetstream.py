@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import logging
 import re
 from collections.abc import Callable
@@ -137,53 +138,86 @@ class PublishResult:
 
 
 @dataclass
-class _Batch:
+class Sent:
+    """What JetStream answered for a batch of messages (see :class:`Pipeline`)."""
+
     remaining: int
     done: asyncio.Future[None]
+    acked: bytearray  # per message: 1 once its ack (or refusal) arrived
     duplicates: int = 0
     last_seq: int = 0
-    error: str = ""
+    #: message index -> why it was not stored: the ack's error JSON, b"" for "no responders" (no
+    #: stream takes the subject), or the exception the client raised sending it
+    errors: dict[int, bytes | Exception] | None = None
+
+    def error(self, i: int) -> Exception | None:
+        """Message ``i``'s failure as the exception ``JetStreamContext.publish`` would raise for it
+        (``nats.errors.TimeoutError`` when its ack never came), or None when it was stored."""
+        why = self.errors.get(i) if self.errors else None
+        if why is None:
+            return None if self.acked[i] else nats.errors.TimeoutError()
+        if isinstance(why, Exception):
+            return why
+        if not why:
+            return nats.js.errors.NoStreamResponseError()
+        try:
+            nats.js.errors.APIError.from_error(json.loads(why)["error"])  # raises the code's class
+        except nats.js.errors.APIError as err:
+            return err
+        except (ValueError, KeyError, TypeError):
+            pass
+        return nats.js.errors.APIError(description=why.decode(errors="replace")[:200])
+
+    def describe(self) -> str:
+        """The first failure, for a log line or an error message ("" when there is none)."""
+        for i in sorted(self.errors or {}):
+            why = (self.errors or {})[i]
+            if isinstance(why, Exception):
+                return repr(why)
+            return why.decode(errors="replace")[:200] if why else "no JetStream stream answered for the subject"
+        return ""
 
 
-class JetStreamPublisher:
-    """Publishes normalised events with ``Nats-Msg-Id`` and waits for every acknowledgement.
+class Pipeline:
+    """Sends messages to JetStream back to back and awaits their acknowledgements together.
 
-    Pipelined: every message of a batch is sent at once with a reply subject
-    ``<inbox>.<batch>.<index>``; one subscription on the inbox counts the acknowledgements (an ack
-    is small JSON: ``{"stream":"FEED","seq":12,"duplicate":true}`` or an ``error``), and the batch
-    completes when all have arrived. No future or JSON parse per message: this is the feed's hot
-    path.
-    """
+    Every message of a batch goes out with a reply subject ``<inbox>.<batch>.<index>``; one
+    subscription on the inbox counts the acknowledgements (an ack is small JSON:
+    ``{"stream":"FEED","seq":12,"duplicate":true}`` or an ``error``), and the batch completes when
+    all have arrived. No future, timer or JSON parse per message, as ``JetStreamContext.publish``
+    has (a request each): the feed's hot path and the bet outbox's relay. Messages sent on one
+    connection are stored in the order sent."""
 
     _SEQ = re.compile(rb'"seq"\s*:\s*(\d+)')
     _DUPLICATE = re.compile(rb'"duplicate"\s*:\s*true')
+    #: refused by the client before anything was sent, for this message alone
+    _ONE_MESSAGE = (nats.errors.MaxPayloadError, nats.errors.BadSubjectError)
 
-    def __init__(self, nc: NatsClient, timeout: float = 5.0, stream: str = STREAM) -> None:
+    def __init__(self, nc: NatsClient, timeout: float = 5.0) -> None:
         self.nc = nc
         self.timeout = timeout
-        self.stream = stream
-        self.subject_root = SUBJECT_ROOT if stream == STREAM else stream.lower()
         self._inbox = ""
-        self._batches: dict[str, _Batch] = {}
+        self._batches: dict[str, Sent] = {}
         self._counter = 0
-
-    def _subject(self, e: event_pb2.FeedEvent) -> str:
-        return subject_for(e.provider, e.match_id, self.subject_root)
 
     async def start(self) -> None:
         self._inbox = self.nc.new_inbox()
         await self.nc.subscribe(self._inbox + ".>", cb=self._on_ack)
 
     async def _on_ack(self, msg: Msg) -> None:
-        batch_id = msg.subject[len(self._inbox) + 1 :].partition(".")[0]
+        batch_id, _, index = msg.subject[len(self._inbox) + 1 :].partition(".")
         batch = self._batches.get(batch_id)
-        if batch is None:  # a late ack of a batch that timed out
+        if batch is None or not index.isdigit():  # a late ack of a batch that timed out
             return
+        i = int(index)
+        if i >= len(batch.acked) or batch.acked[i]:
+            return
+        batch.acked[i] = 1
         data = msg.data
-        if not data:  # a "no responders" status: no stream takes this subject
-            batch.error = "no JetStream stream answered for the subject"
-        elif b'"error"' in data:
-            batch.error = data.decode(errors="replace")[:200]
+        if not data or b'"error"' in data:  # no data: a "no responders" status
+            if batch.errors is None:
+                batch.errors = {}
+            batch.errors[i] = bytes(data)
         elif self._DUPLICATE.search(data):
             batch.duplicates += 1
         m = self._SEQ.search(data)
@@ -193,33 +227,74 @@ class JetStreamPublisher:
         if batch.remaining == 0 and not batch.done.done():
             batch.done.set_result(None)
 
+    async def send(self, messages: list[tuple[str, bytes, dict[str, str]]]) -> Sent:
+        """Send ``(subject, payload, headers)`` messages and wait for their acks, at most
+        ``timeout`` seconds; a message whose ack did not come is reported by :meth:`Sent.error`.
+        Raises what the connection raises (NATS is down) when nothing could be sent."""
+        if not self._inbox:
+            await self.start()
+        self._counter += 1
+        batch_id = str(self._counter)
+        batch = Sent(len(messages), asyncio.get_running_loop().create_future(), bytearray(len(messages)))
+        if not messages:
+            return batch
+        self._batches[batch_id] = batch
+        prefix = f"{self._inbox}.{batch_id}."
+        try:
+            for i, (subject, payload, headers) in enumerate(messages):
+                try:
+                    await self.nc.publish(subject, payload, reply=prefix + str(i), headers=headers)
+                except self._ONE_MESSAGE as err:
+                    if batch.errors is None:
+                        batch.errors = {}
+                    batch.errors[i] = err
+                    batch.acked[i] = 1
+                    batch.remaining -= 1
+            if batch.remaining:
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(asyncio.shield(batch.done), self.timeout)
+        finally:
+            self._batches.pop(batch_id, None)
+        return batch
+
+
+class JetStreamPublisher:
+    """Publishes normalised events with ``Nats-Msg-Id`` and waits for every acknowledgement
+    (pipelined, see :class:`Pipeline`); any event not stored fails the whole batch."""
+
+    def __init__(self, nc: NatsClient, timeout: float = 5.0, stream: str = STREAM) -> None:
+        self.nc = nc
+        self.stream = stream
+        self.subject_root = SUBJECT_ROOT if stream == STREAM else stream.lower()
+        self.pipeline = Pipeline(nc, timeout)
+
+    def _subject(self, e: event_pb2.FeedEvent) -> str:
+        return subject_for(e.provider, e.match_id, self.subject_root)
+
+    async def start(self) -> None:
+        await self.pipeline.start()
+
     async def publish(self, events: list[tuple[event_pb2.FeedEvent, int]]) -> PublishResult:
         """Publish ``(event, gap)`` pairs; returns once JetStream stored (or deduplicated) them all."""
         if not events:
             return PublishResult(0, 0, 0)
-        if not self._inbox:
-            await self.start()
         if not self.nc.is_connected:
             raise PublishUnavailable("NATS is not connected")
-        self._counter += 1
-        batch_id = str(self._counter)
-        batch = _Batch(len(events), asyncio.get_running_loop().create_future())
-        self._batches[batch_id] = batch
-        prefix = f"{self._inbox}.{batch_id}."
+        messages = []
+        for e, gap in events:
+            headers = tracing.inject({"Nats-Msg-Id": e.event_id})
+            if gap:
+                headers[GAP_HEADER] = str(gap)
+            messages.append((self._subject(e), e.SerializeToString(), headers))
         try:
-            for i, (e, gap) in enumerate(events):
-                headers = tracing.inject({"Nats-Msg-Id": e.event_id})
-                if gap:
-                    headers[GAP_HEADER] = str(gap)
-                await self.nc.publish(self._subject(e), e.SerializeToString(), reply=prefix + str(i), headers=headers)
-            await asyncio.wait_for(asyncio.shield(batch.done), self.timeout)
-        except (TimeoutError, nats.errors.Error) as exc:
+            sent = await self.pipeline.send(messages)
+        except nats.errors.Error as exc:
             raise PublishUnavailable(f"JetStream did not acknowledge the batch: {exc.__class__.__name__}") from exc
-        finally:
-            self._batches.pop(batch_id, None)
-        if batch.error:
-            raise PublishUnavailable(f"JetStream refused part of the batch: {batch.error}")
-        return PublishResult(len(events) - batch.duplicates, batch.duplicates, batch.last_seq)
+        if sent.errors:
+            raise PublishUnavailable(f"JetStream refused part of the batch: {sent.describe()}")
+        if sent.remaining:
+            raise PublishUnavailable("JetStream did not acknowledge the batch: TimeoutError")
+        return PublishResult(len(events) - sent.duplicates, sent.duplicates, sent.last_seq)
 
 
 def decode(data: bytes, seq: int) -> event_pb2.FeedEvent | None:
