@@ -1,10 +1,13 @@
 """The outbox relay: bet events written in the same transaction as the change they report are
 published to the JetStream stream ``BETS`` (subjects ``bets.<account>.<bet_id>``) with
-``Nats-Msg-Id`` = the event id, then marked published.
+``Nats-Msg-Id`` = the event id, and taken off the outbox in the transaction that took them for
+publishing, which commits once JetStream has acknowledged them.
 
-At-least-once: a relay that dies after publishing and before marking publishes again, and the
-stream's duplicate window (10 minutes) drops the copy; consumers also key on the event id. Several
-relays (one per betting replica) share the work with ``FOR UPDATE SKIP LOCKED``.
+At-least-once: a relay that dies after publishing and before committing leaves the events in the
+outbox, they are published again, and the stream's duplicate window (10 minutes) drops the copy;
+consumers also key on the event id. Several relays (one per betting replica) share the work with
+``FOR UPDATE SKIP LOCKED``. A round's events are sent back to back on one connection and their
+acknowledgements awaited together (``feed.adapters.jetstream.Pipeline``).
 
 What wakes a relay: the betting process wakes its own once a batch of bets is committed (the
 ``wake`` event, set by ``PlaceBatcher.on_batch``); writers in other processes (settlement, market
@@ -60,7 +63,6 @@ RETRY_MAX_SECONDS = 60.0
 BATCH = 500
 POLL_SECONDS = 1.0
 COALESCE_SECONDS = 0.02
-KEEP_PUBLISHED = "1 day"
 
 
 def stream_config(replicas: int | None = None) -> StreamConfig:
@@ -85,66 +87,67 @@ async def relay_once(
 ) -> int:
     """Publish one batch of unpublished events in order; how many were taken (published or not).
 
+    The round takes its events off the outbox (``DELETE … RETURNING``, ``SKIP LOCKED`` so that
+    relays share the work) and publishes them before it commits: events published are gone with
+    the commit, and a round that fails (the relay or PostgreSQL died, NATS is down) rolls back and
+    leaves every event of it where it was (at-least-once; JetStream drops a copy by its id).
+
     An event JetStream refuses (a subject no stream takes, a message too large: ``REFUSALS``), or
-    that fails while others of the round go through, stays unpublished, is reported to ``failed``
-    with its error and is tried again later (``retry_at``: 1 s, then doubling up to a minute): it
-    does not hold up the events behind it, nor take their places in the rounds meanwhile. Refused
-    because the ``BETS`` stream is gone, it has the stream created again. When none goes through for
-    another reason (the connection), NATS itself is the trouble: the round raises and nothing is
-    marked."""
+    that fails while others of the round go through, is put back as it was, is reported to
+    ``failed`` with its error and is tried again later (``retry_at``: 1 s, then doubling up to a
+    minute): it does not hold up the events behind it, nor take their places in the rounds
+    meanwhile. Refused because the ``BETS`` stream is gone, it has the stream created again. When
+    none goes through for another reason (the connection), NATS itself is the trouble: the round
+    raises and nothing changes."""
     async with pool.connection() as conn, conn.transaction(), conn.cursor() as cur:
-        await cur.execute(
-            "SELECT id, subject, msg_id, payload, balance, currency, bet_id, traceparent FROM betting.outbox"
-            " WHERE published_at IS NULL AND (retry_at IS NULL OR retry_at <= now())"
-            " ORDER BY id LIMIT %s FOR UPDATE SKIP LOCKED",
-            (BATCH,),
-        )
-        found = await cur.fetchall()
+        await cur.execute(TAKE, (BATCH,))
+        found = sorted(await cur.fetchall())  # by id: the order the events were written in
         if not found:
             return 0
-        built = await _events(cur, [r[0] for r in found if r[3] is None])
-        rows = [
-            (r[0], r[1], r[2], built[r[0]] if r[3] is None else _with_balance(bytes(r[3]), r[4], r[5]), r[7])
-            for r in found
-        ]
+        built = await _events(cur, [(r[0], r[2], r[6]) for r in found if r[3] is None])
         # sent in order on one connection, so stored in order; the acks are awaited together
         with contextlib.ExitStack() as spans:
             messages = []
-            for _, subj, msg_id, data, parent in rows:
-                headers = {"Nats-Msg-Id": msg_id}
-                if parent:  # a traced bet: its event's publish is a span of the bet's trace
+            for r in found:
+                headers = {"Nats-Msg-Id": r[2]}
+                if r[7]:  # a traced bet: its event's publish is a span of the bet's trace
                     spans.enter_context(
                         tracing.span(
                             "betting.outbox.publish",
-                            tracing.extract({"traceparent": parent}),
+                            tracing.extract({"traceparent": r[7]}),
                             kind=SpanKind.PRODUCER,
                         )
                     )
                     headers = tracing.inject(headers)
-                messages.append((subj, data, headers))
+                data = built[r[0]] if r[3] is None else _with_balance(bytes(r[3]), r[4], r[5])
+                messages.append((r[1], data, headers))
             sent = await pipeline.send(messages)
-        published: list[int] = []
-        refused: list[tuple[int, str, str, Exception]] = []
-        for i, row in enumerate(rows):
-            err = sent.error(i)
-            if err is not None:
-                refused.append((row[0], row[1], row[2], err))
-            else:
-                published.append(row[0])
-        if not published and not all(isinstance(err, REFUSALS) for *_, err in refused):
-            raise refused[0][3]  # none went through, not for its own reasons: NATS itself is the trouble
-        for _, subject, msg_id, err in refused:
-            (failed or _log_failure)(msg_id, err)
-            if isinstance(err, nats.js.errors.NoStreamResponseError) and subject.startswith(SUBJECT_PREFIXES):
+        refused = [(r, err) for i, r in enumerate(found) if (err := sent.error(i)) is not None]
+        if len(refused) == len(found) and not all(isinstance(err, REFUSALS) for _, err in refused):
+            raise refused[0][1]  # none went through, not for its own reasons: NATS itself is the trouble
+        for r, err in refused:
+            (failed or _log_failure)(r[2], err)
+            if isinstance(err, nats.js.errors.NoStreamResponseError) and r[1].startswith(SUBJECT_PREFIXES):
                 await _restore_stream(pipeline.nc.jetstream())
-        await cur.execute("UPDATE betting.outbox SET published_at = now() WHERE id = ANY(%s)", (published,))
-        if refused:
-            await cur.execute(
-                "UPDATE betting.outbox SET attempts = attempts + 1,"
-                " retry_at = now() + least(%s * power(2, attempts), %s) * interval '1 second' WHERE id = ANY(%s)",
-                (RETRY_FIRST_SECONDS, RETRY_MAX_SECONDS, [r[0] for r in refused]),
-            )
-        return len(rows)
+        if refused:  # back in the outbox as they were, under the same id, to be tried again later
+            await cur.executemany(PUT_BACK, [(*r, RETRY_FIRST_SECONDS, r[9], RETRY_MAX_SECONDS) for r, _ in refused])
+        return len(found)
+
+
+#: a round's events, taken off the outbox (the columns PUT_BACK writes back, in its order)
+TAKE = (
+    "DELETE FROM betting.outbox WHERE id IN ("
+    " SELECT id FROM betting.outbox WHERE published_at IS NULL AND (retry_at IS NULL OR retry_at <= now())"
+    " ORDER BY id LIMIT %s FOR UPDATE SKIP LOCKED)"
+    " RETURNING id, subject, msg_id, payload, balance, currency, bet_id, traceparent, created_at, attempts"
+)
+#: a refused event, written back with one more attempt and when to try it again
+PUT_BACK = (
+    "INSERT INTO betting.outbox"
+    " (id, subject, msg_id, payload, balance, currency, bet_id, traceparent, created_at, attempts, retry_at)"
+    " VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s + 1,"
+    " now() + least(%s * power(2, %s), %s) * interval '1 second')"
+)
 
 
 _last: dict[str, float] = {}  # what was last done when (_once_a_minute)
@@ -186,30 +189,31 @@ def _log_failure(msg_id: str, err: BaseException) -> None:
         )
 
 
-async def _events(cur: psycopg.AsyncCursor[Any], ids: list[int]) -> dict[int, bytes]:
-    """Events written without a payload (by set-based SQL such as betting.settle_market): built here
-    from the bet as it is, with the player's balance."""
-    if not ids:
+async def _events(cur: psycopg.AsyncCursor[Any], wanted: list[tuple[int, str, Any]]) -> dict[int, bytes]:
+    """Events written without a payload (by set-based SQL such as betting.settle_market), as
+    (outbox id, msg id, bet id): built here from the bet as it is, with the player's balance."""
+    if not wanted:
         return {}
     await cur.execute(
-        """SELECT o.id, o.msg_id, to_jsonb(b) AS bet, a.balance
-           FROM betting.outbox o JOIN betting.bets b ON b.bet_id = o.bet_id
+        """SELECT b.bet_id, to_jsonb(b) AS bet, a.balance
+           FROM betting.bets b
            LEFT JOIN betting.ledger_accounts a ON a.account_id = 'player:' || b.account_id || ':' || b.currency
-           WHERE o.id = ANY(%s)""",
-        (ids,),
+           WHERE b.bet_id = ANY(%s::uuid[])""",
+        (list({bet_id for _, _, bet_id in wanted}),),
     )
-    rows = await cur.fetchall()
-    bet_ids = list({r[2]["bet_id"] for r in rows})
+    bets = {bet_id: (bet, balance) for bet_id, bet, balance in await cur.fetchall()}
     await cur.execute(
-        "SELECT to_jsonb(s) FROM betting.selections s WHERE bet_id = ANY(%s::uuid[]) ORDER BY bet_id, leg", (bet_ids,)
+        "SELECT to_jsonb(s) FROM betting.selections s WHERE bet_id = ANY(%s::uuid[]) ORDER BY bet_id, leg",
+        (list(bets),),
     )
     legs: dict[str, list[dict[str, Any]]] = {}
     for (leg,) in await cur.fetchall():
         leg["requested_odds"], leg["odds"] = Decimal(str(leg["requested_odds"])), Decimal(str(leg["odds"]))
         legs.setdefault(leg["bet_id"], []).append(leg)
     out = {}
-    for outbox_id, msg_id, bet, balance in rows:
-        bet["odds"] = Decimal(str(bet["odds"]))
+    for outbox_id, msg_id, bet_id in wanted:
+        bet, balance = bets[bet_id]
+        bet = {**bet, "odds": Decimal(str(bet["odds"]))}
         for name in ("placed_at", "decided_at", "settled_at", "decide_at"):
             bet[name] = datetime.fromisoformat(bet[name]) if bet[name] else None
         proto = bet_proto(bet, legs.get(bet["bet_id"], []))
@@ -290,11 +294,12 @@ _last_cleanup = 0.0
 
 
 async def _cleanup(pool: AsyncConnectionPool) -> None:
-    """Drop events published more than a day ago (at most once a minute)."""
+    """Drop events an earlier version of the relay marked published instead of taking them off
+    (at most once a minute; a replica of that version may still run during a rolling upgrade)."""
     global _last_cleanup
     now = asyncio.get_running_loop().time()
     if now - _last_cleanup < 60:
         return
     _last_cleanup = now
     async with pool.connection() as conn:
-        await conn.execute(f"DELETE FROM betting.outbox WHERE published_at < now() - interval '{KEEP_PUBLISHED}'")
+        await conn.execute("DELETE FROM betting.outbox WHERE published_at IS NOT NULL")

@@ -4,12 +4,14 @@ check the ledger's invariants."""
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import grpc
+import nats
 import psycopg
 from livebet.betting.v1 import bet_pb2, betting_service_pb2_grpc, wallet_service_pb2_grpc
 from livebet.betting.v1 import betting_service_pb2 as bs
@@ -63,6 +65,26 @@ class Env:
         with psycopg.connect(self.dsn, autocommit=True) as conn:
             cur = conn.execute(query, args)  # type: ignore[arg-type]
             return cur.fetchall() if cur.description else []
+
+    def published(self, subject: str) -> list[str]:
+        """The ids (``Nats-Msg-Id``) of the events on ``subject`` in the JetStream stream ``BETS``,
+        in stream order, once the outbox has none left to publish. The relay takes published
+        events off the outbox, so the stream is where an event written twice would show."""
+        wait_for(lambda: self.sql("SELECT count(*) FROM betting.outbox") == [(0,)], 20, what="outbox relayed")
+
+        async def read() -> list[str]:
+            nc = await nats.connect(self.nats_url)
+            try:
+                js = nc.jetstream()
+                info = await js.stream_info("BETS", subjects_filter=subject)
+                stored = sum((info.state.subjects or {}).values())
+                sub = await js.subscribe(subject, ordered_consumer=True)
+                msgs = [await sub.next_msg(timeout=10) for _ in range(stored)]
+                return [m.headers["Nats-Msg-Id"] for m in msgs if m.headers]
+            finally:
+                await nc.close()
+
+        return asyncio.run(read())
 
     def counts(self) -> tuple[int, int, int, int]:
         """Rows in bets, selections, ledger transactions and postings."""

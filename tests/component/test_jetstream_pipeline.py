@@ -16,9 +16,7 @@ from tests.conftest import Server
 async def test_each_message_of_a_batch_gets_its_own_answer(nats_server: Server) -> None:
     nc = await nats.connect(nats_server.url)
     js = nc.jetstream()
-    await js.add_stream(
-        StreamConfig(name="PIPE", subjects=["pipe.>"], storage=StorageType.MEMORY, max_msg_size=1000)
-    )
+    await js.add_stream(StreamConfig(name="PIPE", subjects=["pipe.>"], storage=StorageType.MEMORY, max_msg_size=1000))
     silent = await nc.subscribe("quiet.x")  # interest but never an answer: its ack does not come
     try:
         pipeline = Pipeline(nc, timeout=0.5)
