@@ -84,8 +84,8 @@ def subject(account: str, bet_id: str) -> str:
 EPOCH = datetime(1970, 1, 1, tzinfo=UTC)  # bet_proto sets timestamps from it (FromDatetime costs more)
 
 
-def _odds(value: Decimal) -> common_pb2.Odds:
-    return common_pb2.Odds(decimal=f"{value:.2f}")
+def _set_money(m: common_pb2.Money, units: int, currency: str) -> None:
+    m.currency_code, m.minor_units, m.decimal = currency, units, format_minor(units, currency)
 
 
 async def trace_transaction(cur: psycopg.AsyncCursor[Any]) -> None:
@@ -206,21 +206,22 @@ async def write(
 
 def bet_proto(row: dict[str, Any], legs: Sequence[dict[str, Any]]) -> bet_pb2.Bet:
     cur = row["currency"]
+    # fields set in place: a message handed to a constructor is copied, and PlaceBet builds one per bet
     b = bet_pb2.Bet(
         bet_id=str(row["bet_id"]),
         request_id=row["request_id"],
         account_id=row["account_id"],
-        stake=money(row["stake"], cur),
-        accepted_odds=_odds(row["odds"]),
-        potential_payout=money(row["potential_payout"], cur),
         odds_change_policy=row["policy"],
         status=STATUS[row["status"]],
         reject_reason=row["reject_reason"],
         reject_detail=row["reject_detail"],
         result=row["result"],
-        payout=money(row["payout"], cur),
         settlement_version=row["settlement_version"],
     )
+    _set_money(b.stake, row["stake"], cur)
+    b.accepted_odds.decimal = f"{row['odds']:.2f}"
+    _set_money(b.potential_payout, row["potential_payout"], cur)
+    _set_money(b.payout, row["payout"], cur)
     for name in ("placed_at", "decided_at", "settled_at", "decide_at"):
         value = row.get(name)
         if value is not None:
@@ -228,12 +229,9 @@ def bet_proto(row: dict[str, Any], legs: Sequence[dict[str, Any]]) -> bet_pb2.Be
             t = getattr(b, name)
             t.seconds, t.nanos = d.days * 86400 + d.seconds, d.microseconds * 1000
     for leg in legs:
-        s = b.selections.add(
-            requested_odds=_odds(leg["requested_odds"]),
-            market_version=leg["market_version"],
-            accepted_odds=_odds(leg["odds"]),
-            result=leg["result"],
-        )
+        s = b.selections.add(market_version=leg["market_version"], result=leg["result"])
+        s.requested_odds.decimal = f"{leg['requested_odds']:.2f}"
+        s.accepted_odds.decimal = f"{leg['odds']:.2f}"
         s.outcome.outcome_id = leg["outcome_id"]
         ref = s.outcome.market
         ref.match_id, ref.market_type, ref.market_key = leg["match_id"], leg["market_type"], leg["market_key"]
@@ -465,7 +463,7 @@ class Store:
         (bet, created); an earlier bet under the same request id is returned as it is (Conflict when
         that was another request)."""
         t = p.ticket
-        bet_id = uuid.uuid4()
+        bet_id = str(uuid.uuid4())
         status = "pending" if p.delay_seconds > 0 else "accepted"
         legs = [
             {
@@ -507,9 +505,9 @@ class Store:
                 for i, leg in enumerate(legs)
             ],
         )
-        event = _event(bet, None)
+        event = bet_pb2.BetEvent(event_id=f"{bet_id}:{status}:0", bet=bet, occurred_at=bet.placed_at)
         item = {
-            "bet_id": str(bet_id),
+            "bet_id": bet_id,
             "account": p.account,
             "request_id": t.request_id,
             "digest": p.request_digest.hex(),
@@ -525,7 +523,7 @@ class Store:
             "max_liability": p.max_liability,
             "max_daily": p.max_daily_stake,
             "now": now.isoformat(),
-            "subject": subject(p.account, str(bet_id)),
+            "subject": subject(p.account, bet_id),
             "msg_id": event.event_id,
             "event": event.SerializeToString().hex(),
         }
@@ -736,17 +734,6 @@ class Store:
 
     async def open_bets(self, account: str) -> list[bet_pb2.Bet]:
         return [b for s in ("pending", "accepted") for b in await self.list_bets(account, 1000, None, s)]
-
-
-def _event(bet: bet_pb2.Bet, balance: int | None) -> bet_pb2.BetEvent:
-    now = Timestamp()
-    now.GetCurrentTime()
-    event = bet_pb2.BetEvent(
-        event_id=f"{bet.bet_id}:{STATUS_NAME[bet.status]}:{bet.settlement_version}", bet=bet, occurred_at=now
-    )
-    if balance is not None:
-        event.balance.CopyFrom(money(balance, bet.stake.currency_code))
-    return event
 
 
 def _ticket_of(row: dict[str, Any], legs: Sequence[dict[str, Any]]) -> Ticket:
