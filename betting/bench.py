@@ -22,9 +22,11 @@ next transaction (group commit, ``betting.adapters.store.PlaceBatcher``); the la
 bets per transaction, from the service's ``livebet_bets_placed_per_transaction`` histogram. The raw
 PostgreSQL figure is one transaction per bet, as a service without group commit would write them.
 
-During the half-load phase a disk probe times fdatasync beside PostgreSQL, and the garbage
+During the half-load phase a disk probe times fdatasync beside PostgreSQL, the garbage
 collectors' pauses are counted (the betting processes' from their metrics, the load generator's
-own), so that a bad p99 can be traced to a disk stall or a collection, or neither.
+own), and the betting processes' own timings of the calls are read from their metrics, so that a
+bad p99 can be traced to a disk stall, a collection, or the time spent outside the service (in
+gRPC's transport, the client, waiting for a core).
 
 Goals (issue 6): PlaceBet throughput ≥ 50 % of the lower raw figure; p99 ≤ 25 ms at half load.
 Latencies are recorded in an HdrHistogram (1 µs .. 60 s, 3 digits).
@@ -317,6 +319,42 @@ def _betting_gc(metrics_urls: list[str]) -> list[float]:
     )
 
 
+def _served(metrics_urls: list[str]) -> dict[float, float]:
+    """The betting processes' own PlaceBet timings so far (``livebet_rpc_duration_seconds``,
+    answered OK): calls taking up to each bucket's bound, in seconds, summed over the processes."""
+    out: dict[float, float] = {}
+    for url in metrics_urls:
+        with urllib.request.urlopen(url, timeout=5) as reply:
+            for line in reply.read().decode().splitlines():
+                if line.startswith("livebet_rpc_duration_seconds_bucket{") and "/PlaceBet" in line:
+                    if 'code="OK"' not in line:
+                        continue
+                    labels, _, value = line.rpartition(" ")
+                    le = float(labels.rpartition('le="')[2].partition('"')[0])
+                    out[le] = out.get(le, 0.0) + float(value)
+    return out
+
+
+def _served_between(before: dict[float, float], after: dict[float, float]) -> dict[str, float]:
+    """Of the PlaceBet calls between two :func:`_served` readings: the bucket bounds their p50
+    and p99 fall in, and how many took over 10 and 25 ms inside the service."""
+    counts = {le: after[le] - before.get(le, 0.0) for le in sorted(after)}
+    total = counts.get(float("inf"), 0.0)
+    if not total:
+        return {}
+
+    def bound(q: float) -> float:
+        return next(le for le, n in counts.items() if n >= q * total) * 1000
+
+    return {
+        "calls": total,
+        "p50_upto_ms": bound(0.5),
+        "p99_upto_ms": bound(0.99),
+        "over_10ms": total - counts.get(0.01, 0.0),
+        "over_25ms": total - counts.get(0.025, 0.0),
+    }
+
+
 class GcWatch:
     """The load generator's own collections (this process): a pause here delays the replies it
     is timing as much as one in the service does."""
@@ -464,11 +502,13 @@ def main(argv: list[str] | None = None) -> int:
         half_rate = full["per_s"] / 2
         print(f"PlaceBet at half that load ({half_rate:.0f}/s) ...", file=sys.stderr)
         gc_before = _betting_gc(metrics)
+        served_before = _served(metrics)
         with DiskProbe(root / "pg") as disk, GcWatch() as client_gc:
             half = eventloop.run(
                 place_bets(targets, n, secs, odds, args.matches, half_rate, "half", cpu=cpu, metrics=metrics)
             )
         disk_half = disk.figures()
+        served_half = _served_between(served_before, _served(metrics))
         total, *upto = (after - before for after, before in zip(_betting_gc(metrics), gc_before, strict=True))
         gc_half = {
             "betting_collections": total,
@@ -502,6 +542,7 @@ def main(argv: list[str] | None = None) -> int:
         "placebet_half": half,
         "disk_during_half_load": disk_half,
         "gc_during_half_load": gc_half,
+        "served_during_half_load": served_half,
         "placebet_same_outcome": hot,
         "share_of_lower_raw": round(share, 3),
         "goal_share": GOAL_RAW_SHARE,
@@ -544,6 +585,14 @@ def main(argv: list[str] | None = None) -> int:
         f"the disk meanwhile (an 8 KiB write + fdatasync every 20 ms beside PostgreSQL): p50 {d['p50_ms']:.2f} ms,"
         f" p99 {d['p99_ms']:.1f} ms, max {d['max_ms']:.1f} ms, {d['over_20ms']:.0f} of {d['flushes']:.0f} over 20 ms"
     )
+    v = served_half
+    if v:
+        print(
+            "inside the betting service meanwhile (its own PlaceBet timings, by bucket):"
+            f" p50 <= {v['p50_upto_ms']:g} ms, p99 <= {v['p99_upto_ms']:g} ms;"
+            f" {v['over_10ms']:.0f} of {v['calls']:.0f} over 10 ms,"
+            f" {v['over_25ms']:.0f} over 25 ms"
+        )
     g = gc_half
     print(
         f"garbage collection meanwhile: betting {g['betting_collections']:.0f} pauses,"
