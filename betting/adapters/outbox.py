@@ -62,7 +62,7 @@ RETRY_FIRST_SECONDS = 1.0
 RETRY_MAX_SECONDS = 60.0
 BATCH = 500
 POLL_SECONDS = 1.0
-COALESCE_SECONDS = 0.02
+COALESCE_SECONDS = 0.05
 
 
 def stream_config(replicas: int | None = None) -> StreamConfig:
@@ -283,8 +283,10 @@ async def run_relay(
                 continue
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(wake.wait(), POLL_SECONDS)
-            # events come in bursts (every batch of bets wakes it): gather a few milliseconds of them
-            # into one round instead of a transaction and a JetStream round trip per event
+            # events come in bursts (every batch of bets wakes it): gather 50 ms of them into one
+            # round instead of a transaction and a JetStream round trip per event or two (a round
+            # costs ~1 ms of CPU here and ~0.6 ms in PostgreSQL whatever its size); a bet's event
+            # reaches BETS and WatchBets ~50 ms after its commit, its PlaceBet answer at once
             await asyncio.sleep(COALESCE_SECONDS)
     finally:
         await cancel_and_wait(listener)
