@@ -42,6 +42,7 @@ from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
 from nats.js.kv import KeyValue
 from nats.js.object_store import ObjectStore
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+from redis.exceptions import RedisError
 
 from feed.adapters.jetstream import (
     PARTITIONS,
@@ -52,7 +53,7 @@ from feed.adapters.jetstream import (
     partition_subjects,
     replay,
 )
-from mesh import resp, tracing
+from mesh import resp, settings, tracing
 from mesh.deps import NatsDependency, Readiness, RedisDependency
 from mesh.metrics import LATENCY_BUCKETS
 from mesh.service import ServiceApp, run
@@ -61,7 +62,7 @@ from pricing import checkpoints
 from pricing.leases import RENEW_EVERY, Leases, lease_store, plan, settled
 from pricing.live import checkpoint, codec
 from pricing.live.book import Delta, LiveMatch
-from pricing.live.engine import RETIRE_AFTER_MS, Engine
+from pricing.live.engine import ABANDON_AFTER_MS, RETIRE_AFTER_MS, Engine
 from pricing.trader import TraderApi, apply_trader_state, forget, migrate_keys, request_store, trader_store
 
 log = logging.getLogger("pricing")
@@ -82,6 +83,13 @@ def retire_after_setting() -> int:
     """``LIVEBET_PRICING_RETIRE_AFTER_SECONDS``: how long after its last event an ended match is
     forgotten by the engine (its snapshot stays in Redis); 600 by default."""
     return int(float(os.environ.get("LIVEBET_PRICING_RETIRE_AFTER_SECONDS", RETIRE_AFTER_MS / 1000)) * 1000)
+
+
+def abandon_after_setting() -> int:
+    """``LIVEBET_PRICING_ABANDON_AFTER_SECONDS``: how long a match under way (or past its
+    kick-off) that nothing is heard of any more is kept before the engine forgets it and it leaves
+    the live lists (its snapshot stays in Redis, suspended, for a week); 21600 (6 hours) by default."""
+    return int(settings.seconds(os.environ, "LIVEBET_PRICING_ABANDON_AFTER_SECONDS", ABANDON_AFTER_MS / 1000) * 1000)
 
 
 def warm_up() -> None:
@@ -125,9 +133,12 @@ class Share:
         self.stream = ""  # the FEED stream's life (its creation time) the sequence counts in
         self.checkpointed = 0.0  # when it was last checkpointed (monotonic seconds)
 
-    def retire(self, now_ms: int, after_ms: int = RETIRE_AFTER_MS) -> list[str]:
-        """Forget the matches that ended ``after_ms`` ago or more (engine and encoded markets)."""
-        gone = self.engine.retire_ended(now_ms, after_ms)
+    def retire(
+        self, now_ms: int, after_ms: int = RETIRE_AFTER_MS, abandoned_ms: int | None = ABANDON_AFTER_MS
+    ) -> list[str]:
+        """Forget the matches that ended ``after_ms`` ago or more, and those abandoned
+        ``abandoned_ms`` ago (``Engine.retire``): engine and encoded markets."""
+        gone = self.engine.retire(now_ms, after_ms, abandoned_ms)
         for match_id in gone:
             self.cache.forget(match_id)
         return gone
@@ -178,6 +189,12 @@ class PricingMetrics:
         self.matches = Gauge(
             "livebet_pricing_matches_held", "Matches in this replica's engines (ended ones leave).", registry=registry
         )
+        self.abandoned = Counter(
+            "livebet_pricing_matches_abandoned_total",
+            "Matches forgotten unended: under way (or past their kick-off) and silent for"
+            " LIVEBET_PRICING_ABANDON_AFTER_SECONDS; they leave the live lists.",
+            registry=registry,
+        )
         self.replayed = Counter(
             "livebet_pricing_replayed_events_total",
             "FEED events replayed to rebuild shares (from their checkpoint, else from the stream's start).",
@@ -209,6 +226,7 @@ class Runner:
         self.kv: KeyValue | None = None  # trader state
         self.requests: KeyValue | None = None  # trader calls' answers by request id
         self.retire_after_ms = retire_after_setting()
+        self.abandon_after_ms = abandon_after_setting()
         self.sweep_seconds = min(SWEEP_SECONDS, max(0.5, self.retire_after_ms / 2000))
         self.checkpoints: ObjectStore | None = None  # set at start unless off (every rebuild replays it all)
         self.checkpoint_seconds = checkpoints.every_setting()
@@ -342,7 +360,7 @@ class Runner:
         share.cache = codec.MarketCache()
         # ended a while ago: not worth holding (their trader state went when the sweep of an earlier
         # life retired them; purging it again for every match of a long replay would slow the rebuild)
-        share.retire(int(time.time() * 1000), self.retire_after_ms)
+        share.retire(int(time.time() * 1000), self.retire_after_ms, None)  # abandoned ones: by the sweep
         if self.kv is not None:
             await apply_trader_state(share.engine, self.kv, share.k)
         for m in share.engine.matches.values():
@@ -410,15 +428,40 @@ class Runner:
         except (nats.errors.Error, OSError) as err:
             log.warning("trader state of retired matches not deleted", extra={"error": str(err)})
 
+    async def unlist(self, match_ids: list[str]) -> None:
+        """Retired matches out of the live lists (``odds:live``), their snapshot and delta log
+        kept for ``ENDED_TTL_SECONDS`` (an ended match left them when it ended; an abandoned one,
+        still suspended, leaves them here). A failure is logged: the next retirement does not
+        repeat it, and a match left listed is one more suspended match in the list."""
+        if not match_ids:
+            return
+        commands = [resp.command(b"ZREM", LIVE, *(m.encode() for m in match_ids))]
+        for m in match_ids:
+            commands.append(resp.command(b"EXPIRE", (codec.SNAP_KEY + m).encode(), ENDED_TTL))
+            commands.append(resp.command(b"EXPIRE", (codec.LOG_KEY + m).encode(), ENDED_TTL))
+        try:
+            await self.redis_dep.pipelined.execute(commands)
+        except RedisError as err:
+            log.warning("retired matches not taken off the live lists", extra={"error": str(err)})
+
     async def sweep(self, share: Share) -> None:
-        """Retire ended matches, at most every ``sweep_seconds``."""
+        """Retire ended and abandoned matches, at most every ``sweep_seconds``."""
         if time.monotonic() - share.swept < self.sweep_seconds:
             return
         share.swept = time.monotonic()
         async with share.lock:
-            gone = share.retire(int(time.time() * 1000), self.retire_after_ms)
+            now = int(time.time() * 1000)
+            abandoned = [k for k, m in share.engine.matches.items() if not m.ended]
+            await self.publish(share, share.engine.abandon(now, self.abandon_after_ms))
+            gone = share.retire(now, self.retire_after_ms, self.abandon_after_ms)
         if gone:
-            log.info("ended matches retired", extra={"partition": share.k, "matches": len(gone)})
+            dropped = sorted(set(gone) & set(abandoned))
+            log.info(
+                "ended matches retired",
+                extra={"partition": share.k, "matches": len(gone), "abandoned": dropped[:20]},
+            )
+            self.metrics.abandoned.inc(len(dropped))
+            await self.unlist(gone)
             await self.forget_trader_state(gone)
         self.metrics.matches.set(sum(len(s.engine.matches) for s in self.shares.values()))
 

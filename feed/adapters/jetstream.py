@@ -293,7 +293,9 @@ class JetStreamPublisher:
         if sent.errors:
             raise PublishUnavailable(f"JetStream refused part of the batch: {sent.describe()}")
         if sent.remaining:
-            raise PublishUnavailable("JetStream did not acknowledge the batch: TimeoutError")
+            raise PublishUnavailable(
+                f"JetStream did not acknowledge the batch: TimeoutError ({sent.remaining} of {len(events)} unanswered)"
+            )
         return PublishResult(len(events) - sent.duplicates, sent.duplicates, sent.last_seq)
 
 

@@ -119,6 +119,7 @@ class LiveMatch:
     _next_n: int = 0
     quotes: dict[str, MarketQuote] = field(default_factory=dict)
     last_event_ms: int = 0
+    starts_ms: int = 0  # the fixture's scheduled kick-off (0: not given)
     mode: str = "model"  # or "provider"
     sport: int = 0  # livebet.common.v1.Sport
     # provider mode: market key -> (quoted active, outcome -> fair probability)

@@ -157,7 +157,7 @@ class MarketCache:
             self._store(m.match_id, q, m.version)
 
     def forget(self, match_id: str) -> None:
-        """Drop a retired match's markets (see ``Engine.retire_ended``)."""
+        """Drop a retired match's markets (see ``Engine.retire``)."""
         self._markets.pop(match_id, None)
         self._fixed.pop(match_id, None)
 

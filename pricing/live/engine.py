@@ -79,6 +79,9 @@ def _probability(text: str) -> float | None:
 
 
 RETIRE_AFTER_MS = 10 * 60 * 1000  # an ended match heard nothing of for this long is forgotten
+#: a match under way (or past its kick-off) that nothing was heard of for this long is abandoned:
+#: the feed stopped betting on it long ago, its provider dropped it; it is forgotten too
+ABANDON_AFTER_MS = 6 * 3600 * 1000
 REMEMBER_RETIRED_MS = 7 * 24 * 3600 * 1000  # ... and its last version for this long
 
 
@@ -86,10 +89,12 @@ class Engine:
     """``provider_mode``: providers whose matches are priced in provider mode from the start
     (a trader can switch any match either way).
 
-    A match that has ended is forgotten (:meth:`retire_ended`) once nothing was heard of it for a
-    while, so an engine that runs for months holds the matches being played, not every match it
-    ever priced. Events of a forgotten match are ignored; a fixture sent again prices it again,
-    from the version it had (kept for ``REMEMBER_RETIRED_MS``), so versions never go backwards."""
+    A match that has ended is forgotten (:meth:`retire`) once nothing was heard of it for a while,
+    so an engine that runs for months holds the matches being played, not every match it ever
+    priced; so is a match abandoned (under way or past its kick-off, and silent for hours: its
+    provider dropped it, and the feed stopped betting on it long before). Events of a forgotten
+    match are ignored; a fixture sent again prices it again, from the version it had (kept for
+    ``REMEMBER_RETIRED_MS``), so versions never go backwards."""
 
     def __init__(self, provider_mode: frozenset[str] = frozenset()) -> None:
         self.matches: dict[str, LiveMatch] = {}
@@ -110,11 +115,41 @@ class Engine:
                 m.mode = "provider"
         return m
 
-    def retire_ended(self, now_ms: int, after_ms: int = RETIRE_AFTER_MS) -> list[str]:
-        """Forget the matches that ended and had no event for ``after_ms`` (their last state was
-        published already); returns their ids. Also forgets the versions of matches retired more
-        than ``REMEMBER_RETIRED_MS`` ago."""
-        gone = [k for k, m in self.matches.items() if m.ended and now_ms - m.last_event_ms >= after_ms]
+    @staticmethod
+    def is_abandoned(m: LiveMatch, now_ms: int, abandoned_ms: int) -> bool:
+        """Not ended, under way at some point or due to have kicked off ``abandoned_ms`` ago, and
+        no event for ``abandoned_ms``: its provider dropped it. A fixture whose kick-off is to come
+        is never abandoned, however long before it was sent."""
+        if m.ended or now_ms - m.last_event_ms < abandoned_ms:
+            return False
+        return m.live or m.minute > 0 or bool(m.starts_ms and now_ms - m.starts_ms >= abandoned_ms)
+
+    def abandon(self, now_ms: int, abandoned_ms: int = ABANDON_AFTER_MS) -> list[Delta]:
+        """Every market still open of each abandoned match (:meth:`is_abandoned`) suspended: its
+        last publication before :meth:`retire` forgets it, so that its snapshot, kept a week,
+        offers nothing whatever the feed did about it."""
+        out = []
+        for m in self.matches.values():
+            if self.is_abandoned(m, now_ms, abandoned_ms):
+                d = m.suspend_all("abandoned")
+                if d is not None:
+                    out.append(d)
+        return out
+
+    def retire(
+        self, now_ms: int, after_ms: int = RETIRE_AFTER_MS, abandoned_ms: int | None = ABANDON_AFTER_MS
+    ) -> list[str]:
+        """Forget the matches that ended and had no event for ``after_ms``, and (unless
+        ``abandoned_ms`` is None) those abandoned (:meth:`is_abandoned`; :meth:`abandon` first
+        suspends what they still offer); returns their ids. Also forgets the versions of matches
+        retired more than ``REMEMBER_RETIRED_MS`` ago."""
+
+        def done(m: LiveMatch) -> bool:
+            if m.ended:
+                return now_ms - m.last_event_ms >= after_ms
+            return abandoned_ms is not None and self.is_abandoned(m, now_ms, abandoned_ms)
+
+        gone = [k for k, m in self.matches.items() if done(m)]
         for match_id in gone:
             m = self.matches.pop(match_id)
             self.provider_of.pop(match_id, None)
@@ -162,6 +197,7 @@ class Engine:
             ou = (over, under) if over and under else None
             m.set_fixture(f.home.name, f.away.name, one, ou)
             m.sport = f.sport
+            m.starts_ms = f.start_time.ToMilliseconds() if f.HasField("start_time") else 0
             if defer:  # pricing a new match's book waits for the batch's events of matches under way
                 self.deferred.setdefault(m.match_id, "fixture")
             else:

@@ -561,3 +561,53 @@ def test_a_client_watching_every_match_may_resume_from_many(live: Live) -> None:
     first = next(stream)
     stream.cancel()
     assert first.WhichOneof("message") == "image"
+
+
+def test_a_match_its_provider_dropped_leaves_the_live_lists_suspended_a_fixture_to_come_stays(
+    servers_root: Path,
+) -> None:
+    """A match in play that nothing is heard of any more (the provider dropped it) is abandoned
+    after LIVEBET_PRICING_ABANDON_AFTER_SECONDS: the engine suspends what it still offered (even
+    with the feed's own silence rule out of the way, as here) and forgets it, and it leaves
+    ListLiveMatches; its snapshot stays readable. A fixture whose kick-off is a day away stays."""
+    n, r = start_nats(servers_root, "nats-abandon"), start_valkey(servers_root, "redis-abandon")
+    env = {
+        "LIVEBET_NATS_URL": n.url,
+        "LIVEBET_REDIS_URL": r.url,
+        "LIVEBET_FEED_PROVIDER_SILENCE_SECONDS": "3600",
+        "LIVEBET_FEED_MATCH_SILENCE_SECONDS": "3600",  # the feed does not stop betting on it here
+        "LIVEBET_PRICING_RETIRE_AFTER_SECONDS": "2",  # a sweep each second
+        "LIVEBET_PRICING_ABANDON_AFTER_SECONDS": "3",
+    }
+    procs = [
+        Proc(service_spec("feed", "feed.server", env), servers_root / "abandon-feed.log").start(),
+        Proc(service_spec("pricing", "pricing.server", env), servers_root / "abandon-pricing.log").start(),
+        Proc(service_spec("odds", "pricing.stream_server", env), servers_root / "abandon-odds.log").start(),
+    ]
+    try:
+        live = Live(procs[0].spec.health_target, procs[1], procs[2], r.url)
+        later = fixture("ab2")
+        later.fixture_change.fixture.start_time.FromSeconds(int(time.time()) + 24 * 3600)
+        live.send(fixture("ab1"), state("ab1", 1, 0, 0, 20), later)
+
+        def listed() -> set[str]:
+            reply = live.odds.ListLiveMatches(odds_service_pb2.ListLiveMatchesRequest(page_size=50), timeout=5)
+            return {m.match_id for m in reply.matches}
+
+        wait_for(lambda: listed() == {"ab1", "ab2"}, 30, what="both priced and listed")
+        before = live.snapshot("ab1")
+        assert before is not None
+        assert any(m.status == market_pb2.MARKET_STATUS_OPEN for m in before.markets)
+        wait_for(lambda: listed() == {"ab2"}, 30, what="the silent match off the list")
+        after = live.snapshot("ab1")
+        assert after is not None and after.version > before.version
+        assert not any(m.status == market_pb2.MARKET_STATUS_OPEN for m in after.markets)
+        assert "abandoned" in {m.status_reason for m in after.markets}
+        port = procs[1].spec.env["LIVEBET_METRICS_PORT"]
+        assert metric(port, "livebet_pricing_matches_abandoned_total") == 1
+        assert "ab2" in listed()
+    finally:
+        for p in reversed(procs):
+            p.stop()
+        r.proc.stop()
+        n.proc.stop()

@@ -227,8 +227,8 @@ def test_an_ended_match_is_forgotten_after_a_while_and_priced_again_from_its_las
     engine.apply(end)
     last = engine.matches["m"].version
     assert engine.matches["m"].ended
-    assert engine.retire_ended(1_000_000 + RETIRE_AFTER_MS - 1) == []  # heard of too recently
-    assert engine.retire_ended(1_000_000 + RETIRE_AFTER_MS) == ["m"]
+    assert engine.retire(1_000_000 + RETIRE_AFTER_MS - 1) == []  # heard of too recently
+    assert engine.retire(1_000_000 + RETIRE_AFTER_MS) == ["m"]
     assert "m" not in engine.matches and "m" not in engine.provider_of
     # what comes after is ignored: no deltas, nothing held again
     assert engine.apply(live) == [] and "m" not in engine.matches
@@ -239,12 +239,49 @@ def test_an_ended_match_is_forgotten_after_a_while_and_priced_again_from_its_las
     (again,) = engine.apply(_event("fixture_change", fixture_change__fixture__match_id="m"))
     assert (again.previous_version, again.version) == (last, last + 1)
     assert "m" not in engine.retired
-    # a live match is never retired, however quiet; a retired one's version is kept for a week
-    assert engine.retire_ended(10**13) == []
+    # a fixture with no kick-off given, not started, is never retired, however quiet; a retired
+    # match's version is kept for a week
+    assert engine.retire(10**13) == []
     engine.apply(end)
-    assert engine.retire_ended(2_000_000 + RETIRE_AFTER_MS) == ["m"] and "m" in engine.retired
-    engine.retire_ended(2_000_000 + RETIRE_AFTER_MS + REMEMBER_RETIRED_MS)
+    assert engine.retire(2_000_000 + RETIRE_AFTER_MS) == ["m"] and "m" in engine.retired
+    engine.retire(2_000_000 + RETIRE_AFTER_MS + REMEMBER_RETIRED_MS)
     assert engine.retired == {}
+
+
+def test_a_match_abandoned_by_its_provider_is_forgotten_hours_later_a_fixture_to_come_is_not() -> None:
+    from pricing.live.engine import ABANDON_AFTER_MS
+
+    engine = Engine()
+    hour = 3600 * 1000
+    # in play, then nothing more from the provider (the feed stopped betting on it long ago)
+    engine.apply(_event("fixture_change", match_id="dropped", fixture_change__fixture__match_id="dropped"))
+    live = _event(
+        "match_state",
+        match_id="dropped",
+        match_state__state__status=ev.MATCH_STATUS_LIVE,
+        match_state__state__clock__minute=30,
+    )
+    live.received_at.FromMilliseconds(10 * hour)
+    engine.apply(live)
+    # a fixture sent days before its kick-off, and one whose kick-off passed with nothing heard
+    for match_id, starts in (("later", 100 * hour), ("due", 11 * hour)):
+        f = _event("fixture_change", match_id=match_id, fixture_change__fixture__match_id=match_id)
+        f.fixture_change.fixture.start_time.FromMilliseconds(starts)
+        f.received_at.FromMilliseconds(hour)
+        engine.apply(f)
+    assert engine.abandon(10 * hour + ABANDON_AFTER_MS - 1) == []  # silent, not yet for long enough
+    assert engine.retire(10 * hour + ABANDON_AFTER_MS - 1) == []
+    # its last publication suspends whatever it still offered, then it is forgotten
+    (last,) = engine.abandon(10 * hour + ABANDON_AFTER_MS)
+    assert last.match_id == "dropped" and last.cause == "abandoned" and last.markets
+    assert all(q.status is Status.SUSPENDED for q in last.markets)
+    assert all(q.status is not Status.OPEN for q in engine.matches["dropped"].quotes.values())
+    assert engine.abandon(10 * hour + ABANDON_AFTER_MS) == []  # nothing left open
+    assert engine.retire(10 * hour + ABANDON_AFTER_MS) == ["dropped"]
+    assert "dropped" in engine.retired and "dropped" not in engine.matches
+    assert engine.retire(11 * hour + ABANDON_AFTER_MS - 1) == []
+    assert engine.retire(11 * hour + ABANDON_AFTER_MS) == ["due"]
+    assert engine.retire(99 * hour) == [] and "later" in engine.matches  # its kick-off is to come
 
 
 def test_an_event_the_engine_fails_on_is_skipped_and_counted_not_fatal_to_the_share() -> None:
