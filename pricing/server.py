@@ -451,13 +451,13 @@ class Runner:
         share.swept = time.monotonic()
         async with share.lock:
             now = int(time.time() * 1000)
-            abandoned = [k for k, m in share.engine.matches.items() if not m.ended]
+            unended = [k for k, m in share.engine.matches.items() if not m.ended]
             await self.publish(share, share.engine.abandon(now, self.abandon_after_ms))
             gone = share.retire(now, self.retire_after_ms, self.abandon_after_ms)
         if gone:
-            dropped = sorted(set(gone) & set(abandoned))
+            dropped = sorted(set(gone) & set(unended))
             log.info(
-                "ended matches retired",
+                "matches retired (ended, or abandoned by their provider)",
                 extra={"partition": share.k, "matches": len(gone), "abandoned": dropped[:20]},
             )
             self.metrics.abandoned.inc(len(dropped))
