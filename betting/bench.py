@@ -49,6 +49,7 @@ import threading
 import time
 import urllib.request
 import uuid
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -287,15 +288,22 @@ async def raw_postgres(dsn: str, clients: int, seconds: float, cpu: dict[str, An
 
 
 # --- 3/4. PlaceBet --------------------------------------------------------------------------
-def _scrape(metrics_urls: list[str], names: tuple[str, ...]) -> list[float]:
-    """Each of the samples ``names`` (exact, labels included), summed over the processes."""
-    out = dict.fromkeys(names, 0.0)
+def _samples(metrics_urls: list[str]) -> Iterator[tuple[str, float]]:
+    """Every sample of the processes' ``/metrics`` pages: (name with its labels, value)."""
     for url in metrics_urls:
         with urllib.request.urlopen(url, timeout=5) as reply:
             for line in reply.read().decode().splitlines():
                 name, _, value = line.rpartition(" ")
-                if name in out:
-                    out[name] += float(value)
+                if name and not line.startswith("#"):
+                    yield name, float(value)
+
+
+def _scrape(metrics_urls: list[str], names: tuple[str, ...]) -> list[float]:
+    """Each of the samples ``names`` (exact, labels included), summed over the processes."""
+    out = dict.fromkeys(names, 0.0)
+    for name, value in _samples(metrics_urls):
+        if name in out:
+            out[name] += value
     return list(out.values())
 
 
@@ -323,15 +331,10 @@ def _served(metrics_urls: list[str]) -> dict[float, float]:
     """The betting processes' own PlaceBet timings so far (``livebet_rpc_duration_seconds``,
     answered OK): calls taking up to each bucket's bound, in seconds, summed over the processes."""
     out: dict[float, float] = {}
-    for url in metrics_urls:
-        with urllib.request.urlopen(url, timeout=5) as reply:
-            for line in reply.read().decode().splitlines():
-                if line.startswith("livebet_rpc_duration_seconds_bucket{") and "/PlaceBet" in line:
-                    if 'code="OK"' not in line:
-                        continue
-                    labels, _, value = line.rpartition(" ")
-                    le = float(labels.rpartition('le="')[2].partition('"')[0])
-                    out[le] = out.get(le, 0.0) + float(value)
+    for name, value in _samples(metrics_urls):
+        if name.startswith("livebet_rpc_duration_seconds_bucket{") and "/PlaceBet" in name and 'code="OK"' in name:
+            le = float(name.rpartition('le="')[2].partition('"')[0])
+            out[le] = out.get(le, 0.0) + value
     return out
 
 

@@ -82,7 +82,7 @@ def provider_mode_setting() -> frozenset[str]:
 def retire_after_setting() -> int:
     """``LIVEBET_PRICING_RETIRE_AFTER_SECONDS``: how long after its last event an ended match is
     forgotten by the engine (its snapshot stays in Redis); 600 by default."""
-    return int(float(os.environ.get("LIVEBET_PRICING_RETIRE_AFTER_SECONDS", RETIRE_AFTER_MS / 1000)) * 1000)
+    return int(settings.seconds(os.environ, "LIVEBET_PRICING_RETIRE_AFTER_SECONDS", RETIRE_AFTER_MS / 1000) * 1000)
 
 
 def abandon_after_setting() -> int:

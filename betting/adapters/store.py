@@ -74,7 +74,9 @@ def digest(data: bytes) -> bytes:
 
 
 def money(units: int, currency: str) -> common_pb2.Money:
-    return common_pb2.Money(currency_code=currency, minor_units=units, decimal=format_minor(units, currency))
+    m = common_pb2.Money()
+    _set_money(m, units, currency)
+    return m
 
 
 def subject(account: str, bet_id: str) -> str:

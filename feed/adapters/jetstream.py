@@ -170,12 +170,12 @@ class Sent:
 
     def describe(self) -> str:
         """The first failure, for a log line or an error message ("" when there is none)."""
-        for i in sorted(self.errors or {}):
-            why = (self.errors or {})[i]
-            if isinstance(why, Exception):
-                return repr(why)
-            return why.decode(errors="replace")[:200] if why else "no JetStream stream answered for the subject"
-        return ""
+        if not self.errors:
+            return ""
+        why = self.errors[min(self.errors)]
+        if isinstance(why, Exception):
+            return repr(why)
+        return why.decode(errors="replace")[:200] if why else "no JetStream stream answered for the subject"
 
 
 class Pipeline:

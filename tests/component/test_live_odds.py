@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import signal
 import time
 from collections.abc import Iterator
@@ -41,28 +42,36 @@ class Live:
             return None
 
 
+@contextlib.contextmanager
+def platform(root: Path, name: str, settings: dict[str, str]) -> Iterator[Live]:
+    """NATS, Valkey and the feed, pricing and odds processes with ``settings``, stopped after."""
+    n, r = start_nats(root, f"nats-{name}"), start_valkey(root, f"redis-{name}")
+    env = {"LIVEBET_NATS_URL": n.url, "LIVEBET_REDIS_URL": r.url, **settings}
+    procs = [
+        Proc(service_spec("feed", "feed.server", env), root / f"{name}-feed.log").start(),
+        Proc(service_spec("pricing", "pricing.server", env), root / f"{name}-pricing.log").start(),
+        Proc(service_spec("odds", "pricing.stream_server", env), root / f"{name}-odds.log").start(),
+    ]
+    try:
+        yield Live(procs[0].spec.health_target, procs[1], procs[2], r.url)
+    finally:
+        for p in reversed(procs):
+            p.stop()
+        r.proc.stop()
+        n.proc.stop()
+
+
 @pytest.fixture(scope="module")
 def live(servers_root: Path) -> Iterator[Live]:
-    n, r = start_nats(servers_root, "nats-live"), start_valkey(servers_root, "redis-live")
-    env = {
-        "LIVEBET_NATS_URL": n.url,
-        "LIVEBET_REDIS_URL": r.url,
+    settings = {
         "LIVEBET_FEED_PROVIDER_SILENCE_SECONDS": "120",
         "LIVEBET_FEED_MATCH_SILENCE_SECONDS": "3600",  # matches left in play by earlier tests stay open
+        "LIVEBET_PRICING_PROVIDER_MODE": "prov",
+        "LIVEBET_PRICING_RETIRE_AFTER_SECONDS": "2",  # ended matches are forgotten 2 s after their last event
+        "LIVEBET_PRICING_CHECKPOINT_SECONDS": "1",  # every restart here starts from checkpoints
     }
-    env["LIVEBET_PRICING_PROVIDER_MODE"] = "prov"
-    env["LIVEBET_PRICING_RETIRE_AFTER_SECONDS"] = "2"  # ended matches are forgotten 2 s after their last event
-    env["LIVEBET_PRICING_CHECKPOINT_SECONDS"] = "1"  # every restart here starts from checkpoints
-    procs = [
-        Proc(service_spec("feed", "feed.server", env), servers_root / "live-feed.log").start(),
-        Proc(service_spec("pricing", "pricing.server", env), servers_root / "live-pricing.log").start(),
-        Proc(service_spec("odds", "pricing.stream_server", env), servers_root / "live-odds.log").start(),
-    ]
-    yield Live(procs[0].spec.health_target, procs[1], procs[2], r.url)
-    for p in reversed(procs):
-        p.stop()
-    r.proc.stop()
-    n.proc.stop()
+    with platform(servers_root, "live", settings) as live:
+        yield live
 
 
 def goal(match_id: str, home: int, away: int, seq: int) -> ev.FeedEvent:
@@ -570,22 +579,13 @@ def test_a_match_its_provider_dropped_leaves_the_live_lists_suspended_a_fixture_
     after LIVEBET_PRICING_ABANDON_AFTER_SECONDS: the engine suspends what it still offered (even
     with the feed's own silence rule out of the way, as here) and forgets it, and it leaves
     ListLiveMatches; its snapshot stays readable. A fixture whose kick-off is a day away stays."""
-    n, r = start_nats(servers_root, "nats-abandon"), start_valkey(servers_root, "redis-abandon")
-    env = {
-        "LIVEBET_NATS_URL": n.url,
-        "LIVEBET_REDIS_URL": r.url,
+    settings = {
         "LIVEBET_FEED_PROVIDER_SILENCE_SECONDS": "3600",
         "LIVEBET_FEED_MATCH_SILENCE_SECONDS": "3600",  # the feed does not stop betting on it here
         "LIVEBET_PRICING_RETIRE_AFTER_SECONDS": "2",  # a sweep each second
         "LIVEBET_PRICING_ABANDON_AFTER_SECONDS": "3",
     }
-    procs = [
-        Proc(service_spec("feed", "feed.server", env), servers_root / "abandon-feed.log").start(),
-        Proc(service_spec("pricing", "pricing.server", env), servers_root / "abandon-pricing.log").start(),
-        Proc(service_spec("odds", "pricing.stream_server", env), servers_root / "abandon-odds.log").start(),
-    ]
-    try:
-        live = Live(procs[0].spec.health_target, procs[1], procs[2], r.url)
+    with platform(servers_root, "abandon", settings) as live:
         later = fixture("ab2")
         later.fixture_change.fixture.start_time.FromSeconds(int(time.time()) + 24 * 3600)
         live.send(fixture("ab1"), state("ab1", 1, 0, 0, 20), later)
@@ -603,11 +603,6 @@ def test_a_match_its_provider_dropped_leaves_the_live_lists_suspended_a_fixture_
         assert after is not None and after.version > before.version
         assert not any(m.status == market_pb2.MARKET_STATUS_OPEN for m in after.markets)
         assert "abandoned" in {m.status_reason for m in after.markets}
-        port = procs[1].spec.env["LIVEBET_METRICS_PORT"]
+        port = live.pricing.spec.env["LIVEBET_METRICS_PORT"]
         assert metric(port, "livebet_pricing_matches_abandoned_total") == 1
         assert "ab2" in listed()
-    finally:
-        for p in reversed(procs):
-            p.stop()
-        r.proc.stop()
-        n.proc.stop()
