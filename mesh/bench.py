@@ -131,14 +131,15 @@ def _live(d: dict[str, Any]) -> list[Figure]:
 def _bets(d: dict[str, Any]) -> list[Figure]:
     raw = min(d["raw_grpc_unary"]["per_s"], d["raw_postgres_txn"]["per_s"])
     which = "raw grpc.aio unary" if raw == d["raw_grpc_unary"]["per_s"] else "raw PostgreSQL bet transaction"
-    full, half = d["placebet_full"], d["placebet_half"]
+    full, half, pg_half = d["placebet_full"], d["placebet_half"], d.get("raw_postgres_half", {})
     return [
         Figure("bets", "raw grpc.aio unary", d["raw_grpc_unary"]["per_s"], "/s"),
         Figure("bets", "raw PostgreSQL bet-shaped transaction", d["raw_postgres_txn"]["per_s"], "/s"),
         Figure("bets", "PlaceBet, full load", full["per_s"], "/s", raw, which,
                f"≥ {d['goal_share']:.0%} of the lower raw", full["per_s"] / raw >= d["goal_share"] if raw else None),
-        Figure("bets", "PlaceBet p99 at half load", half["p99_ms"], "ms", goal=f"≤ {d['goal_p99_half_ms']:g} ms",
-               met=half["p99_ms"] <= d["goal_p99_half_ms"]),
+        Figure("bets", "PlaceBet p99 at half load", half["p99_ms"], "ms", pg_half.get("p99_ms"),
+               "raw PostgreSQL p99 at the same rate", f"≤ {d['goal_p99_half_ms']:g} ms",
+               half["p99_ms"] <= d["goal_p99_half_ms"]),
         Figure("bets", "PlaceBet p50 at half load", half["p50_ms"], "ms"),
     ]  # fmt: skip
 
