@@ -28,6 +28,12 @@ class BetMetrics:
             "id and tried again 1 s later, doubling up to a minute; the others are not held up by it).",
             registry=registry,
         )
+        self.cash_outs = Counter(
+            "livebet_bets_cash_outs_total",
+            "CashOut calls by what happened: cashed_out, or refused with the reject reason.",
+            ["outcome", "reason"],
+            registry=registry,
+        )
         self.batch = Histogram(
             "livebet_bets_placed_per_transaction",
             "New bets written per PostgreSQL transaction (group commit: the bets that arrive while one "

@@ -25,8 +25,6 @@ from typing import Any, NoReturn
 
 import grpc
 import psycopg
-from google.rpc import code_pb2, error_details_pb2, status_pb2
-from grpc_status import rpc_status
 from livebet.betting.v1 import bet_pb2, betting_service_pb2_grpc, wallet_service_pb2_grpc
 from livebet.betting.v1 import betting_service_pb2 as bs
 from livebet.betting.v1 import wallet_service_pb2 as ws
@@ -48,6 +46,7 @@ from betting.adapters.store import (
     page_token,
     parse_page_token,
 )
+from betting.cashout import CashOutDesk
 from betting.domain.money import MoneyError, major_to_minor, to_minor
 from betting.domain.rules import (
     BadRequest,
@@ -60,21 +59,14 @@ from betting.domain.rules import (
     parse_request,
     price_leg,
 )
+from betting.errors import abort_refused
 from betting.metrics import BetMetrics
 from feed.adapters.jetstream import token
 from mesh import access
-from mesh.errors import abort_bad_request, pack
+from mesh.errors import abort_bad_request
 
 log = logging.getLogger("betting")
-DOMAIN = "livebet.betting.v1"
 MAX_PAGE = 100
-
-
-async def abort_refused(context: grpc.aio.ServicerContext, reason: int, message: str) -> NoReturn:
-    info = error_details_pb2.ErrorInfo(reason=bet_pb2.RejectReason.Name(reason), domain=DOMAIN)
-    status = status_pb2.Status(code=code_pb2.FAILED_PRECONDITION, message=message, details=[pack(info)])
-    await context.abort_with_status(rpc_status.to_status(status))
-    raise AssertionError("unreachable")
 
 
 async def account_of(context: grpc.aio.ServicerContext) -> str:
@@ -117,6 +109,7 @@ class BettingApi(betting_service_pb2_grpc.BettingServiceServicer):
     ) -> None:
         self.store, self.odds, self.config, self.nats = store, odds, config, nats
         self.metrics = metrics or BetMetrics()
+        self.cash_outs = CashOutDesk(store, odds, config, self.metrics)
         self.placed = 0
 
     async def _refuse(self, context: grpc.aio.ServicerContext, reason: int, message: str) -> NoReturn:
@@ -271,6 +264,29 @@ class BettingApi(betting_service_pb2_grpc.BettingServiceServicer):
         finally:
             with contextlib.suppress(Exception):
                 await sub.unsubscribe()
+
+    async def GetCashOutOffer(
+        self, request: bs.GetCashOutOfferRequest, context: grpc.aio.ServicerContext
+    ) -> bs.GetCashOutOfferResponse:
+        account = await account_of(context)
+        try:
+            return await self.cash_outs.get_offer(account, request, context)
+        except (psycopg.OperationalError, RedisError) as err:
+            await _unavailable(context, "GetCashOutOffer", err)
+
+    async def CashOut(self, request: bs.CashOutRequest, context: grpc.aio.ServicerContext) -> bs.CashOutResponse:
+        account = await account_of(context)
+        try:
+            return await self.cash_outs.cash_out(account, request, context)
+        except (psycopg.OperationalError, RedisError) as err:
+            await _unavailable(context, "CashOut", err)
+
+
+async def _unavailable(context: grpc.aio.ServicerContext, method: str, err: Exception) -> NoReturn:
+    log.warning(f"{method}: a dependency failed", extra={"error": str(err)})
+    message = "cash-out is unavailable right now; retry with the same request_id"
+    await context.abort(grpc.StatusCode.UNAVAILABLE, message)
+    raise AssertionError("unreachable") from err
 
 
 class WalletApi(wallet_service_pb2_grpc.WalletServiceServicer):

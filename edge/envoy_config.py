@@ -95,6 +95,7 @@ class RateLimit:
 #: Calls that move money are rate limited; watching odds is not (it is one long stream).
 RATE_LIMITS = {
     "place_bet": RateLimit("/livebet.betting.v1.BettingService/PlaceBet", 10, 20, 2000),
+    "cash_out": RateLimit("/livebet.betting.v1.BettingService/CashOut", 5, 10, 1000),
     "wallet": RateLimit("/livebet.betting.v1.WalletService/", 5, 10, 500),
 }
 #: Unary calls that may be retried on another replica even after they reached a service: reads,
@@ -107,6 +108,8 @@ IDEMPOTENT = (
     "/livebet.betting.v1.BettingService/PlaceBet",
     "/livebet.betting.v1.BettingService/GetBet",
     "/livebet.betting.v1.BettingService/ListBets",
+    "/livebet.betting.v1.BettingService/GetCashOutOffer",
+    "/livebet.betting.v1.BettingService/CashOut",
     "/livebet.betting.v1.WalletService/Deposit",
     "/livebet.betting.v1.WalletService/Withdraw",
     "/livebet.betting.v1.WalletService/GetBalance",

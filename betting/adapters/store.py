@@ -41,6 +41,7 @@ STATUS = {
     "rejected": bet_pb2.BET_STATUS_REJECTED,
     "settled": bet_pb2.BET_STATUS_SETTLED,
     "voided": bet_pb2.BET_STATUS_VOIDED,
+    "cashed_out": bet_pb2.BET_STATUS_CASHED_OUT,
 }
 STATUS_NAME = {v: k for k, v in STATUS.items()}
 SUBJECT_ROOT = "bets"
@@ -695,14 +696,8 @@ class Store:
             return bet
 
     async def get(self, account: str, bet_id: str) -> bet_pb2.Bet | None:
-        try:
-            key = uuid.UUID(bet_id)
-        except ValueError:
-            return None
-        async with self.pool.connection() as conn, conn.cursor(row_factory=dict_row) as cur:
-            await cur.execute("SELECT * FROM betting.bets WHERE bet_id = %s AND account_id = %s", (key, account))
-            row = await cur.fetchone()
-            return None if row is None else await self._load(cur, row)
+        found = await self.bet_rows(account, bet_id)
+        return None if found is None else bet_proto(*found)
 
     async def list_bets(
         self, account: str, limit: int, after: tuple[datetime, uuid.UUID] | None, status: str | None
@@ -733,6 +728,64 @@ class Store:
             for leg in await cur.fetchall():
                 legs.setdefault(leg["bet_id"], []).append(leg)
             return [bet_proto(r, legs.get(r["bet_id"], [])) for r in rows]
+
+    async def bet_rows(self, account: str, bet_id: str) -> tuple[dict[str, Any], list[dict[str, Any]]] | None:
+        """One of the account's bets and its legs as stored (None when it has no such bet)."""
+        try:
+            key = uuid.UUID(bet_id)
+        except ValueError:
+            return None
+        async with self.pool.connection() as conn, conn.cursor(row_factory=dict_row) as cur:
+            await cur.execute("SELECT * FROM betting.bets WHERE bet_id = %s AND account_id = %s", (key, account))
+            row = await cur.fetchone()
+            if row is None:
+                return None
+            await cur.execute("SELECT * FROM betting.selections WHERE bet_id = %s ORDER BY leg", (key,))
+            return row, list(await cur.fetchall())
+
+    # --- cash-out -----------------------------------------------------------------------------
+    async def cashed_out(self, account: str, request_id: str, request_digest: bytes) -> bet_pb2.Bet | None:
+        """The bet an earlier CashOut with this request id cashed out (Conflict if it was another request)."""
+        async with self.pool.connection() as conn, conn.cursor(row_factory=dict_row) as cur:
+            await cur.execute(
+                "SELECT bet_id, request_digest FROM betting.cash_outs WHERE account_id = %s AND request_id = %s",
+                (account, request_id),
+            )
+            found = await cur.fetchone()
+            if found is None:
+                return None
+            if bytes(found["request_digest"]) != request_digest:
+                raise Conflict(f"request_id {request_id!r} was used for a different request")
+            await cur.execute("SELECT * FROM betting.bets WHERE bet_id = %s", (found["bet_id"],))
+            row = await cur.fetchone()
+            assert row is not None
+            return await self._load(cur, row)
+
+    async def cash_out(
+        self, account: str, bet_id: str, request_id: str, request_digest: bytes, amount: int, open_legs: list[int]
+    ) -> tuple[str, bet_pb2.Bet | None]:
+        """Cash the bet out for ``amount`` (``betting.cash_out``, one transaction) if it is still
+        accepted and the legs priced as open (``open_legs``) are still unsettled. Returns
+        (outcome, bet): ``cashed_out`` or ``exists`` (this request id did it before) with the bet,
+        ``not_found``, ``not_open:<status>`` or ``changed`` (a leg was settled since) without one;
+        Conflict when the request id was used for another request."""
+        try:
+            async with self.pool.connection() as conn, conn.transaction(), conn.cursor(row_factory=dict_row) as cur:
+                await trace_transaction(cur)
+                await cur.execute(
+                    "SELECT * FROM betting.cash_out(%s, %s, %s, %s, %s, %s::smallint[])",
+                    (uuid.UUID(bet_id), account, request_id, request_digest, amount, open_legs),
+                )
+                row = await cur.fetchone()
+                assert row is not None
+                outcome = row["outcome"]
+        except psycopg.errors.UniqueViolation:  # the request id, at once on another bet
+            raise Conflict(f"request_id {request_id!r} was used for a different request") from None
+        if outcome == "exists":
+            return outcome, await self.cashed_out(account, request_id, request_digest)
+        if outcome != "cashed_out":
+            return outcome, None
+        return outcome, await self.get(account, bet_id)
 
     async def open_bets(self, account: str) -> list[bet_pb2.Bet]:
         return [b for s in ("pending", "accepted") for b in await self.list_bets(account, 1000, None, s)]

@@ -55,6 +55,7 @@ class Config:
     # in-play delay by sport name and market type ("" = any market type of the sport)
     in_play_delay: Mapping[tuple[str, str], float] = field(default_factory=lambda: {("football", ""): 5.0})
     pre_match_delay: Mapping[tuple[str, str], float] = field(default_factory=lambda: {("football", ""): 0.0})
+    cash_out_margin: Decimal = Decimal("0.05")  # taken off a cash-out's value (betting.domain.cashout)
 
     def delay(self, sport: str, market_type: str, in_play: bool) -> float:
         table = self.in_play_delay if in_play else self.pre_match_delay
@@ -63,7 +64,8 @@ class Config:
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> Config:
         """``LIVEBET_BETTING_<LIMIT>`` (e.g. ``LIVEBET_BETTING_MAX_STAKE=500``) and
-        ``LIVEBET_BETTING_IN_PLAY_DELAY`` / ``..._PRE_MATCH_DELAY`` as ``football=5,football/next_goal=8``."""
+        ``LIVEBET_BETTING_IN_PLAY_DELAY`` / ``..._PRE_MATCH_DELAY`` as ``football=5,football/next_goal=8``,
+        ``LIVEBET_BETTING_CASH_OUT_MARGIN`` (e.g. ``0.05``)."""
         e = os.environ if env is None else env
         values: dict[str, object] = {}
         for name in _LIMITS:
@@ -76,6 +78,15 @@ class Config:
                 if not value.is_finite() or value <= 0:
                     raise ValueError(f"LIVEBET_BETTING_{name.upper()} must be positive, got {raw!r}")
                 values[name] = value
+        raw = e.get("LIVEBET_BETTING_CASH_OUT_MARGIN")
+        if raw:
+            try:
+                margin = Decimal(raw)
+            except ArithmeticError:
+                margin = Decimal(-1)
+            if not margin.is_finite() or not 0 <= margin <= Decimal("0.5"):
+                raise ValueError(f"LIVEBET_BETTING_CASH_OUT_MARGIN must be a decimal in [0, 0.5], got {raw!r}")
+            values["cash_out_margin"] = margin
         for name in ("in_play_delay", "pre_match_delay"):
             raw = e.get(f"LIVEBET_BETTING_{name.upper()}")
             if raw:

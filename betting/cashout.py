@@ -1,0 +1,219 @@
+"""``GetCashOutOffer`` and ``CashOut``: an accepted bet closed before its result is known.
+
+The offer is priced by :func:`betting.domain.cashout.offer` from the bet's legs as stored and the
+live odds of its open legs (the same Redis snapshots PlaceBet reads). There is an offer only while
+every open leg's market is open; a leg that lost leaves none.
+
+CashOut decides as PlaceBet does for an in-play bet, but holds the call instead of storing a
+pending state: the amount asked must be covered by the offer now; in play the call then waits out
+the legs' in-play delay, checks that no open leg's market was suspended since it was priced
+(the delta log, as the bet decision does), and prices the bet again. Only then is anything written:
+``betting.cash_out`` locks the bet, checks it is still accepted and its open legs still unsettled,
+and moves the money in one transaction. A call cut short (a restart, a client gone) wrote nothing,
+and the same request id may be sent again. The bettor gets the offer at the decision, which is
+never less than the amount asked.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import uuid
+from dataclasses import dataclass
+from decimal import Decimal
+from typing import Any, NoReturn
+
+import grpc
+from google.protobuf.duration_pb2 import Duration
+from livebet.betting.v1 import bet_pb2
+from livebet.betting.v1 import betting_service_pb2 as bs
+
+from betting.adapters.odds import OddsView
+from betting.adapters.store import Conflict, Store, digest, money
+from betting.domain.cashout import CashOutLeg, offer
+from betting.domain.money import MoneyError, format_minor, to_minor
+from betting.domain.rules import MAX_ID, Config, Kind, Leg, Refusal
+from betting.errors import abort_refused
+from betting.metrics import BetMetrics
+from mesh.errors import abort_bad_request
+
+log = logging.getLogger("betting.cashout")
+
+
+@dataclass(frozen=True)
+class Priced:
+    amount: int  # minor units
+    delay: float  # seconds: the longest in-play delay of the open legs
+    open_legs: list[int]  # the legs priced from the live odds (not settled yet)
+    seen: list[tuple[Leg, int]]  # each open leg with the match version it was priced at
+
+
+def _unavailable(message: str) -> Refusal:
+    return Refusal(Kind.FAILED_PRECONDITION, bet_pb2.REJECT_REASON_CASH_OUT_UNAVAILABLE, message)
+
+
+class CashOutDesk:
+    def __init__(self, store: Store, odds: OddsView, config: Config, metrics: BetMetrics) -> None:
+        self.store, self.odds, self.config, self.metrics = store, odds, config, metrics
+
+    async def price(self, row: dict[str, Any], legs: list[dict[str, Any]]) -> Priced:
+        """The bet's offer now, or a Refusal: not accepted, a leg lost, a leg's market not open."""
+        if row["status"] != "accepted":
+            raise _unavailable(f"the bet is {row['status']}: only an accepted bet can be cashed out")
+        items: list[CashOutLeg] = []
+        open_legs: list[int] = []
+        seen: list[tuple[Leg, int]] = []
+        delay = 0.0
+        for g in legs:
+            accepted = Decimal(g["odds"])
+            if g["return_per_unit"] is not None:
+                items.append(CashOutLeg(accepted, settled_return=Decimal(g["return_per_unit"])))
+                continue
+            leg = Leg(g["match_id"], g["market_key"], g["market_type"], g["outcome_id"], accepted, 0)
+            where = f"{leg.match_id} {leg.market_key} {leg.outcome_id}"
+            try:
+                view = await self.odds.match(leg.match_id)
+                quote = view.quote(leg)
+            except Refusal as r:  # the match or market is no longer priced
+                raise Refusal(Kind.FAILED_PRECONDITION, bet_pb2.REJECT_REASON_MARKET_NOT_OPEN, r.message) from None
+            if not quote.open or quote.odds is None:
+                why = f" ({quote.status_reason})" if quote.status_reason else ""
+                message = f"{where} is not open{why}: no cash-out offer until it is"
+                raise Refusal(Kind.FAILED_PRECONDITION, bet_pb2.REJECT_REASON_MARKET_NOT_OPEN, message)
+            items.append(CashOutLeg(accepted, current=quote.odds))
+            open_legs.append(int(g["leg"]))
+            seen.append((leg, view.version))
+            delay = max(delay, self.config.delay(view.sport, leg.market_type, view.in_play))
+        amount = offer(int(row["stake"]), items, self.config.cash_out_margin, int(row["potential_payout"]))
+        return Priced(amount, delay, open_legs, seen)
+
+    async def _refuse(self, context: grpc.aio.ServicerContext, r: Refusal) -> NoReturn:
+        self.metrics.cash_outs.labels("refused", bet_pb2.RejectReason.Name(r.reason)).inc()
+        await abort_refused(context, r.reason, r.message)
+
+    async def get_offer(
+        self, account: str, request: bs.GetCashOutOfferRequest, context: grpc.aio.ServicerContext
+    ) -> bs.GetCashOutOfferResponse:
+        row, legs = await self._bet(account, request.bet_id, context)
+        try:
+            priced = await self.price(row, legs)
+        except Refusal as r:
+            await self._refuse(context, r)
+        delay = Duration()
+        delay.FromMilliseconds(round(priced.delay * 1000))
+        return bs.GetCashOutOfferResponse(amount=money(priced.amount, row["currency"]), delay=delay)
+
+    async def _bet(
+        self, account: str, bet_id: str, context: grpc.aio.ServicerContext
+    ) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+        try:
+            uuid.UUID(bet_id)
+        except ValueError:
+            await abort_bad_request(context, [("bet_id", f"{bet_id!r} is not a bet id")])
+        found = await self.store.bet_rows(account, bet_id)
+        if found is None:
+            await context.abort(grpc.StatusCode.NOT_FOUND, f"no bet {bet_id} for this account")
+            raise AssertionError("unreachable")
+        return found
+
+    async def cash_out(
+        self, account: str, request: bs.CashOutRequest, context: grpc.aio.ServicerContext
+    ) -> bs.CashOutResponse:
+        bad: list[tuple[str, str]] = []
+        if not request.request_id:
+            bad.append(("request_id", "is required (an idempotency key chosen by the client)"))
+        elif len(request.request_id) > MAX_ID:
+            bad.append(("request_id", f"is longer than {MAX_ID} characters"))
+        try:
+            uuid.UUID(request.bet_id)
+        except ValueError:
+            bad.append(("bet_id", f"{request.bet_id!r} is not a bet id"))
+        asked = 0
+        try:
+            asked = to_minor(request.amount.currency_code, request.amount.minor_units, request.amount.decimal)
+        except MoneyError as err:
+            bad.append(("amount", str(err)))
+        if bad:
+            await abort_bad_request(context, bad)
+        request_digest = digest(request.SerializeToString(deterministic=True))
+        try:
+            earlier = await self.store.cashed_out(account, request.request_id, request_digest)
+        except Conflict as err:
+            await context.abort(grpc.StatusCode.ALREADY_EXISTS, str(err))
+        if earlier is not None:
+            return bs.CashOutResponse(bet=earlier)
+        row, legs = await self._bet(account, request.bet_id, context)
+        currency = row["currency"]
+        if request.amount.currency_code != currency:
+            await abort_bad_request(context, [("amount.currency_code", f"the bet is in {currency}")])
+        try:
+            priced = await self._decide(account, request.bet_id, row, legs, asked)
+        except Refusal as r:
+            again = await self._earlier(account, request.request_id, request_digest, context)
+            if again is not None:  # the same request, in flight twice: the other one cashed it out
+                return again
+            await self._refuse(context, r)
+        try:
+            outcome, bet = await self.store.cash_out(
+                account, request.bet_id, request.request_id, request_digest, priced.amount, priced.open_legs
+            )
+        except Conflict as err:
+            await context.abort(grpc.StatusCode.ALREADY_EXISTS, str(err))
+        if bet is not None:
+            if outcome == "cashed_out":
+                self.metrics.cash_outs.labels("cashed_out", "").inc()
+                log.info(
+                    "bet cashed out",
+                    extra={"bet_id": bet.bet_id, "account": account, "amount": format_minor(priced.amount, currency)},
+                )
+            return bs.CashOutResponse(bet=bet)
+        again = await self._earlier(account, request.request_id, request_digest, context)
+        if again is not None:
+            return again
+        if outcome == "changed":
+            message = "a leg of the bet was settled meanwhile: ask for a new offer"
+            await self._refuse(context, Refusal(Kind.FAILED_PRECONDITION, bet_pb2.REJECT_REASON_ODDS_CHANGED, message))
+        if outcome.startswith("not_open:"):
+            status = outcome.partition(":")[2]
+            await self._refuse(context, _unavailable(f"the bet is {status}: only an accepted bet can be cashed out"))
+        await context.abort(grpc.StatusCode.NOT_FOUND, f"no bet {request.bet_id} for this account")
+        raise AssertionError("unreachable")
+
+    async def _earlier(
+        self, account: str, request_id: str, request_digest: bytes, context: grpc.aio.ServicerContext
+    ) -> bs.CashOutResponse | None:
+        try:
+            bet = await self.store.cashed_out(account, request_id, request_digest)
+        except Conflict as err:
+            await context.abort(grpc.StatusCode.ALREADY_EXISTS, str(err))
+        return None if bet is None else bs.CashOutResponse(bet=bet)
+
+    async def _decide(
+        self, account: str, bet_id: str, row: dict[str, Any], legs: list[dict[str, Any]], asked: int
+    ) -> Priced:
+        """The offer to pay, after the in-play delay when there is one; a Refusal when it falls
+        below the amount asked, a leg's market was suspended meanwhile, or the bet changed."""
+        priced = self.price_covers(await self.price(row, legs), asked, row["currency"])
+        if priced.delay <= 0:
+            return priced
+        await asyncio.sleep(priced.delay)
+        for leg, version in priced.seen:
+            view = await self.odds.match(leg.match_id)
+            why = await self.odds.interrupted_since(leg, version, view.version)
+            if why:
+                reason = bet_pb2.REJECT_REASON_SUSPENDED_DURING_DELAY
+                raise Refusal(Kind.FAILED_PRECONDITION, reason, f"{leg.market_key}: {why}")
+        found = await self.store.bet_rows(account, bet_id)
+        if found is None:  # cannot happen: bets are never deleted
+            raise _unavailable("the bet is gone")
+        return self.price_covers(await self.price(*found), asked, row["currency"])
+
+    @staticmethod
+    def price_covers(priced: Priced, asked: int, currency: str) -> Priced:
+        if priced.amount < asked:
+            message = (
+                f"the cash-out offer is now {format_minor(priced.amount, currency)} {currency},"
+                f" below the {format_minor(asked, currency)} asked"
+            )
+            raise Refusal(Kind.FAILED_PRECONDITION, bet_pb2.REJECT_REASON_ODDS_CHANGED, message)
+        return priced

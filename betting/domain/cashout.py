@@ -1,0 +1,54 @@
+"""Cash-out pricing (pure: no I/O): what an accepted bet is worth now, from the live prices of its
+open legs.
+
+A leg bet at odds ``a`` whose outcome is offered now at ``c`` is worth ``a / c`` per unit staked:
+backing the same outcome now with ``a / c`` units would pay what the leg pays. A leg already
+settled is worth its return per unit (its odds when won, 1 when void, half-way values for the
+quarter lines); one that lost makes the bet worth nothing. An accumulator is worth its stake times
+the product over its legs. The offer is that value less the cash-out margin, rounded down to the
+currency's minor unit, and never more than the bet's potential payout.
+
+The prices on offer carry the bookmaker's margin already (they are shorter than fair), so ``a / c``
+is a little more than the leg is fairly worth; the cash-out margin (``Config.cash_out_margin``,
+5 % by default) keeps the house from paying out above value.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from decimal import ROUND_DOWN, Decimal
+
+from livebet.betting.v1 import bet_pb2
+
+from betting.domain.rules import Kind, Refusal
+
+
+@dataclass(frozen=True)
+class CashOutLeg:
+    accepted: Decimal  # the odds the leg stands at
+    settled_return: Decimal | None = None  # return per unit once its market is settled (0: lost)
+    current: Decimal | None = None  # the price on offer now, for a leg still open
+
+
+def offer(stake: int, legs: Sequence[CashOutLeg], margin: Decimal, potential_payout: int) -> int:
+    """The cash-out amount in minor units, or a :class:`Refusal` (CASH_OUT_UNAVAILABLE) when the
+    bet is worth nothing: a leg lost. A leg still open must come with its current price (the caller
+    refuses a bet with a leg whose market is not open before asking)."""
+    if not 0 <= margin < 1:
+        raise ValueError(f"cash-out margin must be in [0, 1), got {margin}")
+    value = Decimal(stake)
+    for i, leg in enumerate(legs):
+        if leg.settled_return is not None:
+            if leg.settled_return <= 0:
+                raise Refusal(Kind.FAILED_PRECONDITION, bet_pb2.REJECT_REASON_CASH_OUT_UNAVAILABLE, "a leg has lost")
+            value *= leg.settled_return
+        elif leg.current is None or leg.current <= 0:
+            raise ValueError(f"leg {i} is open and has no current price")
+        else:
+            value *= leg.accepted / leg.current
+    amount = int((value * (1 - margin)).to_integral_value(rounding=ROUND_DOWN))
+    amount = min(amount, potential_payout)
+    if amount <= 0:
+        raise Refusal(Kind.FAILED_PRECONDITION, bet_pb2.REJECT_REASON_CASH_OUT_UNAVAILABLE, "the bet is worth nothing")
+    return amount

@@ -1,0 +1,326 @@
+"""Cash-out end to end on real PostgreSQL, NATS, Valkey, the feed, the pricing engine, the betting
+and the settlement services: the offer from the live prices, the money moved in one transaction,
+the in-play delay, idempotency, bad input, and a later settlement leaving a cashed-out bet alone."""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Iterator
+from decimal import ROUND_DOWN, Decimal
+from pathlib import Path
+from typing import Any
+
+import grpc
+import pytest
+from livebet.betting.v1 import bet_pb2
+from livebet.betting.v1 import betting_service_pb2 as bs
+from livebet.common.v1 import common_pb2
+from livebet.odds.v1 import trader_service_pb2 as ts
+
+from tests.component.betting_env import (
+    IN_PLAY_DELAY,
+    Env,
+    balance,
+    deposit,
+    eur,
+    md,
+    place,
+    priced,
+    selection,
+    start,
+    state_event,
+)
+from tests.component.test_betting import _error, _refused
+from tests.component.test_feed_service import fixture
+from tests.component.test_live_odds import goal
+from tests.component.test_settlement import final
+from tests.helpers import metric, wait_for
+
+ONE = "1x2"
+MARGIN = Decimal("0.05")
+
+
+@pytest.fixture(scope="module")
+def env(servers_root: Path) -> Iterator[Env]:
+    yield from start(servers_root, "cash", settlement=True)
+
+
+@pytest.fixture(autouse=True)
+def ledger_stays_balanced(env: Env) -> Iterator[None]:
+    yield
+    env.check_ledger()
+
+
+def offer_of(env: Env, account: str, bet_id: str) -> bs.GetCashOutOfferResponse:
+    return env.bets.GetCashOutOffer(bs.GetCashOutOfferRequest(bet_id=bet_id), metadata=md(account), timeout=10)
+
+
+def cash_out(env: Env, account: str, request_id: str, bet_id: str, amount: common_pb2.Money) -> bet_pb2.Bet:
+    req = bs.CashOutRequest(request_id=request_id, bet_id=bet_id, amount=amount)
+    return env.bets.CashOut(req, metadata=md(account), timeout=30).bet
+
+
+def expected(stake: int, factor: Decimal) -> int:
+    return int((Decimal(stake) * factor * (1 - MARGIN)).to_integral_value(rounding=ROUND_DOWN))
+
+
+def _liability(env: Env, match_id: str, outcome: str) -> int:
+    rows = env.sql("SELECT amount FROM betting.liability WHERE match_id = %s AND outcome_id = %s", match_id, outcome)
+    return int(rows[0][0]) if rows else 0
+
+
+def test_a_single_is_cashed_out_at_its_offer_in_one_ledger_transaction(env: Env) -> None:
+    env.send(fixture("c1"))
+    priced(env, "c1")
+    deposit(env, "k1", 10_000, "k1-d")
+    deposit(env, "k1w", 10_000, "k1w-d")
+    odds, _ = env.price("c1", ONE, "home")
+    bet = place(env, "k1", "k1-b", [selection("c1", ONE, "home", odds)], 1_000)
+    draw, _ = env.price("c1", ONE, "draw")
+    witness = place(env, "k1w", "k1w-b", [selection("c1", ONE, "draw", draw)], 1_000)  # settles at full time
+    assert bet.status == bet_pb2.BET_STATUS_ACCEPTED and balance(env, "k1") == (9_000, 1_000)
+    assert _liability(env, "c1", "home") == bet.potential_payout.minor_units
+
+    got = offer_of(env, "k1", bet.bet_id)
+    now, _ = env.price("c1", ONE, "home")
+    assert got.amount.minor_units == expected(1_000, Decimal(odds) / Decimal(now))  # pre-match: the same price
+    assert got.amount.currency_code == "EUR" and got.delay.ToMilliseconds() == 0
+
+    done = cash_out(env, "k1", "k1-co", bet.bet_id, got.amount)
+    assert done.status == bet_pb2.BET_STATUS_CASHED_OUT and done.payout.minor_units == got.amount.minor_units
+    assert done.settled_at.seconds > 0
+    assert balance(env, "k1") == (9_000 + got.amount.minor_units, 0)
+    assert _liability(env, "c1", "home") == 0
+    (kind,) = env.sql("SELECT kind FROM betting.transactions WHERE bet_id = %s AND kind = 'cash_out'", bet.bet_id)
+    assert kind == ("cash_out",)
+    # the house took the difference: stake 10.00 in, the offer out
+    moves = env.sql(
+        "SELECT account_id, amount FROM betting.postings p JOIN betting.transactions t USING (transaction_id)"
+        " WHERE t.bet_id = %s AND t.kind = 'cash_out' ORDER BY account_id",
+        bet.bet_id,
+    )
+    assert moves == [
+        ("held:k1:EUR", -1_000),
+        ("house:EUR", 1_000 - got.amount.minor_units),
+        ("player:k1:EUR", got.amount.minor_units),
+    ]
+    assert f"{bet.bet_id}:cashed_out:0" in env.published(f"bets.k1.{bet.bet_id}")
+    assert metric(env.betting.spec.env["LIVEBET_METRICS_PORT"], "livebet_bets_cash_outs_total") >= 1
+
+    # the same request again: the same answer, nothing moves; another request: nothing to cash out
+    before = env.counts()
+    again = cash_out(env, "k1", "k1-co", bet.bet_id, got.amount)
+    assert again.status == bet_pb2.BET_STATUS_CASHED_OUT and again.payout == done.payout
+    code, msg, _ = _refused(lambda: cash_out(env, "k1", "k1-co", bet.bet_id, eur(1)))
+    assert code == grpc.StatusCode.ALREADY_EXISTS and "different request" in msg
+    code, msg, details = _refused(lambda: cash_out(env, "k1", "k1-co2", bet.bet_id, eur(1)))
+    assert code == grpc.StatusCode.FAILED_PRECONDITION and "cashed_out" in msg
+    assert details[0].reason == "REJECT_REASON_CASH_OUT_UNAVAILABLE"  # type: ignore[attr-defined]
+    code, _, _ = _refused(lambda: offer_of(env, "k1", bet.bet_id))
+    assert code == grpc.StatusCode.FAILED_PRECONDITION
+    assert env.counts() == before and balance(env, "k1") == (9_000 + got.amount.minor_units, 0)
+
+    # full time later: the settlement leaves the cashed-out bet as it is
+    env.send(final("c1", 90, 3, 0))
+    wait_for(
+        lambda: env.sql("SELECT status FROM betting.bets WHERE bet_id = %s", witness.bet_id) == [("settled",)],
+        30,
+        what="full time settled",
+    )
+    after = env.bets.GetBet(bs.GetBetRequest(bet_id=bet.bet_id), metadata=md("k1"), timeout=10).bet
+    assert after.status == bet_pb2.BET_STATUS_CASHED_OUT and after.payout == done.payout
+    assert balance(env, "k1") == (9_000 + got.amount.minor_units, 0)
+
+
+def _settled_elsewhere(env: Env, match_id: str) -> bool:
+    """Whether the settlement service has settled the match's 1x2 (for a bet it does not touch)."""
+    rows = env.sql(
+        "SELECT count(*) FROM betting.selections WHERE match_id = %s AND settled_version IS NOT NULL", match_id
+    )
+    return bool(rows and rows[0][0])
+
+
+def test_asking_more_than_the_offer_or_a_suspended_market_is_refused_and_writes_nothing(env: Env) -> None:
+    env.send(fixture("c2"))
+    priced(env, "c2")
+    deposit(env, "k2", 10_000, "k2-d")
+    odds, _ = env.price("c2", ONE, "draw")
+    bet = place(env, "k2", "k2-b", [selection("c2", ONE, "draw", odds)], 2_000)
+    got = offer_of(env, "k2", bet.bet_id)
+    before = env.counts()
+    asked = eur(got.amount.minor_units + 1)
+    code, msg, details = _refused(lambda: cash_out(env, "k2", "k2-more", bet.bet_id, asked))
+    assert code == grpc.StatusCode.FAILED_PRECONDITION and "below" in msg
+    assert details[0].reason == "REJECT_REASON_ODDS_CHANGED"  # type: ignore[attr-defined]
+
+    env.trader.SuspendMarket(
+        ts.SuspendMarketRequest(request_id="c2-s", market={"match_id": "c2", "market_key": ONE}, reason="test"),
+        timeout=10,
+    )
+    wait_for(lambda: env.snapshot("c2").markets[0].status == 2, 10, what="1x2 suspended")  # type: ignore[union-attr]
+    for call in (lambda: offer_of(env, "k2", bet.bet_id), lambda: cash_out(env, "k2", "k2-s", bet.bet_id, eur(1))):
+        code, msg, details = _refused(call)
+        assert code == grpc.StatusCode.FAILED_PRECONDITION and "not open" in msg
+        assert details[0].reason == "REJECT_REASON_MARKET_NOT_OPEN"  # type: ignore[attr-defined]
+    assert env.counts() == before and balance(env, "k2") == (8_000, 2_000)
+    assert env.sql("SELECT status FROM betting.bets WHERE bet_id = %s", bet.bet_id) == [("accepted",)]
+
+
+def test_bad_cash_out_requests_are_invalid_argument_or_not_found(env: Env) -> None:
+    env.send(fixture("c3"))
+    priced(env, "c3")
+    deposit(env, "k3", 10_000, "k3-d")
+    odds, _ = env.price("c3", ONE, "away")
+    bet = place(env, "k3", "k3-b", [selection("c3", ONE, "away", odds)], 500)
+    before = env.counts()
+    cases: list[tuple[bs.CashOutRequest, grpc.StatusCode, str]] = [
+        (bs.CashOutRequest(bet_id=bet.bet_id, amount=eur(1)), grpc.StatusCode.INVALID_ARGUMENT, "request_id"),
+        (bs.CashOutRequest(request_id="x", bet_id="nope", amount=eur(1)), grpc.StatusCode.INVALID_ARGUMENT, "bet_id"),
+        (
+            bs.CashOutRequest(
+                request_id="x", bet_id=bet.bet_id, amount=common_pb2.Money(currency_code="EUR", decimal="1.001")
+            ),
+            grpc.StatusCode.INVALID_ARGUMENT,
+            "amount",
+        ),
+        (
+            bs.CashOutRequest(request_id="x", bet_id=bet.bet_id, amount=eur(-5)),
+            grpc.StatusCode.INVALID_ARGUMENT,
+            "amount",
+        ),
+        (
+            bs.CashOutRequest(
+                request_id="x", bet_id=bet.bet_id, amount=common_pb2.Money(currency_code="GBP", minor_units=1)
+            ),
+            grpc.StatusCode.INVALID_ARGUMENT,
+            "EUR",
+        ),
+        (
+            bs.CashOutRequest(request_id="x", bet_id="00000000-0000-0000-0000-000000000000", amount=eur(1)),
+            grpc.StatusCode.NOT_FOUND,
+            "no bet",
+        ),
+    ]
+    for req, want, text in cases:
+        with pytest.raises(grpc.RpcError) as info:
+            env.bets.CashOut(req, metadata=md("k3"), timeout=10)
+        code, msg, _ = _error(info.value)
+        assert code == want and text in msg, (req, code, msg)
+    # another account's bet is not found, for the offer and the cash-out
+    for call in (
+        lambda: offer_of(env, "k3-other", bet.bet_id),
+        lambda: cash_out(env, "k3-other", "y", bet.bet_id, eur(1)),
+    ):
+        code, _, _ = _refused(call)
+        assert code == grpc.StatusCode.NOT_FOUND
+    assert env.counts() == before
+
+
+def test_an_accumulator_with_a_won_leg_is_priced_from_its_return_and_the_open_leg(env: Env) -> None:
+    env.send(fixture("c4"), fixture("c5"))
+    priced(env, "c4")
+    priced(env, "c5")
+    deposit(env, "k4", 10_000, "k4-d")
+    o1, _ = env.price("c4", ONE, "home")
+    o2, _ = env.price("c5", ONE, "draw")
+    acca = place(env, "k4", "k4-acca", [selection("c4", ONE, "home", o1), selection("c5", ONE, "draw", o2)], 1_000)
+    env.send(final("c4", 90, 2, 0))  # the first leg won; the accumulator stays open
+    wait_for(lambda: _settled_elsewhere(env, "c4"), 30, what="c4 settled")
+    got = offer_of(env, "k4", acca.bet_id)
+    now, _ = env.price("c5", ONE, "draw")
+    assert got.amount.minor_units == expected(1_000, Decimal(o1) * Decimal(o2) / Decimal(now))
+    done = cash_out(env, "k4", "k4-co", acca.bet_id, got.amount)
+    assert done.status == bet_pb2.BET_STATUS_CASHED_OUT
+    assert balance(env, "k4") == (9_000 + got.amount.minor_units, 0)
+
+    # an accumulator with a lost leg has no offer
+    o3, _ = env.price("c5", ONE, "home")
+    env.send(fixture("c6"))
+    priced(env, "c6")
+    o4, _ = env.price("c6", ONE, "away")
+    lost = place(env, "k4", "k4-lost", [selection("c5", ONE, "home", o3), selection("c6", ONE, "away", o4)], 500)
+    env.send(final("c6", 90, 1, 0))
+    wait_for(
+        lambda: env.sql("SELECT status FROM betting.bets WHERE bet_id = %s", lost.bet_id) == [("settled",)],
+        30,
+        what="the accumulator lost",
+    )
+    code, msg, details = _refused(lambda: offer_of(env, "k4", lost.bet_id))
+    assert code == grpc.StatusCode.FAILED_PRECONDITION and "settled" in msg
+    assert details[0].reason == "REJECT_REASON_CASH_OUT_UNAVAILABLE"  # type: ignore[attr-defined]
+
+
+def test_in_play_a_cash_out_waits_the_delay_and_a_suspension_in_it_refuses_it(env: Env) -> None:
+    env.send(fixture("c7"), state_event("c7", 1, 10))
+    priced(env, "c7", 10)
+    deposit(env, "k7", 10_000, "k7-d")
+    odds, _ = env.price("c7", "btts", "no")
+    bet = place(env, "k7", "k7-b", [selection("c7", "btts", "no", odds)], 1_000, bet_pb2.ODDS_CHANGE_POLICY_ANY)
+    wait_for(
+        lambda: env.sql("SELECT status FROM betting.bets WHERE bet_id = %s", bet.bet_id) == [("accepted",)],
+        20,
+        what="accepted after the delay",
+    )
+    got = offer_of(env, "k7", bet.bet_id)
+    assert got.delay.ToMilliseconds() == int(IN_PLAY_DELAY * 1000)
+
+    # a goal during the delay: refused, nothing written
+    before = env.counts()
+    result: dict[str, Any] = {}
+
+    def call() -> None:
+        try:
+            result["bet"] = cash_out(env, "k7", "k7-goal", bet.bet_id, eur(1))
+        except grpc.RpcError as err:
+            result["error"] = _error(err)
+
+    t = threading.Thread(target=call)
+    t.start()
+    time.sleep(IN_PLAY_DELAY / 3)
+    env.send(goal("c7", 1, 0, 2))
+    t.join(30)
+    code, msg, details = result["error"]
+    assert code == grpc.StatusCode.FAILED_PRECONDITION and "suspended" in msg
+    assert details[0].reason == "REJECT_REASON_SUSPENDED_DURING_DELAY"
+    assert env.counts() == before and balance(env, "k7") == (9_000, 1_000)
+
+    # once repriced and quiet: cashed out after the delay, at the offer then (at least the one asked)
+    wait_for(lambda: _open(env, "c7", "btts"), 20, what="btts open again")
+    got = offer_of(env, "k7", bet.bet_id)
+    t0 = time.monotonic()
+    done = cash_out(env, "k7", "k7-ok", bet.bet_id, eur(1))
+    assert time.monotonic() - t0 >= IN_PLAY_DELAY - 0.05
+    assert done.status == bet_pb2.BET_STATUS_CASHED_OUT and done.payout.minor_units >= 1
+    assert balance(env, "k7") == (9_000 + done.payout.minor_units, 0)
+
+
+def _open(env: Env, match_id: str, market_key: str) -> bool:
+    snap = env.snapshot(match_id)
+    return snap is not None and any(m.ref.market_key == market_key and m.status == 1 for m in snap.markets)
+
+
+def test_two_cash_outs_of_one_bet_at_once_pay_once(env: Env) -> None:
+    env.send(fixture("c8"))
+    priced(env, "c8")
+    deposit(env, "k8", 10_000, "k8-d")
+    odds, _ = env.price("c8", ONE, "home")
+    bet = place(env, "k8", "k8-b", [selection("c8", ONE, "home", odds)], 1_000)
+    results: list[Any] = []
+
+    def call(rid: str) -> None:
+        try:
+            results.append(cash_out(env, "k8", rid, bet.bet_id, eur(1)).status)
+        except grpc.RpcError as err:
+            results.append(_error(err)[0])
+
+    threads = [threading.Thread(target=call, args=(f"k8-{i}",)) for i in range(6)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(30)
+    assert results.count(bet_pb2.BET_STATUS_CASHED_OUT) == 1, results
+    assert results.count(grpc.StatusCode.FAILED_PRECONDITION) == 5, results
+    assert env.sql("SELECT count(*) FROM betting.cash_outs WHERE bet_id = %s", bet.bet_id) == [(1,)]
+    paid = env.sql("SELECT payout FROM betting.bets WHERE bet_id = %s", bet.bet_id)[0][0]
+    assert balance(env, "k8") == (9_000 + paid, 0)
