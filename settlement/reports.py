@@ -4,7 +4,8 @@ liability per outcome, read set-based from the betting tables.
 Definitions (per currency): **turnover** = stakes of bets placed in the window that were not
 rejected; **payouts** = what those bets paid once settled (a void returns its stake, so it counts
 as a payout); **GGR** = turnover - payouts over the *settled* bets (open bets have no result yet,
-so they are in turnover and ``bets`` but not in GGR). Per market an accumulator counts once for
+so they are in turnover and ``bets`` but not in GGR). A cashed-out bet counts as settled, its
+cash-out amount as its payout. Per market an accumulator counts once for
 each of its legs' markets; per match and per day it counts once. The house ledger account holds
 exactly the settled GGR (a test reconciles them).
 """
@@ -53,9 +54,10 @@ class ReportApi(report_service_pb2_grpc.ReportServiceServicer):
             await context.abort(grpc.StatusCode.INVALID_ARGUMENT, "to_time must be after from_time")
         key = _KEY[grouping]
         # per market, a bet counts once per market it has a leg in; per match and day, once
+        done = "status IN ('settled', 'cashed_out')"  # a cash-out settled the bet
         query = f"""
-            SELECT key, sum(stake), sum(payout) FILTER (WHERE status = 'settled'),
-                   sum(stake) FILTER (WHERE status = 'settled'), count(*), count(*) FILTER (WHERE status = 'settled')
+            SELECT key, sum(stake), sum(payout) FILTER (WHERE {done}),
+                   sum(stake) FILTER (WHERE {done}), count(*), count(*) FILTER (WHERE {done})
             FROM (SELECT DISTINCT {key} AS key, b.bet_id, b.stake, b.payout, b.status
                     FROM betting.bets b JOIN betting.selections s ON s.bet_id = b.bet_id
                    WHERE b.currency = %s AND b.placed_at >= %s AND b.placed_at < %s
@@ -65,9 +67,8 @@ class ReportApi(report_service_pb2_grpc.ReportServiceServicer):
             await cur.execute(query, (currency, start, end))
             rows = await cur.fetchall()
             await cur.execute(
-                """SELECT coalesce(sum(stake), 0), coalesce(sum(payout) FILTER (WHERE status = 'settled'), 0),
-                          coalesce(sum(stake) FILTER (WHERE status = 'settled'), 0), count(*),
-                          count(*) FILTER (WHERE status = 'settled')
+                f"""SELECT coalesce(sum(stake), 0), coalesce(sum(payout) FILTER (WHERE {done}), 0),
+                          coalesce(sum(stake) FILTER (WHERE {done}), 0), count(*), count(*) FILTER (WHERE {done})
                    FROM betting.bets WHERE currency = %s AND placed_at >= %s AND placed_at < %s
                      AND status <> 'rejected'""",
                 (currency, start, end),

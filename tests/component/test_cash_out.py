@@ -35,7 +35,7 @@ from tests.component.test_betting import _error, _refused
 from tests.component.test_feed_service import fixture
 from tests.component.test_live_odds import goal
 from tests.component.test_settlement import final
-from tests.helpers import metric, wait_for
+from tests.helpers import admin_channel, metric, wait_for
 
 ONE = "1x2"
 MARGIN = Decimal("0.05")
@@ -324,3 +324,26 @@ def test_two_cash_outs_of_one_bet_at_once_pay_once(env: Env) -> None:
     assert env.sql("SELECT count(*) FROM betting.cash_outs WHERE bet_id = %s", bet.bet_id) == [(1,)]
     paid = env.sql("SELECT payout FROM betting.bets WHERE bet_id = %s", bet.bet_id)[0][0]
     assert balance(env, "k8") == (9_000 + paid, 0)
+
+
+def test_reports_count_a_cash_out_as_settled_and_reconcile_with_the_house(env: Env) -> None:
+    from livebet.settlement.v1 import report_service_pb2 as rs
+    from livebet.settlement.v1 import report_service_pb2_grpc
+
+    env.send(fixture("c9"))
+    priced(env, "c9")
+    deposit(env, "k9", 10_000, "k9-d")
+    odds, _ = env.price("c9", ONE, "away")
+    bet = place(env, "k9", "k9-b", [selection("c9", ONE, "away", odds)], 3_000)
+    got = offer_of(env, "k9", bet.bet_id)
+    cash_out(env, "k9", "k9-co", bet.bet_id, got.amount)
+    reports = report_service_pb2_grpc.ReportServiceStub(admin_channel(env.procs[3].spec.health_target))
+    by_match = reports.GetTurnoverReport(rs.GetTurnoverReportRequest(grouping=rs.REPORT_GROUPING_MATCH), timeout=10)
+    (row,) = [r for r in by_match.rows if r.key == "c9"]
+    assert (row.bets, row.settled_bets) == (1, 1)
+    assert row.payouts.minor_units == got.amount.minor_units
+    assert row.ggr.minor_units == 3_000 - got.amount.minor_units
+    (house,) = env.sql("SELECT coalesce(sum(balance), 0) FROM betting.ledger_accounts WHERE kind = 'house'")
+    assert by_match.total.ggr.minor_units == house[0]  # cash-outs and settlements alike
+    open_liability = reports.GetOpenLiability(rs.GetOpenLiabilityRequest(match_id="c9"), timeout=10)
+    assert list(open_liability.outcomes) == []
