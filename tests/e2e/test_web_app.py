@@ -1,6 +1,7 @@
 """The web app in real headless Chromium (Debian's package, driven by Playwright), through Envoy
 on the whole running platform: live prices, a suspension after a simulated goal, a bet placed,
-accepted after the in-play delay and settled, and a network drop it recovers from without reload.
+accepted after the in-play delay and settled, a second one cashed out, and a network drop it recovers
+from without reload.
 
 The match is the test's own, pushed through the feed with a provider's token, so every step is
 under its control; the simulator's matches run beside it as in `make run`."""
@@ -191,11 +192,34 @@ def test_live_odds_suspension_bet_settlement_and_reconnect_in_chromium(mesh: Mes
     )
     assert page.evaluate("window.__marker") == "same page"
 
-    # full time 1-0: the bet is settled as won and paid
+    # a second single, on the draw, cashed out from the list of bets: its offer shows on a button,
+    # the cash-out waits out the in-play delay, and the bet is closed and paid at once
+    draw = card.locator(f'button.price[data-k="{feed.match_id}|1x2|draw"]')
+    draw.click()
+    page.fill("#stake", "2.00")
+    page.click("#place")
+    page.wait_for_function(
+        "document.querySelectorAll('#bets li.bet[data-status=\"ACCEPTED\"]').length === 2", timeout=20_000
+    )
+    page.wait_for_function("document.querySelector('#balance').textContent.startsWith('93.00 EUR')", timeout=10_000)
+    newest = page.locator("#bets li.bet").first
+    button = newest.locator("button.cash-out")
+    button.wait_for(timeout=10_000)
+    assert button.inner_text().startswith("cash out ") and "EUR" in button.inner_text()
+    button.click()
+    page.locator('#bets li.bet[data-status="CASHED_OUT"]').wait_for(timeout=20_000)
+    assert "cashed out · paid" in page.locator('#bets li.bet[data-status="CASHED_OUT"]').inner_text()
+    page.wait_for_function("!document.querySelector('#balance').textContent.startsWith('93.00 EUR')", timeout=10_000)
+    before_full_time = page.locator("#balance").inner_text()
+
+    # full time 1-0: the first bet is settled as won and paid; the cashed-out one stays as it was
     feed.full_time(1, 0)
     page.locator('#bets li.bet[data-status="SETTLED"]').wait_for(timeout=30_000)
-    assert "WON" in page.locator("#bets li.bet").first.inner_text()
-    page.wait_for_function("!document.querySelector('#balance').textContent.startsWith('95.00 EUR')", timeout=10_000)
+    assert "WON" in page.locator('#bets li.bet[data-status="SETTLED"]').inner_text()
+    page.wait_for_function(
+        "(old) => document.querySelector('#balance').textContent !== old", arg=before_full_time, timeout=10_000
+    )
+    assert page.locator('#bets li.bet[data-status="CASHED_OUT"]').count() == 1
     page.screenshot(path=str(OUTPUT / "web-app.png"), full_page=True)
     print(f"\nscreenshots: {OUTPUT / 'web-app.png'} and {OUTPUT / 'web-app-suspended.png'}")
     assert errors == [], errors

@@ -7,6 +7,7 @@ import { timestampDate } from "@bufbuild/protobuf/wkt";
 import { betting, odds, session, wallet } from "./api";
 import { combine, formatMinor, parseAmount, potentialReturn } from "./money";
 import { BetStatus, OddsChangePolicy, RejectReason, BetResult, type Bet } from "./gen/livebet/betting/v1/bet_pb";
+import type { Money } from "./gen/livebet/common/v1/common_pb";
 import { MarketStatus, type Market, type MatchOdds } from "./gen/livebet/odds/v1/market_pb";
 import type { WatchOddsResponse } from "./gen/livebet/odds/v1/odds_service_pb";
 
@@ -26,6 +27,10 @@ interface Leg {
 const matches = new Map<string, MatchView>();
 const slip = new Map<string, Leg>(); // by match id: one leg per match
 const bets = new Map<string, Bet>();
+// cash-out: the offer per accepted bet (or why there is none), and the bets being cashed out
+const offers = new Map<string, { amount: Money; delayMs: number } | string>();
+const cashing = new Set<string>();
+const OFFER_REFRESH_MS = 2000;
 const flashes = new Map<string, "up" | "down">(); // outcome key -> direction, for one render
 let balance: { available: bigint; held: bigint; currency: string } | null = null;
 let betsStream: AbortController | null = null;
@@ -312,6 +317,7 @@ async function refreshBalance(): Promise<void> {
 function upsertBet(b: Bet): void {
   const old = bets.get(b.betId);
   if (old && old.status === BetStatus.SETTLED && b.status !== BetStatus.SETTLED && b.settlementVersion <= old.settlementVersion) return;
+  if (old && old.status === BetStatus.CASHED_OUT && b.status !== BetStatus.CASHED_OUT) return; // final
   bets.set(b.betId, b);
   renderBets();
 }
@@ -323,8 +329,19 @@ function betStatusHtml(b: Bet): string {
       const left = Math.max(0, Math.ceil((due - Date.now()) / 1000));
       return `<span class="pending">pending <span class="countdown" data-due="${due}">${left}s</span></span>`;
     }
-    case BetStatus.ACCEPTED:
-      return `<span class="accepted">accepted</span>`;
+    case BetStatus.ACCEPTED: {
+      const o = offers.get(b.betId);
+      let action = "";
+      if (cashing.has(b.betId)) action = `<span class="cashing">cashing out…</span>`;
+      else if (typeof o === "string") action = `<span class="no-offer">no cash-out: ${esc(o)}</span>`;
+      else if (o) {
+        const wait = o.delayMs > 0 ? ` (${Math.round(o.delayMs / 1000)} s)` : "";
+        action = `<button class="cash-out" data-cash-out="${esc(b.betId)}">cash out ${formatMinor(o.amount.minorUnits, o.amount.currencyCode)}${wait}</button>`;
+      }
+      return `<span class="accepted">accepted</span> ${action}`;
+    }
+    case BetStatus.CASHED_OUT:
+      return `<span class="cashed-out">cashed out · paid ${b.payout ? formatMinor(b.payout.minorUnits, b.payout.currencyCode) : "-"}</span>`;
     case BetStatus.REJECTED:
       return `<span class="rejected">rejected: ${esc(RejectReason[b.rejectReason] ?? "")} ${esc(b.rejectDetail)}</span>`;
     case BetStatus.SETTLED:
@@ -348,6 +365,46 @@ function renderBets(): void {
         <div>${legs} @ <b>${esc(b.acceptedOdds?.decimal ?? "")}</b> · ${stake}</div><div>${betStatusHtml(b)}</div></li>`;
     })
     .join("");
+}
+
+/** The cash-out offer of every accepted bet, from the live prices (GetCashOutOffer). */
+async function refreshOffers(): Promise<void> {
+  if (!session.token) return;
+  for (const b of [...bets.values()]) {
+    if (b.status !== BetStatus.ACCEPTED) {
+      offers.delete(b.betId);
+      continue;
+    }
+    try {
+      const r = await betting.getCashOutOffer({ betId: b.betId });
+      if (r.amount) {
+        const delayMs = r.delay ? Number(r.delay.seconds) * 1000 + r.delay.nanos / 1e6 : 0;
+        offers.set(b.betId, { amount: r.amount, delayMs });
+      }
+    } catch (err) {
+      offers.set(b.betId, ConnectError.from(err).rawMessage);
+    }
+  }
+  renderBets();
+}
+
+async function cashOut(betId: string): Promise<void> {
+  const o = offers.get(betId);
+  if (!o || typeof o === "string" || cashing.has(betId)) return;
+  cashing.add(betId);
+  renderBets();
+  try {
+    // the offer as shown: the bet is cashed out at the offer when decided, never less than this
+    const res = await betting.cashOut({ requestId: crypto.randomUUID(), betId, amount: o.amount });
+    if (res.bet) upsertBet(res.bet);
+    void refreshBalance();
+  } catch (err) {
+    const e = ConnectError.from(err);
+    offers.set(betId, `${Code[e.code]}: ${e.rawMessage}`);
+  } finally {
+    cashing.delete(betId);
+    renderBets();
+  }
 }
 
 async function watchBets(): Promise<void> {
@@ -425,6 +482,11 @@ function main(): void {
   });
   $("stake").addEventListener("input", renderSlip);
   $("place").addEventListener("click", () => void placeBet());
+  $("bets").addEventListener("click", (e) => {
+    const id = (e.target as HTMLElement).dataset.cashOut;
+    if (id) void cashOut(id);
+  });
+  setInterval(() => void refreshOffers(), OFFER_REFRESH_MS);
   $("signin").addEventListener("submit", (e) => {
     e.preventDefault();
     signIn(($("token") as HTMLInputElement).value);
