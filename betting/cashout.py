@@ -52,6 +52,10 @@ def _unavailable(message: str) -> Refusal:
     return Refusal(Kind.FAILED_PRECONDITION, bet_pb2.REJECT_REASON_CASH_OUT_UNAVAILABLE, message)
 
 
+def _not_open(status: str) -> Refusal:
+    return _unavailable(f"the bet is {status.replace('_', ' ')}: only an accepted bet can be cashed out")
+
+
 class CashOutDesk:
     def __init__(self, store: Store, odds: OddsView, config: Config, metrics: BetMetrics) -> None:
         self.store, self.odds, self.config, self.metrics = store, odds, config, metrics
@@ -59,7 +63,7 @@ class CashOutDesk:
     async def price(self, row: dict[str, Any], legs: list[dict[str, Any]]) -> Priced:
         """The bet's offer now, or a Refusal: not accepted, a leg lost, a leg's market not open."""
         if row["status"] != "accepted":
-            raise _unavailable(f"the bet is {row['status']}: only an accepted bet can be cashed out")
+            raise _not_open(row["status"])
         items: list[CashOutLeg] = []
         open_legs: list[int] = []
         seen: list[tuple[Leg, int]] = []
@@ -174,8 +178,7 @@ class CashOutDesk:
             message = "a leg of the bet was settled meanwhile: ask for a new offer"
             await self._refuse(context, Refusal(Kind.FAILED_PRECONDITION, bet_pb2.REJECT_REASON_ODDS_CHANGED, message))
         if outcome.startswith("not_open:"):
-            status = outcome.partition(":")[2]
-            await self._refuse(context, _unavailable(f"the bet is {status}: only an accepted bet can be cashed out"))
+            await self._refuse(context, _not_open(outcome.partition(":")[2]))
         await context.abort(grpc.StatusCode.NOT_FOUND, f"no bet {request.bet_id} for this account")
         raise AssertionError("unreachable")
 

@@ -115,7 +115,7 @@ def test_a_single_is_cashed_out_at_its_offer_in_one_ledger_transaction(env: Env)
     code, msg, _ = _refused(lambda: cash_out(env, "k1", "k1-co", bet.bet_id, eur(1)))
     assert code == grpc.StatusCode.ALREADY_EXISTS and "different request" in msg
     code, msg, details = _refused(lambda: cash_out(env, "k1", "k1-co2", bet.bet_id, eur(1)))
-    assert code == grpc.StatusCode.FAILED_PRECONDITION and "cashed_out" in msg
+    assert code == grpc.StatusCode.FAILED_PRECONDITION and "the bet is cashed out" in msg
     assert details[0].reason == "REJECT_REASON_CASH_OUT_UNAVAILABLE"  # type: ignore[attr-defined]
     code, _, _ = _refused(lambda: offer_of(env, "k1", bet.bet_id))
     assert code == grpc.StatusCode.FAILED_PRECONDITION
