@@ -13,6 +13,8 @@ from typing import Any
 
 import grpc
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 from livebet.betting.v1 import bet_pb2
 from livebet.betting.v1 import betting_service_pb2 as bs
 from livebet.common.v1 import common_pb2
@@ -31,7 +33,7 @@ from tests.component.betting_env import (
     start,
     state_event,
 )
-from tests.component.test_betting import _error, _refused
+from tests.component.test_betting import _MONEY, _TEXT, _error, _refused
 from tests.component.test_feed_service import fixture
 from tests.component.test_live_odds import goal
 from tests.component.test_settlement import final
@@ -347,3 +349,31 @@ def test_reports_count_a_cash_out_as_settled_and_reconcile_with_the_house(env: E
     assert by_match.total.ggr.minor_units == house[0]  # cash-outs and settlements alike
     open_liability = reports.GetOpenLiability(rs.GetOpenLiabilityRequest(match_id="c9"), timeout=10)
     assert list(open_liability.outcomes) == []
+
+
+@pytest.fixture(scope="module")
+def fuzz_bet(env: Env) -> str:
+    env.send(fixture("c10"))
+    priced(env, "c10")
+    deposit(env, "kf", 10_000, "kf-d")
+    odds, _ = env.price("c10", ONE, "home")
+    return place(env, "kf", "kf-b", [selection("c10", ONE, "home", odds)], 1_000).bet_id
+
+
+@settings(max_examples=120, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(data=st.data())
+def test_no_cash_out_request_yields_internal_or_unknown(env: Env, fuzz_bet: str, data: st.DataObject) -> None:
+    bet_id = data.draw(st.sampled_from([fuzz_bet, "00000000-0000-0000-0000-000000000000", "", "x"]) | _TEXT)
+    req = bs.CashOutRequest(
+        request_id=data.draw(st.sampled_from(["fz1", "fz2", ""]) | _TEXT),
+        bet_id=bet_id,
+        amount=data.draw(_MONEY),  # type: ignore[arg-type]
+    )
+    for call in (
+        lambda: env.bets.CashOut(req, metadata=md("kf"), timeout=10),
+        lambda: env.bets.GetCashOutOffer(bs.GetCashOutOfferRequest(bet_id=bet_id), metadata=md("kf"), timeout=10),
+    ):
+        try:
+            call()
+        except grpc.RpcError as err:
+            assert err.code() not in (grpc.StatusCode.INTERNAL, grpc.StatusCode.UNKNOWN), err.details()
