@@ -12,6 +12,7 @@ from google.protobuf import json_format
 
 from tests.e2e.conftest import Mesh
 from tests.e2e.test_edge_auth import open_selection, token
+from tests.helpers import wait_for
 
 
 def call(
@@ -71,6 +72,48 @@ def test_a_bet_over_rest_from_deposit_to_reading_it_back(mesh: Mesh) -> None:
     assert status == 200 and [b["betId"] for b in page["bets"]] == [bet["betId"]]
     status, bal = call(mesh, "GET", "/v1/wallet/balance/EUR", token=t)
     assert status == 200 and int(bal["available"]["minorUnits"]) + int(bal["held"]["minorUnits"]) == 5000
+
+
+def test_a_bet_cashed_out_over_rest(mesh: Mesh) -> None:
+    t = token(mesh, f"rest-{uuid.uuid4().hex[:6]}")
+    assert call(mesh, "POST", "/v1/wallet/deposits", {"requestId": "d1", "amount": _eur(5000)}, t)[0] == 200
+    bets: list[str] = []
+    got: list[Any] = []
+
+    def accepted() -> bool:  # a live match: a bet may be rejected by a goal in its delay; then another
+        if bets:
+            status = call(mesh, "GET", f"/v1/bets/{bets[-1]}", token=t)[1]["bet"]["status"]
+            if status in ("BET_STATUS_PENDING", "BET_STATUS_ACCEPTED"):
+                return status == "BET_STATUS_ACCEPTED"
+        selection = json.loads(json_format.MessageToJson(open_selection(mesh)))
+        request = {"requestId": uuid.uuid4().hex, "selections": [selection], "stake": _eur(500)}
+        status, placed = call(mesh, "POST", "/v1/bets", {**request, "oddsChangePolicy": "ODDS_CHANGE_POLICY_ANY"}, t)
+        if status == 200:
+            bets.append(placed["bet"]["betId"])
+        return False
+
+    def cashed_out() -> bool:  # the simulator may suspend the market at any moment: then again
+        status, offer = call(mesh, "GET", f"/v1/bets/{bets[-1]}/cash-out", token=t)
+        if status != 200:
+            assert status == 400 and offer["code"] == 9, (status, offer)  # FAILED_PRECONDITION
+            return False
+        assert offer["amount"]["currencyCode"] == "EUR" and int(offer["amount"]["minorUnits"]) > 0
+        body = {"requestId": uuid.uuid4().hex, "amount": _eur(1)}
+        status, done = call(mesh, "POST", f"/v1/bets/{bets[-1]}:cashOut", body, t)
+        if status != 200:
+            assert status == 400 and done["code"] == 9, (status, done)
+            return False
+        got.append(done["bet"])
+        return True
+
+    wait_for(accepted, 60, interval=0.5, what="a bet accepted")
+    wait_for(cashed_out, 60, interval=0.5, what="a cash-out through REST")
+    (bet,) = got
+    assert bet["status"] == "BET_STATUS_CASHED_OUT" and int(bet["payout"]["minorUnits"]) > 0
+    status, bal = call(mesh, "GET", "/v1/wallet/balance/EUR", token=t)
+    # bets rejected in their delay gave their stakes back; the cashed-out one holds nothing
+    assert status == 200 and int(bal["held"].get("minorUnits", "0")) == 0
+    assert int(bal["available"]["minorUnits"]) == 5000 - 500 + int(bet["payout"]["minorUnits"])
 
 
 def test_rest_errors_are_http_statuses_with_a_reason(mesh: Mesh) -> None:
