@@ -4,6 +4,7 @@ the in-play delay, idempotency, bad input, and a later settlement leaving a cash
 
 from __future__ import annotations
 
+import signal
 import threading
 import time
 from collections.abc import Iterator
@@ -377,3 +378,41 @@ def test_no_cash_out_request_yields_internal_or_unknown(env: Env, fuzz_bet: str,
             call()
         except grpc.RpcError as err:
             assert err.code() not in (grpc.StatusCode.INTERNAL, grpc.StatusCode.UNKNOWN), err.details()
+
+
+def test_a_restart_during_the_delay_writes_nothing_and_the_same_request_then_cashes_out(env: Env) -> None:
+    env.send(fixture("c11"), state_event("c11", 1, 20))
+    priced(env, "c11", 20)
+    deposit(env, "k11", 10_000, "k11-d")
+    odds, _ = env.price("c11", "btts", "no")
+    bet = place(env, "k11", "k11-b", [selection("c11", "btts", "no", odds)], 1_000, bet_pb2.ODDS_CHANGE_POLICY_ANY)
+    wait_for(
+        lambda: env.sql("SELECT status FROM betting.bets WHERE bet_id = %s", bet.bet_id) == [("accepted",)],
+        20,
+        what="accepted after the delay",
+    )
+    before = env.counts()
+    result: dict[str, Any] = {}
+
+    def call() -> None:
+        try:
+            result["bet"] = cash_out(env, "k11", "k11-co", bet.bet_id, eur(1))
+        except grpc.RpcError as err:
+            result["error"] = err.code()
+
+    t = threading.Thread(target=call)
+    t.start()
+    time.sleep(IN_PLAY_DELAY / 3)  # the call is waiting out the delay
+    env.betting.signal(signal.SIGKILL)
+    assert env.betting.popen is not None
+    env.betting.popen.wait(10)
+    t.join(30)
+    assert result["error"] == grpc.StatusCode.UNAVAILABLE  # the client sees the call cut short
+    assert env.counts() == before
+    env.betting.start()
+    assert balance(env, "k11") == (9_000, 1_000)
+    assert env.sql("SELECT status FROM betting.bets WHERE bet_id = %s", bet.bet_id) == [("accepted",)]
+    assert env.sql("SELECT count(*) FROM betting.cash_outs WHERE bet_id = %s", bet.bet_id) == [(0,)]
+    done = cash_out(env, "k11", "k11-co", bet.bet_id, eur(1))  # sent again, the same request
+    assert done.status == bet_pb2.BET_STATUS_CASHED_OUT
+    assert balance(env, "k11") == (9_000 + done.payout.minor_units, 0)
