@@ -126,11 +126,7 @@ class BettingApi(betting_service_pb2_grpc.BettingServiceServicer):
         try:
             return await self._place(account, ticket, request_digest, context)
         except (psycopg.OperationalError, RedisError) as err:
-            log.warning("PlaceBet: a dependency failed", extra={"error": str(err)})
-            await context.abort(
-                grpc.StatusCode.UNAVAILABLE, "bets are unavailable right now; retry with the same request_id"
-            )
-            raise AssertionError("unreachable") from err
+            await _unavailable(context, "PlaceBet", err, "bets are")
 
     async def _place(
         self, account: str, ticket: Ticket, request_digest: bytes, context: grpc.aio.ServicerContext
@@ -272,20 +268,20 @@ class BettingApi(betting_service_pb2_grpc.BettingServiceServicer):
         try:
             return await self.cash_outs.get_offer(account, request, context)
         except (psycopg.OperationalError, RedisError) as err:
-            await _unavailable(context, "GetCashOutOffer", err)
+            await _unavailable(context, "GetCashOutOffer", err, "cash-out is")
 
     async def CashOut(self, request: bs.CashOutRequest, context: grpc.aio.ServicerContext) -> bs.CashOutResponse:
         account = await account_of(context)
         try:
             return await self.cash_outs.cash_out(account, request, context)
         except (psycopg.OperationalError, RedisError) as err:
-            await _unavailable(context, "CashOut", err)
+            await _unavailable(context, "CashOut", err, "cash-out is")
 
 
-async def _unavailable(context: grpc.aio.ServicerContext, method: str, err: Exception) -> NoReturn:
+async def _unavailable(context: grpc.aio.ServicerContext, method: str, err: Exception, what: str) -> NoReturn:
+    """PostgreSQL or Redis failed: UNAVAILABLE, which a client retries with the same request id."""
     log.warning(f"{method}: a dependency failed", extra={"error": str(err)})
-    message = "cash-out is unavailable right now; retry with the same request_id"
-    await context.abort(grpc.StatusCode.UNAVAILABLE, message)
+    await context.abort(grpc.StatusCode.UNAVAILABLE, f"{what} unavailable right now; retry with the same request_id")
     raise AssertionError("unreachable") from err
 
 

@@ -416,3 +416,26 @@ def test_a_restart_during_the_delay_writes_nothing_and_the_same_request_then_cas
     done = cash_out(env, "k11", "k11-co", bet.bet_id, eur(1))  # sent again, the same request
     assert done.status == bet_pb2.BET_STATUS_CASHED_OUT
     assert balance(env, "k11") == (9_000 + done.payout.minor_units, 0)
+
+
+def test_with_redis_down_cash_out_and_placebet_are_unavailable_and_write_nothing(env: Env) -> None:
+    env.send(fixture("c12"))
+    priced(env, "c12")
+    deposit(env, "k12", 10_000, "k12-d")
+    odds, _ = env.price("c12", ONE, "home")
+    bet = place(env, "k12", "k12-b", [selection("c12", ONE, "home", odds)], 1_000)
+    redis = env.servers[1].proc
+    before = env.counts()
+    redis.stop()
+    try:
+        for call in (
+            lambda: offer_of(env, "k12", bet.bet_id),
+            lambda: cash_out(env, "k12", "k12-co", bet.bet_id, eur(1)),
+            lambda: place(env, "k12", "k12-b2", [selection("c12", ONE, "home", odds)], 1_000),
+        ):
+            code, msg, _ = _refused(call)
+            assert code == grpc.StatusCode.UNAVAILABLE and "retry with the same request_id" in msg, (code, msg)
+        assert env.counts() == before
+    finally:
+        redis.start()
+    assert env.sql("SELECT status FROM betting.bets WHERE bet_id = %s", bet.bet_id) == [("accepted",)]
