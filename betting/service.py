@@ -235,7 +235,8 @@ class BettingApi(betting_service_pb2_grpc.BettingServiceServicer):
         rank: dict[str, tuple[int, int]] = {}
 
         def fresh(bet: bet_pb2.Bet) -> bool:
-            order = {bet_pb2.BET_STATUS_PENDING: 0}.get(bet.status, 1)
+            # pending, then accepted or rejected, then cashed out (final); settled at each version
+            order = {bet_pb2.BET_STATUS_PENDING: 0, bet_pb2.BET_STATUS_CASHED_OUT: 2}.get(bet.status, 1)
             key = (
                 (bet.settlement_version, order)
                 if bet.status != bet_pb2.BET_STATUS_SETTLED
@@ -397,7 +398,7 @@ class WalletApi(wallet_service_pb2_grpc.WalletServiceServicer):
         for r in rows[:size]:
             t = out.transactions.add(
                 transaction_id=str(r["transaction_id"]),
-                kind=_KINDS[r["kind"]],
+                kind=_KINDS.get(r["kind"], ws.TRANSACTION_KIND_UNSPECIFIED),
                 amount=money(int(r["amount"]), currency),
                 balance_after=money(int(r["balance_after"]), currency),
                 bet_id=str(r["bet_id"] or ""),
@@ -415,4 +416,5 @@ _KINDS = {
     "stake_release": ws.TRANSACTION_KIND_STAKE_RELEASE,
     "settlement": ws.TRANSACTION_KIND_SETTLEMENT,
     "correction": ws.TRANSACTION_KIND_CORRECTION,
+    "cash_out": ws.TRANSACTION_KIND_CASH_OUT,
 }

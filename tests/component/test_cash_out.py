@@ -439,3 +439,32 @@ def test_with_redis_down_cash_out_and_placebet_are_unavailable_and_write_nothing
     finally:
         redis.start()
     assert env.sql("SELECT status FROM betting.bets WHERE bet_id = %s", bet.bet_id) == [("accepted",)]
+
+
+def test_watchbets_shows_the_cash_out_and_the_wallet_lists_its_transaction(env: Env) -> None:
+    from livebet.betting.v1 import wallet_service_pb2 as ws
+
+    env.send(fixture("c13"))
+    priced(env, "c13")
+    deposit(env, "k13", 10_000, "k13-d")
+    stream = env.bets.WatchBets(bs.WatchBetsRequest(include_open=True), metadata=md("k13"), timeout=30)
+    odds, _ = env.price("c13", ONE, "home")
+    bet = place(env, "k13", "k13-b", [selection("c13", ONE, "home", odds)], 1_000)
+    seen = []
+    for msg in stream:
+        if msg.event.bet.bet_id == bet.bet_id:
+            seen.append(msg.event.bet.status)
+            if msg.event.bet.status == bet_pb2.BET_STATUS_ACCEPTED:
+                done = cash_out(env, "k13", "k13-co", bet.bet_id, eur(1))  # while the stream is open
+            if msg.event.bet.status == bet_pb2.BET_STATUS_CASHED_OUT:
+                assert msg.event.balance.minor_units == 9_000 + done.payout.minor_units
+                break
+    stream.cancel()
+    assert seen == [bet_pb2.BET_STATUS_ACCEPTED, bet_pb2.BET_STATUS_CASHED_OUT]
+    history = env.wallet.ListTransactions(
+        ws.ListTransactionsRequest(currency_code="EUR"), metadata=md("k13"), timeout=10
+    )
+    newest = history.transactions[0]
+    assert newest.kind == ws.TRANSACTION_KIND_CASH_OUT and newest.bet_id == bet.bet_id
+    assert newest.amount.minor_units == done.payout.minor_units
+    assert newest.balance_after.minor_units == 9_000 + done.payout.minor_units
