@@ -779,13 +779,17 @@ class Store:
                 row = await cur.fetchone()
                 assert row is not None
                 outcome = row["outcome"]
+                if outcome == "exists" and bytes(row["request_digest"]) != request_digest:
+                    raise Conflict(f"request_id {request_id!r} was used for a different request")
+                if outcome not in ("cashed_out", "exists"):
+                    return outcome, None
+                # the bet as it is now, read in the same transaction (the digest names the bet)
+                await cur.execute("SELECT * FROM betting.bets WHERE bet_id = %s", (uuid.UUID(bet_id),))
+                bet = await cur.fetchone()
+                assert bet is not None
+                return outcome, await self._load(cur, bet)
         except psycopg.errors.UniqueViolation:  # the request id, at once on another bet
             raise Conflict(f"request_id {request_id!r} was used for a different request") from None
-        if outcome == "exists":
-            return outcome, await self.cashed_out(account, request_id, request_digest)
-        if outcome != "cashed_out":
-            return outcome, None
-        return outcome, await self.get(account, bet_id)
 
     async def open_bets(self, account: str) -> list[bet_pb2.Bet]:
         return [b for s in ("pending", "accepted") for b in await self.list_bets(account, 1000, None, s)]

@@ -73,6 +73,39 @@ def _liability(env: Env, match_id: str, outcome: str) -> int:
     return int(rows[0][0]) if rows else 0
 
 
+def _status(env: Env, bet_id: str) -> str:
+    (row,) = env.sql("SELECT status FROM betting.bets WHERE bet_id = %s", bet_id)
+    return str(row[0])
+
+
+def accepted_in_play(env: Env, match_id: str, account: str, minute: int) -> bet_pb2.Bet:
+    """A 10.00 bet on "btts no" of a match in play (the account given 100.00), once accepted."""
+    env.send(fixture(match_id), state_event(match_id, 1, minute))
+    priced(env, match_id, minute)
+    deposit(env, account, 10_000, f"{account}-d")
+    odds, _ = env.price(match_id, "btts", "no")
+    leg = selection(match_id, "btts", "no", odds)
+    bet = place(env, account, f"{account}-b", [leg], 1_000, bet_pb2.ODDS_CHANGE_POLICY_ANY)
+    wait_for(lambda: _status(env, bet.bet_id) == "accepted", 20, what="accepted after the delay")
+    return bet
+
+
+def cash_out_meanwhile(env: Env, account: str, request_id: str, bet_id: str) -> tuple[threading.Thread, dict[str, Any]]:
+    """CashOut (asking one cent) in a thread, started: its answer goes in the dict, as "bet" or as
+    "error" (code, message, details)."""
+    result: dict[str, Any] = {}
+
+    def call() -> None:
+        try:
+            result["bet"] = cash_out(env, account, request_id, bet_id, eur(1))
+        except grpc.RpcError as err:
+            result["error"] = _error(err)
+
+    t = threading.Thread(target=call)
+    t.start()
+    return t, result
+
+
 def test_a_single_is_cashed_out_at_its_offer_in_one_ledger_transaction(env: Env) -> None:
     env.send(fixture("c1"))
     priced(env, "c1")
@@ -127,7 +160,7 @@ def test_a_single_is_cashed_out_at_its_offer_in_one_ledger_transaction(env: Env)
     # full time later: the settlement leaves the cashed-out bet as it is
     env.send(final("c1", 90, 3, 0))
     wait_for(
-        lambda: env.sql("SELECT status FROM betting.bets WHERE bet_id = %s", witness.bet_id) == [("settled",)],
+        lambda: _status(env, witness.bet_id) == "settled",
         30,
         what="full time settled",
     )
@@ -167,7 +200,7 @@ def test_asking_more_than_the_offer_or_a_suspended_market_is_refused_and_writes_
         assert code == grpc.StatusCode.FAILED_PRECONDITION and "not open" in msg
         assert details[0].reason == "REJECT_REASON_MARKET_NOT_OPEN"  # type: ignore[attr-defined]
     assert env.counts() == before and balance(env, "k2") == (8_000, 2_000)
-    assert env.sql("SELECT status FROM betting.bets WHERE bet_id = %s", bet.bet_id) == [("accepted",)]
+    assert _status(env, bet.bet_id) == "accepted"
 
 
 def test_bad_cash_out_requests_are_invalid_argument_or_not_found(env: Env) -> None:
@@ -245,7 +278,7 @@ def test_an_accumulator_with_a_won_leg_is_priced_from_its_return_and_the_open_le
     lost = place(env, "k4", "k4-lost", [selection("c5", ONE, "home", o3), selection("c6", ONE, "away", o4)], 500)
     env.send(final("c6", 90, 1, 0))
     wait_for(
-        lambda: env.sql("SELECT status FROM betting.bets WHERE bet_id = %s", lost.bet_id) == [("settled",)],
+        lambda: _status(env, lost.bet_id) == "settled",
         30,
         what="the accumulator lost",
     )
@@ -255,31 +288,13 @@ def test_an_accumulator_with_a_won_leg_is_priced_from_its_return_and_the_open_le
 
 
 def test_in_play_a_cash_out_waits_the_delay_and_a_suspension_in_it_refuses_it(env: Env) -> None:
-    env.send(fixture("c7"), state_event("c7", 1, 10))
-    priced(env, "c7", 10)
-    deposit(env, "k7", 10_000, "k7-d")
-    odds, _ = env.price("c7", "btts", "no")
-    bet = place(env, "k7", "k7-b", [selection("c7", "btts", "no", odds)], 1_000, bet_pb2.ODDS_CHANGE_POLICY_ANY)
-    wait_for(
-        lambda: env.sql("SELECT status FROM betting.bets WHERE bet_id = %s", bet.bet_id) == [("accepted",)],
-        20,
-        what="accepted after the delay",
-    )
+    bet = accepted_in_play(env, "c7", "k7", 10)
     got = offer_of(env, "k7", bet.bet_id)
     assert got.delay.ToMilliseconds() == int(IN_PLAY_DELAY * 1000)
 
     # a goal during the delay: refused, nothing written
     before = env.counts()
-    result: dict[str, Any] = {}
-
-    def call() -> None:
-        try:
-            result["bet"] = cash_out(env, "k7", "k7-goal", bet.bet_id, eur(1))
-        except grpc.RpcError as err:
-            result["error"] = _error(err)
-
-    t = threading.Thread(target=call)
-    t.start()
+    t, result = cash_out_meanwhile(env, "k7", "k7-goal", bet.bet_id)
     time.sleep(IN_PLAY_DELAY / 3)
     env.send(goal("c7", 1, 0, 2))
     t.join(30)
@@ -381,37 +396,19 @@ def test_no_cash_out_request_yields_internal_or_unknown(env: Env, fuzz_bet: str,
 
 
 def test_a_restart_during_the_delay_writes_nothing_and_the_same_request_then_cashes_out(env: Env) -> None:
-    env.send(fixture("c11"), state_event("c11", 1, 20))
-    priced(env, "c11", 20)
-    deposit(env, "k11", 10_000, "k11-d")
-    odds, _ = env.price("c11", "btts", "no")
-    bet = place(env, "k11", "k11-b", [selection("c11", "btts", "no", odds)], 1_000, bet_pb2.ODDS_CHANGE_POLICY_ANY)
-    wait_for(
-        lambda: env.sql("SELECT status FROM betting.bets WHERE bet_id = %s", bet.bet_id) == [("accepted",)],
-        20,
-        what="accepted after the delay",
-    )
+    bet = accepted_in_play(env, "c11", "k11", 20)
     before = env.counts()
-    result: dict[str, Any] = {}
-
-    def call() -> None:
-        try:
-            result["bet"] = cash_out(env, "k11", "k11-co", bet.bet_id, eur(1))
-        except grpc.RpcError as err:
-            result["error"] = err.code()
-
-    t = threading.Thread(target=call)
-    t.start()
+    t, result = cash_out_meanwhile(env, "k11", "k11-co", bet.bet_id)
     time.sleep(IN_PLAY_DELAY / 3)  # the call is waiting out the delay
     env.betting.signal(signal.SIGKILL)
     assert env.betting.popen is not None
     env.betting.popen.wait(10)
     t.join(30)
-    assert result["error"] == grpc.StatusCode.UNAVAILABLE  # the client sees the call cut short
+    assert result["error"][0] == grpc.StatusCode.UNAVAILABLE  # the client sees the call cut short
     assert env.counts() == before
     env.betting.start()
     assert balance(env, "k11") == (9_000, 1_000)
-    assert env.sql("SELECT status FROM betting.bets WHERE bet_id = %s", bet.bet_id) == [("accepted",)]
+    assert _status(env, bet.bet_id) == "accepted"
     assert env.sql("SELECT count(*) FROM betting.cash_outs WHERE bet_id = %s", bet.bet_id) == [(0,)]
     done = cash_out(env, "k11", "k11-co", bet.bet_id, eur(1))  # sent again, the same request
     assert done.status == bet_pb2.BET_STATUS_CASHED_OUT
@@ -438,7 +435,7 @@ def test_with_redis_down_cash_out_and_placebet_are_unavailable_and_write_nothing
         assert env.counts() == before
     finally:
         redis.start()
-    assert env.sql("SELECT status FROM betting.bets WHERE bet_id = %s", bet.bet_id) == [("accepted",)]
+    assert _status(env, bet.bet_id) == "accepted"
 
 
 def test_watchbets_shows_the_cash_out_and_the_wallet_lists_its_transaction(env: Env) -> None:
