@@ -140,12 +140,9 @@ class CashOutDesk:
         if bad:
             await abort_bad_request(context, bad)
         request_digest = digest(request.SerializeToString(deterministic=True))
-        try:
-            earlier = await self.store.cashed_out(account, request.request_id, request_digest)
-        except Conflict as err:
-            await context.abort(grpc.StatusCode.ALREADY_EXISTS, str(err))
-        if earlier is not None:
-            return bs.CashOutResponse(bet=earlier)
+        earlier = await self._earlier(account, request.request_id, request_digest, context)
+        if earlier is not None:  # the same request again: its first answer
+            return earlier
         row, legs = await self._bet(account, request.bet_id, context)
         currency = row["currency"]
         if request.amount.currency_code != currency:
