@@ -380,8 +380,10 @@ def test_a_batch_waiting_on_a_lock_does_not_hold_other_players_bets(env: Env) ->
 def test_a_bet_that_loses_a_deadlock_is_written_again(env: Env, caplog: pytest.LogCaptureFixture) -> None:
     """Another transaction holds the liability row a bet needs, and then waits for the player's
     row the bet holds: PostgreSQL breaks the deadlock by rolling back the bet's subtransaction
-    (the bet waited first, so its deadlock check runs first). Nothing of it was written, so the
-    store writes it again, and it is placed once the other transaction ends, instead of failing."""
+    (the other transaction's ``deadlock_timeout`` is a minute, so the bet's deadlock check is the
+    one that finds the cycle: the bet is the victim, whichever process gets a core first). Nothing
+    of it was written, so the store writes it again, and it is placed once the other transaction
+    ends, instead of failing."""
     deposit(env, "p44", 1_000, "p44-d")
     row = "match_id = 'b44' AND market_key = '1x2' AND outcome_id = 'home' AND currency = 'EUR'"
     env.sql(
@@ -404,6 +406,7 @@ def test_a_bet_that_loses_a_deadlock_is_written_again(env: Env, caplog: pytest.L
                 await psycopg.AsyncConnection.connect(env.dsn, autocommit=True) as watcher,
                 await psycopg.AsyncConnection.connect(env.dsn) as other,
             ):
+                await other.execute("SET deadlock_timeout = '60s'")  # never the victim (see above)
                 await other.execute(f"UPDATE betting.liability SET amount = amount WHERE {row}")
                 bet = asyncio.ensure_future(store.place(direct_placement("b44", "p44", "p44-bet", 300)))
                 await waiting_on_a_lock(watcher)  # the bet holds p44's rows, waits for the liability row
