@@ -34,6 +34,14 @@ class BetMetrics:
             ["outcome", "reason"],
             registry=registry,
         )
+        self.odds_reads = Counter(
+            "livebet_bets_odds_snapshot_reads_total",
+            "Live odds snapshots a bet, a decision or a cash-out was checked against, by where they came "
+            "from: cache (kept while Redis tracks it and says it has not changed) or redis (read).",
+            ["source"],
+            registry=registry,
+        )
+        self._odds_read = {s: self.odds_reads.labels(s) for s in ("cache", "redis")}
         self.batch = Histogram(
             "livebet_bets_placed_per_transaction",
             "New bets written per PostgreSQL transaction (group commit: the bets that arrive while one "
@@ -54,3 +62,6 @@ class BetMetrics:
             self.bets.labels("rejected", bet_pb2.RejectReason.Name(bet.reject_reason)).inc()
         else:
             self.bets.labels("accepted", "").inc()
+
+    def odds_read(self, source: str) -> None:
+        self._odds_read[source].inc()

@@ -89,8 +89,8 @@ def build(app: ServiceApp) -> None:
     nats_dep = app.add_dependency(NatsDependency(s.nats_url, s.instance, s.health_interval_seconds))
     redis_dep = app.add_dependency(RedisDependency(s.redis_url, s.health_interval_seconds))
     store = Store(pg)
-    odds = OddsView(redis_dep)
     metrics = BetMetrics(app.metrics.registry)
+    odds = OddsView(redis_dep, reads=metrics.odds_read)
     relay_wake = asyncio.Event()  # the outbox relay: woken by each batch of bets this process commits
 
     def batch_written(size: int) -> None:

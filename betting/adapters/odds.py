@@ -3,12 +3,22 @@
 ``odds:snap:<match>`` is the latest ``MatchOdds`` and ``odds:log:<match>`` the recent
 ``OddsDelta`` messages, newest first (see :mod:`pricing.live.codec`). Placement checks a bet
 against the snapshot; the decision at the end of the in-play delay checks the snapshot again and
-the deltas published since placement (was the market ever not open in between?). Nothing here is
-kept in memory, so any betting replica, or one restarted during the delay, decides the same way.
+the deltas published since placement (was the market ever not open in between?).
+
+Snapshots read are kept, parsed, for as long as Redis says they have not changed: the connection
+that reads them tracks them (``CLIENT TRACKING``, see :mod:`mesh.resp`), and Redis tells it of
+every change of a snapshot it has read, in order with its replies. A kept snapshot is used only
+while that connection has answered a command sent less than ``FRESH_SECONDS`` ago; otherwise
+(and after any lost connection, or when Redis refuses tracking) the snapshot is read again. So a
+bet is checked against the snapshot Redis holds, give or take the time an invalidation takes to
+arrive: as with a read, which is as old as its round trip by the time the bet is written. The
+price history (the deltas) is always read from Redis. Nothing else is kept, so any betting
+replica, or one restarted during the delay, decides the same way.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -20,6 +30,10 @@ from redis.asyncio import Redis
 from betting.domain.rules import Kind, Leg, Quote, Refusal, parse_odds
 from mesh.resp import Pipelined
 from pricing.live.codec import LOG_KEY, SNAP_KEY
+
+#: a kept snapshot is used while its tracking connection answered a command sent this recently
+FRESH_SECONDS = 0.1
+_SNAP_PREFIX = SNAP_KEY.encode()
 
 
 @dataclass(frozen=True)
@@ -59,36 +73,70 @@ class RedisSource(Protocol):
 class OddsView:
     """``source``: anything with a Redis ``client`` and ``pipelined`` (the service's Redis
     dependency); a snapshot is read through ``pipelined``, ~5 times cheaper per bet than
-    redis.asyncio."""
+    redis.asyncio, which is made to track what it reads (see the module's doc).
+    ``reads``: called with "cache" or "redis" for each snapshot asked for (a metric)."""
 
-    def __init__(self, source: RedisSource, cache_size: int = 10_000) -> None:
+    def __init__(
+        self, source: RedisSource, cache_size: int = 10_000, reads: Callable[[str], None] | None = None
+    ) -> None:
         self.source = source
-        self._cache: dict[str, tuple[bytes, MatchView]] = {}  # the last snapshot read per match, parsed
+        # per match: the last snapshot read, parsed, and whether it is tracked (still current
+        # while the tracking connection is fresh), or only kept to skip parsing the same bytes
+        self._cache: dict[str, tuple[bytes, MatchView, bool]] = {}
         self._cache_size = cache_size
+        # invalidations seen per match, and of everything: a read overtaken by one is not kept
+        self._changes: dict[str, int] = {}
+        self._resets = 0
+        self._reads = reads
+        source.pipelined.track(self._invalidated, FRESH_SECONDS)
 
     @property
     def redis(self) -> Redis:
         return self.source.client
 
+    def _invalidated(self, keys: list[bytes] | None) -> None:
+        if keys is None or len(self._changes) > 4 * self._cache_size:
+            self._resets += 1
+            self._changes.clear()
+            self._cache.clear()
+            return
+        for key in keys:
+            if key.startswith(_SNAP_PREFIX):
+                match_id = key[len(_SNAP_PREFIX) :].decode(errors="replace")
+                self._changes[match_id] = self._changes.get(match_id, 0) + 1
+                self._cache.pop(match_id, None)
+
     async def match(self, match_id: str) -> MatchView:
-        got = await self.source.pipelined.get(SNAP_KEY + match_id)
+        pipelined = self.source.pipelined
+        cached = self._cache.get(match_id)
+        if cached is not None and cached[2] and pipelined.fresh():
+            if self._reads is not None:
+                self._reads("cache")
+            return cached[1]  # Redis has not changed it since it was read
+        seen = (self._resets, self._changes.get(match_id, 0))
+        got = await pipelined.get(SNAP_KEY + match_id)
+        if self._reads is not None:
+            self._reads("redis")
         if got is None:
             raise Refusal(Kind.NOT_FOUND, 0, f"no priced match {match_id!r}")
         raw = got
         cached = self._cache.get(match_id)
         if cached is not None and cached[0] == raw:
-            return cached[1]  # unchanged since the last bet on it: no parse
-        snap = market_pb2.MatchOdds.FromString(raw)
-        view = MatchView(
-            snap.match_id,
-            snap.version,
-            snap.in_play,
-            _sport(snap.sport),
-            {m.ref.market_key: m for m in snap.markets},
-        )
-        if len(self._cache) >= self._cache_size:
+            view = cached[1]  # the same bytes as last time: no parse
+        else:
+            snap = market_pb2.MatchOdds.FromString(raw)
+            view = MatchView(
+                snap.match_id,
+                snap.version,
+                snap.in_play,
+                _sport(snap.sport),
+                {m.ref.market_key: m for m in snap.markets},
+            )
+        # tracked only if no invalidation of it (or of everything) came while it was being read
+        tracked = pipelined.fresh() and seen == (self._resets, self._changes.get(match_id, 0))
+        if match_id not in self._cache and len(self._cache) >= self._cache_size:
             self._cache.pop(next(iter(self._cache)))
-        self._cache[match_id] = (raw, view)
+        self._cache[match_id] = (raw, view, tracked)
         return view
 
     async def interrupted_since(self, leg: Leg, version: int, current: int) -> str:

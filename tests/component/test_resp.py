@@ -1,6 +1,7 @@
 """mesh.resp.Pipelined, the betting service's snapshot reader, against a real Valkey: replies
 matched to the right callers, values of any size, errors, a lost server, a stalled one, AUTH and
-SELECT."""
+SELECT; tracking (what was read, changed since, told in order with the replies; a lost, stalled or
+refusing server)."""
 
 from __future__ import annotations
 
@@ -8,6 +9,7 @@ import asyncio
 import dataclasses
 import os
 import signal
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -147,3 +149,104 @@ async def test_execute_sends_many_commands_and_returns_every_reply(redis_server:
     assert await fast.get("resp:a") == b"1"  # the connection goes on
     await fast.close()
     await r.aclose()
+
+
+async def _until(predicate: Callable[[], bool], what: str, timeout: float = 5.0) -> None:
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout
+    while not predicate():
+        if loop.time() > deadline:
+            raise AssertionError(f"not within {timeout} s: {what}")
+        await asyncio.sleep(0.01)
+
+
+async def test_a_tracking_connection_is_told_of_every_change_to_what_it_read(redis_server: Server) -> None:
+    r = Redis.from_url(redis_server.url)
+    await r.mset({"trk:a": b"a1", "trk:b": b"b1", "trk:other": b"o1"})
+    await r.delete("trk:missing")
+    told: list[list[bytes] | None] = []
+    get = Pipelined(redis_server.url)
+    get.track(told.append, fresh=0.2)
+    assert await get.get("trk:a") == b"a1"
+    assert await get.get("trk:b") == b"b1"
+    assert await get.get("trk:missing") is None  # RESP3's null
+    assert get.fresh()
+    await r.set("trk:other", b"o2")  # never read here: not told
+    await r.set("trk:a", b"a2")
+    await _until(lambda: [b"trk:a"] in told, "the change of trk:a")
+    assert all(keys is not None and b"trk:other" not in keys for keys in told)
+    # pushes arriving among replies: every GET still gets its own value
+    writes = [r.set("trk:b", f"b{i}") for i in range(2, 40)]
+    reads = [get.get("trk:a") for _ in range(40)]
+    got = await asyncio.gather(*reads, *writes)
+    assert got[:40] == [b"a2"] * 40
+    await _until(lambda: [b"trk:b"] in told, "the changes of trk:b")
+    await r.set("trk:missing", b"now here")  # a missing key read is tracked as well
+    await _until(lambda: [b"trk:missing"] in told, "trk:missing created")
+    assert await get.get("trk:a") == b"a2"
+    await r.expire("trk:a", 60)
+    await _until(lambda: told.count([b"trk:a"]) >= 2, "trk:a's expiry set")
+    await r.flushdb()
+    await _until(lambda: None in told, "the flush of everything")
+    assert await get.get("trk:a") is None and get.fresh()
+    await get.close()
+    await r.aclose()
+
+
+async def test_a_lost_tracking_connection_invalidates_everything_until_it_is_back(tmp_path: Path) -> None:
+    server = start_valkey(tmp_path, "tracking-lost")
+    try:
+        r = Redis.from_url(server.url)
+        await r.set("trk:k", b"v1")
+        told: list[list[bytes] | None] = []
+        get = Pipelined(server.url)
+        get.track(told.append, fresh=0.2)
+        assert await get.get("trk:k") == b"v1" and get.fresh()
+        server.proc.stop()
+        await _until(lambda: told == [None], "everything invalidated with the connection lost")
+        assert not get.fresh()
+        server.proc.start()
+        await r.aclose()
+        r = Redis.from_url(server.url)
+        await r.set("trk:k", b"v2")
+        assert await get.get("trk:k") == b"v2" and get.fresh()  # connected again, tracking again
+        await r.set("trk:k", b"v3")
+        await _until(lambda: told[-1] == [b"trk:k"], "the change after the reconnection")
+        await get.close()
+        await r.aclose()
+    finally:
+        server.proc.stop()
+
+
+async def test_a_stalled_server_is_not_fresh_and_is_again_once_it_answers(tmp_path: Path) -> None:
+    server = start_valkey(tmp_path, "tracking-stalled")
+    try:
+        get = Pipelined(server.url, timeout=5.0)
+        get.track(lambda keys: None, fresh=0.2)
+        assert await get.get("trk:k") is None and get.fresh()
+        await asyncio.sleep(0.5)
+        assert get.fresh()  # idle: its PINGs keep it fresh
+        server.proc.signal(signal.SIGSTOP)
+        try:
+            await _until(lambda: not get.fresh(), "stale while the server does not answer", timeout=2)
+        finally:
+            server.proc.signal(signal.SIGCONT)
+        await _until(get.fresh, "fresh again once the server answers", timeout=3)
+        await get.close()
+    finally:
+        server.proc.stop()
+
+
+async def test_a_server_that_refuses_tracking_leaves_reads_working_and_never_fresh(redis_server: Server) -> None:
+    r = Redis.from_url(redis_server.url)
+    await r.execute_command("ACL", "SETUSER", "notrack", "on", ">pw", "~*", "&*", "+@all", "-client|tracking")
+    await r.set("trk:k", b"v")
+    try:
+        get = Pipelined(f"redis://notrack:pw@127.0.0.1:{redis_server.port}/0")
+        get.track(lambda keys: None)
+        assert await get.get("trk:k") == b"v"
+        assert not get.fresh()
+        await get.close()
+    finally:
+        await r.execute_command("ACL", "DELUSER", "notrack")
+        await r.aclose()
