@@ -324,6 +324,7 @@ def _batches(metrics_urls: list[str]) -> tuple[float, float]:
     return bets, txns
 
 
+ODDS_READS = "livebet_bets_odds_snapshot_reads_total"
 GC_LONG = ("0.01", "0.025")  # the buckets of livebet_gc_pause_seconds the report counts pauses above
 
 
@@ -542,6 +543,8 @@ def main(argv: list[str] | None = None) -> int:
         hot = eventloop.run(
             place_bets(targets, n, secs, odds, args.matches, 0.0, "hot", True, cpu=cpu, metrics=metrics)
         )
+        # the odds snapshots the bets were checked against: kept (tracked by Valkey) or read
+        cached, read = _scrape(metrics, tuple(f'{ODDS_READS}{{source="{s}"}}' for s in ("cache", "redis")))
     finally:
         for child in procs_cleanup:
             if child.poll() is None:
@@ -567,6 +570,7 @@ def main(argv: list[str] | None = None) -> int:
         "gc_during_half_load": gc_half,
         "served_during_half_load": served_half,
         "placebet_same_outcome": hot,
+        "odds_snapshots": {"cache": cached, "redis": read},
         "share_of_lower_raw": round(share, 3),
         "goal_share": GOAL_RAW_SHARE,
         "goal_p99_half_ms": GOAL_P99_MS,
@@ -629,6 +633,10 @@ def main(argv: list[str] | None = None) -> int:
         f" {g['betting_over_10ms']:.0f} over 10 ms, {g['betting_over_25ms']:.0f} over 25 ms;"
         f" load generator {g['client_collections']} pauses, {g['client_over_10ms']} over 10 ms,"
         f" longest {g['client_max_ms']:.1f} ms"
+    )
+    print(
+        f"odds snapshots the bets were checked against: {cached:.0f} kept (tracked by Valkey),"
+        f" {read:.0f} read from Valkey"
     )
     return 0
 
