@@ -184,6 +184,30 @@ def test_odds_change_policies(env: Env) -> None:
     assert code == grpc.StatusCode.FAILED_PRECONDITION and "never published" in msg
 
 
+def test_bets_use_the_kept_snapshot_until_the_engine_reprices_and_then_the_new_price(env: Env) -> None:
+    """The betting service keeps the snapshots it reads while Valkey tracks them unchanged: bets
+    on an unchanged match are checked without reading it again, and a trader's new margin,
+    written by the engine, is what the very next bet is checked against."""
+    env.send(fixture("b50"))
+    priced(env, "b50")
+    deposit(env, "p50", 10_000, "p50-d")
+    port = env.betting.spec.env["LIVEBET_METRICS_PORT"]
+    reads = 'livebet_bets_odds_snapshot_reads_total{source="%s"}'
+    odds, _ = env.price("b50", ONE, "home")
+    place(env, "p50", "p50-0", [selection("b50", ONE, "home", odds)], 100)
+    kept, read = metric(port, reads % "cache"), metric(port, reads % "redis")
+    for i in range(1, 4):
+        assert place(env, "p50", f"p50-{i}", [selection("b50", ONE, "home", odds)], 100).accepted_odds.decimal == odds
+    assert metric(port, reads % "cache") == kept + 3 and metric(port, reads % "redis") == read
+    env.trader.SetMargin(ts.SetMarginRequest(request_id="b50-m", match_id="b50", margin="0.15"), timeout=10)
+    wait_for(lambda: env.price("b50", ONE, "home")[0] != odds, 10, what="b50 repriced")
+    new, _ = env.price("b50", ONE, "home")
+    code, msg, _ = _refused(lambda: place(env, "p50", "p50-old", [selection("b50", ONE, "home", odds)], 100))
+    assert code == grpc.StatusCode.FAILED_PRECONDITION and f"odds are {new}" in msg
+    assert place(env, "p50", "p50-new", [selection("b50", ONE, "home", new)], 100).accepted_odds.decimal == new
+    assert metric(port, reads % "redis") > read  # read again after the change
+
+
 def test_accumulators_combine_odds_and_refuse_same_match_legs(env: Env) -> None:
     env.send(fixture("b3"), fixture("b4"))
     priced(env, "b3")
