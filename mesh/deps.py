@@ -190,8 +190,9 @@ class _PollingDependency(Dependency):
 
 class RedisDependency(_PollingDependency):
     """Redis or Valkey through redis.asyncio; it reconnects per command, PING decides ``up``.
-    ``pipelined`` is a :class:`mesh.resp.Pipelined` on the same server for the hot paths (a
-    snapshot read per bet, the engine's writes per batch); it connects on first use."""
+    ``pipelined`` is a :class:`mesh.resp.Pipelined` on the same server for the hot paths (the
+    betting service's snapshot reads, which it makes track what it reads; the engine's writes per
+    batch); it connects on first use."""
 
     name = "redis"
 
