@@ -1,6 +1,10 @@
 """Test helpers: the project's own process runner and health call (mesh.process)."""
 
+import asyncio
+import inspect
 import urllib.request
+from collections.abc import Callable
+from typing import Any
 
 import grpc
 from livebet.feed.v1 import event_pb2 as ev
@@ -43,3 +47,18 @@ def metric(port: str, name: str) -> float:
     with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as resp:
         text = resp.read().decode()
     return sum(float(x.split()[-1]) for x in text.splitlines() if x.startswith((name + " ", name + "{")))
+
+
+async def until(predicate: Callable[[], Any], what: str, timeout: float = 5.0) -> None:
+    """Wait, on the running loop, until ``predicate()`` (a value or an awaitable) is true."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout
+    while True:
+        got = predicate()
+        if inspect.isawaitable(got):
+            got = await got
+        if got:
+            return
+        if loop.time() > deadline:
+            raise AssertionError(f"not within {timeout} s: {what}")
+        await asyncio.sleep(0.01)

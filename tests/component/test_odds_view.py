@@ -7,10 +7,8 @@ from __future__ import annotations
 
 import asyncio
 import signal
-from collections.abc import Callable
 from pathlib import Path
 from types import SimpleNamespace
-from typing import Any
 
 import pytest
 from livebet.odds.v1 import market_pb2
@@ -22,6 +20,7 @@ from betting.domain.rules import Refusal
 from mesh.resp import Pipelined
 from pricing.live.codec import SNAP_KEY
 from tests.conftest import Server, start_valkey
+from tests.helpers import until
 
 
 def snapshot(match_id: str, version: int) -> bytes:
@@ -38,15 +37,6 @@ def view(url: str, pipelined: Pipelined | None = None) -> tuple[OddsView, list[s
     return OddsView(SimpleNamespace(client=client, pipelined=pipelined), reads=reads.append), reads, client, pipelined
 
 
-async def _until(predicate: Callable[[], Any], what: str, timeout: float = 5.0) -> None:
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + timeout
-    while not await predicate():
-        if loop.time() > deadline:
-            raise AssertionError(f"not within {timeout} s: {what}")
-        await asyncio.sleep(0.01)
-
-
 async def test_a_snapshot_is_read_once_and_each_change_is_seen(redis_server: Server) -> None:
     odds, reads, client, pipelined = view(redis_server.url)
     pricing = Redis.from_url(redis_server.url)
@@ -59,7 +49,7 @@ async def test_a_snapshot_is_read_once_and_each_change_is_seen(redis_server: Ser
     async def repriced() -> bool:
         return (await odds.match("ov1")).version == 2
 
-    await _until(repriced, "the new snapshot seen")
+    await until(repriced, "the new snapshot seen")
     assert reads[-1] == "redis"  # read again, not served from what was kept
     assert (await odds.match("ov1")).version == 2 and reads[-1] == "cache"
     await pricing.delete(SNAP_KEY + "ov1")
@@ -71,7 +61,7 @@ async def test_a_snapshot_is_read_once_and_each_change_is_seen(redis_server: Ser
             return "no priced match" in r.message
         return False
 
-    await _until(gone, "the deleted snapshot refused")
+    await until(gone, "the deleted snapshot refused")
     await pipelined.close()
     await client.aclose()
     await pricing.aclose()
@@ -119,7 +109,7 @@ async def test_a_snapshot_changed_while_it_is_read_is_not_kept(redis_server: Ser
         racing.race = True
         return (await odds.match("ov2")).version == 2
 
-    await _until(changed, "version 2 read")  # ... and version 3 written meanwhile
+    await until(changed, "version 2 read")  # ... and version 3 written meanwhile
     assert (await odds.match("ov2")).version == 3 and reads[-1] == "redis"
     assert (await odds.match("ov2")).version == 3 and reads[-1] == "cache"
     await racing.close()

@@ -9,7 +9,6 @@ import asyncio
 import dataclasses
 import os
 import signal
-from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -21,7 +20,7 @@ from redis.exceptions import TimeoutError as RedisTimeoutError
 from mesh import infra
 from mesh.resp import Pipelined, command
 from tests.conftest import Server, start_valkey
-from tests.helpers import Proc
+from tests.helpers import Proc, until
 
 
 async def test_concurrent_gets_each_get_their_own_value(redis_server: Server) -> None:
@@ -151,15 +150,6 @@ async def test_execute_sends_many_commands_and_returns_every_reply(redis_server:
     await r.aclose()
 
 
-async def _until(predicate: Callable[[], bool], what: str, timeout: float = 5.0) -> None:
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + timeout
-    while not predicate():
-        if loop.time() > deadline:
-            raise AssertionError(f"not within {timeout} s: {what}")
-        await asyncio.sleep(0.01)
-
-
 async def test_a_tracking_connection_is_told_of_every_change_to_what_it_read(redis_server: Server) -> None:
     r = Redis.from_url(redis_server.url)
     await r.mset({"trk:a": b"a1", "trk:b": b"b1", "trk:other": b"o1"})
@@ -173,21 +163,21 @@ async def test_a_tracking_connection_is_told_of_every_change_to_what_it_read(red
     assert get.fresh()
     await r.set("trk:other", b"o2")  # never read here: not told
     await r.set("trk:a", b"a2")
-    await _until(lambda: [b"trk:a"] in told, "the change of trk:a")
+    await until(lambda: [b"trk:a"] in told, "the change of trk:a")
     assert all(keys is not None and b"trk:other" not in keys for keys in told)
     # pushes arriving among replies: every GET still gets its own value
     writes = [r.set("trk:b", f"b{i}") for i in range(2, 40)]
     reads = [get.get("trk:a") for _ in range(40)]
     got = await asyncio.gather(*reads, *writes)
     assert got[:40] == [b"a2"] * 40
-    await _until(lambda: [b"trk:b"] in told, "the changes of trk:b")
+    await until(lambda: [b"trk:b"] in told, "the changes of trk:b")
     await r.set("trk:missing", b"now here")  # a missing key read is tracked as well
-    await _until(lambda: [b"trk:missing"] in told, "trk:missing created")
+    await until(lambda: [b"trk:missing"] in told, "trk:missing created")
     assert await get.get("trk:a") == b"a2"
     await r.expire("trk:a", 60)
-    await _until(lambda: told.count([b"trk:a"]) >= 2, "trk:a's expiry set")
+    await until(lambda: told.count([b"trk:a"]) >= 2, "trk:a's expiry set")
     await r.flushdb()
-    await _until(lambda: None in told, "the flush of everything")
+    await until(lambda: None in told, "the flush of everything")
     assert await get.get("trk:a") is None and get.fresh()
     await get.close()
     await r.aclose()
@@ -203,7 +193,7 @@ async def test_a_lost_tracking_connection_invalidates_everything_until_it_is_bac
         get.track(told.append, fresh=0.2)
         assert await get.get("trk:k") == b"v1" and get.fresh()
         server.proc.stop()
-        await _until(lambda: told == [None], "everything invalidated with the connection lost")
+        await until(lambda: told == [None], "everything invalidated with the connection lost")
         assert not get.fresh()
         server.proc.start()
         await r.aclose()
@@ -211,7 +201,7 @@ async def test_a_lost_tracking_connection_invalidates_everything_until_it_is_bac
         await r.set("trk:k", b"v2")
         assert await get.get("trk:k") == b"v2" and get.fresh()  # connected again, tracking again
         await r.set("trk:k", b"v3")
-        await _until(lambda: told[-1] == [b"trk:k"], "the change after the reconnection")
+        await until(lambda: told[-1] == [b"trk:k"], "the change after the reconnection")
         await get.close()
         await r.aclose()
     finally:
@@ -228,10 +218,10 @@ async def test_a_stalled_server_is_not_fresh_and_is_again_once_it_answers(tmp_pa
         assert get.fresh()  # idle: its PINGs keep it fresh
         server.proc.signal(signal.SIGSTOP)
         try:
-            await _until(lambda: not get.fresh(), "stale while the server does not answer", timeout=2)
+            await until(lambda: not get.fresh(), "stale while the server does not answer", timeout=2)
         finally:
             server.proc.signal(signal.SIGCONT)
-        await _until(get.fresh, "fresh again once the server answers", timeout=3)
+        await until(get.fresh, "fresh again once the server answers", timeout=3)
         await get.close()
     finally:
         server.proc.stop()
