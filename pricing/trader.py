@@ -33,6 +33,7 @@ from livebet.odds.v1 import trader_service_pb2 as ts
 from livebet.odds.v1 import trader_service_pb2_grpc
 from nats.aio.msg import Msg
 from nats.js import JetStreamContext
+from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
 from nats.js.kv import KeyValue
 
 from feed.adapters.jetstream import key_value, partition_of
@@ -67,17 +68,56 @@ def _match_key(match_id: str) -> str:
 
 async def _latest(kv: KeyValue, keys: str) -> list[KeyValue.Entry]:
     """The latest entry of every key matching ``keys`` (a subject pattern), deleted ones left
-    out: one watch, caught up, stopped."""
-    watcher = await kv.watch(keys, ignore_deletes=True)
+    out. Read by a pull consumer of the bucket's stream (the last message per key) until the
+    server says none is pending. Not ``kv.watch``: nats-py's watch can say "caught up" before
+    entries the server had already delivered (it compares the server's pending count with what
+    its own callback has processed so far), and a rebuild that stopped there would miss the
+    trader's state of the share's matches."""
+    js, stream, prefix = kv._js, kv._stream, kv._pre  # nats-py has no public way to them
+    sub = await js.pull_subscribe(
+        prefix + keys,
+        stream=stream,
+        config=ConsumerConfig(
+            deliver_policy=DeliverPolicy.LAST_PER_SUBJECT,
+            ack_policy=AckPolicy.NONE,
+            inactive_threshold=30.0,
+            mem_storage=True,
+        ),
+    )
     entries = []
+    name = None
     try:
-        async for entry in watcher:
-            if entry is None:  # every stored entry has come
-                break
-            entries.append(entry)
+        info = await sub.consumer_info()
+        name, left = info.name, info.num_pending
+        while left:
+            for msg in await sub.fetch(min(left, 256), timeout=5):
+                meta = msg.metadata
+                left = meta.num_pending
+                headers = msg.headers or {}
+                if headers.get("KV-Operation") in ("DEL", "PURGE") or "Nats-Marker-Reason" in headers:
+                    continue  # a deleted key
+                entries.append(
+                    KeyValue.Entry(
+                        bucket=stream.removeprefix("KV_"),
+                        key=msg.subject[len(prefix) :],
+                        value=msg.data,
+                        revision=meta.sequence.stream,
+                        delta=left,
+                        created=None,
+                        operation=None,
+                    )
+                )
     finally:
-        await watcher.stop()
+        if name is not None:
+            with contextlib.suppress(Exception):  # gone by itself after 30 s otherwise
+                await js.delete_consumer(stream, name)
+        await sub.unsubscribe()
     return entries
+
+
+async def live_keys(kv: KeyValue) -> list[str]:
+    """Every key of ``kv`` that is not deleted (``kv.keys()`` has the same race as ``watch``)."""
+    return [entry.key for entry in await _latest(kv, ">")]
 
 
 async def migrate_keys(kv: KeyValue) -> int:
@@ -117,7 +157,7 @@ def _state(m: LiveMatch) -> dict[str, Any]:
 async def apply_trader_state(engine: Engine, kv: KeyValue, share: int | None = None) -> int:
     """Apply the stored trader state of share ``share``'s matches (every share's with None) to the
     engine's matches (nothing published): to a fresh engine after a replay, or to one loaded from
-    a checkpoint taken before the latest actions. One watch reads the share's latest states."""
+    a checkpoint taken before the latest actions. One consumer reads the share's latest states."""
     from pricing.live.book import Hold
 
     count = 0

@@ -1,5 +1,5 @@
 """The trader state in NATS key-value buckets (a real nats-server of its own): per share, read by
-one watch, deleted with the match, request answers that expire, and the keys of earlier engines
+one read of the latest entries, deleted with the match, request answers that expire, and the keys of earlier engines
 moved once."""
 
 from __future__ import annotations
@@ -16,10 +16,12 @@ from pricing.live.book import Hold
 from pricing.live.engine import Engine
 from pricing.trader import (
     REQUEST_TTL_SECONDS,
+    _latest,
     _match_key,
     _state,
     apply_trader_state,
     forget,
+    live_keys,
     migrate_keys,
     request_store,
     trader_store,
@@ -62,11 +64,11 @@ def test_trader_state_is_kept_per_share_moved_from_old_keys_and_deleted_with_its
             moved = await migrate_keys(kv)
             b_margin = json.loads((await kv.get(_match_key(b))).value or b"{}")["margin"]
             again = await migrate_keys(kv)
-            keys = sorted(await kv.keys())
+            keys = sorted(await live_keys(kv))
             applied = await apply_trader_state(fresh, kv, partition_of(a))  # share of a: a only
             held = {m: Hold.TRADER in fresh.matches[m].holds for m in (a, b)}
             await forget(kv, [a])
-            after = sorted(await kv.keys())
+            after = sorted(await live_keys(kv))
             requests = await request_store(js)
             ttl = (await requests.status()).ttl
             return {
@@ -93,3 +95,38 @@ def test_trader_state_is_kept_per_share_moved_from_old_keys_and_deleted_with_its
     assert got["applied"] == 1 and got["held"] == {a: True, b: False} and got["margin"] == 0.09
     assert got["after"] == [_match_key(b)]
     assert got["ttl"] == REQUEST_TTL_SECONDS
+
+
+def test_the_latest_entries_are_read_whole_newest_value_per_key_deleted_ones_left_out(tmp_path: Path) -> None:
+    """More keys than one fetch takes, some written twice, some deleted, some purged: every live
+    key comes once with its newest value, and the read's consumer is gone afterwards."""
+    server = start_nats(tmp_path)
+
+    async def run() -> tuple[dict[str, bytes], list[str], int]:
+        nc = await nats.connect(server.url)
+        try:
+            kv = await trader_store(nc.jetstream())
+            for i in range(600):
+                await kv.put(f"match.{i % 4}.k{i}", b"old")
+            for i in range(0, 600, 3):
+                await kv.put(f"match.{i % 4}.k{i}", f"new{i}".encode())
+            for i in range(1, 600, 10):
+                await kv.delete(f"match.{i % 4}.k{i}")
+            for i in range(2, 600, 10):
+                await kv.purge(f"match.{i % 4}.k{i}")
+            share = {e.key: e.value or b"" for e in await _latest(kv, "match.2.*")}
+            keys = await live_keys(kv)
+            consumers = len(await nc.jetstream().consumers_info("KV_pricing-trader"))
+            return share, keys, consumers
+        finally:
+            await nc.close()
+
+    try:
+        share, keys, consumers = asyncio.run(run())
+    finally:
+        server.proc.stop()
+    gone = {i for i in range(600) if i % 10 in (1, 2)}
+    live = [i for i in range(600) if i not in gone]
+    assert sorted(keys) == sorted(f"match.{i % 4}.k{i}" for i in live) and len(keys) == len(set(keys))
+    assert share == {f"match.2.k{i}": (f"new{i}" if i % 3 == 0 else "old").encode() for i in live if i % 4 == 2}
+    assert consumers == 0
