@@ -34,6 +34,9 @@ class BetMetrics:
             ["outcome", "reason"],
             registry=registry,
         )
+        self.offer_streams = Gauge(
+            "livebet_bets_cash_out_offer_streams", "WatchCashOutOffers streams open.", registry=registry
+        )
         self.odds_reads = Counter(
             "livebet_bets_odds_snapshot_reads_total",
             "Live odds snapshots a bet, a decision or a cash-out was checked against, by where they came "

@@ -61,6 +61,7 @@ from betting.domain.rules import (
 )
 from betting.errors import abort_refused
 from betting.metrics import BetMetrics
+from betting.offer_stream import watch_offers
 from feed.adapters.jetstream import token
 from mesh import access
 from mesh.errors import abort_bad_request
@@ -270,6 +271,21 @@ class BettingApi(betting_service_pb2_grpc.BettingServiceServicer):
             return await self.cash_outs.get_offer(account, request, context)
         except (psycopg.OperationalError, RedisError) as err:
             await _unavailable(context, "GetCashOutOffer", err, "cash-out is")
+
+    async def WatchCashOutOffers(
+        self, request: bs.WatchCashOutOffersRequest, context: grpc.aio.ServicerContext
+    ) -> AsyncIterator[bs.WatchCashOutOffersResponse]:
+        """The offers of the caller's bets as the odds move (betting/offer_stream.py)."""
+        account = await account_of(context)
+        self.metrics.offer_streams.inc()
+        try:
+            async for message in watch_offers(self.cash_outs, self.nats.nc, account, request, context):
+                yield message
+        except (psycopg.OperationalError, RedisError) as err:
+            log.warning("WatchCashOutOffers: a dependency failed", extra={"error": str(err)})
+            await context.abort(grpc.StatusCode.UNAVAILABLE, "cash-out offers are unavailable right now; watch again")
+        finally:
+            self.metrics.offer_streams.dec()
 
     async def CashOut(self, request: bs.CashOutRequest, context: grpc.aio.ServicerContext) -> bs.CashOutResponse:
         account = await account_of(context)

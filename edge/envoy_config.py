@@ -9,7 +9,8 @@ Health and reflection calls have the same path on every service, so they are rou
 ``x-livebet-service: <name>`` header; a reflection call without it goes to any service (every
 process knows every livebet descriptor).
 
-Routes have no timeout (``timeout: 0s``): WatchOdds and WatchBets streams never end on their own.
+Routes have no timeout (``timeout: 0s``): WatchOdds, WatchBets and WatchCashOutOffers streams never end
+on their own.
 """
 
 from __future__ import annotations
@@ -123,6 +124,7 @@ IDEMPOTENT_RETRY_ON = SAFE_RETRY_ON + ",unavailable,reset"
 STREAMS = (
     "/livebet.odds.v1.OddsService/WatchOdds",
     "/livebet.betting.v1.BettingService/WatchBets",
+    "/livebet.betting.v1.BettingService/WatchCashOutOffers",
     "/livebet.feed.v1.FeedService/WatchEvents",
     "/livebet.feed.v1.FeedService/Ingest",
 )

@@ -764,6 +764,34 @@ class Store:
             await cur.execute("SELECT * FROM betting.selections WHERE bet_id = %s ORDER BY leg", (key,))
             return row, list(await cur.fetchall())
 
+    async def bets_with_legs(
+        self, account: str, bet_ids: Sequence[uuid.UUID] | None, limit: int
+    ) -> dict[str, tuple[dict[str, Any], list[dict[str, Any]]]]:
+        """The account's bets named by ``bet_ids`` (whatever their status), or with None its open
+        ones (pending, accepted; the newest ``limit``), each with its legs: two statements in all."""
+        async with self.pool.connection() as conn, conn.cursor(row_factory=dict_row) as cur:
+            if bet_ids is None:
+                await cur.execute(
+                    "SELECT * FROM betting.bets WHERE account_id = %s AND status IN ('pending', 'accepted')"
+                    " ORDER BY placed_at DESC, bet_id LIMIT %s",
+                    (account, limit),
+                )
+            else:
+                await cur.execute(
+                    "SELECT * FROM betting.bets WHERE account_id = %s AND bet_id = ANY(%s)", (account, list(bet_ids))
+                )
+            found: dict[str, tuple[dict[str, Any], list[dict[str, Any]]]] = {
+                str(row["bet_id"]): (row, []) for row in await cur.fetchall()
+            }
+            if found:
+                await cur.execute(
+                    "SELECT * FROM betting.selections WHERE bet_id = ANY(%s) ORDER BY bet_id, leg",
+                    ([uuid.UUID(b) for b in found],),
+                )
+                for leg in await cur.fetchall():
+                    found[str(leg["bet_id"])][1].append(leg)
+            return found
+
     # --- cash-out -----------------------------------------------------------------------------
     async def cashed_out(self, account: str, request_id: str, request_digest: bytes) -> bet_pb2.Bet | None:
         """The bet an earlier CashOut with this request id cashed out (Conflict if it was another request)."""

@@ -7,6 +7,7 @@ from __future__ import annotations
 import signal
 import threading
 import time
+import uuid
 from collections.abc import Iterator
 from decimal import ROUND_DOWN, Decimal
 from pathlib import Path
@@ -14,6 +15,7 @@ from typing import Any
 
 import grpc
 import pytest
+from google.protobuf.duration_pb2 import Duration
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from livebet.betting.v1 import bet_pb2
@@ -465,3 +467,92 @@ def test_watchbets_shows_the_cash_out_and_the_wallet_lists_its_transaction(env: 
     assert newest.kind == ws.TRANSACTION_KIND_CASH_OUT and newest.bet_id == bet.bet_id
     assert newest.amount.minor_units == done.payout.minor_units
     assert newest.balance_after.minor_units == 9_000 + done.payout.minor_units
+
+
+def _offers(stream: Iterator[bs.WatchCashOutOffersResponse], latest: dict[str, bs.CashOutOffer], until: Any) -> None:
+    """Read the stream into ``latest`` (bet id -> its newest offer) until ``until(latest)``; every
+    offer read is also appended to ``latest["*"]``'s list, for what came in which order."""
+    while not until(latest):
+        for offer in next(stream).offers:
+            latest[offer.bet_id] = offer
+            latest.setdefault("*", []).append(offer)  # type: ignore[attr-defined]
+
+
+def _watch(env: Env, account: str, bet_ids: tuple[str, ...] = (), ms: int = 100) -> Any:
+    req = bs.WatchCashOutOffersRequest(bet_ids=bet_ids, interval=Duration(nanos=ms * 1_000_000))
+    return env.bets.WatchCashOutOffers(req, metadata=md(account), timeout=60)
+
+
+def test_watched_offers_follow_the_odds_new_bets_and_a_suspension_and_a_cashed_out_bet_closes(env: Env) -> None:
+    env.send(fixture("c20"))
+    priced(env, "c20")
+    deposit(env, "k20", 10_000, "k20-d")
+    odds, _ = env.price("c20", ONE, "home")
+    a = place(env, "k20", "k20-a", [selection("c20", ONE, "home", odds)], 1_000)
+    stream = _watch(env, "k20")
+    latest: dict[str, Any] = {}
+    first = next(stream)
+    assert [o.bet_id for o in first.offers] == [a.bet_id]
+    assert first.offers[0].amount == offer_of(env, "k20", a.bet_id).amount
+    assert first.offers[0].amount.minor_units == expected(1_000, Decimal(1))  # the price it was placed at
+
+    # the trader's new margin moves the home price: the stream sends the new offer by itself
+    env.trader.SetMargin(ts.SetMarginRequest(request_id="c20-m", match_id="c20", margin="0.15"), timeout=10)
+    wait_for(lambda: env.price("c20", ONE, "home")[0] != odds, 10, what="c20 repriced")
+    now, _ = env.price("c20", ONE, "home")
+    want = expected(1_000, Decimal(odds) / Decimal(now))
+    _offers(stream, latest, lambda seen: a.bet_id in seen and seen[a.bet_id].amount.minor_units == want)
+
+    # a bet placed while watching is followed too
+    draw, _ = env.price("c20", ONE, "draw")
+    b = place(env, "k20", "k20-b", [selection("c20", ONE, "draw", draw)], 500)
+    _offers(stream, latest, lambda seen: b.bet_id in seen)
+    assert latest[b.bet_id].amount == offer_of(env, "k20", b.bet_id).amount
+
+    # cashed out: the bet's last offer says closed
+    cash_out(env, "k20", "k20-co", a.bet_id, eur(1))
+    _offers(stream, latest, lambda seen: seen[a.bet_id].closed)
+    closed = latest[a.bet_id]
+    assert not closed.HasField("amount") and closed.unavailable_reason == bet_pb2.REJECT_REASON_CASH_OUT_UNAVAILABLE
+    assert "cashed out" in closed.unavailable_message
+
+    # a suspended market: no offer, and why; nothing more about the closed bet
+    env.trader.SuspendMarket(
+        ts.SuspendMarketRequest(request_id="c20-s", market={"match_id": "c20", "market_key": ONE}, reason="test"),
+        timeout=10,
+    )
+    _offers(stream, latest, lambda seen: not seen[b.bet_id].HasField("amount"))
+    assert latest[b.bet_id].unavailable_reason == bet_pb2.REJECT_REASON_MARKET_NOT_OPEN
+    assert "not open" in latest[b.bet_id].unavailable_message
+    port, streams = env.betting.spec.env["LIVEBET_METRICS_PORT"], "livebet_bets_cash_out_offer_streams"
+    assert metric(port, streams) == 1
+    stream.cancel()
+    wait_for(lambda: metric(port, streams) == 0, 10, what="the stream's end counted")
+    after_close = latest["*"][latest["*"].index(closed) + 1 :]
+    assert after_close and a.bet_id not in {o.bet_id for o in after_close}
+
+
+def test_watching_named_bets_sends_only_theirs_and_bad_requests_are_refused(env: Env) -> None:
+    env.send(fixture("c21"))
+    priced(env, "c21")
+    deposit(env, "k21", 10_000, "k21-d")
+    odds, _ = env.price("c21", ONE, "away")
+    one = place(env, "k21", "k21-1", [selection("c21", ONE, "away", odds)], 500)
+    place(env, "k21", "k21-2", [selection("c21", ONE, "away", odds)], 700)
+    first = next(_watch(env, "k21", (one.bet_id, one.bet_id.upper())))  # the same bet twice: once
+    assert [o.bet_id for o in first.offers] == [one.bet_id] and first.offers[0].amount.minor_units > 0
+
+    nobody = "00000000-0000-0000-0000-000000000000"
+    cases: list[tuple[tuple[str, ...], int, grpc.StatusCode, str]] = [
+        (("nope",), 100, grpc.StatusCode.INVALID_ARGUMENT, "bet_ids[0]"),
+        ((), 10, grpc.StatusCode.INVALID_ARGUMENT, "interval"),
+        (tuple(str(uuid.UUID(int=i)) for i in range(101)), 100, grpc.StatusCode.INVALID_ARGUMENT, "at most 100"),
+        ((one.bet_id, nobody), 100, grpc.StatusCode.NOT_FOUND, nobody),
+    ]
+    for ids, ms, want, text in cases:
+        code, msg, details = _refused(lambda ids=ids, ms=ms: next(_watch(env, "k21", ids, ms)))  # type: ignore[misc]
+        field = " ".join(f"{v.field} {v.description}" for d in details for v in getattr(d, "field_violations", []))
+        assert code == want and text in msg + field, (ids[:2], ms, code, msg, field)
+    # another account's bet is not found
+    code, _, _ = _refused(lambda: next(_watch(env, "k21-other", (one.bet_id,))))
+    assert code == grpc.StatusCode.NOT_FOUND

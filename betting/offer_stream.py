@@ -1,0 +1,143 @@
+"""``WatchCashOutOffers``: the cash-out offers of a player's bets, pushed as the live odds move.
+
+A client that asked ``GetCashOutOffer`` for each open bet every few seconds saw an offer up to that
+old and cost one call per bet; a stream costs one per player and sends only what changed.
+
+- **Which bets:** the ones named (at most ``MAX_BETS``), or the player's open bets (pending and
+  accepted, the newest ``MAX_BETS`` at the start, then every new one as it comes).
+- **Their rows** (status, stake, legs) are read from PostgreSQL at the start, again at once when one
+  of the player's bet events arrives (``bets.<account>.*``, what WatchBets sends: accepted,
+  rejected, settled, cashed out), and every ``RELOAD_SECONDS`` (a leg of an accumulator settled
+  while the bet stays open sends no event).
+- **The offers** are priced every interval by the same code as ``GetCashOutOffer``
+  (:meth:`betting.cashout.CashOutDesk.price`), on the kept odds snapshots: no Redis read while a
+  match's odds have not changed. The offers that differ from what the stream last sent go out in
+  one message; the first message has them all, even when there are none.
+- **A closed bet** (settled, cashed out, rejected, voided) is sent once with ``closed`` set and then
+  no more (unless it opens again: a settlement rolled back). A pending bet is followed, without an
+  offer, until it is decided.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import uuid
+from collections.abc import AsyncIterator
+from typing import Any
+
+import grpc
+from livebet.betting.v1 import bet_pb2
+from livebet.betting.v1 import betting_service_pb2 as bs
+from nats.aio.client import Client as NatsClient
+from nats.aio.msg import Msg
+
+from betting.adapters.store import money
+from betting.cashout import CashOutDesk, _not_open
+from betting.domain.rules import Refusal
+from feed.adapters.jetstream import token
+from mesh.errors import abort_bad_request
+
+MAX_BETS = 100
+DEFAULT_INTERVAL = 0.5
+MIN_INTERVAL, MAX_INTERVAL = 0.1, 60.0
+RELOAD_SECONDS = 5.0
+CLOSED = frozenset({"settled", "cashed_out", "rejected", "voided"})
+
+Rows = dict[str, tuple[dict[str, Any], list[dict[str, Any]]]]
+
+
+async def _request(request: bs.WatchCashOutOffersRequest, context: grpc.aio.ServicerContext) -> tuple[list[str], float]:
+    """The bet ids named (in order, once each) and the interval in seconds; INVALID_ARGUMENT with
+    every field that is wrong."""
+    bad: list[tuple[str, str]] = []
+    if len(request.bet_ids) > MAX_BETS:
+        bad.append(("bet_ids", f"names {len(request.bet_ids)} bets: at most {MAX_BETS}"))
+    ids: list[str] = []
+    for i, bet_id in enumerate(request.bet_ids[: MAX_BETS + 1]):
+        try:
+            ids.append(str(uuid.UUID(bet_id)))
+        except ValueError:
+            bad.append((f"bet_ids[{i}]", f"{bet_id!r} is not a bet id"))
+    interval = DEFAULT_INTERVAL
+    if request.HasField("interval"):
+        interval = request.interval.ToTimedelta().total_seconds()
+        if not MIN_INTERVAL <= interval <= MAX_INTERVAL:
+            bad.append(("interval", f"is {interval:g} s: it must be from 100 ms to 60 s"))
+    if bad:
+        await abort_bad_request(context, bad)
+    return list(dict.fromkeys(ids)), interval
+
+
+def _none(bet_id: str, r: Refusal, closed: bool = False) -> bs.CashOutOffer:
+    reason = bet_pb2.RejectReason.ValueType(r.reason)
+    return bs.CashOutOffer(bet_id=bet_id, unavailable_reason=reason, unavailable_message=r.message, closed=closed)
+
+
+async def _offer(desk: CashOutDesk, bet_id: str, row: dict[str, Any], legs: list[dict[str, Any]]) -> bs.CashOutOffer:
+    if row["status"] in CLOSED:
+        return _none(bet_id, _not_open(row["status"]), closed=True)
+    try:
+        priced = await desk.price(row, legs)
+    except Refusal as r:
+        return _none(bet_id, r)
+    out = bs.CashOutOffer(bet_id=bet_id)
+    out.amount.CopyFrom(money(priced.amount, row["currency"]))
+    out.delay.FromMilliseconds(round(priced.delay * 1000))
+    return out
+
+
+async def watch_offers(
+    desk: CashOutDesk,
+    nc: NatsClient,
+    account: str,
+    request: bs.WatchCashOutOffersRequest,
+    context: grpc.aio.ServicerContext,
+) -> AsyncIterator[bs.WatchCashOutOffersResponse]:
+    named, interval = await _request(request, context)
+    changed = asyncio.Event()
+
+    async def on_event(msg: Msg) -> None:
+        changed.set()
+
+    # subscribed before the first read: an event between the two reloads once more, none is missed
+    sub = await nc.subscribe(f"bets.{token(account)}.*", cb=on_event)
+    loop = asyncio.get_running_loop()
+    try:
+        followed = set(named)
+
+        async def load() -> Rows:
+            changed.clear()
+            ids = [uuid.UUID(b) for b in followed]
+            rows = await desk.store.bets_with_legs(account, ids, MAX_BETS) if ids else {}
+            if not named:  # every open bet: the ones followed so far, and any new one
+                more = await desk.store.bets_with_legs(account, None, MAX_BETS)
+                rows.update({b: r for b, r in more.items() if b not in rows})
+            return rows
+
+        bets = await load()
+        missing = [b for b in named if b not in bets]
+        if missing:
+            await context.abort(grpc.StatusCode.NOT_FOUND, f"no bet {', '.join(missing)} for this account")
+        loaded, sent, first = loop.time(), dict[str, bs.CashOutOffer](), True
+        while True:
+            offers = []
+            for bet_id, (row, legs) in bets.items():
+                offer = await _offer(desk, bet_id, row, legs)
+                if first or sent.get(bet_id) != offer:
+                    offers.append(offer)
+                    sent[bet_id] = offer
+            if not named:  # a closed bet leaves (a rolled-back settlement brings it back as open)
+                for offer in offers:
+                    if offer.closed:
+                        del bets[offer.bet_id], sent[offer.bet_id]
+                followed = set(bets)
+            if offers or first:
+                yield bs.WatchCashOutOffersResponse(offers=offers)
+                first = False
+            await asyncio.sleep(interval)
+            if changed.is_set() or loop.time() - loaded >= RELOAD_SECONDS:
+                bets, loaded = await load(), loop.time()
+    finally:
+        with contextlib.suppress(Exception):
+            await sub.unsubscribe()
