@@ -10,6 +10,7 @@ import { BetStatus, OddsChangePolicy, RejectReason, BetResult, type Bet } from "
 import type { Money } from "./gen/livebet/common/v1/common_pb";
 import { MarketStatus, type Market, type MatchOdds } from "./gen/livebet/odds/v1/market_pb";
 import type { WatchOddsResponse } from "./gen/livebet/odds/v1/odds_service_pb";
+import type { CashOutOffer } from "./gen/livebet/betting/v1/betting_service_pb";
 
 // --- state -----------------------------------------------------------------------------------
 interface MatchView {
@@ -30,10 +31,11 @@ const bets = new Map<string, Bet>();
 // cash-out: the offer per accepted bet (or why there is none), and the bets being cashed out
 const offers = new Map<string, { amount: Money; delayMs: number } | string>();
 const cashing = new Set<string>();
-const OFFER_REFRESH_MS = 2000;
+const OFFER_INTERVAL_MS = 250; // the stream sends what changed at most this often
 const flashes = new Map<string, "up" | "down">(); // outcome key -> direction, for one render
 let balance: { available: bigint; held: bigint; currency: string } | null = null;
 let betsStream: AbortController | null = null;
+let offersStream: AbortController | null = null;
 
 const $ = <T extends HTMLElement>(id: string) => document.getElementById(id) as T;
 const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
@@ -367,25 +369,45 @@ function renderBets(): void {
     .join("");
 }
 
-/** The cash-out offer of every accepted bet, from the live prices (GetCashOutOffer). */
-async function refreshOffers(): Promise<void> {
-  if (!session.token) return;
-  for (const b of [...bets.values()]) {
-    if (b.status !== BetStatus.ACCEPTED) {
-      offers.delete(b.betId);
-      continue;
-    }
+/** One offer from WatchCashOutOffers: the amount, why there is none, or gone (a closed bet). */
+function onOffer(o: CashOutOffer): void {
+  if (o.closed) offers.delete(o.betId);
+  else if (o.amount) {
+    const delayMs = o.delay ? Number(o.delay.seconds) * 1000 + o.delay.nanos / 1e6 : 0;
+    offers.set(o.betId, { amount: o.amount, delayMs });
+  } else offers.set(o.betId, o.unavailableMessage);
+}
+
+/** The cash-out offers of the open bets, pushed by the betting service as the odds move
+ * (WatchCashOutOffers: the first message has them all, then only what changed). */
+async function watchOffers(): Promise<void> {
+  offersStream?.abort();
+  const ctrl = new AbortController();
+  offersStream = ctrl;
+  let backoff = 250;
+  while (!ctrl.signal.aborted && session.token) {
+    const attempt = new AbortController();
+    const stop = () => attempt.abort();
+    ctrl.signal.addEventListener("abort", stop);
+    online.signal.addEventListener("abort", stop);
     try {
-      const r = await betting.getCashOutOffer({ betId: b.betId });
-      if (r.amount) {
-        const delayMs = r.delay ? Number(r.delay.seconds) * 1000 + r.delay.nanos / 1e6 : 0;
-        offers.set(b.betId, { amount: r.amount, delayMs });
+      if (!navigator.onLine) throw new Error("offline");
+      const interval = { seconds: 0n, nanos: OFFER_INTERVAL_MS * 1_000_000 };
+      for await (const res of betting.watchCashOutOffers({ interval }, { signal: attempt.signal })) {
+        backoff = 250;
+        for (const o of res.offers) onOffer(o);
+        renderBets();
       }
     } catch (err) {
-      offers.set(b.betId, ConnectError.from(err).rawMessage);
+      if (ctrl.signal.aborted) return;
+      if (ConnectError.from(err).code === Code.Unauthenticated) return;
+    } finally {
+      ctrl.signal.removeEventListener("abort", stop);
+      online.signal.removeEventListener("abort", stop);
     }
+    await backoffSleep(backoff);
+    backoff = Math.min(backoff * 2, 5000);
   }
-  renderBets();
 }
 
 async function cashOut(betId: string): Promise<void> {
@@ -449,11 +471,14 @@ function signIn(token: string): void {
   renderAccount();
   void refreshBalance();
   void watchBets();
+  void watchOffers();
 }
 
 function signOut(why = ""): void {
   session.token = "";
   betsStream?.abort();
+  offersStream?.abort();
+  offers.clear();
   balance = null;
   bets.clear();
   renderBets();
@@ -486,7 +511,6 @@ function main(): void {
     const id = (e.target as HTMLElement).dataset.cashOut;
     if (id) void cashOut(id);
   });
-  setInterval(() => void refreshOffers(), OFFER_REFRESH_MS);
   $("signin").addEventListener("submit", (e) => {
     e.preventDefault();
     signIn(($("token") as HTMLInputElement).value);
