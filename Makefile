@@ -99,6 +99,10 @@ bench-live: gen ## feed event -> WatchOdds client latency and throughput vs raw 
 bench-bets: gen ## PlaceBet throughput and p50/p99 vs raw grpc.aio unary and raw PostgreSQL transactions
 	$(PY) -m betting.bench
 
+.PHONY: bench-offers
+bench-offers: gen ## what WatchCashOutOffers streams cost the betting service, quiet and with the odds moving
+	$(PY) -m betting.bench_offers
+
 .PHONY: bench-settle
 bench-settle: gen ## time to settle 100,000 open bets on one match (goal <= 10 s)
 	$(PY) -m settlement.bench

@@ -39,8 +39,8 @@ class BetMetrics:
         )
         self.odds_reads = Counter(
             "livebet_bets_odds_snapshot_reads_total",
-            "Live odds snapshots a bet, a decision or a cash-out was checked against, by where they came "
-            "from: cache (kept while Redis tracks it and says it has not changed) or redis (read).",
+            "Live odds snapshots a bet, a decision, a cash-out or an offer stream was checked against, by where "
+            "they came from: cache (kept while Redis tracks it and says it has not changed) or redis (read).",
             ["source"],
             registry=registry,
         )

@@ -7,12 +7,15 @@ old and cost one call per bet; a stream costs one per player and sends only what
   accepted, the newest ``MAX_BETS`` at the start, then every new one as it comes).
 - **Their rows** (status, stake, legs) are read from PostgreSQL at the start, again at once when one
   of the player's bet events arrives (``bets.<account>.*``, what WatchBets sends: accepted,
-  rejected, settled, cashed out), and every ``RELOAD_SECONDS`` (a leg of an accumulator settled
-  while the bet stays open sends no event).
-- **The offers** are priced every interval by the same code as ``GetCashOutOffer``
-  (:meth:`betting.cashout.CashOutDesk.price`), on the kept odds snapshots: no Redis read while a
-  match's odds have not changed. The offers that differ from what the stream last sent go out in
-  one message; the first message has them all, even when there are none.
+  rejected, settled, cashed out), every ``CLOSED_MARKET_RELOAD_SECONDS`` while a bet has no offer
+  because a market is not open (it may be a leg of an accumulator that was settled: the bet stays
+  open and no event comes), and every ``RELOAD_SECONDS`` in any case.
+- **The offers** are looked at every interval: a bet is priced again, by the same code as
+  ``GetCashOutOffer`` (:meth:`betting.cashout.CashOutDesk.price`), only when its row was read
+  again or the odds of one of its open legs' matches changed (the kept odds snapshots: the same
+  view object while Valkey says a match's snapshot is unchanged, and no Redis read). The offers
+  that differ from what the stream last sent go out in one message; the first message has them
+  all, even when there are none.
 - **A closed bet** (settled, cashed out, rejected, voided) is sent once with ``closed`` set and then
   no more (unless it opens again: a settlement rolled back). A pending bet is followed, without an
   offer, until it is decided.
@@ -41,7 +44,8 @@ from mesh.errors import abort_bad_request
 MAX_BETS = 100
 DEFAULT_INTERVAL = 0.5
 MIN_INTERVAL, MAX_INTERVAL = 0.1, 60.0
-RELOAD_SECONDS = 5.0
+RELOAD_SECONDS = 60.0  # the bets' rows read again at least this often
+CLOSED_MARKET_RELOAD_SECONDS = 2.0  # and this often while a bet has no offer for a market not open
 CLOSED = frozenset({"settled", "cashed_out", "rejected", "voided"})
 
 Rows = dict[str, tuple[dict[str, Any], list[dict[str, Any]]]]
@@ -87,6 +91,24 @@ async def _offer(desk: CashOutDesk, bet_id: str, row: dict[str, Any], legs: list
     return out
 
 
+async def _views(desk: CashOutDesk, legs: list[dict[str, Any]]) -> tuple[object, ...] | None:
+    """The odds views the bet's open legs are priced from (None when one is missing). The odds
+    view returns the same object while a match's snapshot is unchanged, so the same objects as last
+    time mean the same offer."""
+    views: list[object] = []
+    for leg in legs:
+        if leg["return_per_unit"] is None:
+            try:
+                views.append(desk.odds.kept(leg["match_id"]) or await desk.odds.match(leg["match_id"]))
+            except Refusal:
+                return None
+    return tuple(views)
+
+
+def _same(a: tuple[object, ...], b: tuple[object, ...]) -> bool:
+    return len(a) == len(b) and all(x is y for x, y in zip(a, b, strict=True))
+
+
 async def watch_offers(
     desk: CashOutDesk,
     nc: NatsClient,
@@ -120,10 +142,17 @@ async def watch_offers(
         if missing:
             await context.abort(grpc.StatusCode.NOT_FOUND, f"no bet {', '.join(missing)} for this account")
         loaded, sent, first = loop.time(), dict[str, bs.CashOutOffer](), True
+        basis: dict[str, tuple[dict[str, Any], tuple[object, ...]]] = {}  # what each offer sent was priced from
         while True:
             offers = []
             for bet_id, (row, legs) in bets.items():
+                views = () if row["status"] in CLOSED else await _views(desk, legs)
+                last = basis.get(bet_id)
+                if views is not None and last is not None and last[0] is row and _same(last[1], views):
+                    continue  # neither the bet nor its matches' odds changed: nor did its offer
                 offer = await _offer(desk, bet_id, row, legs)
+                if views is not None:
+                    basis[bet_id] = (row, views)
                 if first or sent.get(bet_id) != offer:
                     offers.append(offer)
                     sent[bet_id] = offer
@@ -131,12 +160,17 @@ async def watch_offers(
                 for offer in offers:
                     if offer.closed:
                         del bets[offer.bet_id], sent[offer.bet_id]
+                        basis.pop(offer.bet_id, None)
                 followed = set(bets)
             if offers or first:
                 yield bs.WatchCashOutOffersResponse(offers=offers)
                 first = False
             await asyncio.sleep(interval)
-            if changed.is_set() or loop.time() - loaded >= RELOAD_SECONDS:
+            # a market not open may be a leg settled (an accumulator stays open, with no event)
+            due = RELOAD_SECONDS
+            if any(o.unavailable_reason == bet_pb2.REJECT_REASON_MARKET_NOT_OPEN for o in sent.values()):
+                due = CLOSED_MARKET_RELOAD_SECONDS
+            if changed.is_set() or loop.time() - loaded >= due:
                 bets, loaded = await load(), loop.time()
     finally:
         with contextlib.suppress(Exception):

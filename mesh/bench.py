@@ -2,7 +2,7 @@
 report.
 
 Each benchmark runs in its own process with ``--json`` (pricing, feed, live odds, bets,
-settlement); their figures become one table: figure, value, the raw baseline measured in the
+cash-out offer streams, settlement); their figures become one table: figure, value, the raw baseline measured in the
 same run, the ratio, the goal and whether it was met. Written under ``bench-results/<UTC time>/``:
 ``report.json``, ``report.md`` (the table, also printed), ``latency.png`` and ``throughput.png``,
 and each benchmark's own log. ``--quick`` runs small versions (a smoke test of the machinery, not
@@ -64,6 +64,12 @@ BENCHES = [
         "live odds to subscribers",
     ),
     Bench("bets", ["betting.bench", "--json"], ["--clients", "4", "--seconds", "2", "--matches", "20"], "PlaceBet"),
+    Bench(
+        "offers",
+        ["betting.bench_offers", "--json"],
+        ["--players", "20", "--seconds", "2", "--matches", "10"],
+        "cash-out offer streams",
+    ),
     Bench("settle", ["settlement.bench", "--json"], ["--bets", "5000", "--players", "200"], "settlement"),
 ]
 
@@ -144,6 +150,16 @@ def _bets(d: dict[str, Any]) -> list[Figure]:
     ]  # fmt: skip
 
 
+def _offers(d: dict[str, Any]) -> list[Figure]:
+    s, quiet, moving = d["setup"], d["quiet"], d["moving"]
+    who = f"{s['players']} streams x {s['bets']} bets"
+    return [
+        Figure("offers", f"betting CPU, {who}, odds quiet", quiet["betting_cpu_pct"], "% of a core"),
+        Figure("offers", f"offers delivered, odds moving {s['moves']:g}/s per match", moving["offers_per_s"], "/s"),
+        Figure("offers", "betting CPU per offer delivered", moving["cpu_us_per_offer"], "µs"),
+    ]
+
+
 def _settle(d: dict[str, Any]) -> list[Figure]:
     met = d["seconds"] <= d["goal_seconds"] and d["checks_ok"]
     return [
@@ -158,6 +174,7 @@ FIGURES: dict[str, Callable[[dict[str, Any]], list[Figure]]] = {
     "feed": _feed,
     "live": _live,
     "bets": _bets,
+    "offers": _offers,
     "settle": _settle,
 }
 

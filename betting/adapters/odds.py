@@ -106,6 +106,15 @@ class OddsView:
                 self._changes[match_id] = self._changes.get(match_id, 0) + 1
                 self._cache.pop(match_id, None)
 
+    def kept(self, match_id: str) -> MatchView | None:
+        """The match's kept snapshot while Valkey tracks it unchanged (what :meth:`match` would
+        return without a read), else None; not counted as a read. For a caller that only wants to
+        know whether anything changed."""
+        cached = self._cache.get(match_id)
+        if cached is not None and cached[2] and self.source.pipelined.fresh():
+            return cached[1]
+        return None
+
     async def match(self, match_id: str) -> MatchView:
         pipelined = self.source.pipelined
         cached = self._cache.get(match_id)

@@ -556,3 +556,27 @@ def test_watching_named_bets_sends_only_theirs_and_bad_requests_are_refused(env:
     # another account's bet is not found
     code, _, _ = _refused(lambda: next(_watch(env, "k21-other", (one.bet_id,))))
     assert code == grpc.StatusCode.NOT_FOUND
+
+
+def test_a_watched_accumulator_whose_leg_won_is_offered_from_its_return_without_an_event(env: Env) -> None:
+    env.send(fixture("c22"), fixture("c23"))
+    priced(env, "c22")
+    priced(env, "c23")
+    deposit(env, "k22", 10_000, "k22-d")
+    o1, _ = env.price("c22", ONE, "home")
+    o2, _ = env.price("c23", ONE, "draw")
+    acca = place(env, "k22", "k22-acca", [selection("c22", ONE, "home", o1), selection("c23", ONE, "draw", o2)], 1_000)
+    # its accepted event published before the stream opens: no bet event reaches the stream
+    wait_for(lambda: env.sql("SELECT count(*) FROM betting.outbox") == [(0,)], 20, what="outbox relayed")
+    stream = _watch(env, "k22", (acca.bet_id,))
+    latest: dict[str, Any] = {}
+    _offers(stream, latest, lambda seen: acca.bet_id in seen)
+    assert latest[acca.bet_id].amount.minor_units == expected(1_000, Decimal(1))
+    # the first leg won: the bet stays accepted (no bet event), its market closes, and the stream
+    # reads the bet again while it has no offer for a market not open
+    env.send(final("c22", 90, 2, 0))
+    now, _ = env.price("c23", ONE, "draw")
+    want = expected(1_000, Decimal(o1) * Decimal(o2) / Decimal(now))
+    _offers(stream, latest, lambda seen: seen[acca.bet_id].amount.minor_units == want)
+    stream.cancel()
+    assert _status(env, acca.bet_id) == "accepted"
