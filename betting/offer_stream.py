@@ -19,6 +19,7 @@ old and cost one call per bet; a stream costs one per player and sends only what
 - **A closed bet** (settled, cashed out, rejected, voided) is sent once with ``closed`` set and then
   no more (unless it opens again: a settlement rolled back). A pending bet is followed, without an
   offer, until it is decided.
+- **Heartbeat:** an empty message when nothing was sent for the request's ``heartbeat``.
 """
 
 from __future__ import annotations
@@ -46,14 +47,20 @@ DEFAULT_INTERVAL = 0.5
 MIN_INTERVAL, MAX_INTERVAL = 0.1, 60.0
 RELOAD_SECONDS = 60.0  # the bets' rows read again at least this often
 CLOSED_MARKET_RELOAD_SECONDS = 2.0  # and this often while a bet has no offer for a market not open
+#: a message (empty when nothing changed) at least this often by default: a proxy that closes
+#: streams silent for minutes (Envoy's stream_idle_timeout, 300 s here) sees this one alive
+DEFAULT_HEARTBEAT = 30.0
+MIN_HEARTBEAT, MAX_HEARTBEAT = 1.0, 300.0
 CLOSED = frozenset({"settled", "cashed_out", "rejected", "voided"})
 
 Rows = dict[str, tuple[dict[str, Any], list[dict[str, Any]]]]
 
 
-async def _request(request: bs.WatchCashOutOffersRequest, context: grpc.aio.ServicerContext) -> tuple[list[str], float]:
-    """The bet ids named (in order, once each) and the interval in seconds; INVALID_ARGUMENT with
-    every field that is wrong."""
+async def _request(
+    request: bs.WatchCashOutOffersRequest, context: grpc.aio.ServicerContext
+) -> tuple[list[str], float, float]:
+    """The bet ids named (in order, once each), the interval and the heartbeat in seconds;
+    INVALID_ARGUMENT with every field that is wrong."""
     bad: list[tuple[str, str]] = []
     if len(request.bet_ids) > MAX_BETS:
         bad.append(("bet_ids", f"names {len(request.bet_ids)} bets: at most {MAX_BETS}"))
@@ -68,9 +75,14 @@ async def _request(request: bs.WatchCashOutOffersRequest, context: grpc.aio.Serv
         interval = request.interval.ToTimedelta().total_seconds()
         if not MIN_INTERVAL <= interval <= MAX_INTERVAL:
             bad.append(("interval", f"is {interval:g} s: it must be from 100 ms to 60 s"))
+    heartbeat = DEFAULT_HEARTBEAT
+    if request.HasField("heartbeat"):
+        heartbeat = request.heartbeat.ToTimedelta().total_seconds()
+        if not MIN_HEARTBEAT <= heartbeat <= MAX_HEARTBEAT:
+            bad.append(("heartbeat", f"is {heartbeat:g} s: it must be from 1 s to 300 s"))
     if bad:
         await abort_bad_request(context, bad)
-    return list(dict.fromkeys(ids)), interval
+    return list(dict.fromkeys(ids)), interval, heartbeat
 
 
 def _none(bet_id: str, r: Refusal, closed: bool = False) -> bs.CashOutOffer:
@@ -116,7 +128,7 @@ async def watch_offers(
     request: bs.WatchCashOutOffersRequest,
     context: grpc.aio.ServicerContext,
 ) -> AsyncIterator[bs.WatchCashOutOffersResponse]:
-    named, interval = await _request(request, context)
+    named, interval, heartbeat = await _request(request, context)
     changed = asyncio.Event()
 
     async def on_event(msg: Msg) -> None:
@@ -142,6 +154,7 @@ async def watch_offers(
         if missing:
             await context.abort(grpc.StatusCode.NOT_FOUND, f"no bet {', '.join(missing)} for this account")
         loaded, sent, first = loop.time(), dict[str, bs.CashOutOffer](), True
+        last_message = loop.time()
         basis: dict[str, tuple[dict[str, Any], tuple[object, ...]]] = {}  # what each offer sent was priced from
         while True:
             offers = []
@@ -162,9 +175,9 @@ async def watch_offers(
                         del bets[offer.bet_id], sent[offer.bet_id]
                         basis.pop(offer.bet_id, None)
                 followed = set(bets)
-            if offers or first:
+            if offers or first or loop.time() - last_message >= heartbeat:
                 yield bs.WatchCashOutOffersResponse(offers=offers)
-                first = False
+                first, last_message = False, loop.time()
             await asyncio.sleep(interval)
             # a market not open may be a leg settled (an accumulator stays open, with no event)
             due = RELOAD_SECONDS

@@ -380,16 +380,36 @@ def fuzz_bet(env: Env) -> str:
 
 @settings(max_examples=120, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(data=st.data())
-def test_no_cash_out_request_yields_internal_or_unknown(env: Env, fuzz_bet: str, data: st.DataObject) -> None:
+def test_no_cash_out_or_offer_request_yields_internal_or_unknown(env: Env, fuzz_bet: str, data: st.DataObject) -> None:
     bet_id = data.draw(st.sampled_from([fuzz_bet, "00000000-0000-0000-0000-000000000000", "", "x"]) | _TEXT)
     req = bs.CashOutRequest(
         request_id=data.draw(st.sampled_from(["fz1", "fz2", ""]) | _TEXT),
         bet_id=bet_id,
         amount=data.draw(_MONEY),  # type: ignore[arg-type]
     )
+    durations = st.builds(
+        Duration, seconds=st.integers(-(10**12), 10**12) | st.integers(0, 400), nanos=st.integers(-(10**9), 10**9)
+    )
+    watch = bs.WatchCashOutOffersRequest(
+        bet_ids=data.draw(st.lists(st.just(bet_id) | _TEXT, max_size=3) | st.lists(st.just(fuzz_bet), min_size=101)),
+        interval=data.draw(durations),
+        heartbeat=data.draw(durations),
+    )
+    for which in ("interval", "heartbeat"):
+        if data.draw(st.booleans()):
+            watch.ClearField(which)  # type: ignore[arg-type]
+
+    def first_offers() -> None:
+        stream = env.bets.WatchCashOutOffers(watch, metadata=md("kf"), timeout=10)
+        try:
+            next(stream)
+        finally:
+            stream.cancel()
+
     for call in (
         lambda: env.bets.CashOut(req, metadata=md("kf"), timeout=10),
         lambda: env.bets.GetCashOutOffer(bs.GetCashOutOfferRequest(bet_id=bet_id), metadata=md("kf"), timeout=10),
+        first_offers,
     ):
         try:
             call()
@@ -478,8 +498,10 @@ def _offers(stream: Iterator[bs.WatchCashOutOffersResponse], latest: dict[str, b
             latest.setdefault("*", []).append(offer)  # type: ignore[attr-defined]
 
 
-def _watch(env: Env, account: str, bet_ids: tuple[str, ...] = (), ms: int = 100) -> Any:
+def _watch(env: Env, account: str, bet_ids: tuple[str, ...] = (), ms: int = 100, heartbeat_ms: int = 0) -> Any:
     req = bs.WatchCashOutOffersRequest(bet_ids=bet_ids, interval=Duration(nanos=ms * 1_000_000))
+    if heartbeat_ms:
+        req.heartbeat.FromMilliseconds(heartbeat_ms)
     return env.bets.WatchCashOutOffers(req, metadata=md(account), timeout=60)
 
 
@@ -539,18 +561,26 @@ def test_watching_named_bets_sends_only_theirs_and_bad_requests_are_refused(env:
     odds, _ = env.price("c21", ONE, "away")
     one = place(env, "k21", "k21-1", [selection("c21", ONE, "away", odds)], 500)
     place(env, "k21", "k21-2", [selection("c21", ONE, "away", odds)], 700)
-    first = next(_watch(env, "k21", (one.bet_id, one.bet_id.upper())))  # the same bet twice: once
+    stream = _watch(env, "k21", (one.bet_id, one.bet_id.upper()), heartbeat_ms=1_000)  # the same bet twice: once
+    first = next(stream)
     assert [o.bet_id for o in first.offers] == [one.bet_id] and first.offers[0].amount.minor_units > 0
+    # nothing changes: a heartbeat, with no offers, about a second later
+    t0 = time.monotonic()
+    beat = next(stream)
+    waited = time.monotonic() - t0
+    stream.cancel()
+    assert list(beat.offers) == [] and 0.5 < waited < 20, waited
 
     nobody = "00000000-0000-0000-0000-000000000000"
-    cases: list[tuple[tuple[str, ...], int, grpc.StatusCode, str]] = [
-        (("nope",), 100, grpc.StatusCode.INVALID_ARGUMENT, "bet_ids[0]"),
-        ((), 10, grpc.StatusCode.INVALID_ARGUMENT, "interval"),
-        (tuple(str(uuid.UUID(int=i)) for i in range(101)), 100, grpc.StatusCode.INVALID_ARGUMENT, "at most 100"),
-        ((one.bet_id, nobody), 100, grpc.StatusCode.NOT_FOUND, nobody),
+    cases: list[tuple[tuple[str, ...], int, int, grpc.StatusCode, str]] = [
+        (("nope",), 100, 0, grpc.StatusCode.INVALID_ARGUMENT, "bet_ids[0]"),
+        ((), 10, 0, grpc.StatusCode.INVALID_ARGUMENT, "interval"),
+        ((), 100, 500, grpc.StatusCode.INVALID_ARGUMENT, "heartbeat"),
+        (tuple(str(uuid.UUID(int=i)) for i in range(101)), 100, 0, grpc.StatusCode.INVALID_ARGUMENT, "at most 100"),
+        ((one.bet_id, nobody), 100, 0, grpc.StatusCode.NOT_FOUND, nobody),
     ]
-    for ids, ms, want, text in cases:
-        code, msg, details = _refused(lambda ids=ids, ms=ms: next(_watch(env, "k21", ids, ms)))  # type: ignore[misc]
+    for ids, ms, beat_ms, want, text in cases:
+        code, msg, details = _refused(lambda a=(ids, ms, beat_ms): next(_watch(env, "k21", *a)))  # type: ignore[misc]
         field = " ".join(f"{v.field} {v.description}" for d in details for v in getattr(d, "field_violations", []))
         assert code == want and text in msg + field, (ids[:2], ms, code, msg, field)
     # another account's bet is not found
