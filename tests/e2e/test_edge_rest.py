@@ -107,6 +107,18 @@ def test_a_bet_cashed_out_over_rest(mesh: Mesh) -> None:
         return True
 
     wait_for(accepted, 60, interval=0.5, what="a bet accepted")
+    # its offer, streamed: newline-delimited JSON, the first line with the bet's offer (or why none)
+    host, port = mesh.edge.split(":")
+    conn = http.client.HTTPConnection(host, int(port), timeout=15)
+    path = f"/v1/cash-out-offers:watch?bet_ids={bets[-1]}&interval=0.2s"
+    conn.request("GET", path, headers={"authorization": f"Bearer {t}"})
+    resp = conn.getresponse()
+    assert resp.status == 200
+    (offer,) = json.loads(resp.readline())["offers"]
+    conn.close()
+    assert offer["betId"] == bets[-1] and not offer["closed"]
+    amount = int(offer.get("amount", {}).get("minorUnits", 0))
+    assert amount > 0 or offer["unavailableReason"] == "REJECT_REASON_MARKET_NOT_OPEN", offer
     wait_for(cashed_out, 60, interval=0.5, what="a cash-out through REST")
     (bet,) = got
     assert bet["status"] == "BET_STATUS_CASHED_OUT" and int(bet["payout"]["minorUnits"]) > 0
