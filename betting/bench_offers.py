@@ -11,7 +11,9 @@ open bet, ``--interval-ms``). Then, ``--seconds`` each:
    changes the offers of the bets on that match.
 
 For each: the betting process's CPU (% of one core, from /proc), the offers delivered per second,
-and the CPU per offer. ``--json`` prints the figures as JSON.
+and the CPU per offer; in the moving phase also the time from a rewrite of the odds to a stream's
+message with the new offers (p50/p99; the writes and all the streams' client share one process).
+``--json`` prints the figures as JSON.
 """
 
 from __future__ import annotations
@@ -29,6 +31,7 @@ import grpc
 import redis
 from google.protobuf.duration_pb2 import Duration
 from google.protobuf.timestamp_pb2 import Timestamp
+from hdrh.histogram import HdrHistogram
 from livebet.betting.v1 import bet_pb2, betting_service_pb2_grpc, wallet_service_pb2_grpc
 from livebet.betting.v1 import betting_service_pb2 as bs
 from livebet.betting.v1 import wallet_service_pb2 as ws
@@ -71,13 +74,18 @@ class Streams:
         self.stub, self.players, self.interval_ms = stub, players, interval_ms
         self.offers = 0
         self.started: set[str] = set()  # players whose stream sent its first message
+        self.written_at = 0.0  # when the odds were last rewritten (moving phase)
+        self.latency = HdrHistogram(1, 60_000_000, 3)  # µs from that write to a message with offers
         self.tasks: list[asyncio.Task[None]] = []
 
     async def _one(self, player: str) -> None:
         req = bs.WatchCashOutOffersRequest(interval=Duration(nanos=self.interval_ms * 1_000_000))
         async for msg in self.stub.WatchCashOutOffers(req, metadata=(("x-livebet-account", player),)):
             self.started.add(player)
-            self.offers += sum(1 for o in msg.offers if o.HasField("amount"))
+            n = sum(1 for o in msg.offers if o.HasField("amount"))
+            self.offers += n
+            if n and self.written_at:
+                self.latency.record_value(max(1, int((time.perf_counter() - self.written_at) * 1e6)))
 
     def start(self) -> None:
         self.tasks = [asyncio.create_task(self._one(p)) for p in self.players]
@@ -128,6 +136,7 @@ async def _run(target: str, redis_url: str, pid: int, args: argparse.Namespace) 
                     pipe = r.pipeline(transaction=False)
                     for m, pair in enumerate(snaps):
                         pipe.set(codec.SNAP_KEY + f"bb:{m}", pair[k % 2])
+                    streams.written_at = time.perf_counter()
                     pipe.execute()
                     await asyncio.sleep(1 / moves)
                 else:
@@ -135,7 +144,10 @@ async def _run(target: str, redis_url: str, pid: int, args: argparse.Namespace) 
             elapsed = time.monotonic() - t0
             used = cpu_seconds([pid]).get(pid, 0.0) - cpu
             sent = streams.offers - offers
+            lat = streams.latency
             return {
+                "write_to_message_p50_ms": lat.get_value_at_percentile(50) / 1000 if moves else 0.0,
+                "write_to_message_p99_ms": lat.get_value_at_percentile(99) / 1000 if moves else 0.0,
                 "betting_cpu_pct": round(100 * used / elapsed, 1),
                 "offers_per_s": round(sent / elapsed, 1),
                 "cpu_us_per_offer": round(1e6 * used / sent, 1) if sent else 0.0,
@@ -197,6 +209,11 @@ def main(argv: list[str] | None = None) -> int:
             f"  {name:>6}: betting CPU {f['betting_cpu_pct']:5.1f} % of a core, {f['offers_per_s']:8.1f} offers/s,"
             f" {f['cpu_us_per_offer']:6.1f} us CPU per offer ({f['snapshot_writes_per_s']:.0f} snapshot writes/s)"
         )
+    m = got["moving"]
+    print(
+        f"  odds written -> a stream's message with the new offers: p50 {m['write_to_message_p50_ms']:.1f} ms,"
+        f" p99 {m['write_to_message_p99_ms']:.1f} ms (load generator and streams' client in one process)"
+    )
     return 0
 
 

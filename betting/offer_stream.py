@@ -10,12 +10,17 @@ old and cost one call per bet; a stream costs one per player and sends only what
   rejected, settled, cashed out), every ``CLOSED_MARKET_RELOAD_SECONDS`` while a bet has no offer
   because a market is not open (it may be a leg of an accumulator that was settled: the bet stays
   open and no event comes), and every ``RELOAD_SECONDS`` in any case.
-- **The offers** are looked at every interval: a bet is priced again, by the same code as
-  ``GetCashOutOffer`` (:meth:`betting.cashout.CashOutDesk.price`), only when its row was read
-  again or the odds of one of its open legs' matches changed (the kept odds snapshots: the same
-  view object while Valkey says a match's snapshot is unchanged, and no Redis read). The offers
-  that differ from what the stream last sent go out in one message; the first message has them
-  all, even when there are none.
+- **When to look:** the stream sleeps until Valkey tells the odds view of a change of one of its
+  matches' snapshots (:meth:`betting.adapters.odds.OddsView.wait_for_changes`, the same
+  ``CLIENT TRACKING`` pushes that drop kept snapshots), a bet event comes, or a reading or the
+  heartbeat is due; while Valkey does not tell of changes (tracking refused, the connection not
+  fresh) it looks every interval instead. Woken, it waits ``GATHER_SECONDS`` for the changes that
+  come with the first, and messages stay at least an interval apart.
+- **The offers:** a bet is priced again, by the same code as ``GetCashOutOffer``
+  (:meth:`betting.cashout.CashOutDesk.price`), only when its row was read again or the odds of one
+  of its open legs' matches changed (the kept odds snapshots: the same view object while Valkey
+  says a match's snapshot is unchanged, and no Redis read). The offers that differ from what the
+  stream last sent go out in one message; the first message has them all, even when there are none.
 - **A closed bet** (settled, cashed out, rejected, voided) is sent once with ``closed`` set and then
   no more (unless it opens again: a settlement rolled back). A pending bet is followed, without an
   offer, until it is decided.
@@ -45,6 +50,9 @@ from mesh.errors import abort_bad_request
 MAX_BETS = 100
 DEFAULT_INTERVAL = 0.5
 MIN_INTERVAL, MAX_INTERVAL = 0.1, 60.0
+#: after a change wakes a stream, it waits this long for the changes that come with it (an engine
+#: rewrites a match's snapshot at each reprice; a stream's matches may move together)
+GATHER_SECONDS = 0.01
 RELOAD_SECONDS = 60.0  # the bets' rows read again at least this often
 CLOSED_MARKET_RELOAD_SECONDS = 2.0  # and this often while a bet has no offer for a market not open
 #: a message (empty when nothing changed) at least this often by default: a proxy that closes
@@ -121,6 +129,10 @@ def _same(a: tuple[object, ...], b: tuple[object, ...]) -> bool:
     return len(a) == len(b) and all(x is y for x, y in zip(a, b, strict=True))
 
 
+def _open_matches(bets: Rows) -> set[str]:
+    return {leg["match_id"] for row, legs in bets.values() for leg in legs if leg["return_per_unit"] is None}
+
+
 async def watch_offers(
     desk: CashOutDesk,
     nc: NatsClient,
@@ -129,24 +141,31 @@ async def watch_offers(
     context: grpc.aio.ServicerContext,
 ) -> AsyncIterator[bs.WatchCashOutOffersResponse]:
     named, interval, heartbeat = await _request(request, context)
-    changed = asyncio.Event()
+    changed = asyncio.Event()  # one of the player's bet events came: read the rows again
+    wake = asyncio.Event()  # that, or a change of the odds of a match followed
 
     async def on_event(msg: Msg) -> None:
         changed.set()
+        wake.set()
 
     # subscribed before the first read: an event between the two reloads once more, none is missed
     sub = await nc.subscribe(f"bets.{token(account)}.*", cb=on_event)
     loop = asyncio.get_running_loop()
+    followed, waiting_on = set(named), set[str]()
     try:
-        followed = set(named)
 
         async def load() -> Rows:
+            nonlocal waiting_on
             changed.clear()
             ids = [uuid.UUID(b) for b in followed]
             rows = await desk.store.bets_with_legs(account, ids, MAX_BETS) if ids else {}
             if not named:  # every open bet: the ones followed so far, and any new one
                 more = await desk.store.bets_with_legs(account, None, MAX_BETS)
                 rows.update({b: r for b, r in more.items() if b not in rows})
+            matches = _open_matches(rows)  # told of their changes before they are read
+            desk.odds.stop_waiting(waiting_on - matches, wake)
+            desk.odds.wait_for_changes(matches - waiting_on, wake)
+            waiting_on = matches
             return rows
 
         bets = await load()
@@ -157,6 +176,7 @@ async def watch_offers(
         last_message = loop.time()
         basis: dict[str, tuple[dict[str, Any], tuple[object, ...]]] = {}  # what each offer sent was priced from
         while True:
+            wake.clear()  # a change from here on makes another round
             offers = []
             for bet_id, (row, legs) in bets.items():
                 views = () if row["status"] in CLOSED else await _views(desk, legs)
@@ -178,13 +198,21 @@ async def watch_offers(
             if offers or first or loop.time() - last_message >= heartbeat:
                 yield bs.WatchCashOutOffersResponse(offers=offers)
                 first, last_message = False, loop.time()
-            await asyncio.sleep(interval)
             # a market not open may be a leg settled (an accumulator stays open, with no event)
-            due = RELOAD_SECONDS
+            reload = RELOAD_SECONDS
             if any(o.unavailable_reason == bet_pb2.REJECT_REASON_MARKET_NOT_OPEN for o in sent.values()):
-                due = CLOSED_MARKET_RELOAD_SECONDS
-            if changed.is_set() or loop.time() - loaded >= due:
+                reload = CLOSED_MARKET_RELOAD_SECONDS
+            # sleep until something changes, the heartbeat or the next reading is due, or (while
+            # Redis does not tell of changes) the next look; then keep the messages an interval apart
+            due = min(last_message + heartbeat, loaded + reload)
+            if not desk.odds.tells_changes():
+                due = min(due, loop.time() + interval)
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(wake.wait(), max(0.0, due - loop.time()))
+            await asyncio.sleep(max(GATHER_SECONDS, last_message + interval - loop.time()))
+            if changed.is_set() or loop.time() - loaded >= reload:
                 bets, loaded = await load(), loop.time()
     finally:
+        desk.odds.stop_waiting(waiting_on, wake)
         with contextlib.suppress(Exception):
             await sub.unsubscribe()

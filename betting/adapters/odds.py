@@ -18,7 +18,8 @@ replica, or one restarted during the delay, decides the same way.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import asyncio
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -88,7 +89,28 @@ class OddsView:
         self._changes: dict[str, int] = {}
         self._resets = 0
         self._reads = reads
+        # per match: the events of those waiting for its snapshot to change (offer streams)
+        self._waiting: dict[str, set[asyncio.Event]] = {}
         source.pipelined.track(self._invalidated, FRESH_SECONDS)
+
+    def tells_changes(self) -> bool:
+        """Whether a change of a snapshot read is told now (tracking on, the connection fresh):
+        only then may a caller wait on :meth:`wait_for_changes` instead of looking again."""
+        return self.source.pipelined.fresh()
+
+    def wait_for_changes(self, match_ids: Iterable[str], event: asyncio.Event) -> None:
+        """Set ``event`` when Redis tells of a change of one of these matches' snapshots (read at
+        least once through this view since: a read is what makes Redis track a key), or of all."""
+        for match_id in match_ids:
+            self._waiting.setdefault(match_id, set()).add(event)
+
+    def stop_waiting(self, match_ids: Iterable[str], event: asyncio.Event) -> None:
+        for match_id in match_ids:
+            waiting = self._waiting.get(match_id)
+            if waiting is not None:
+                waiting.discard(event)
+                if not waiting:
+                    del self._waiting[match_id]
 
     @property
     def redis(self) -> Redis:
@@ -99,12 +121,17 @@ class OddsView:
             self._resets += 1
             self._changes.clear()
             self._cache.clear()
+            for waiting in self._waiting.values():
+                for event in waiting:
+                    event.set()
             return
         for key in keys:
             if key.startswith(_SNAP_PREFIX):
                 match_id = key[len(_SNAP_PREFIX) :].decode(errors="replace")
                 self._changes[match_id] = self._changes.get(match_id, 0) + 1
                 self._cache.pop(match_id, None)
+                for event in self._waiting.get(match_id, ()):
+                    event.set()
 
     def kept(self, match_id: str) -> MatchView | None:
         """The match's kept snapshot while Valkey tracks it unchanged (what :meth:`match` would
