@@ -136,3 +136,33 @@ async def test_nothing_kept_is_used_while_valkey_does_not_answer(tmp_path: Path)
         await client.aclose()
     finally:
         server.proc.stop()
+
+
+async def test_those_waiting_on_a_match_are_told_of_its_changes_and_of_a_flush(redis_server: Server) -> None:
+    odds, _, client, pipelined = view(redis_server.url)
+    pricing = Redis.from_url(redis_server.url)
+    for m in ("ow1", "ow2"):
+        await pricing.set(SNAP_KEY + m, snapshot(m, 1))
+    one, two = asyncio.Event(), asyncio.Event()
+    odds.wait_for_changes(["ow1"], one)
+    odds.wait_for_changes(["ow1", "ow2"], two)
+    await odds.match("ow1")
+    await odds.match("ow2")  # read: tracked from now on
+    await until(odds.tells_changes, "tracking on")
+    await pricing.set(SNAP_KEY + "ow2", snapshot("ow2", 2))
+    await until(two.is_set, "told of ow2")
+    assert not one.is_set()  # not waiting on ow2
+    two.clear()
+    await pricing.set(SNAP_KEY + "ow1", snapshot("ow1", 2))
+    await until(lambda: one.is_set() and two.is_set(), "both told of ow1")
+    one.clear()
+    two.clear()
+    odds.stop_waiting(["ow1", "ow2"], two)
+    await odds.match("ow1")  # tracked again (a push comes once per read)
+    await pricing.flushall()  # everything changed: everyone still waiting is told
+    await until(one.is_set, "told of the flush")
+    await asyncio.sleep(0.2)
+    assert not two.is_set()  # stopped waiting
+    await pipelined.close()
+    await client.aclose()
+    await pricing.aclose()
