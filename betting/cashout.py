@@ -52,7 +52,7 @@ def _unavailable(message: str) -> Refusal:
     return Refusal(Kind.FAILED_PRECONDITION, bet_pb2.REJECT_REASON_CASH_OUT_UNAVAILABLE, message)
 
 
-def _not_open(status: str) -> Refusal:
+def not_open(status: str) -> Refusal:
     return _unavailable(f"the bet is {status.replace('_', ' ')}: only an accepted bet can be cashed out")
 
 
@@ -63,7 +63,7 @@ class CashOutDesk:
     async def price(self, row: dict[str, Any], legs: list[dict[str, Any]]) -> Priced:
         """The bet's offer now, or a Refusal: not accepted, a leg lost, a leg's market not open."""
         if row["status"] != "accepted":
-            raise _not_open(row["status"])
+            raise not_open(row["status"])
         items: list[CashOutLeg] = []
         open_legs: list[int] = []
         seen: list[tuple[Leg, int]] = []
@@ -175,7 +175,7 @@ class CashOutDesk:
             message = "a leg of the bet was settled meanwhile: ask for a new offer"
             await self._refuse(context, Refusal(Kind.FAILED_PRECONDITION, bet_pb2.REJECT_REASON_ODDS_CHANGED, message))
         if outcome.startswith("not_open:"):
-            await self._refuse(context, _not_open(outcome.partition(":")[2]))
+            await self._refuse(context, not_open(outcome.partition(":")[2]))
         await context.abort(grpc.StatusCode.NOT_FOUND, f"no bet {request.bet_id} for this account")
         raise AssertionError("unreachable")
 

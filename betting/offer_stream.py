@@ -42,7 +42,7 @@ from nats.aio.client import Client as NatsClient
 from nats.aio.msg import Msg
 
 from betting.adapters.store import money
-from betting.cashout import CashOutDesk, _not_open
+from betting.cashout import CashOutDesk, not_open
 from betting.domain.rules import Refusal
 from feed.adapters.jetstream import token
 from mesh.errors import abort_bad_request
@@ -100,7 +100,7 @@ def _none(bet_id: str, r: Refusal, closed: bool = False) -> bs.CashOutOffer:
 
 async def _offer(desk: CashOutDesk, bet_id: str, row: dict[str, Any], legs: list[dict[str, Any]]) -> bs.CashOutOffer:
     if row["status"] in CLOSED:
-        return _none(bet_id, _not_open(row["status"]), closed=True)
+        return _none(bet_id, not_open(row["status"]), closed=True)
     try:
         priced = await desk.price(row, legs)
     except Refusal as r:
