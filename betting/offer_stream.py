@@ -36,6 +36,7 @@ from collections.abc import AsyncIterator
 from typing import Any
 
 import grpc
+from google.protobuf.message import Message
 from livebet.betting.v1 import bet_pb2
 from livebet.betting.v1 import betting_service_pb2 as bs
 from nats.aio.client import Client as NatsClient
@@ -64,6 +65,24 @@ CLOSED = frozenset({"settled", "cashed_out", "rejected", "voided"})
 Rows = dict[str, tuple[dict[str, Any], list[dict[str, Any]]]]
 
 
+def duration_seconds(
+    request: Message, field: str, default: float, bounds: tuple[float, float], bad: list[tuple[str, str]]
+) -> float:
+    """A ``google.protobuf.Duration`` field of a request in seconds, ``default`` when unset; one
+    outside ``bounds`` adds a field violation to ``bad``."""
+    if not request.HasField(field):
+        return default
+    value = float(getattr(request, field).ToTimedelta().total_seconds())
+    low, high = bounds
+    if not low <= value <= high:
+        bad.append((field, f"is {value:g} s: it must be from {_human(low)} to {_human(high)}"))
+    return value
+
+
+def _human(seconds: float) -> str:
+    return f"{seconds * 1000:g} ms" if seconds < 1 else f"{seconds:g} s"
+
+
 async def _request(
     request: bs.WatchCashOutOffersRequest, context: grpc.aio.ServicerContext
 ) -> tuple[list[str], float, float]:
@@ -78,16 +97,8 @@ async def _request(
             ids.append(str(uuid.UUID(bet_id)))
         except ValueError:
             bad.append((f"bet_ids[{i}]", f"{bet_id!r} is not a bet id"))
-    interval = DEFAULT_INTERVAL
-    if request.HasField("interval"):
-        interval = request.interval.ToTimedelta().total_seconds()
-        if not MIN_INTERVAL <= interval <= MAX_INTERVAL:
-            bad.append(("interval", f"is {interval:g} s: it must be from 100 ms to 60 s"))
-    heartbeat = DEFAULT_HEARTBEAT
-    if request.HasField("heartbeat"):
-        heartbeat = request.heartbeat.ToTimedelta().total_seconds()
-        if not MIN_HEARTBEAT <= heartbeat <= MAX_HEARTBEAT:
-            bad.append(("heartbeat", f"is {heartbeat:g} s: it must be from 1 s to 300 s"))
+    interval = duration_seconds(request, "interval", DEFAULT_INTERVAL, (MIN_INTERVAL, MAX_INTERVAL), bad)
+    heartbeat = duration_seconds(request, "heartbeat", DEFAULT_HEARTBEAT, (MIN_HEARTBEAT, MAX_HEARTBEAT), bad)
     if bad:
         await abort_bad_request(context, bad)
     return list(dict.fromkeys(ids)), interval, heartbeat

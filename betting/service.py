@@ -61,7 +61,7 @@ from betting.domain.rules import (
 )
 from betting.errors import abort_refused
 from betting.metrics import BetMetrics
-from betting.offer_stream import watch_offers
+from betting.offer_stream import DEFAULT_HEARTBEAT, MAX_HEARTBEAT, MIN_HEARTBEAT, duration_seconds, watch_offers
 from feed.adapters.jetstream import token
 from mesh import access
 from mesh.errors import abort_bad_request
@@ -222,9 +222,14 @@ class BettingApi(betting_service_pb2_grpc.BettingServiceServicer):
         self, request: bs.WatchBetsRequest, context: grpc.aio.ServicerContext
     ) -> AsyncIterator[bs.WatchBetsResponse]:
         """The account's bet events as they happen (pending → accepted/rejected → settled); with
-        ``include_open`` first the open bets as they stand. Subscribes before reading, drops repeats
+        ``include_open`` first the open bets as they stand; an empty message after ``heartbeat``
+        without one. Subscribes before reading, drops repeats
         and anything older than what was sent for a bet."""
         account = await account_of(context)
+        bad: list[tuple[str, str]] = []
+        heartbeat = duration_seconds(request, "heartbeat", DEFAULT_HEARTBEAT, (MIN_HEARTBEAT, MAX_HEARTBEAT), bad)
+        if bad:
+            await abort_bad_request(context, bad)
         nc: NatsClient = self.nats.nc
         queue: asyncio.Queue[bytes] = asyncio.Queue(maxsize=1000)
 
@@ -255,7 +260,11 @@ class BettingApi(betting_service_pb2_grpc.BettingServiceServicer):
                         event = bet_pb2.BetEvent(event_id=f"{bet.bet_id}:{STATUS_NAME[bet.status]}:open", bet=bet)
                         yield bs.WatchBetsResponse(event=event)
             while True:
-                data = await queue.get()
+                try:
+                    data = await asyncio.wait_for(queue.get(), heartbeat)
+                except TimeoutError:
+                    yield bs.WatchBetsResponse()  # a heartbeat: nothing changed
+                    continue
                 event = bet_pb2.BetEvent.FromString(data)
                 if fresh(event.bet):
                     yield bs.WatchBetsResponse(event=event)

@@ -19,6 +19,7 @@ import grpc
 import nats
 import psycopg
 import pytest
+from google.protobuf.duration_pb2 import Duration
 from google.rpc import error_details_pb2
 from grpc_status import rpc_status
 from hypothesis import HealthCheck, given, settings
@@ -624,6 +625,19 @@ def test_events_leave_through_the_outbox_to_the_bets_stream_and_watchbets(env: E
     wait_for(
         lambda: env.sql("SELECT count(*) FROM betting.outbox WHERE published_at IS NULL") == [(0,)], 10, what="relayed"
     )
+
+
+def test_watchbets_sends_a_heartbeat_when_nothing_changes_and_refuses_a_bad_one(env: Env) -> None:
+    stream = env.bets.WatchBets(bs.WatchBetsRequest(heartbeat=Duration(seconds=1)), metadata=md("p12h"), timeout=30)
+    t0 = time.monotonic()
+    beat = next(stream)
+    waited = time.monotonic() - t0
+    stream.cancel()
+    assert not beat.HasField("event") and 0.5 < waited < 20, waited
+    bad = bs.WatchBetsRequest(heartbeat=Duration(nanos=100_000_000))
+    code, msg, details = _refused(lambda: next(env.bets.WatchBets(bad, metadata=md("p12h"), timeout=10)))
+    fields = [v.field for d in details for v in getattr(d, "field_violations", [])]
+    assert code == grpc.StatusCode.INVALID_ARGUMENT and fields == ["heartbeat"], (code, msg)
 
 
 def test_an_event_jetstream_refuses_does_not_hold_up_the_others(env: Env) -> None:
