@@ -113,6 +113,24 @@ def _seed_odds(redis_url: str, matches: int) -> dict[int, str]:
     return out
 
 
+def start_servers(root: Path, procs: list[Process]) -> dict[str, str]:
+    """NATS, Valkey and a durable PostgreSQL under ``root`` on free ports, appended to ``procs``
+    (PostgreSQL last); the environment a betting service needs to reach them."""
+    nats_port, redis_port, pg_port = infra.free_port(), infra.free_port(), infra.free_port()
+    for spec in (
+        infra.nats(root / "nats", nats_port, infra.free_port()),
+        infra.valkey(root / "redis", redis_port, persist=False),
+        infra.postgres(root / "pg", pg_port, durable=True),
+    ):
+        procs.append(Process(spec, root / f"{spec.name}.log").start())
+    return {
+        "LIVEBET_NATS_URL": f"nats://127.0.0.1:{nats_port}",
+        "LIVEBET_REDIS_URL": f"redis://127.0.0.1:{redis_port}/0",
+        "LIVEBET_POSTGRES_DSN": infra.postgres_dsn(pg_port),
+        "LIVEBET_LOG_LEVEL": "WARNING",
+    }
+
+
 def postgres_pids(postmaster: int) -> list[int]:
     """The postmaster and its children (backends, WAL writer, checkpointer ...)."""
     with open(f"/proc/{postmaster}/task/{postmaster}/children") as f:
@@ -450,18 +468,9 @@ def main(argv: list[str] | None = None) -> int:
     procs: list[Process] = []
     procs_cleanup: list[subprocess.Popen[bytes]] = []
     try:
-        nats_port, redis_port, pg_port = infra.free_port(), infra.free_port(), infra.free_port()
-        for spec in (
-            infra.nats(root / "nats", nats_port, infra.free_port()),
-            infra.valkey(root / "redis", redis_port, persist=False),
-            infra.postgres(root / "pg", pg_port, durable=True),
-        ):
-            procs.append(Process(spec, root / f"{spec.name}.log").start())
+        env = start_servers(root, procs)
         postmaster = procs[-1].pid
-        dsn, redis_url = infra.postgres_dsn(pg_port), f"redis://127.0.0.1:{redis_port}/0"
-        env = {"LIVEBET_NATS_URL": f"nats://127.0.0.1:{nats_port}", "LIVEBET_REDIS_URL": redis_url}
-        env["LIVEBET_POSTGRES_DSN"] = dsn
-        env["LIVEBET_LOG_LEVEL"] = "WARNING"
+        dsn, redis_url = env["LIVEBET_POSTGRES_DSN"], env["LIVEBET_REDIS_URL"]
         targets = []
         betting_pids: list[int] = []
         metrics: list[str] = []

@@ -38,8 +38,8 @@ from livebet.betting.v1 import wallet_service_pb2 as ws
 from livebet.common.v1 import common_pb2
 from livebet.feed.v1 import event_pb2 as ev
 
-from betting.bench import _request
-from mesh import eventloop, infra
+from betting.bench import _request, start_servers
+from mesh import eventloop
 from mesh.process import Process, cpu_seconds, service_spec
 from pricing.live import codec
 from pricing.live.engine import Engine
@@ -174,20 +174,8 @@ def main(argv: list[str] | None = None) -> int:
     root.chmod(0o755)
     procs: list[Process] = []
     try:
-        nats_port, redis_port, pg_port = infra.free_port(), infra.free_port(), infra.free_port()
-        for spec in (
-            infra.nats(root / "nats", nats_port, infra.free_port()),
-            infra.valkey(root / "redis", redis_port, persist=False),
-            infra.postgres(root / "pg", pg_port, durable=True),
-        ):
-            procs.append(Process(spec, root / f"{spec.name}.log").start())
-        redis_url = f"redis://127.0.0.1:{redis_port}/0"
-        env = {
-            "LIVEBET_NATS_URL": f"nats://127.0.0.1:{nats_port}",
-            "LIVEBET_REDIS_URL": redis_url,
-            "LIVEBET_POSTGRES_DSN": infra.postgres_dsn(pg_port),
-            "LIVEBET_LOG_LEVEL": "WARNING",
-        }
+        env = start_servers(root, procs)
+        redis_url = env["LIVEBET_REDIS_URL"]
         betting = Process(service_spec("betting", "betting.server", env), root / "betting.log").start()
         procs.append(betting)
         print(

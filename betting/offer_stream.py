@@ -36,7 +36,6 @@ from collections.abc import AsyncIterator
 from typing import Any
 
 import grpc
-from google.protobuf.message import Message
 from livebet.betting.v1 import bet_pb2
 from livebet.betting.v1 import betting_service_pb2 as bs
 from nats.aio.client import Client as NatsClient
@@ -46,7 +45,7 @@ from betting.adapters.store import money
 from betting.cashout import CashOutDesk, not_open
 from betting.domain.rules import Refusal
 from feed.adapters.jetstream import token
-from mesh.errors import abort_bad_request
+from mesh.errors import abort_bad_request, duration_seconds
 
 MAX_BETS = 100
 DEFAULT_INTERVAL = 0.5
@@ -63,24 +62,6 @@ MIN_HEARTBEAT, MAX_HEARTBEAT = 1.0, 300.0
 CLOSED = frozenset({"settled", "cashed_out", "rejected", "voided"})
 
 Rows = dict[str, tuple[dict[str, Any], list[dict[str, Any]]]]
-
-
-def duration_seconds(
-    request: Message, field: str, default: float, bounds: tuple[float, float], bad: list[tuple[str, str]]
-) -> float:
-    """A ``google.protobuf.Duration`` field of a request in seconds, ``default`` when unset; one
-    outside ``bounds`` adds a field violation to ``bad``."""
-    if not request.HasField(field):
-        return default
-    value = float(getattr(request, field).ToTimedelta().total_seconds())
-    low, high = bounds
-    if not low <= value <= high:
-        bad.append((field, f"is {value:g} s: it must be from {_human(low)} to {_human(high)}"))
-    return value
-
-
-def _human(seconds: float) -> str:
-    return f"{seconds * 1000:g} ms" if seconds < 1 else f"{seconds:g} s"
 
 
 async def _request(

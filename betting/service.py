@@ -61,10 +61,10 @@ from betting.domain.rules import (
 )
 from betting.errors import abort_refused
 from betting.metrics import BetMetrics
-from betting.offer_stream import DEFAULT_HEARTBEAT, MAX_HEARTBEAT, MIN_HEARTBEAT, duration_seconds, watch_offers
+from betting.offer_stream import DEFAULT_HEARTBEAT, MAX_HEARTBEAT, MIN_HEARTBEAT, watch_offers
 from feed.adapters.jetstream import token
 from mesh import access
-from mesh.errors import abort_bad_request
+from mesh.errors import abort_bad_request, duration_seconds
 
 log = logging.getLogger("betting")
 MAX_PAGE = 100

@@ -7,6 +7,7 @@ from typing import Any, NoReturn
 
 import grpc
 from google.protobuf import any_pb2
+from google.protobuf.message import Message
 from google.rpc import code_pb2, error_details_pb2, status_pb2
 from grpc_status import rpc_status
 
@@ -26,3 +27,21 @@ async def abort_bad_request(context: grpc.aio.ServicerContext, violations: list[
     status = status_pb2.Status(code=code_pb2.INVALID_ARGUMENT, message=message, details=[pack(detail)])
     await context.abort_with_status(rpc_status.to_status(status))
     raise AssertionError("unreachable")
+
+
+def duration_seconds(
+    request: Message, field: str, default: float, bounds: tuple[float, float], bad: list[tuple[str, str]]
+) -> float:
+    """A ``google.protobuf.Duration`` field of a request in seconds, ``default`` when unset; one
+    outside ``bounds`` adds a field violation to ``bad``."""
+    if not request.HasField(field):
+        return default
+    value = float(getattr(request, field).ToTimedelta().total_seconds())
+    low, high = bounds
+    if not low <= value <= high:
+        bad.append((field, f"is {value:g} s: it must be from {_human(low)} to {_human(high)}"))
+    return value
+
+
+def _human(seconds: float) -> str:
+    return f"{seconds * 1000:g} ms" if seconds < 1 else f"{seconds:g} s"

@@ -144,11 +144,11 @@ class OddsView:
 
     async def match(self, match_id: str) -> MatchView:
         pipelined = self.source.pipelined
-        cached = self._cache.get(match_id)
-        if cached is not None and cached[2] and pipelined.fresh():
+        kept = self.kept(match_id)
+        if kept is not None:
             if self._reads is not None:
                 self._reads("cache")
-            return cached[1]  # Redis has not changed it since it was read
+            return kept  # Redis has not changed it since it was read
         seen = (self._resets, self._changes.get(match_id, 0))
         got = await pipelined.get(SNAP_KEY + match_id)
         if self._reads is not None:

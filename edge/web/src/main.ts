@@ -378,12 +378,14 @@ function onOffer(o: CashOutOffer): void {
   } else offers.set(o.betId, o.unavailableMessage);
 }
 
-/** The cash-out offers of the open bets, pushed by the betting service as the odds move
- * (WatchCashOutOffers: the first message has them all, then only what changed). */
-async function watchOffers(): Promise<void> {
-  offersStream?.abort();
-  const ctrl = new AbortController();
-  offersStream = ctrl;
+/** Keep a signed-in stream open until `ctrl` aborts or the token goes: `open(signal, live)` runs
+ * one connection (calling `live()` at each message) and is run again after a drop, with backoff,
+ * aborted when the browser goes offline. A refused token ends it (`refused`). */
+async function keepSignedIn(
+  ctrl: AbortController,
+  open: (signal: AbortSignal, live: () => void) => Promise<void>,
+  refused: () => void,
+): Promise<void> {
   let backoff = 250;
   while (!ctrl.signal.aborted && session.token) {
     const attempt = new AbortController();
@@ -392,15 +394,10 @@ async function watchOffers(): Promise<void> {
     online.signal.addEventListener("abort", stop);
     try {
       if (!navigator.onLine) throw new Error("offline");
-      const interval = { seconds: 0n, nanos: OFFER_INTERVAL_MS * 1_000_000 };
-      for await (const res of betting.watchCashOutOffers({ interval }, { signal: attempt.signal })) {
-        backoff = 250;
-        for (const o of res.offers) onOffer(o);
-        renderBets();
-      }
+      await open(attempt.signal, () => (backoff = 250));
     } catch (err) {
       if (ctrl.signal.aborted) return;
-      if (ConnectError.from(err).code === Code.Unauthenticated) return;
+      if (ConnectError.from(err).code === Code.Unauthenticated) return refused();
     } finally {
       ctrl.signal.removeEventListener("abort", stop);
       online.signal.removeEventListener("abort", stop);
@@ -408,6 +405,26 @@ async function watchOffers(): Promise<void> {
     await backoffSleep(backoff);
     backoff = Math.min(backoff * 2, 5000);
   }
+}
+
+/** The cash-out offers of the open bets, pushed by the betting service as the odds move
+ * (WatchCashOutOffers: the first message has them all, then only what changed). */
+async function watchOffers(): Promise<void> {
+  offersStream?.abort();
+  const ctrl = new AbortController();
+  offersStream = ctrl;
+  const interval = { seconds: 0n, nanos: OFFER_INTERVAL_MS * 1_000_000 };
+  await keepSignedIn(
+    ctrl,
+    async (signal, live) => {
+      for await (const res of betting.watchCashOutOffers({ interval }, { signal })) {
+        live();
+        for (const o of res.offers) onOffer(o);
+        renderBets();
+      }
+    },
+    () => {}, // the bets' stream signs out
+  );
 }
 
 async function cashOut(betId: string): Promise<void> {
@@ -433,18 +450,13 @@ async function watchBets(): Promise<void> {
   betsStream?.abort();
   const ctrl = new AbortController();
   betsStream = ctrl;
-  let backoff = 250;
-  while (!ctrl.signal.aborted && session.token) {
-    const attempt = new AbortController();
-    const stop = () => attempt.abort();
-    ctrl.signal.addEventListener("abort", stop);
-    online.signal.addEventListener("abort", stop);
-    try {
-      if (!navigator.onLine) throw new Error("offline");
-      const page = await betting.listBets({ pageSize: 20 }, { signal: attempt.signal });
+  await keepSignedIn(
+    ctrl,
+    async (signal, live) => {
+      const page = await betting.listBets({ pageSize: 20 }, { signal });
       for (const b of page.bets) upsertBet(b);
-      for await (const res of betting.watchBets({ includeOpen: true }, { signal: attempt.signal })) {
-        backoff = 250;
+      for await (const res of betting.watchBets({ includeOpen: true }, { signal })) {
+        live();
         const ev = res.event;
         if (ev?.bet) upsertBet(ev.bet);
         if (ev?.balance && balance) {
@@ -452,16 +464,9 @@ async function watchBets(): Promise<void> {
           void refreshBalance();
         }
       }
-    } catch (err) {
-      if (ctrl.signal.aborted) return;
-      if (ConnectError.from(err).code === Code.Unauthenticated) return signOut("your token was refused: sign in again");
-    } finally {
-      ctrl.signal.removeEventListener("abort", stop);
-      online.signal.removeEventListener("abort", stop);
-    }
-    await backoffSleep(backoff);
-    backoff = Math.min(backoff * 2, 5000);
-  }
+    },
+    () => signOut("your token was refused: sign in again"),
+  );
 }
 
 function signIn(token: string): void {
