@@ -18,6 +18,7 @@ import nats
 import psycopg
 import redis.asyncio as aioredis
 from nats.aio.client import Client as NatsClient
+from nats.aio.msg import Msg
 from nats.js import JetStreamContext
 from psycopg_pool import AsyncConnectionPool
 
@@ -132,13 +133,37 @@ class NatsDependency(Dependency):
                 delay = backoff.next()
                 log.warning("nats connect failed, retrying in %.2fs: %s", delay, exc)
                 await asyncio.sleep(delay)
-        # A server that hangs (rather than closing the socket) is noticed by a round trip that
-        # does not come back: PING/PONG through flush().
-        while not self._closing and self._nc is not None:
+        if self._nc is not None:  # None only when closed before it ever connected
+            await self._probe(self._nc)
+
+    async def _probe(self, nc: NatsClient) -> None:
+        """A server that hangs (rather than closing the socket) is noticed by a round trip that
+        does not come back: a message to ourselves through the server, every ``interval``.
+
+        Not ``flush()``: when its PONG times out, nats-py cancels the future but leaves it queued,
+        and the PONG that comes late (the server was only slow) raises ``InvalidStateError`` in
+        nats-py's read loop, which then stops reading for good. The connection looks connected
+        and publishes still leave, but no message, reply or JetStream ack is read again until
+        the stale-connection check (pings every 5 s, 2 outstanding) reconnects, 10-15 s later."""
+        subject = nc.new_inbox()
+        expected = b""
+        echoed = asyncio.Event()
+
+        async def on_echo(msg: Msg) -> None:
+            if msg.data == expected:
+                echoed.set()
+
+        await nc.subscribe(subject, cb=on_echo)
+        sent = 0
+        while not self._closing:
             await asyncio.sleep(self.interval)
+            sent += 1
+            expected = str(sent).encode()
+            echoed.clear()
             try:
-                await self._nc.flush(timeout=max(1, round(2 * self.interval)))
-                self._set_up(self._nc.is_connected)
+                await nc.publish(subject, expected)
+                await asyncio.wait_for(echoed.wait(), max(1.0, 2 * self.interval))
+                self._set_up(nc.is_connected)
             except Exception:
                 self._set_up(False)
 

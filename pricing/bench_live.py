@@ -135,7 +135,9 @@ async def live_run(
     generator, this process, is added as ``load``)."""
     async with access.aio_channel(feed, "svc:bench", [access.FEED]) as fch:
         fstub = feed_service_pb2_grpc.FeedServiceStub(fch)
-        await fstub.PublishBatch(fs.PublishBatchRequest(provider="bl", events=[_fixture(i) for i in range(matches)]))
+        await fstub.PublishBatch(
+            fs.PublishBatchRequest(provider="bl", events=[_fixture(i) for i in range(matches)]), timeout=30
+        )
         await _priced(odds, [f"bl:{i}" for i in range(matches)])  # fitting 200 fixtures takes seconds
         hist = HdrHistogram(1, 60_000_000, 3)
         engine_hist = HdrHistogram(1, 60_000_000, 3)  # feed received -> engine published
@@ -587,7 +589,10 @@ def main(argv: list[str] | None = None) -> int:
     finally:
         for p in reversed(procs):
             p.stop()
-        shutil.rmtree(root, ignore_errors=True)
+        if os.environ.get("LIVEBET_KEEP_TEST_DIRS") == "1":
+            print(f"kept {root}", file=sys.stderr)
+        else:
+            shutil.rmtree(root, ignore_errors=True)
     result: dict[str, object] = {
         "live": live,
         "rounds": rounds,
