@@ -27,7 +27,8 @@ from betting.adapters.outbox import ensure_stream, run_relay
 from betting.adapters.store import STATUS_NAME, Store
 from betting.domain.rules import Config
 from betting.metrics import BetMetrics
-from betting.service import BettingApi, Decider, WalletApi
+from betting.service import BettingApi, Decider
+from betting.wallet import WalletApi
 from mesh.deps import NatsDependency, PostgresDependency, RedisDependency
 from mesh.service import ServiceApp, run
 from mesh.tasks import cancel_and_wait

@@ -19,20 +19,19 @@ import contextlib
 import logging
 import uuid
 from collections.abc import AsyncIterator
-from datetime import UTC
 from decimal import Decimal
 from typing import Any, NoReturn
 
 import grpc
 import psycopg
-from livebet.betting.v1 import bet_pb2, betting_service_pb2_grpc, wallet_service_pb2_grpc
+from livebet.betting.v1 import bet_pb2, betting_service_pb2_grpc
 from livebet.betting.v1 import betting_service_pb2 as bs
-from livebet.betting.v1 import wallet_service_pb2 as ws
 from nats.aio.client import Client as NatsClient
 from nats.aio.msg import Msg
 from redis.exceptions import RedisError
 
 from betting.adapters.odds import MatchView, OddsView
+from betting.adapters.protection import OnBreak
 from betting.adapters.store import (
     STATUS_NAME,
     Conflict,
@@ -42,12 +41,11 @@ from betting.adapters.store import (
     Placement,
     Store,
     digest,
-    money,
     page_token,
     parse_page_token,
 )
 from betting.cashout import CashOutDesk
-from betting.domain.money import MoneyError, major_to_minor, to_minor
+from betting.domain.money import major_to_minor
 from betting.domain.rules import (
     BadRequest,
     Config,
@@ -175,6 +173,8 @@ class BettingApi(betting_service_pb2_grpc.BettingServiceServicer):
             await self._refuse(context, bet_pb2.REJECT_REASON_LIABILITY_LIMIT, str(err))
         except DailyLimitExceeded as err:
             await self._refuse(context, bet_pb2.REJECT_REASON_ACCOUNT_LIMIT, str(err))
+        except OnBreak as err:
+            await self._refuse(context, bet_pb2.REJECT_REASON_ACCOUNT_ON_BREAK, str(err))
         except Conflict as err:
             await context.abort(grpc.StatusCode.ALREADY_EXISTS, str(err))
         if created:
@@ -309,137 +309,3 @@ async def _unavailable(context: grpc.aio.ServicerContext, method: str, err: Exce
     log.warning(f"{method}: a dependency failed", extra={"error": str(err)})
     await context.abort(grpc.StatusCode.UNAVAILABLE, f"{what} unavailable right now; retry with the same request_id")
     raise AssertionError("unreachable") from err
-
-
-class WalletApi(wallet_service_pb2_grpc.WalletServiceServicer):
-    def __init__(self, store: Store, config: Config) -> None:
-        self.store, self.config = store, config
-
-    async def _move(self, request: Any, context: grpc.aio.ServicerContext, withdraw: bool) -> tuple[str, int, str]:
-        account = await account_of(context)
-        bad = []
-        if not request.request_id or len(request.request_id) > 128:
-            bad.append(("request_id", "is required (at most 128 characters)"))
-        currency = request.amount.currency_code
-        amount = 0
-        try:
-            amount = to_minor(currency, request.amount.minor_units, request.amount.decimal)
-        except MoneyError as err:
-            bad.append(("amount", str(err)))
-        if bad:
-            await abort_bad_request(context, bad)
-        try:
-            txn, balance = await self.store.wallet(
-                account,
-                currency,
-                amount,
-                request.request_id,
-                digest(request.SerializeToString(deterministic=True)),
-                withdraw,
-            )
-        except InsufficientFunds as err:
-            await abort_refused(context, bet_pb2.REJECT_REASON_INSUFFICIENT_FUNDS, str(err))
-        except Conflict as err:
-            await context.abort(grpc.StatusCode.ALREADY_EXISTS, str(err))
-        return txn, balance, currency
-
-    async def Deposit(self, request: ws.DepositRequest, context: grpc.aio.ServicerContext) -> ws.DepositResponse:
-        txn, balance, currency = await self._move(request, context, False)
-        return ws.DepositResponse(transaction_id=txn, balance=money(balance, currency))
-
-    async def Withdraw(self, request: ws.WithdrawRequest, context: grpc.aio.ServicerContext) -> ws.WithdrawResponse:
-        txn, balance, currency = await self._move(request, context, True)
-        return ws.WithdrawResponse(transaction_id=txn, balance=money(balance, currency))
-
-    async def _currency(self, account: str, given: str, context: grpc.aio.ServicerContext) -> str:
-        if given:
-            from betting.domain.money import EXPONENT
-
-            if given not in EXPONENT:
-                await abort_bad_request(context, [("currency_code", f"currency {given!r} is not supported")])
-            return given
-        found = await self.store.currencies(account)
-        return found[0] if found else "EUR"
-
-    async def SetStakeLimits(
-        self, request: ws.SetStakeLimitsRequest, context: grpc.aio.ServicerContext
-    ) -> ws.SetStakeLimitsResponse:
-        account = await account_of(context)
-        bad: list[tuple[str, str]] = []
-        amounts: dict[str, int | None] = {}
-        currencies = set()
-        for name in ("max_stake", "max_daily_stake"):
-            m = getattr(request, name)
-            if not request.HasField(name):
-                amounts[name] = None
-                continue
-            currencies.add(m.currency_code)
-            try:
-                amounts[name] = to_minor(m.currency_code, m.minor_units, m.decimal)
-                cap = self.config.max_stake if name == "max_stake" else self.config.max_daily_stake
-                if amounts[name] > major_to_minor(cap, m.currency_code):  # type: ignore[operator]
-                    bad.append((name, f"is above the operator's limit of {cap} {m.currency_code}"))
-            except MoneyError as err:
-                bad.append((name, str(err)))
-        if len(currencies) != 1:
-            bad.append(("max_stake", "set at least one limit, both in the same currency"))
-        if bad:
-            await abort_bad_request(context, bad)
-        currency = currencies.pop()
-        await self.store.set_limits(account, currency, amounts["max_stake"], amounts["max_daily_stake"])
-        out = ws.SetStakeLimitsResponse()
-        for name, value in amounts.items():
-            if value is not None:
-                getattr(out, name).CopyFrom(money(value, currency))
-        return out
-
-    async def GetBalance(
-        self, request: ws.GetBalanceRequest, context: grpc.aio.ServicerContext
-    ) -> ws.GetBalanceResponse:
-        account = await account_of(context)
-        currency = await self._currency(account, request.currency_code, context)
-        available, held = await self.store.balance(account, currency)
-        return ws.GetBalanceResponse(available=money(available, currency), held=money(held, currency))
-
-    async def ListTransactions(
-        self, request: ws.ListTransactionsRequest, context: grpc.aio.ServicerContext
-    ) -> ws.ListTransactionsResponse:
-        account = await account_of(context)
-        bad = []
-        if request.page_size < 0 or request.page_size > MAX_PAGE:
-            bad.append(("page_size", f"must be 0-{MAX_PAGE} (0: the default 20)"))
-        before = None
-        if request.page_token:
-            try:
-                before = int(request.page_token)
-            except ValueError:
-                bad.append(("page_token", "is not a token this service returned"))
-        if bad:
-            await abort_bad_request(context, bad)
-        currency = await self._currency(account, request.currency_code, context)
-        size = request.page_size or 20
-        rows = await self.store.transactions(account, currency, size + 1, before)
-        out = ws.ListTransactionsResponse()
-        for r in rows[:size]:
-            t = out.transactions.add(
-                transaction_id=str(r["transaction_id"]),
-                kind=_KINDS.get(r["kind"], ws.TRANSACTION_KIND_UNSPECIFIED),
-                amount=money(int(r["amount"]), currency),
-                balance_after=money(int(r["balance_after"]), currency),
-                bet_id=str(r["bet_id"] or ""),
-            )
-            t.booked_at.FromDatetime(r["created_at"].astimezone(UTC))
-        if len(rows) > size:
-            out.next_page_token = str(rows[size - 1]["posting_id"])
-        return out
-
-
-_KINDS = {
-    "deposit": ws.TRANSACTION_KIND_DEPOSIT,
-    "withdrawal": ws.TRANSACTION_KIND_WITHDRAWAL,
-    "stake_hold": ws.TRANSACTION_KIND_STAKE_HOLD,
-    "stake_release": ws.TRANSACTION_KIND_STAKE_RELEASE,
-    "settlement": ws.TRANSACTION_KIND_SETTLEMENT,
-    "correction": ws.TRANSACTION_KIND_CORRECTION,
-    "cash_out": ws.TRANSACTION_KIND_CASH_OUT,
-}

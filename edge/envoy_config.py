@@ -115,6 +115,7 @@ IDEMPOTENT = (
     "/livebet.betting.v1.WalletService/Withdraw",
     "/livebet.betting.v1.WalletService/GetBalance",
     "/livebet.betting.v1.WalletService/ListTransactions",
+    "/livebet.betting.v1.WalletService/GetLimits",
     "/livebet.settlement.v1.SettlementService/GetSettlement",
     "/livebet.settlement.v1.SettlementService/ListSettlements",
 )

@@ -44,4 +44,6 @@ def duration_seconds(
 
 
 def _human(seconds: float) -> str:
+    if seconds >= 86400:
+        return f"{seconds / 86400:g} days" if seconds != 86400 else "1 day"
     return f"{seconds * 1000:g} ms" if seconds < 1 else f"{seconds:g} s"

@@ -30,6 +30,7 @@ from livebet.common.v1 import common_pb2
 from psycopg.rows import dict_row
 from psycopg_pool import AsyncConnectionPool
 
+from betting.adapters.protection import OnBreak, check_deposit
 from betting.domain.money import format_minor
 from betting.domain.rules import Leg, Ticket, specifiers_of
 from feed.adapters.jetstream import token
@@ -262,7 +263,7 @@ def bet_proto(row: dict[str, Any], legs: Sequence[dict[str, Any]]) -> bet_pb2.Be
 
 
 def _refusal(state: str | None, message: str, detail: str | None, t: Ticket) -> Exception | None:
-    """The refusal ``betting.place_bet`` raised (SQLSTATEs LB001-LB003), or None for another error."""
+    """The refusal ``betting.place_bet`` raised (SQLSTATEs LB001-LB004), or None for another error."""
     currency = t.currency
     if state == "LB001":
         return InsufficientFunds(
@@ -270,6 +271,9 @@ def _refusal(state: str | None, message: str, detail: str | None, t: Ticket) -> 
         )
     if state == "LB002":
         return LiabilityExceeded.of(message)
+    if state == "LB004" and detail:
+        with contextlib.suppress(ValueError):
+            return OnBreak(datetime.fromtimestamp(float(detail), UTC))
     if state == "LB003":
         if detail and detail.isdigit():
             message = f"stake is above your limit of {format_minor(int(detail), currency)} {currency} a bet"
@@ -392,6 +396,14 @@ class Store:
         sign = -1 if withdraw else 1
         try:
             async with self.pool.connection() as conn, conn.transaction(), conn.cursor(row_factory=dict_row) as cur:
+                if not withdraw:
+                    await cur.execute(
+                        """SELECT 1 FROM betting.transactions
+                           WHERE owner = %s AND request_id = %s AND kind IN ('deposit', 'withdrawal')""",
+                        (owner, request_id),
+                    )
+                    if await cur.fetchone() is None:  # a repeated request gets its first answer below
+                        await check_deposit(cur, owner, currency, amount)
                 await self._ensure_accounts(cur, owner, currency)
                 txn, balance = await self._post(
                     cur,
@@ -429,15 +441,6 @@ class Store:
             )
             found: dict[str, int] = {kind: balance for kind, balance in await cur.fetchall()}
         return int(found.get("player", 0)), int(found.get("held", 0))
-
-    async def set_limits(self, owner: str, currency: str, max_stake: int | None, max_daily: int | None) -> None:
-        async with self.pool.connection() as conn:
-            await conn.execute(
-                """INSERT INTO betting.account_limits (account_id, currency, max_stake, max_daily_stake)
-                   VALUES (%s, %s, %s, %s) ON CONFLICT (account_id, currency)
-                   DO UPDATE SET max_stake = excluded.max_stake, max_daily_stake = excluded.max_daily_stake""",
-                (owner, currency, max_stake, max_daily),
-            )
 
     async def currencies(self, owner: str) -> list[str]:
         async with self.pool.connection() as conn, conn.cursor() as cur:

@@ -38,7 +38,16 @@ _POLICIES = {
 
 
 # --- configuration ----------------------------------------------------------------------------
-_LIMITS = ("min_stake", "max_stake", "max_payout", "min_odds", "max_odds", "max_liability", "max_daily_stake")
+_LIMITS = (
+    "min_stake",
+    "max_stake",
+    "max_payout",
+    "min_odds",
+    "max_odds",
+    "max_liability",
+    "max_daily_stake",
+    "limit_cooling_off",
+)
 
 
 @dataclass(frozen=True)
@@ -56,6 +65,8 @@ class Config:
     in_play_delay: Mapping[tuple[str, str], float] = field(default_factory=lambda: {("football", ""): 5.0})
     pre_match_delay: Mapping[tuple[str, str], float] = field(default_factory=lambda: {("football", ""): 0.0})
     cash_out_margin: Decimal = Decimal("0.05")  # taken off a cash-out's value (betting.domain.cashout)
+    # seconds before a player's own limit that they loosened takes over (betting.domain.protection)
+    limit_cooling_off: Decimal = Decimal("86400")
 
     def delay(self, sport: str, market_type: str, in_play: bool) -> float:
         table = self.in_play_delay if in_play else self.pre_match_delay
@@ -65,7 +76,8 @@ class Config:
     def from_env(cls, env: Mapping[str, str] | None = None) -> Config:
         """``LIVEBET_BETTING_<LIMIT>`` (e.g. ``LIVEBET_BETTING_MAX_STAKE=500``) and
         ``LIVEBET_BETTING_IN_PLAY_DELAY`` / ``..._PRE_MATCH_DELAY`` as ``football=5,football/next_goal=8``,
-        ``LIVEBET_BETTING_CASH_OUT_MARGIN`` (e.g. ``0.05``)."""
+        ``LIVEBET_BETTING_CASH_OUT_MARGIN`` (e.g. ``0.05``), ``LIVEBET_BETTING_LIMIT_COOLING_OFF``
+        (seconds, default 86400)."""
         e = os.environ if env is None else env
         values: dict[str, object] = {}
         for name in _LIMITS:

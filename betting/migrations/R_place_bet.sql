@@ -6,7 +6,8 @@
 -- one from hourly stake buckets, 0009), the liability and the outbox event, all or nothing. The
 -- rules (prices, policies, operator limits) were applied by the service before the call; this
 -- function only writes, and refuses with these SQLSTATEs:
---   LB001 insufficient funds, LB002 liability limit (message: the leg), LB003 the player's own limit.
+--   LB001 insufficient funds, LB002 liability limit (message: the leg), LB003 the player's own limit,
+--   LB004 the player is on a break (0014; detail: its end, as seconds since 1970).
 -- When the (account, request id) exists already nothing is written and outcome = 'exists'.
 -- betting.place_bets (0010) calls it once per bet of a batch, each in its own subtransaction.
 --
@@ -14,7 +15,7 @@
 -- buckets in 0009; its NOTIFY betting_outbox removed by what was 0011 (the betting process wakes
 -- its own outbox relay when a batch commits, and PostgreSQL's CPU per bet fell by a tenth without
 -- the NOTIFY; settlement, rollbacks and bet cancels still notify). 0011 became this file;
--- databases that applied 0011 keep its record.
+-- databases that applied 0011 keep its record. Breaks and pending (cooled-off) limits: 0014.
 CREATE OR REPLACE FUNCTION betting.place_bet(
     p_bet_id uuid, p_account text, p_request_id text, p_digest bytea, p_currency char(3), p_stake bigint,
     p_policy smallint, p_status text, p_odds numeric, p_payout bigint, p_in_play boolean, p_delay float8,
@@ -32,6 +33,7 @@ DECLARE
     v_own_daily bigint;
     v_amount bigint;
     v_leg jsonb;
+    v_break timestamptz;
 BEGIN
     INSERT INTO betting.bets AS b (bet_id, account_id, request_id, request_digest, currency, stake, policy, status,
                                    odds, potential_payout, in_play, placed_at, decide_at, decided_at)
@@ -43,6 +45,11 @@ BEGIN
         RETURN QUERY SELECT 'exists'::text, b.bet_id, 0::bigint, b.placed_at, b.decided_at, b.request_digest
                      FROM betting.bets b WHERE b.account_id = p_account AND b.request_id = p_request_id;
         RETURN;
+    END IF;
+    SELECT k.until INTO v_break FROM betting.breaks k WHERE k.account_id = p_account;
+    IF v_break > v_now THEN
+        RAISE EXCEPTION 'on a break from betting' USING ERRCODE = 'LB004',
+            DETAIL = extract(epoch FROM v_break)::text;
     END IF;
 
     INSERT INTO betting.selections (bet_id, leg, match_id, market_key, market_type, outcome_id, requested_odds,
@@ -69,7 +76,10 @@ BEGIN
            (v_txn, 'player:' || p_account || ':' || p_currency, -p_stake, p_bet_id);
     v_balance := v_balance - p_stake;
 
-    SELECT l.max_stake, l.max_daily_stake INTO v_own_max, v_own_daily
+    -- the player's own limits: the pending set once its cooling-off is over (0014)
+    SELECT CASE WHEN l.pending_from <= v_now THEN l.pending_max_stake ELSE l.max_stake END,
+           CASE WHEN l.pending_from <= v_now THEN l.pending_max_daily_stake ELSE l.max_daily_stake END
+      INTO v_own_max, v_own_daily
     FROM betting.account_limits l WHERE l.account_id = p_account AND l.currency = p_currency;
     IF v_own_max IS NOT NULL AND p_stake > v_own_max THEN
         RAISE EXCEPTION 'stake is above your limit a bet' USING ERRCODE = 'LB003', DETAIL = v_own_max::text;

@@ -180,3 +180,18 @@ def test_watch_odds_streams_newline_delimited_json(mesh: Mesh) -> None:
 
 def _eur(units: int) -> dict[str, str]:
     return {"currencyCode": "EUR", "minorUnits": str(units)}
+
+
+def test_player_protection_over_rest(mesh: Mesh) -> None:
+    t = token(mesh, f"rest-rg-{uuid.uuid4().hex[:6]}")
+    status, got = call(mesh, "PUT", "/v1/wallet/deposit-limits", {"limits": {"maxDaily": _eur(3000)}}, t)
+    assert status == 200 and got["limits"]["maxDaily"]["decimal"] == "30.00", (status, got)
+    assert call(mesh, "POST", "/v1/wallet/deposits", {"requestId": "d1", "amount": _eur(2000)}, t)[0] == 200
+    status, err = call(mesh, "POST", "/v1/wallet/deposits", {"requestId": "d2", "amount": _eur(2000)}, t)
+    assert status == 400 and err["code"] == 9 and "up to 10.00 EUR" in err["message"], (status, err)
+    status, got = call(mesh, "POST", "/v1/wallet/breaks", {"duration": "86400s"}, t)
+    assert status == 200 and got["until"], (status, got)
+    status, got = call(mesh, "GET", "/v1/wallet/limits?currency_code=EUR", token=t)
+    assert status == 200 and got["deposit"]["maxDaily"]["decimal"] == "30.00" and got["breakUntil"], got
+    status, err = call(mesh, "POST", "/v1/wallet/deposits", {"requestId": "d3", "amount": _eur(100)}, t)
+    assert status == 400 and "break" in err["message"], (status, err)

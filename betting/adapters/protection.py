@@ -1,0 +1,198 @@
+"""Player protection in PostgreSQL (migration 0014): the player's own stake and deposit limits
+with their pending (cooling-off) sets, breaks, and the append-only log of every change. The
+rules are :mod:`betting.domain.protection`'s; this module reads and writes rows.
+
+The limits of a bet are checked by ``betting.place_bet`` itself (R_place_bet.sql), in the bet's
+transaction; a deposit's by :func:`check_deposit`, in the deposit's transaction.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from typing import Any
+
+import orjson
+import psycopg
+from psycopg.rows import dict_row
+from psycopg_pool import AsyncConnectionPool
+
+from betting.domain.protection import DEPOSIT_PERIODS, LimitSet, break_until, deposit_refusal
+
+
+@dataclass(frozen=True)
+class Kind:
+    """One kind of limit set: its table and its columns (each with a ``pending_`` twin)."""
+
+    name: str
+    table: str
+    columns: tuple[str, ...]
+
+
+STAKE = Kind("stake_limits", "betting.account_limits", ("max_stake", "max_daily_stake"))
+DEPOSIT = Kind("deposit_limits", "betting.deposit_limits", ("max_daily", "max_weekly", "max_monthly"))
+
+
+class OnBreak(Exception):
+    """The player is on a break until ``until``."""
+
+    def __init__(self, until: datetime) -> None:
+        super().__init__(f"you are on a break from betting until {until.isoformat(timespec='seconds')}")
+        self.until = until
+
+
+class DepositLimitExceeded(Exception):
+    pass
+
+
+@dataclass(frozen=True)
+class Protection:
+    """What GetLimits shows: each set as it stands now (a due pending set already in force)."""
+
+    stake: LimitSet
+    deposit: LimitSet
+    break_until: datetime | None
+
+
+def _limit_set(kind: Kind, row: dict[str, Any] | None) -> LimitSet:
+    if row is None:
+        return LimitSet((None,) * len(kind.columns))
+    pending = None
+    if row["pending_from"] is not None:
+        pending = tuple(row[f"pending_{c}"] for c in kind.columns)
+    return LimitSet(tuple(row[c] for c in kind.columns), pending, row["pending_from"])
+
+
+def _select(kind: Kind, lock: bool) -> str:
+    cols = ", ".join([*kind.columns, *(f"pending_{c}" for c in kind.columns), "pending_from"])
+    return f"SELECT {cols} FROM {kind.table} WHERE account_id = %s AND currency = %s" + (" FOR UPDATE" if lock else "")
+
+
+async def _now(cur: psycopg.AsyncCursor[Any]) -> datetime:
+    """The transaction's time: every service and replica judges by the database's clock."""
+    await cur.execute("SELECT now() AS now")
+    row = await cur.fetchone()
+    assert row is not None
+    return row["now"]
+
+
+async def _break(cur: psycopg.AsyncCursor[Any], owner: str, lock: bool = False) -> datetime | None:
+    await cur.execute(
+        "SELECT until FROM betting.breaks WHERE account_id = %s" + (" FOR UPDATE" if lock else ""), (owner,)
+    )
+    row = await cur.fetchone()
+    return row["until"] if row else None
+
+
+async def _log(cur: psycopg.AsyncCursor[Any], owner: str, action: str, detail: dict[str, Any]) -> None:
+    await cur.execute(
+        "INSERT INTO betting.protection_log (account_id, action, detail) VALUES (%s, %s, %s)",
+        (owner, action, orjson.dumps(detail).decode()),
+    )
+
+
+async def check_deposit(cur: psycopg.AsyncCursor[Any], owner: str, currency: str, amount: int) -> None:
+    """Raise :class:`OnBreak` or :class:`DepositLimitExceeded` if the player may not deposit
+    ``amount`` now. Locks the player's deposit limits row first, so that deposits made at the
+    same time are added up one after the other."""
+    now = await _now(cur)
+    until = await _break(cur, owner)
+    if until is not None and until > now:
+        raise OnBreak(until)
+    await cur.execute(_select(DEPOSIT, lock=True), (owner, currency))
+    limits = _limit_set(DEPOSIT, await cur.fetchone()).at(now).amounts
+    if all(limit is None for limit in limits):
+        return
+    sums = ", ".join(
+        f"coalesce(sum(p.amount) FILTER (WHERE t.created_at > now() - interval '{int(d.total_seconds())} seconds'), 0)"
+        f" AS d{i}"
+        for i, (_, d) in enumerate(DEPOSIT_PERIODS)
+    )
+    longest = int(max(d for _, d in DEPOSIT_PERIODS).total_seconds())
+    await cur.execute(
+        f"""SELECT {sums}
+            FROM betting.transactions t
+            JOIN betting.postings p ON p.transaction_id = t.transaction_id AND p.account_id = %s
+            WHERE t.owner = %s AND t.currency = %s AND t.kind = 'deposit'
+              AND t.created_at > now() - interval '{longest} seconds'""",
+        (f"player:{owner}:{currency}", owner, currency),
+    )
+    row = await cur.fetchone()
+    assert row is not None
+    deposited = [int(row[f"d{i}"]) for i in range(len(DEPOSIT_PERIODS))]
+    why = deposit_refusal(limits, deposited, amount, currency)
+    if why:
+        raise DepositLimitExceeded(why)
+
+
+class ProtectionStore:
+    """``source``: anything with a ``pool`` (as :class:`betting.adapters.store.Store`'s)."""
+
+    def __init__(self, source: Any) -> None:
+        self.source = source
+
+    @property
+    def pool(self) -> AsyncConnectionPool:
+        return self.source.pool
+
+    async def get(self, owner: str, currency: str) -> Protection:
+        async with self.pool.connection() as conn, conn.cursor(row_factory=dict_row) as cur:
+            now = await _now(cur)
+            sets = []
+            for kind in (STAKE, DEPOSIT):
+                await cur.execute(_select(kind, lock=False), (owner, currency))
+                sets.append(_limit_set(kind, await cur.fetchone()).at(now))
+            until = await _break(cur, owner)
+        return Protection(sets[0], sets[1], until if until is not None and until > now else None)
+
+    async def set_limits(
+        self, kind: Kind, owner: str, currency: str, wanted: tuple[int | None, ...], cooling_off: timedelta
+    ) -> LimitSet:
+        """The player asks for ``wanted``: tighter at once, looser after ``cooling_off``. Returns
+        the set as it now stands."""
+        cols = kind.columns
+        async with self.pool.connection() as conn, conn.transaction(), conn.cursor(row_factory=dict_row) as cur:
+            now = await _now(cur)
+            # the row first, then its lock: two changes at once are applied one after the other
+            await cur.execute(
+                f"INSERT INTO {kind.table} (account_id, currency) VALUES (%s, %s) ON CONFLICT DO NOTHING",
+                (owner, currency),
+            )
+            await cur.execute(_select(kind, lock=True), (owner, currency))
+            before = _limit_set(kind, await cur.fetchone())
+            after = before.change(wanted, now, cooling_off)
+            pending = after.pending or (None,) * len(cols)
+            assignments = ", ".join(
+                [*(f"{c} = %s" for c in cols), *(f"pending_{c} = %s" for c in cols), "pending_from = %s"]
+            )
+            await cur.execute(
+                f"UPDATE {kind.table} SET {assignments} WHERE account_id = %s AND currency = %s",
+                (*after.amounts, *pending, after.pending_from, owner, currency),
+            )
+            await _log(
+                cur,
+                owner,
+                kind.name,
+                {
+                    "currency": currency,
+                    "asked": dict(zip(cols, wanted, strict=True)),
+                    "in_force": dict(zip(cols, after.amounts, strict=True)),
+                    "pending": dict(zip(cols, after.pending, strict=True)) if after.pending else None,
+                    "pending_from": after.pending_from.isoformat() if after.pending_from else None,
+                },
+            )
+        return after
+
+    async def take_break(self, owner: str, duration: timedelta) -> datetime:
+        """Start or lengthen the player's break; returns its end."""
+        async with self.pool.connection() as conn, conn.transaction(), conn.cursor(row_factory=dict_row) as cur:
+            now = await _now(cur)
+            current = await _break(cur, owner, lock=True)
+            until = break_until(current if current is not None and current > now else None, now, duration)
+            await cur.execute(
+                """INSERT INTO betting.breaks (account_id, until, taken_at) VALUES (%s, %s, now())
+                   ON CONFLICT (account_id) DO UPDATE SET until = excluded.until, taken_at = excluded.taken_at""",
+                (owner, until),
+            )
+            await _log(cur, owner, "break", {"asked_seconds": duration.total_seconds(), "until": until.isoformat()})
+        return until

@@ -1,0 +1,260 @@
+"""Player protection on the real betting service, PostgreSQL, NATS, Valkey, feed and pricing:
+a player's own stake and deposit limits (tighter at once, looser after the cooling-off, here
+2 s), breaks from betting, the log of changes, and bad input."""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import grpc
+import psycopg
+import pytest
+from google.protobuf.duration_pb2 import Duration
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+from livebet.betting.v1 import bet_pb2
+from livebet.betting.v1 import wallet_service_pb2 as ws
+from livebet.common.v1 import common_pb2
+
+from tests.component.betting_env import Env, balance, deposit, eur, md, place, priced, selection, start
+from tests.component.test_betting import _MONEY, _refused
+from tests.component.test_feed_service import fixture
+
+ONE = "1x2"
+COOLING_OFF = 2.0
+
+
+@pytest.fixture(scope="module")
+def env(servers_root: Path) -> Iterator[Env]:
+    yield from start(servers_root, "protect", {"LIVEBET_BETTING_LIMIT_COOLING_OFF": str(COOLING_OFF)})
+
+
+@pytest.fixture(autouse=True)
+def ledger_stays_balanced(env: Env) -> Iterator[None]:
+    yield
+    env.check_ledger()
+
+
+def stake_limits(env: Env, account: str, **limits: int) -> ws.SetStakeLimitsResponse:
+    req = ws.SetStakeLimitsRequest(**{k: eur(v) for k, v in limits.items()})
+    return env.wallet.SetStakeLimits(req, metadata=md(account), timeout=10)
+
+
+def deposit_limits(env: Env, account: str, **limits: int) -> ws.SetDepositLimitsResponse:
+    req = ws.SetDepositLimitsRequest(limits=ws.DepositLimits(**{k: eur(v) for k, v in limits.items()}))
+    return env.wallet.SetDepositLimits(req, metadata=md(account), timeout=10)
+
+
+def limits_of(env: Env, account: str) -> ws.GetLimitsResponse:
+    return env.wallet.GetLimits(ws.GetLimitsRequest(currency_code="EUR"), metadata=md(account), timeout=10)
+
+
+def take_break(env: Env, account: str, days: float) -> ws.TakeBreakResponse:
+    req = ws.TakeBreakRequest(duration=Duration(seconds=int(days * 86400)))
+    return env.wallet.TakeBreak(req, metadata=md(account), timeout=10)
+
+
+def reason(details: list[object]) -> str:
+    return str(details[0].reason)  # type: ignore[attr-defined]
+
+
+def bets_of(env: Env, account: str) -> int:
+    with psycopg.connect(env.dsn) as conn:
+        row = conn.execute("SELECT count(*) FROM betting.bets WHERE account_id = %s", (account,)).fetchone()
+    return int(row[0]) if row else -1
+
+
+def after_cooling_off(pending_from: datetime) -> None:
+    time.sleep(max(0.0, (pending_from - datetime.now(UTC)).total_seconds()) + 0.2)
+
+
+def test_a_stake_limit_tightens_at_once_and_loosens_after_the_cooling_off(env: Env) -> None:
+    env.send(fixture("rp1"))
+    priced(env, "rp1")
+    deposit(env, "rg1", 10_000, "rg1-d")
+    odds, _ = env.price("rp1", ONE, "home")
+    bet = [selection("rp1", ONE, "home", odds)]
+
+    r = stake_limits(env, "rg1", max_stake=500)
+    assert r.max_stake.decimal == "5.00" and not r.HasField("pending") and not r.HasField("pending_from")
+    _, msg, details = _refused(lambda: place(env, "rg1", "rg1-a", bet, 600))
+    assert reason(details) == "REJECT_REASON_ACCOUNT_LIMIT" and "5.00" in msg
+
+    asked = datetime.now(UTC)
+    r = stake_limits(env, "rg1", max_stake=2_000)  # a raise: 5.00 stays until the cooling-off is over
+    assert r.max_stake.decimal == "5.00"
+    assert r.pending.max_stake.decimal == "20.00" and not r.pending.HasField("max_daily_stake")
+    pending_from = r.pending_from.ToDatetime(UTC)
+    assert timedelta(seconds=1) < pending_from - asked < timedelta(seconds=COOLING_OFF + 1)
+    _, _, details = _refused(lambda: place(env, "rg1", "rg1-b", bet, 600))
+    assert reason(details) == "REJECT_REASON_ACCOUNT_LIMIT"
+    got = limits_of(env, "rg1")
+    assert got.stake.max_stake.decimal == "5.00" and got.stake_pending.max_stake.decimal == "20.00"
+    assert got.stake_pending_from == r.pending_from
+
+    after_cooling_off(pending_from)
+    assert place(env, "rg1", "rg1-c", bet, 600).status == bet_pb2.BET_STATUS_ACCEPTED
+    got = limits_of(env, "rg1")
+    assert got.stake.max_stake.decimal == "20.00" and not got.HasField("stake_pending")
+
+    # removing the limit loosens it too; a lower one asked for meanwhile replaces the removal
+    r = stake_limits(env, "rg1", max_daily_stake=500_000)
+    assert r.max_stake.decimal == "20.00" and r.max_daily_stake.decimal == "5000.00"  # the daily one is new: now
+    assert r.HasField("pending") and not r.pending.HasField("max_stake")
+    r = stake_limits(env, "rg1", max_stake=1_000, max_daily_stake=500_000)
+    assert r.max_stake.decimal == "10.00" and not r.HasField("pending")
+    _, _, details = _refused(lambda: place(env, "rg1", "rg1-d", bet, 1_500))
+    assert reason(details) == "REJECT_REASON_ACCOUNT_LIMIT"
+    time.sleep(COOLING_OFF + 0.2)  # nothing was left pending: 10.00 stays
+    _, _, details = _refused(lambda: place(env, "rg1", "rg1-e", bet, 1_500))
+    assert reason(details) == "REJECT_REASON_ACCOUNT_LIMIT"
+
+
+def test_deposits_over_a_period_stop_at_the_players_limit(env: Env) -> None:
+    r = deposit_limits(env, "rg2", max_daily=5_000, max_weekly=8_000)
+    assert r.limits.max_daily.decimal == "50.00" and r.limits.max_weekly.decimal == "80.00"
+    assert not r.limits.HasField("max_monthly") and not r.HasField("pending")
+    first = deposit(env, "rg2", 3_000, "rg2-1")
+    _, msg, details = _refused(lambda: deposit(env, "rg2", 2_500, "rg2-2"))
+    assert reason(details) == "REJECT_REASON_DEPOSIT_LIMIT"
+    assert "24 hours" in msg and "50.00 EUR" in msg and "up to 20.00 EUR" in msg
+    assert balance(env, "rg2") == (3_000, 0)  # nothing written
+    deposit(env, "rg2", 2_000, "rg2-3")
+    # the same request again gets its first answer, not a refusal for going over the limit
+    assert deposit(env, "rg2", 3_000, "rg2-1").transaction_id == first.transaction_id
+    assert balance(env, "rg2") == (5_000, 0)
+
+    # loosening: the daily limit goes, after the cooling-off; the weekly one still holds then
+    r = deposit_limits(env, "rg2", max_weekly=8_000)
+    assert r.limits.max_daily.decimal == "50.00" and r.HasField("pending")
+    assert not r.pending.HasField("max_daily") and r.pending.max_weekly.decimal == "80.00"
+    _, _, details = _refused(lambda: deposit(env, "rg2", 100, "rg2-4"))
+    assert reason(details) == "REJECT_REASON_DEPOSIT_LIMIT"
+    after_cooling_off(r.pending_from.ToDatetime(UTC))
+    deposit(env, "rg2", 3_000, "rg2-5")
+    _, msg, _ = _refused(lambda: deposit(env, "rg2", 1, "rg2-6"))
+    assert "7 days" in msg
+    env.wallet.Withdraw(ws.WithdrawRequest(request_id="rg2-w", amount=eur(8_000)), metadata=md("rg2"), timeout=10)
+    assert balance(env, "rg2") == (0, 0)  # withdrawals are not limited
+
+
+def test_deposits_at_the_same_time_never_pass_the_limit_together(env: Env) -> None:
+    deposit_limits(env, "rg3", max_daily=5_000)
+    results: list[str] = []
+    ready = threading.Barrier(20)
+
+    def one(i: int) -> None:
+        ready.wait()
+        try:
+            deposit(env, "rg3", 500, f"rg3-{i}")
+            results.append("ok")
+        except grpc.RpcError as err:
+            results.append(err.code().name)
+
+    threads = [threading.Thread(target=one, args=(i,)) for i in range(20)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert sorted(results) == ["FAILED_PRECONDITION"] * 10 + ["ok"] * 10
+    assert balance(env, "rg3") == (5_000, 0)
+
+
+def test_a_break_stops_bets_and_deposits_until_it_ends_and_cannot_be_shortened(env: Env) -> None:
+    env.send(fixture("rp4"))
+    priced(env, "rp4")
+    deposit(env, "rg4", 10_000, "rg4-d")
+    odds, _ = env.price("rp4", ONE, "home")
+    bet = [selection("rp4", ONE, "home", odds)]
+    placed = place(env, "rg4", "rg4-a", bet, 500)  # before the break: it stands
+    assert not limits_of(env, "rg4").HasField("break_until")
+
+    asked = datetime.now(UTC)
+    until = take_break(env, "rg4", 7).until.ToDatetime(UTC)
+    assert timedelta(days=7) - timedelta(seconds=5) < until - asked < timedelta(days=7, seconds=5)
+    assert limits_of(env, "rg4").break_until.ToDatetime(UTC) == until
+    _, msg, details = _refused(lambda: place(env, "rg4", "rg4-b", bet, 500))
+    assert reason(details) == "REJECT_REASON_ACCOUNT_ON_BREAK" and "break" in msg and until.date().isoformat() in msg
+    _, _, details = _refused(lambda: deposit(env, "rg4", 1_000, "rg4-d2"))
+    assert reason(details) == "REJECT_REASON_ACCOUNT_ON_BREAK"
+    assert bets_of(env, "rg4") == 1 and balance(env, "rg4") == (9_500, 500)
+    # the same bet request again is its first answer, not a refusal
+    assert place(env, "rg4", "rg4-a", bet, 500).bet_id == placed.bet_id
+
+    assert take_break(env, "rg4", 1).until.ToDatetime(UTC) == until  # a shorter one changes nothing
+    longer = take_break(env, "rg4", 30).until.ToDatetime(UTC)
+    assert longer > until + timedelta(days=22)
+    env.wallet.Withdraw(ws.WithdrawRequest(request_id="rg4-w", amount=eur(1_000)), metadata=md("rg4"), timeout=10)
+
+    with psycopg.connect(env.dsn) as conn:  # the month passes
+        conn.execute("UPDATE betting.breaks SET until = now() - interval '1 second' WHERE account_id = 'rg4'")
+        logged = conn.execute(
+            "SELECT action, detail->>'until' FROM betting.protection_log WHERE account_id = 'rg4' ORDER BY id"
+        ).fetchall()
+    with psycopg.connect(env.dsn) as conn, pytest.raises(psycopg.errors.InsufficientPrivilege):
+        conn.execute("DELETE FROM betting.protection_log WHERE account_id = 'rg4'")  # append-only
+    assert [a for a, _ in logged] == ["break"] * 3
+    assert datetime.fromisoformat(logged[-1][1]) == longer
+    assert place(env, "rg4", "rg4-c", bet, 500).status == bet_pb2.BET_STATUS_ACCEPTED
+    deposit(env, "rg4", 1_000, "rg4-d3")
+    assert not limits_of(env, "rg4").HasField("break_until")
+
+
+def test_bad_protection_requests_are_refused_field_by_field(env: Env) -> None:
+    def bad(call: object) -> str:
+        code, _, details = _refused(call)
+        assert code == grpc.StatusCode.INVALID_ARGUMENT
+        return str(details[0].field_violations[0].field)  # type: ignore[attr-defined]
+
+    w = env.wallet
+    for days in (0.5, 1827):
+        assert bad(lambda d=days: take_break(env, "rg5", d)) == "duration"
+    assert bad(lambda: w.TakeBreak(ws.TakeBreakRequest(), metadata=md("rg5"), timeout=10)) == "duration"
+    assert bad(lambda: deposit_limits(env, "rg5")) == "limits.max_daily"
+    assert bad(lambda: deposit_limits(env, "rg5", max_weekly=-5)) == "limits.max_weekly"
+    mixed = ws.DepositLimits(max_daily=eur(100), max_monthly=common_pb2.Money(currency_code="GBP", minor_units=5))
+    assert bad(lambda: w.SetDepositLimits(ws.SetDepositLimitsRequest(limits=mixed), metadata=md("rg5"), timeout=10))
+    assert bad(lambda: stake_limits(env, "rg5", max_stake=0)) == "max_stake"
+    req = ws.GetLimitsRequest(currency_code="XXX")
+    assert bad(lambda: w.GetLimits(req, metadata=md("rg5"), timeout=10)) == "currency_code"
+    with psycopg.connect(env.dsn) as conn:
+        for table in ("deposit_limits", "account_limits", "breaks", "protection_log"):
+            row = conn.execute(f"SELECT count(*) FROM betting.{table} WHERE account_id = 'rg5'").fetchone()
+            assert row == (0,), table
+
+
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(
+    daily=st.none() | _MONEY,
+    weekly=st.none() | _MONEY,
+    seconds=st.integers(-(10**12), 10**12),
+    nanos=st.integers(-999_999_999, 999_999_999),
+)
+def test_no_protection_request_is_an_internal_error(
+    env: Env, daily: dict[str, object] | None, weekly: dict[str, object] | None, seconds: int, nanos: int
+) -> None:
+    limits = ws.DepositLimits()
+    if daily is not None:
+        limits.max_daily.CopyFrom(common_pb2.Money(**daily))  # type: ignore[arg-type]
+    if weekly is not None:
+        limits.max_weekly.CopyFrom(common_pb2.Money(**weekly))  # type: ignore[arg-type]
+    calls = [
+        lambda: env.wallet.SetDepositLimits(ws.SetDepositLimitsRequest(limits=limits), metadata=md("rgf"), timeout=10),
+        lambda: env.wallet.TakeBreak(
+            ws.TakeBreakRequest(duration=Duration(seconds=seconds, nanos=nanos if seconds >= 0 else -abs(nanos))),
+            metadata=md("rgf"),
+            timeout=10,
+        ),
+    ]
+    for call in calls:
+        try:
+            call()
+        except grpc.RpcError as err:
+            assert err.code() in (grpc.StatusCode.INVALID_ARGUMENT, grpc.StatusCode.FAILED_PRECONDITION), (
+                err.code(),
+                err.details(),
+            )
