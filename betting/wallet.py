@@ -121,14 +121,17 @@ class WalletApi(wallet_service_pb2_grpc.WalletServiceServicer):
         message: Message,
         fields: Sequence[str],
         prefix: str,
+        currency_code: str,
         caps: dict[str, Any] | None = None,
     ) -> tuple[str, tuple[int | None, ...]]:
-        """The limits a request asks for, in minor units (None: no limit), and their currency;
-        INVALID_ARGUMENT (field by field) for a bad amount, one above the operator's cap, none
-        set, or more than one currency."""
+        """The limits a request asks for, in minor units (None: no limit), and their currency
+        (the amounts', or ``currency_code`` when none is set); INVALID_ARGUMENT (field by field)
+        for a bad amount, one above the operator's cap, an unknown currency or more than one."""
         bad: list[tuple[str, str]] = []
         amounts: list[int | None] = []
-        currencies = set()
+        currencies = {currency_code} if currency_code else set()
+        if currency_code and currency_code not in EXPONENT:
+            bad.append(("currency_code", f"currency {currency_code!r} is not supported"))
         for name in fields:
             if not message.HasField(name):
                 amounts.append(None)
@@ -143,8 +146,10 @@ class WalletApi(wallet_service_pb2_grpc.WalletServiceServicer):
             except MoneyError as err:
                 amounts.append(None)
                 bad.append((prefix + name, str(err)))
-        if len(currencies) != 1:
-            bad.append((prefix + fields[0], "set at least one limit, all in the same currency"))
+        if not currencies:
+            bad.append(("currency_code", "is required when no limit is set"))
+        elif len(currencies) > 1:
+            bad.append((prefix + fields[0], "the limits and currency_code must all be in one currency"))
         if bad:
             await abort_bad_request(context, bad)
         return currencies.pop(), tuple(amounts)
@@ -154,7 +159,7 @@ class WalletApi(wallet_service_pb2_grpc.WalletServiceServicer):
     ) -> ws.SetStakeLimitsResponse:
         account = await account_of(context)
         caps = {"max_stake": self.config.max_stake, "max_daily_stake": self.config.max_daily_stake}
-        currency, wanted = await self._amounts(context, request, STAKE.columns, "", caps)
+        currency, wanted = await self._amounts(context, request, STAKE.columns, "", request.currency_code, caps)
         after = await self.protection.set_limits(STAKE, account, currency, wanted, self.cooling_off)
         out = ws.SetStakeLimitsResponse()
         _fill_set(out, ("", "pending", "pending_from"), STAKE.columns, after, currency)
@@ -164,7 +169,9 @@ class WalletApi(wallet_service_pb2_grpc.WalletServiceServicer):
         self, request: ws.SetDepositLimitsRequest, context: grpc.aio.ServicerContext
     ) -> ws.SetDepositLimitsResponse:
         account = await account_of(context)
-        currency, wanted = await self._amounts(context, request.limits, DEPOSIT.columns, "limits.")
+        currency, wanted = await self._amounts(
+            context, request.limits, DEPOSIT.columns, "limits.", request.currency_code
+        )
         after = await self.protection.set_limits(DEPOSIT, account, currency, wanted, self.cooling_off)
         out = ws.SetDepositLimitsResponse()
         _fill_set(out, ("limits", "pending", "pending_from"), DEPOSIT.columns, after, currency)

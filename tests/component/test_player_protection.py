@@ -141,6 +141,18 @@ def test_deposits_over_a_period_stop_at_the_players_limit(env: Env) -> None:
     env.wallet.Withdraw(ws.WithdrawRequest(request_id="rg2-w", amount=eur(8_000)), metadata=md("rg2"), timeout=10)
     assert balance(env, "rg2") == (0, 0)  # withdrawals are not limited
 
+    # every deposit limit removed: only a currency, and the weekly limit holds until the cooling-off
+    req = ws.SetDepositLimitsRequest(currency_code="EUR")
+    r = env.wallet.SetDepositLimits(req, metadata=md("rg2"), timeout=10)
+    assert r.limits.max_weekly.decimal == "80.00" and r.HasField("pending")
+    assert not any(r.pending.HasField(f) for f in ("max_daily", "max_weekly", "max_monthly"))
+    _, _, details = _refused(lambda: deposit(env, "rg2", 1, "rg2-7"))
+    assert reason(details) == "REJECT_REASON_DEPOSIT_LIMIT"
+    after_cooling_off(r.pending_from.ToDatetime(UTC))
+    deposit(env, "rg2", 100_000, "rg2-8")
+    got = limits_of(env, "rg2")
+    assert not got.deposit.HasField("max_weekly") and not got.HasField("deposit_pending")
+
 
 def test_deposits_at_the_same_time_never_pass_the_limit_together(env: Env) -> None:
     deposit_limits(env, "rg3", max_daily=5_000)
@@ -214,7 +226,9 @@ def test_bad_protection_requests_are_refused_field_by_field(env: Env) -> None:
     for days in (0.5, 1827):
         assert bad(lambda d=days: take_break(env, "rg5", d)) == "duration"
     assert bad(lambda: w.TakeBreak(ws.TakeBreakRequest(), metadata=md("rg5"), timeout=10)) == "duration"
-    assert bad(lambda: deposit_limits(env, "rg5")) == "limits.max_daily"
+    assert bad(lambda: deposit_limits(env, "rg5")) == "currency_code"  # no limit and no currency
+    req = ws.SetStakeLimitsRequest(max_stake=eur(500), currency_code="GBP")
+    assert bad(lambda: w.SetStakeLimits(req, metadata=md("rg5"), timeout=10)) == "max_stake"
     assert bad(lambda: deposit_limits(env, "rg5", max_weekly=-5)) == "limits.max_weekly"
     mixed = ws.DepositLimits(max_daily=eur(100), max_monthly=common_pb2.Money(currency_code="GBP", minor_units=5))
     assert bad(lambda: w.SetDepositLimits(ws.SetDepositLimitsRequest(limits=mixed), metadata=md("rg5"), timeout=10))

@@ -223,3 +223,38 @@ def test_live_odds_suspension_bet_settlement_and_reconnect_in_chromium(mesh: Mes
     page.screenshot(path=str(OUTPUT / "web-app.png"), full_page=True)
     print(f"\nscreenshots: {OUTPUT / 'web-app.png'} and {OUTPUT / 'web-app-suspended.png'}")
     assert errors == [], errors
+
+
+def test_play_safe_deposit_limit_and_a_break_in_chromium(mesh: Mesh, browser: object) -> None:
+    OUTPUT.mkdir(parents=True, exist_ok=True)
+    account = f"web-safe-{uuid.uuid4().hex[:6]}"
+    page = browser.new_page(viewport={"width": 1280, "height": 900})  # type: ignore[attr-defined]
+    errors: list[str] = []
+    page.on("pageerror", lambda e: errors.append(str(e)))
+    dialogs: list[str] = []
+    page.on("dialog", lambda d: (dialogs.append(d.message), d.accept()))
+    page.goto(f"http://{mesh.edge}/#token={token(mesh, account)}")
+
+    def shows(selector: str, text: str) -> None:
+        page.wait_for_function(
+            "([s, t]) => document.querySelector(s)?.textContent.includes(t)", arg=[selector, text], timeout=15_000
+        )
+
+    shows("#safe-status", "Deposits per day: no limit")
+    page.fill("#deposit-limit", "150")
+    page.click("#deposit-limit-form button")
+    shows("#safe-status", "Deposits per day: 150.00 EUR")
+    page.click("#deposit")
+    shows("#balance", "100.00 EUR")
+    page.click("#deposit")  # 200 EUR in a day would pass the limit: refused, and said why
+    shows("#deposit-error", "above your limit of 150.00 EUR")
+    assert page.locator("#balance").inner_text().startswith("100.00 EUR")
+
+    page.select_option("#break-days", "7")
+    page.click("#break-form button")
+    shows("#safe-status", "On a break until")
+    assert dialogs and "cannot be undone" in dialogs[0]
+    page.click("#deposit")
+    shows("#deposit-error", "on a break")
+    page.screenshot(path=str(OUTPUT / "web-app-play-safe.png"), full_page=True)
+    assert errors == [], errors

@@ -11,6 +11,7 @@ import type { Money } from "./gen/livebet/common/v1/common_pb";
 import { MarketStatus, type Market, type MatchOdds } from "./gen/livebet/odds/v1/market_pb";
 import type { WatchOddsResponse } from "./gen/livebet/odds/v1/odds_service_pb";
 import type { CashOutOffer } from "./gen/livebet/betting/v1/betting_service_pb";
+import type { GetLimitsResponse } from "./gen/livebet/betting/v1/wallet_service_pb";
 
 // --- state -----------------------------------------------------------------------------------
 interface MatchView {
@@ -298,6 +299,7 @@ function renderAccount(): void {
   const signedIn = !!session.token;
   $("signed-out").hidden = signedIn;
   $("signed-in").hidden = !signedIn;
+  $("safe").hidden = !signedIn;
   $("account").textContent = session.account;
   $("balance").textContent = balance
     ? `${formatMinor(balance.available, balance.currency)} (held ${formatMinor(balance.held, balance.currency)})`
@@ -314,6 +316,74 @@ async function refreshBalance(): Promise<void> {
     if (ConnectError.from(err).code === Code.Unauthenticated) signOut("your token was refused: sign in again");
   }
   renderAccount();
+}
+
+// --- play safe: the player's own deposit limit and breaks (WalletService) ---------------------
+const when = (t: Parameters<typeof timestampDate>[0]) => timestampDate(t).toLocaleString();
+const amountText = (m: Money | undefined) => (m ? formatMinor(m.minorUnits, m.currencyCode) : "no limit");
+
+function renderLimits(r: GetLimitsResponse): void {
+  const lines = [`Deposits per day: ${amountText(r.deposit?.maxDaily)}`];
+  if (r.depositPending && r.depositPendingFrom) {
+    lines.push(`… ${amountText(r.depositPending.maxDaily)} from ${when(r.depositPendingFrom)}`);
+  }
+  if (r.stake?.maxStake) lines.push(`Stake per bet: ${amountText(r.stake.maxStake)}`);
+  if (r.breakUntil) lines.push(`On a break until ${when(r.breakUntil)}: no bets, no deposits.`);
+  $("safe-status").innerHTML = lines.map((l) => `<div>${esc(l)}</div>`).join("");
+  $("safe-status").classList.toggle("on-break", !!r.breakUntil);
+}
+
+async function refreshLimits(): Promise<void> {
+  if (!session.token) return;
+  try {
+    renderLimits(await wallet.getLimits({ currencyCode: "EUR" }));
+  } catch (err) {
+    $("safe-result").textContent = ConnectError.from(err).rawMessage;
+  }
+}
+
+async function safeCall(call: () => Promise<unknown>): Promise<void> {
+  $("safe-result").textContent = "";
+  try {
+    await call();
+  } catch (err) {
+    $("safe-result").textContent = ConnectError.from(err).rawMessage;
+  }
+  await refreshLimits();
+}
+
+function setDepositLimit(): Promise<void> {
+  const text = ($("deposit-limit") as HTMLInputElement).value.trim();
+  const units = text ? parseAmount(text) : null;
+  if (text && (units === null || units <= 0n)) {
+    $("safe-result").textContent = "the limit must be an amount such as 50 or 50.00";
+    return Promise.resolve();
+  }
+  return safeCall(() =>
+    wallet.setDepositLimits(
+      units === null
+        ? { currencyCode: "EUR" }
+        : { limits: { maxDaily: { currencyCode: "EUR", minorUnits: units } } },
+    ),
+  );
+}
+
+function takeBreak(): Promise<void> {
+  const days = Number(($("break-days") as HTMLSelectElement).value);
+  if (!confirm(`No bets and no deposits for ${days} day(s). This cannot be undone. Start the break?`)) {
+    return Promise.resolve();
+  }
+  return safeCall(() => wallet.takeBreak({ duration: { seconds: BigInt(days * 86400), nanos: 0 } }));
+}
+
+async function depositDemoMoney(): Promise<void> {
+  $("deposit-error").textContent = "";
+  try {
+    await wallet.deposit({ requestId: crypto.randomUUID(), amount: { currencyCode: "EUR", minorUnits: 10000n } });
+  } catch (err) {
+    $("deposit-error").textContent = ConnectError.from(err).rawMessage;
+  }
+  void refreshBalance();
 }
 
 function upsertBet(b: Bet): void {
@@ -475,6 +545,7 @@ function signIn(token: string): void {
   renderBets();
   renderAccount();
   void refreshBalance();
+  void refreshLimits();
   void watchBets();
   void watchOffers();
 }
@@ -521,9 +592,14 @@ function main(): void {
     signIn(($("token") as HTMLInputElement).value);
   });
   $("signout").addEventListener("click", () => signOut());
-  $("deposit").addEventListener("click", async () => {
-    await wallet.deposit({ requestId: crypto.randomUUID(), amount: { currencyCode: "EUR", minorUnits: 10000n } });
-    void refreshBalance();
+  $("deposit").addEventListener("click", () => void depositDemoMoney());
+  $("deposit-limit-form").addEventListener("submit", (e) => {
+    e.preventDefault();
+    void setDepositLimit();
+  });
+  $("break-form").addEventListener("submit", (e) => {
+    e.preventDefault();
+    void takeBreak();
   });
   setInterval(() => {
     for (const el of document.querySelectorAll<HTMLElement>(".countdown")) {
