@@ -19,7 +19,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 import psycopg
-from livebet.betting.v1 import betting_service_pb2_grpc, wallet_service_pb2_grpc
+from livebet.betting.v1 import betting_service_pb2_grpc, player_admin_service_pb2_grpc, wallet_service_pb2_grpc
 from redis.exceptions import RedisError
 
 from betting.adapters.odds import OddsView
@@ -27,6 +27,7 @@ from betting.adapters.outbox import ensure_stream, run_relay
 from betting.adapters.store import STATUS_NAME, Store
 from betting.domain.rules import Config
 from betting.metrics import BetMetrics
+from betting.player_admin import PlayerAdminApi
 from betting.service import BettingApi, Decider
 from betting.wallet import WalletApi
 from mesh.deps import NatsDependency, PostgresDependency, RedisDependency
@@ -107,6 +108,11 @@ def build(app: ServiceApp) -> None:
     )
     app.add_service(
         "livebet.betting.v1.WalletService", wallet, wallet_service_pb2_grpc.add_WalletServiceServicer_to_server
+    )
+    app.add_service(
+        "livebet.betting.v1.PlayerAdminService",
+        PlayerAdminApi(store),
+        player_admin_service_pb2_grpc.add_PlayerAdminServiceServicer_to_server,
     )
 
     async def decide_loop() -> None:

@@ -31,7 +31,7 @@ from nats.aio.msg import Msg
 from redis.exceptions import RedisError
 
 from betting.adapters.odds import MatchView, OddsView
-from betting.adapters.protection import OnBreak
+from betting.adapters.protection import OnBreak, Suspended
 from betting.adapters.store import (
     STATUS_NAME,
     Conflict,
@@ -175,6 +175,8 @@ class BettingApi(betting_service_pb2_grpc.BettingServiceServicer):
             await self._refuse(context, bet_pb2.REJECT_REASON_ACCOUNT_LIMIT, str(err))
         except OnBreak as err:
             await self._refuse(context, bet_pb2.REJECT_REASON_ACCOUNT_ON_BREAK, str(err))
+        except Suspended as err:
+            await self._refuse(context, bet_pb2.REJECT_REASON_ACCOUNT_SUSPENDED, str(err))
         except Conflict as err:
             await context.abort(grpc.StatusCode.ALREADY_EXISTS, str(err))
         if created:

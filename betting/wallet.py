@@ -16,7 +16,15 @@ from google.protobuf.message import Message
 from livebet.betting.v1 import bet_pb2, wallet_service_pb2_grpc
 from livebet.betting.v1 import wallet_service_pb2 as ws
 
-from betting.adapters.protection import DEPOSIT, STAKE, DepositLimitExceeded, OnBreak, ProtectionStore
+from betting.adapters.protection import (
+    DEPOSIT,
+    STAKE,
+    DepositLimitExceeded,
+    OnBreak,
+    Protection,
+    ProtectionStore,
+    Suspended,
+)
 from betting.adapters.store import Conflict, InsufficientFunds, Store, digest, money
 from betting.domain.money import EXPONENT, MoneyError, major_to_minor, to_minor
 from betting.domain.protection import MAX_BREAK, MIN_BREAK, LimitSet
@@ -36,7 +44,7 @@ _KINDS = {
 }
 
 
-def _timestamp(out: Any, when: datetime) -> None:
+def timestamp(out: Any, when: datetime) -> None:
     out.FromDatetime(when.astimezone(UTC))
 
 
@@ -58,7 +66,17 @@ def _fill_set(
         pending = getattr(out, names[1])
         pending.SetInParent()
         _fill(pending, columns, limits.pending, currency)
-        _timestamp(getattr(out, names[2]), limits.pending_from)
+        timestamp(getattr(out, names[2]), limits.pending_from)
+
+
+def limits_response(found: Protection, currency: str) -> ws.GetLimitsResponse:
+    """What GetLimits answers (and the operator's GetPlayer shows per wallet)."""
+    out = ws.GetLimitsResponse()
+    _fill_set(out, ("stake", "stake_pending", "stake_pending_from"), STAKE.columns, found.stake, currency)
+    _fill_set(out, ("deposit", "deposit_pending", "deposit_pending_from"), DEPOSIT.columns, found.deposit, currency)
+    if found.break_until is not None:
+        timestamp(out.break_until, found.break_until)
+    return out
 
 
 class WalletApi(wallet_service_pb2_grpc.WalletServiceServicer):
@@ -95,6 +113,8 @@ class WalletApi(wallet_service_pb2_grpc.WalletServiceServicer):
             await abort_refused(context, bet_pb2.REJECT_REASON_ACCOUNT_ON_BREAK, str(err))
         except DepositLimitExceeded as err:
             await abort_refused(context, bet_pb2.REJECT_REASON_DEPOSIT_LIMIT, str(err))
+        except Suspended as err:
+            await abort_refused(context, bet_pb2.REJECT_REASON_ACCOUNT_SUSPENDED, str(err))
         except Conflict as err:
             await context.abort(grpc.StatusCode.ALREADY_EXISTS, str(err))
         return txn, balance, currency
@@ -180,13 +200,7 @@ class WalletApi(wallet_service_pb2_grpc.WalletServiceServicer):
     async def GetLimits(self, request: ws.GetLimitsRequest, context: grpc.aio.ServicerContext) -> ws.GetLimitsResponse:
         account = await account_of(context)
         currency = await self._currency(account, request.currency_code, context)
-        found = await self.protection.get(account, currency)
-        out = ws.GetLimitsResponse()
-        _fill_set(out, ("stake", "stake_pending", "stake_pending_from"), STAKE.columns, found.stake, currency)
-        _fill_set(out, ("deposit", "deposit_pending", "deposit_pending_from"), DEPOSIT.columns, found.deposit, currency)
-        if found.break_until is not None:
-            _timestamp(out.break_until, found.break_until)
-        return out
+        return limits_response(await self.protection.get(account, currency), currency)
 
     async def TakeBreak(self, request: ws.TakeBreakRequest, context: grpc.aio.ServicerContext) -> ws.TakeBreakResponse:
         account = await account_of(context)
@@ -199,7 +213,7 @@ class WalletApi(wallet_service_pb2_grpc.WalletServiceServicer):
             await abort_bad_request(context, bad)
         until = await self.protection.take_break(account, timedelta(seconds=seconds))
         out = ws.TakeBreakResponse()
-        _timestamp(out.until, until)
+        timestamp(out.until, until)
         return out
 
     async def GetBalance(
@@ -237,7 +251,7 @@ class WalletApi(wallet_service_pb2_grpc.WalletServiceServicer):
                 balance_after=money(int(r["balance_after"]), currency),
                 bet_id=str(r["bet_id"] or ""),
             )
-            _timestamp(t.booked_at, r["created_at"])
+            timestamp(t.booked_at, r["created_at"])
         if len(rows) > size:
             out.next_page_token = str(rows[size - 1]["posting_id"])
         return out

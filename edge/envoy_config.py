@@ -116,6 +116,7 @@ IDEMPOTENT = (
     "/livebet.betting.v1.WalletService/GetBalance",
     "/livebet.betting.v1.WalletService/ListTransactions",
     "/livebet.betting.v1.WalletService/GetLimits",
+    "/livebet.betting.v1.PlayerAdminService/GetPlayer",
     "/livebet.settlement.v1.SettlementService/GetSettlement",
     "/livebet.settlement.v1.SettlementService/ListSettlements",
 )

@@ -45,6 +45,7 @@ RULES: dict[str, str] = {
     "/livebet.feed.v1.FeedService/PublishBatch": FEED,
     "/livebet.betting.v1.BettingService/": ACCOUNT,
     "/livebet.betting.v1.WalletService/": ACCOUNT,
+    "/livebet.betting.v1.PlayerAdminService/": ADMIN,
     "/livebet.odds.v1.TraderService/": ADMIN,
     "/livebet.settlement.v1.SettlementService/": ADMIN,
     "/livebet.settlement.v1.ReportService/": ADMIN,

@@ -11,7 +11,11 @@ SERVICES = {
     "feed": ["livebet.feed.v1.FeedService"],
     "pricing": ["livebet.odds.v1.TraderService"],
     "odds": ["livebet.odds.v1.OddsService"],
-    "betting": ["livebet.betting.v1.BettingService", "livebet.betting.v1.WalletService"],
+    "betting": [
+        "livebet.betting.v1.BettingService",
+        "livebet.betting.v1.WalletService",
+        "livebet.betting.v1.PlayerAdminService",
+    ],
     "settlement": ["livebet.settlement.v1.SettlementService", "livebet.settlement.v1.ReportService"],
 }
 

@@ -45,6 +45,20 @@ class DepositLimitExceeded(Exception):
     pass
 
 
+class Suspended(Exception):
+    """The operator suspended the account."""
+
+    def __init__(self) -> None:
+        super().__init__("your account is suspended: contact customer support")
+
+
+@dataclass(frozen=True)
+class Suspension:
+    reason: str
+    suspended_by: str
+    since: datetime
+
+
 @dataclass(frozen=True)
 class Protection:
     """What GetLimits shows: each set as it stands now (a due pending set already in force)."""
@@ -84,6 +98,16 @@ async def _break(cur: psycopg.AsyncCursor[Any], owner: str, lock: bool = False) 
     return row["until"] if row else None
 
 
+async def _suspension(cur: psycopg.AsyncCursor[Any], owner: str, lock: bool = False) -> Suspension | None:
+    await cur.execute(
+        "SELECT reason, suspended_by, since FROM betting.suspensions WHERE account_id = %s"
+        + (" FOR UPDATE" if lock else ""),
+        (owner,),
+    )
+    row = await cur.fetchone()
+    return Suspension(row["reason"], row["suspended_by"], row["since"]) if row else None
+
+
 async def _log(cur: psycopg.AsyncCursor[Any], owner: str, action: str, detail: dict[str, Any]) -> None:
     await cur.execute(
         "INSERT INTO betting.protection_log (account_id, action, detail) VALUES (%s, %s, %s)",
@@ -99,6 +123,8 @@ async def check_deposit(cur: psycopg.AsyncCursor[Any], owner: str, currency: str
     until = await _break(cur, owner)
     if until is not None and until > now:
         raise OnBreak(until)
+    if await _suspension(cur, owner) is not None:
+        raise Suspended()
     await cur.execute(_select(DEPOSIT, lock=True), (owner, currency))
     limits = _limit_set(DEPOSIT, await cur.fetchone()).at(now).amounts
     if all(limit is None for limit in limits):
@@ -196,3 +222,39 @@ class ProtectionStore:
             )
             await _log(cur, owner, "break", {"asked_seconds": duration.total_seconds(), "until": until.isoformat()})
         return until
+
+    # --- the operator's side (PlayerAdminService) ---------------------------------------------
+    async def player(self, owner: str) -> tuple[datetime | None, Suspension | None, list[dict[str, Any]]]:
+        """A player's break end (None: not on one), suspension and latest 50 log entries."""
+        async with self.pool.connection() as conn, conn.cursor(row_factory=dict_row) as cur:
+            now = await _now(cur)
+            until = await _break(cur, owner)
+            suspension = await _suspension(cur, owner)
+            await cur.execute(
+                """SELECT action, detail, created_at FROM betting.protection_log
+                   WHERE account_id = %s ORDER BY id DESC LIMIT 50""",
+                (owner,),
+            )
+            log = list(await cur.fetchall())
+        return (until if until is not None and until > now else None), suspension, log
+
+    async def suspend(self, owner: str, reason: str, by: str) -> Suspension:
+        """Suspend the account (a suspended one keeps its first suspension); returns it."""
+        async with self.pool.connection() as conn, conn.transaction(), conn.cursor(row_factory=dict_row) as cur:
+            await cur.execute(
+                """INSERT INTO betting.suspensions (account_id, reason, suspended_by) VALUES (%s, %s, %s)
+                   ON CONFLICT (account_id) DO NOTHING""",
+                (owner, reason, by),
+            )
+            suspension = await _suspension(cur, owner)
+            assert suspension is not None
+            await _log(cur, owner, "suspend", {"reason": reason, "by": by})
+        return suspension
+
+    async def resume(self, owner: str, reason: str, by: str) -> bool:
+        """Lift the suspension; False when there was none."""
+        async with self.pool.connection() as conn, conn.transaction(), conn.cursor(row_factory=dict_row) as cur:
+            await cur.execute("DELETE FROM betting.suspensions WHERE account_id = %s", (owner,))
+            lifted = cur.rowcount > 0
+            await _log(cur, owner, "resume", {"reason": reason, "by": by, "was_suspended": lifted})
+        return lifted

@@ -30,7 +30,7 @@ from livebet.common.v1 import common_pb2
 from psycopg.rows import dict_row
 from psycopg_pool import AsyncConnectionPool
 
-from betting.adapters.protection import OnBreak, check_deposit
+from betting.adapters.protection import OnBreak, Suspended, check_deposit
 from betting.domain.money import format_minor
 from betting.domain.rules import Leg, Ticket, specifiers_of
 from feed.adapters.jetstream import token
@@ -263,7 +263,7 @@ def bet_proto(row: dict[str, Any], legs: Sequence[dict[str, Any]]) -> bet_pb2.Be
 
 
 def _refusal(state: str | None, message: str, detail: str | None, t: Ticket) -> Exception | None:
-    """The refusal ``betting.place_bet`` raised (SQLSTATEs LB001-LB004), or None for another error."""
+    """The refusal ``betting.place_bet`` raised (SQLSTATEs LB001-LB005), or None for another error."""
     currency = t.currency
     if state == "LB001":
         return InsufficientFunds(
@@ -271,6 +271,8 @@ def _refusal(state: str | None, message: str, detail: str | None, t: Ticket) -> 
         )
     if state == "LB002":
         return LiabilityExceeded.of(message)
+    if state == "LB005":
+        return Suspended()
     if state == "LB004" and detail:
         with contextlib.suppress(ValueError):
             return OnBreak(datetime.fromtimestamp(float(detail), UTC))

@@ -7,7 +7,8 @@
 -- rules (prices, policies, operator limits) were applied by the service before the call; this
 -- function only writes, and refuses with these SQLSTATEs:
 --   LB001 insufficient funds, LB002 liability limit (message: the leg), LB003 the player's own limit,
---   LB004 the player is on a break (0014; detail: its end, as seconds since 1970).
+--   LB004 the player is on a break (0014; detail: its end, as seconds since 1970), LB005 the
+--   operator suspended the account (0015).
 -- When the (account, request id) exists already nothing is written and outcome = 'exists'.
 -- betting.place_bets (0010) calls it once per bet of a batch, each in its own subtransaction.
 --
@@ -15,7 +16,8 @@
 -- buckets in 0009; its NOTIFY betting_outbox removed by what was 0011 (the betting process wakes
 -- its own outbox relay when a batch commits, and PostgreSQL's CPU per bet fell by a tenth without
 -- the NOTIFY; settlement, rollbacks and bet cancels still notify). 0011 became this file;
--- databases that applied 0011 keep its record. Breaks and pending (cooled-off) limits: 0014.
+-- databases that applied 0011 keep its record. Breaks and pending (cooled-off) limits: 0014;
+-- suspensions: 0015.
 CREATE OR REPLACE FUNCTION betting.place_bet(
     p_bet_id uuid, p_account text, p_request_id text, p_digest bytea, p_currency char(3), p_stake bigint,
     p_policy smallint, p_status text, p_odds numeric, p_payout bigint, p_in_play boolean, p_delay float8,
@@ -50,6 +52,9 @@ BEGIN
     IF v_break > v_now THEN
         RAISE EXCEPTION 'on a break from betting' USING ERRCODE = 'LB004',
             DETAIL = extract(epoch FROM v_break)::text;
+    END IF;
+    IF EXISTS (SELECT 1 FROM betting.suspensions su WHERE su.account_id = p_account) THEN
+        RAISE EXCEPTION 'the account is suspended' USING ERRCODE = 'LB005';
     END IF;
 
     INSERT INTO betting.selections (bet_id, leg, match_id, market_key, market_type, outcome_id, requested_odds,

@@ -23,6 +23,7 @@ from livebet.common.v1 import common_pb2
 from tests.component.betting_env import Env, balance, deposit, eur, md, place, priced, selection, start
 from tests.component.test_betting import _MONEY, _refused
 from tests.component.test_feed_service import fixture
+from tests.helpers import admin_channel
 
 ONE = "1x2"
 COOLING_OFF = 2.0
@@ -272,3 +273,66 @@ def test_no_protection_request_is_an_internal_error(
                 err.code(),
                 err.details(),
             )
+
+
+def test_the_operator_suspends_and_resumes_an_account_and_sees_its_protection(env: Env) -> None:
+    from livebet.betting.v1 import player_admin_service_pb2 as pa
+    from livebet.betting.v1 import player_admin_service_pb2_grpc
+
+    admin = player_admin_service_pb2_grpc.PlayerAdminServiceStub(admin_channel(env.target))
+    player = player_admin_service_pb2_grpc.PlayerAdminServiceStub(grpc.insecure_channel(env.target))
+    env.send(fixture("rp6"))
+    priced(env, "rp6")
+    deposit(env, "rg6", 10_000, "rg6-d")
+    deposit_limits(env, "rg6", max_monthly=50_000)
+    odds, _ = env.price("rp6", ONE, "home")
+    bet = [selection("rp6", ONE, "home", odds)]
+    place(env, "rg6", "rg6-a", bet, 500)
+
+    # a player's own token cannot reach it
+    code, _, _ = _refused(
+        lambda: player.SuspendPlayer(pa.SuspendPlayerRequest(account_id="rg6", reason="x"), metadata=md("rg6"))
+    )
+    assert code == grpc.StatusCode.PERMISSION_DENIED
+
+    r = admin.SuspendPlayer(pa.SuspendPlayerRequest(account_id="rg6", reason="affordability check"), timeout=10)
+    assert r.suspension.reason == "affordability check" and r.suspension.suspended_by == "trader:tests"
+    again = admin.SuspendPlayer(pa.SuspendPlayerRequest(account_id="rg6", reason="second"), timeout=10)
+    assert again.suspension.reason == "affordability check" and again.suspension.since == r.suspension.since
+    _, msg, details = _refused(lambda: place(env, "rg6", "rg6-b", bet, 500))
+    assert reason(details) == "REJECT_REASON_ACCOUNT_SUSPENDED" and "suspended" in msg
+    _, _, details = _refused(lambda: deposit(env, "rg6", 100, "rg6-d2"))
+    assert reason(details) == "REJECT_REASON_ACCOUNT_SUSPENDED"
+    env.wallet.Withdraw(ws.WithdrawRequest(request_id="rg6-w", amount=eur(1_000)), metadata=md("rg6"), timeout=10)
+    assert bets_of(env, "rg6") == 1 and balance(env, "rg6") == (8_500, 500)
+
+    got = admin.GetPlayer(pa.GetPlayerRequest(account_id="rg6"), timeout=10)
+    assert got.suspension.reason == "affordability check" and not got.HasField("break_until")
+    assert [w.available.decimal for w in got.wallets] == ["85.00"] and got.wallets[0].held.decimal == "5.00"
+    assert got.wallets[0].limits.deposit.max_monthly.decimal == "500.00"
+    assert [e.action for e in got.log] == ["suspend", "suspend", "deposit_limits"]  # newest first
+    assert '"by":"trader:tests"' in got.log[0].detail_json
+
+    assert admin.ResumePlayer(pa.ResumePlayerRequest(account_id="rg6", reason="checked"), timeout=10).was_suspended
+    assert not admin.ResumePlayer(pa.ResumePlayerRequest(account_id="rg6", reason="again"), timeout=10).was_suspended
+    assert place(env, "rg6", "rg6-c", bet, 500).status == bet_pb2.BET_STATUS_ACCEPTED
+    got = admin.GetPlayer(pa.GetPlayerRequest(account_id="rg6"), timeout=10)
+    assert not got.HasField("suspension") and [e.action for e in got.log][:2] == ["resume", "resume"]
+
+    # a player's own break is theirs: resuming the account does not end it
+    take_break(env, "rg6", 1)
+    admin.ResumePlayer(pa.ResumePlayerRequest(account_id="rg6", reason="no"), timeout=10)
+    _, _, details = _refused(lambda: place(env, "rg6", "rg6-e", bet, 500))
+    assert reason(details) == "REJECT_REASON_ACCOUNT_ON_BREAK"
+    assert admin.GetPlayer(pa.GetPlayerRequest(account_id="rg6"), timeout=10).HasField("break_until")
+
+    # bad input
+    code, _, _ = _refused(lambda: admin.GetPlayer(pa.GetPlayerRequest(account_id="nobody-here"), timeout=10))
+    assert code == grpc.StatusCode.NOT_FOUND
+    for req in (
+        pa.SuspendPlayerRequest(account_id="rg6"),
+        pa.SuspendPlayerRequest(reason="x"),
+        pa.SuspendPlayerRequest(account_id="rg6", reason="x" * 501),
+    ):
+        code, _, _ = _refused(lambda req=req: admin.SuspendPlayer(req, timeout=10))
+        assert code == grpc.StatusCode.INVALID_ARGUMENT

@@ -256,6 +256,8 @@ def test_an_account_cannot_read_list_or_watch_anothers_bets(mesh: Mesh) -> None:
 
 
 def test_admin_apis_need_the_admin_role(mesh: Mesh) -> None:
+    from livebet.betting.v1 import player_admin_service_pb2 as pa
+    from livebet.betting.v1 import player_admin_service_pb2_grpc
     from livebet.odds.v1 import trader_service_pb2 as ts
     from livebet.odds.v1 import trader_service_pb2_grpc
     from livebet.settlement.v1 import report_service_pb2 as rs
@@ -266,11 +268,13 @@ def test_admin_apis_need_the_admin_role(mesh: Mesh) -> None:
     trader = trader_service_pb2_grpc.TraderServiceStub(channel)
     settle = settlement_service_pb2_grpc.SettlementServiceStub(channel)
     reports = report_service_pb2_grpc.ReportServiceStub(channel)
+    players = player_admin_service_pb2_grpc.PlayerAdminServiceStub(channel)
     player, admin = bearer(token(mesh, "player-1")), bearer(token(mesh, "trader-1", "admin"))
     calls = [
         (trader.SuspendMatch, ts.SuspendMatchRequest(match_id="no-such-match")),
         (settle.ListSettlements, ss.ListSettlementsRequest()),
         (reports.GetOpenLiability, rs.GetOpenLiabilityRequest()),
+        (players.GetPlayer, pa.GetPlayerRequest(account_id="player-1")),
     ]
     for call, request in calls:
         assert _code(call, request, metadata=player) == grpc.StatusCode.PERMISSION_DENIED

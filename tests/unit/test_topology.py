@@ -11,6 +11,7 @@ def test_default_topology_names_every_service_with_its_grpc_services() -> None:
     assert t.service("betting").grpc_services == (
         "livebet.betting.v1.BettingService",
         "livebet.betting.v1.WalletService",
+        "livebet.betting.v1.PlayerAdminService",
     )
     assert t.edge_port == 8080
 
