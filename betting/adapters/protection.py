@@ -1,5 +1,6 @@
-"""Player protection in PostgreSQL (migration 0014): the player's own stake and deposit limits
-with their pending (cooling-off) sets, breaks, and the append-only log of every change. The
+"""Player protection in PostgreSQL (migrations 0014, 0015): the player's own stake and deposit
+limits with their pending (cooling-off) sets, breaks, the operator's suspensions, and the
+append-only log of every change. The
 rules are :mod:`betting.domain.protection`'s; this module reads and writes rows.
 
 The limits of a bet are checked by ``betting.place_bet`` itself (R_place_bet.sql), in the bet's
@@ -98,12 +99,8 @@ async def _break(cur: psycopg.AsyncCursor[Any], owner: str, lock: bool = False) 
     return row["until"] if row else None
 
 
-async def _suspension(cur: psycopg.AsyncCursor[Any], owner: str, lock: bool = False) -> Suspension | None:
-    await cur.execute(
-        "SELECT reason, suspended_by, since FROM betting.suspensions WHERE account_id = %s"
-        + (" FOR UPDATE" if lock else ""),
-        (owner,),
-    )
+async def _suspension(cur: psycopg.AsyncCursor[Any], owner: str) -> Suspension | None:
+    await cur.execute("SELECT reason, suspended_by, since FROM betting.suspensions WHERE account_id = %s", (owner,))
     row = await cur.fetchone()
     return Suspension(row["reason"], row["suspended_by"], row["since"]) if row else None
 
@@ -116,7 +113,7 @@ async def _log(cur: psycopg.AsyncCursor[Any], owner: str, action: str, detail: d
 
 
 async def check_deposit(cur: psycopg.AsyncCursor[Any], owner: str, currency: str, amount: int) -> None:
-    """Raise :class:`OnBreak` or :class:`DepositLimitExceeded` if the player may not deposit
+    """Raise :class:`OnBreak`, :class:`Suspended` or :class:`DepositLimitExceeded` if the player may not deposit
     ``amount`` now. Locks the player's deposit limits row first, so that deposits made at the
     same time are added up one after the other."""
     now = await _now(cur)
