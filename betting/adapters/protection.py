@@ -91,12 +91,27 @@ async def _now(cur: psycopg.AsyncCursor[Any]) -> datetime:
     return row["now"]
 
 
-async def _break(cur: psycopg.AsyncCursor[Any], owner: str, lock: bool = False) -> datetime | None:
-    await cur.execute(
-        "SELECT until FROM betting.breaks WHERE account_id = %s" + (" FOR UPDATE" if lock else ""), (owner,)
-    )
+async def _locked_break(cur: psycopg.AsyncCursor[Any], owner: str) -> datetime | None:
+    """The end of the player's break row, locked (it may be over already); None: no row."""
+    await cur.execute("SELECT until FROM betting.breaks WHERE account_id = %s FOR UPDATE", (owner,))
     row = await cur.fetchone()
     return row["until"] if row else None
+
+
+async def _standing(cur: psycopg.AsyncCursor[Any], owner: str) -> tuple[datetime, datetime | None, Suspension | None]:
+    """In one statement: the transaction's time, the end of the player's break (None when they
+    are not on one) and the operator's suspension (None when there is none)."""
+    await cur.execute(
+        """SELECT now() AS now, k.until, s.reason, s.suspended_by, s.since
+           FROM (SELECT 1) AS one
+           LEFT JOIN betting.breaks k ON k.account_id = %s AND k.until > now()
+           LEFT JOIN betting.suspensions s ON s.account_id = %s""",
+        (owner, owner),
+    )
+    row = await cur.fetchone()
+    assert row is not None
+    suspension = Suspension(row["reason"], row["suspended_by"], row["since"]) if row["since"] else None
+    return row["now"], row["until"], suspension
 
 
 async def _suspension(cur: psycopg.AsyncCursor[Any], owner: str) -> Suspension | None:
@@ -116,11 +131,10 @@ async def check_deposit(cur: psycopg.AsyncCursor[Any], owner: str, currency: str
     """Raise :class:`OnBreak`, :class:`Suspended` or :class:`DepositLimitExceeded` if the player may not deposit
     ``amount`` now. Locks the player's deposit limits row first, so that deposits made at the
     same time are added up one after the other."""
-    now = await _now(cur)
-    until = await _break(cur, owner)
-    if until is not None and until > now:
+    now, until, suspension = await _standing(cur, owner)
+    if until is not None:
         raise OnBreak(until)
-    if await _suspension(cur, owner) is not None:
+    if suspension is not None:
         raise Suspended()
     await cur.execute(_select(DEPOSIT, lock=True), (owner, currency))
     limits = _limit_set(DEPOSIT, await cur.fetchone()).at(now).amounts
@@ -160,13 +174,12 @@ class ProtectionStore:
 
     async def get(self, owner: str, currency: str) -> Protection:
         async with self.pool.connection() as conn, conn.cursor(row_factory=dict_row) as cur:
-            now = await _now(cur)
+            now, until, _ = await _standing(cur, owner)
             sets = []
             for kind in (STAKE, DEPOSIT):
                 await cur.execute(_select(kind, lock=False), (owner, currency))
                 sets.append(_limit_set(kind, await cur.fetchone()).at(now))
-            until = await _break(cur, owner)
-        return Protection(sets[0], sets[1], until if until is not None and until > now else None)
+        return Protection(sets[0], sets[1], until)
 
     async def set_limits(
         self, kind: Kind, owner: str, currency: str, wanted: tuple[int | None, ...], cooling_off: timedelta
@@ -210,7 +223,7 @@ class ProtectionStore:
         """Start or lengthen the player's break; returns its end."""
         async with self.pool.connection() as conn, conn.transaction(), conn.cursor(row_factory=dict_row) as cur:
             now = await _now(cur)
-            current = await _break(cur, owner, lock=True)
+            current = await _locked_break(cur, owner)
             until = break_until(current if current is not None and current > now else None, now, duration)
             await cur.execute(
                 """INSERT INTO betting.breaks (account_id, until, taken_at) VALUES (%s, %s, now())
@@ -224,16 +237,14 @@ class ProtectionStore:
     async def player(self, owner: str) -> tuple[datetime | None, Suspension | None, list[dict[str, Any]]]:
         """A player's break end (None: not on one), suspension and latest 50 log entries."""
         async with self.pool.connection() as conn, conn.cursor(row_factory=dict_row) as cur:
-            now = await _now(cur)
-            until = await _break(cur, owner)
-            suspension = await _suspension(cur, owner)
+            _, until, suspension = await _standing(cur, owner)
             await cur.execute(
                 """SELECT action, detail, created_at FROM betting.protection_log
                    WHERE account_id = %s ORDER BY id DESC LIMIT 50""",
                 (owner,),
             )
             log = list(await cur.fetchall())
-        return (until if until is not None and until > now else None), suspension, log
+        return until, suspension, log
 
     async def suspend(self, owner: str, reason: str, by: str) -> Suspension:
         """Suspend the account (a suspended one keeps its first suspension); returns it."""

@@ -30,7 +30,7 @@ from livebet.common.v1 import common_pb2
 from psycopg.rows import dict_row
 from psycopg_pool import AsyncConnectionPool
 
-from betting.adapters.protection import OnBreak, Suspended, check_deposit
+from betting.adapters.protection import DepositLimitExceeded, OnBreak, Suspended, check_deposit
 from betting.domain.money import format_minor
 from betting.domain.rules import Leg, Ticket, specifiers_of
 from feed.adapters.jetstream import token
@@ -399,13 +399,7 @@ class Store:
         try:
             async with self.pool.connection() as conn, conn.transaction(), conn.cursor(row_factory=dict_row) as cur:
                 if not withdraw:
-                    await cur.execute(
-                        """SELECT 1 FROM betting.transactions
-                           WHERE owner = %s AND request_id = %s AND kind IN ('deposit', 'withdrawal')""",
-                        (owner, request_id),
-                    )
-                    if await cur.fetchone() is None:  # a repeated request gets its first answer below
-                        await check_deposit(cur, owner, currency, amount)
+                    await check_deposit(cur, owner, currency, amount)
                 await self._ensure_accounts(cur, owner, currency)
                 txn, balance = await self._post(
                     cur,
@@ -420,7 +414,9 @@ class Store:
         except psycopg.errors.CheckViolation as err:
             raise InsufficientFunds(f"balance is below {format_minor(amount, currency)} {currency}") from err
         except psycopg.errors.UniqueViolation:
-            pass
+            refused = None
+        except (OnBreak, Suspended, DepositLimitExceeded) as err:
+            refused = err  # unless it repeats a request made before: that gets its first answer
         async with self.pool.connection() as conn, conn.cursor(row_factory=dict_row) as cur:
             await cur.execute(
                 """SELECT t.transaction_id, t.kind, t.currency, t.request_digest, p.balance_after
@@ -430,6 +426,8 @@ class Store:
                 (owner, request_id),
             )
             row = await cur.fetchone()
+        if row is None and refused is not None:
+            raise refused
         if row is None or row["request_digest"] != request_digest:
             raise Conflict(f"request_id {request_id!r} was used for a different request")
         return str(row["transaction_id"]), int(row["balance_after"])

@@ -36,6 +36,7 @@ DECLARE
     v_amount bigint;
     v_leg jsonb;
     v_break timestamptz;
+    v_suspended boolean;
 BEGIN
     INSERT INTO betting.bets AS b (bet_id, account_id, request_id, request_digest, currency, stake, policy, status,
                                    odds, potential_payout, in_play, placed_at, decide_at, decided_at)
@@ -48,12 +49,15 @@ BEGIN
                      FROM betting.bets b WHERE b.account_id = p_account AND b.request_id = p_request_id;
         RETURN;
     END IF;
-    SELECT k.until INTO v_break FROM betting.breaks k WHERE k.account_id = p_account;
+    -- the player's break and the operator's suspension, in one statement
+    SELECT (SELECT k.until FROM betting.breaks k WHERE k.account_id = p_account),
+           EXISTS (SELECT 1 FROM betting.suspensions su WHERE su.account_id = p_account)
+      INTO v_break, v_suspended;
     IF v_break > v_now THEN
         RAISE EXCEPTION 'on a break from betting' USING ERRCODE = 'LB004',
             DETAIL = extract(epoch FROM v_break)::text;
     END IF;
-    IF EXISTS (SELECT 1 FROM betting.suspensions su WHERE su.account_id = p_account) THEN
+    IF v_suspended THEN
         RAISE EXCEPTION 'the account is suspended' USING ERRCODE = 'LB005';
     END IF;
 
