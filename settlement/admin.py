@@ -19,15 +19,16 @@ from livebet.settlement.v1 import settlement_service_pb2_grpc
 from betting.adapters.store import PoolSource
 from betting.domain.rules import ref_key
 from mesh import access
-from settlement.adapters.store import ORIGINS, Store, settlement_message
+from settlement.adapters.store import ORIGINS, settlement_message
 from settlement.domain.results import provider_results
+from settlement.service import Settler
 
 log = logging.getLogger("settlement.admin")
 
 
 class SettlementApi(settlement_service_pb2_grpc.SettlementServiceServicer):
-    def __init__(self, store: Store, source: PoolSource) -> None:
-        self.store, self.source = store, source
+    def __init__(self, settler: Settler, source: PoolSource) -> None:
+        self.settler, self.store, self.source = settler, settler.store, source
 
     async def _begin(self, context: grpc.aio.ServicerContext, request: Any) -> tuple[str, bytes, sp.Settlement | None]:
         actor = access.actor(context)
@@ -133,7 +134,7 @@ class SettlementApi(settlement_service_pb2_grpc.SettlementServiceServicer):
         if end is not None and end <= start:
             await context.abort(grpc.StatusCode.INVALID_ARGUMENT, "end_time must be after start_time")
         key = ref_key(request.market)
-        count = await self.store.cancel(
+        count = await self.settler.cancel(
             f"manual:{request.request_id}", request.market.match_id, key, start, end, request.reason, actor
         )
         out = self._settlement(request, sp.SETTLEMENT_ACTION_VOID, actor, 0, count, 0)

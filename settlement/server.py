@@ -93,7 +93,7 @@ def build(app: ServiceApp) -> None:
         registry=registry,
     )
     stale_after = stale_match_seconds()
-    settle = SettlementApi(settler.store, pg)
+    settle = SettlementApi(settler, pg)
     reports = ReportApi(pg)
     app.add_service(
         "livebet.settlement.v1.SettlementService",

@@ -83,8 +83,7 @@ class Settler:
             end = c.end_time.ToDatetime(tzinfo=UTC) if c.HasField("end_time") else None
             for ref in c.markets:
                 key = ref_key(ref)
-                voided = await self.store.cancel(f"{e.event_id}:{key}", e.match_id, key, start, end, c.void_reason)
-                log.info("bets cancelled", extra={"match_id": e.match_id, "market": key, "bets": voided})
+                await self.cancel(f"{e.event_id}:{key}", e.match_id, key, start, end, c.void_reason)
         elif kind == "rollback_bet_cancel":
             c = e.rollback_bet_cancel
             start = c.start_time.ToDatetime(tzinfo=UTC) if c.HasField("start_time") else None
@@ -105,6 +104,29 @@ class Settler:
         elif kind == "goal" and e.goal.side in _SIDE:
             await self.store.record_goal(e.event_id, e.match_id, stream_seq, _SIDE[e.goal.side], _when(e))
             await self.settle_match(e.match_id)
+
+    async def cancel(
+        self,
+        cancel_id: str,
+        match_id: str,
+        key: str,
+        start: datetime,
+        end: datetime | None,
+        reason: str,
+        actor: str = "",
+    ) -> int:
+        """A bet cancel (the feed's or a trader's): void the market's bets placed in [start, end),
+        cashed-out ones included (their cash-out annulled). An accumulator reopened that way may
+        have legs on markets settled while it was cashed out: their matches are settled again.
+        Returns the bets the cancel settled."""
+        done = await self.store.cancel(cancel_id, match_id, key, start, end, reason, actor)
+        log.info(
+            "bets cancelled",
+            extra={"match_id": match_id, "market": key, "bets": done.settled, "cash_outs_annulled": done.annulled},
+        )
+        for other in done.matches:
+            await self.settle_match(other)
+        return done.settled
 
     async def provider_settlement(self, e: ev.FeedEvent) -> int:
         """The provider's results, when at least as certain as the operator requires. A market

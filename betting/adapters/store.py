@@ -453,7 +453,8 @@ class Store:
     async def transactions(self, owner: str, currency: str, limit: int, before: int | None) -> list[dict[str, Any]]:
         async with self.pool.connection() as conn, conn.cursor(row_factory=dict_row) as cur:
             await cur.execute(
-                """SELECT p.posting_id, t.transaction_id, t.kind, t.bet_id, t.created_at, p.amount, p.balance_after
+                """SELECT p.posting_id, t.transaction_id, t.kind, coalesce(t.bet_id, p.bet_id) AS bet_id, t.created_at,
+                          p.amount, p.balance_after
                    FROM betting.postings p JOIN betting.transactions t USING (transaction_id)
                    WHERE p.account_id = %s AND (%s::bigint IS NULL OR p.posting_id < %s)
                    ORDER BY p.posting_id DESC LIMIT %s""",

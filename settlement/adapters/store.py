@@ -14,7 +14,7 @@ import contextlib
 from collections.abc import AsyncIterator
 from datetime import datetime
 from decimal import Decimal
-from typing import Any
+from typing import Any, NamedTuple
 
 import psycopg
 from livebet.settlement.v1 import settlement_pb2 as sp
@@ -88,6 +88,15 @@ async def write_event(cur: psycopg.AsyncCursor[Any], event_id: str, settlement: 
 
 def _cancel_origin(cancel_id: str) -> int:
     return sp.SETTLEMENT_ORIGIN_MANUAL if cancel_id.startswith("manual:") else sp.SETTLEMENT_ORIGIN_PROVIDER
+
+
+class Cancelled(NamedTuple):
+    """What a cancel did: bets it settled, cashed-out bets whose cash-out it annulled (reopened
+    before the void), and the matches of those bets' legs (a result known there may settle them)."""
+
+    settled: int
+    annulled: int
+    matches: tuple[str, ...]
 
 
 class Store:
@@ -325,9 +334,10 @@ class Store:
         end: datetime | None,
         reason: str,
         actor: str = "",
-    ) -> int:
+    ) -> Cancelled:
         """Void the open legs on the market of bets placed in [start, end) and settle what that
-        decides (version 0); once per cancel id. Returns how many bets were settled by it."""
+        decides (version 0); once per cancel id. A cashed-out bet in the window has its cash-out
+        annulled first (``betting.annul_cash_outs``) and is then voided like any other."""
         async with self._transaction() as cur:
             await cur.execute(
                 """INSERT INTO settlement.cancels (cancel_id, match_id, market_key, start_time, end_time, reason)
@@ -335,7 +345,21 @@ class Store:
                 (cancel_id, match_id, market_key, start, end, reason),
             )
             if cur.rowcount == 0:
-                return 0  # this cancel was applied before
+                return Cancelled(0, 0, ())  # this cancel was applied before
+            await cur.execute(
+                "SELECT * FROM betting.annul_cash_outs(%s, %s, %s, %s, %s)",
+                (match_id, market_key, start, end, cancel_id),
+            )
+            annulled = await cur.fetchone()
+            reopened = int(annulled[0]) if annulled else 0
+            others: tuple[str, ...] = ()
+            if reopened:  # the matches of their legs: a result known there may settle them now
+                await cur.execute(
+                    """SELECT DISTINCT s.match_id FROM betting.cash_outs c
+                       JOIN betting.selections s ON s.bet_id = c.bet_id WHERE c.annulled_by = %s""",
+                    (cancel_id,),
+                )
+                others = tuple(r[0] for r in await cur.fetchall())
             await cur.execute(
                 """UPDATE betting.selections s
                       SET result = 3, return_per_unit = 1, settled_version = 0, cancelled_by = %s
@@ -356,7 +380,7 @@ class Store:
                 int(got[1]) if got else 0, actor=actor, reason=reason,
             )  # fmt: skip
             await write_event(cur, f"cancel:{cancel_id}", message)
-            return count
+            return Cancelled(count, reopened, others)
 
     async def rollback_cancels(
         self, match_id: str, market_key: str, start: datetime | None, end: datetime | None
@@ -386,6 +410,8 @@ class Store:
             await cur.execute("UPDATE betting.selections SET cancelled_by = NULL WHERE cancelled_by = ANY(%s)", (ids,))
             await cur.execute("SELECT * FROM betting.rollback_market(%s, %s, 0)", (match_id, market_key))
             got = await cur.fetchone()
+            # the cash-outs these cancels annulled stand again (their bets are open again now)
+            await cur.execute("SELECT * FROM betting.restore_cash_outs(%s)", (ids,))
             for cancel_id in ids:
                 message = settlement_message(
                     cancel_id, match_id, market_key, sp.SETTLEMENT_ACTION_ROLLBACK_VOID, _cancel_origin(cancel_id),

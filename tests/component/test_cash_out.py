@@ -20,6 +20,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from livebet.betting.v1 import bet_pb2
 from livebet.betting.v1 import betting_service_pb2 as bs
+from livebet.betting.v1 import wallet_service_pb2 as ws
 from livebet.common.v1 import common_pb2
 from livebet.odds.v1 import trader_service_pb2 as ts
 
@@ -461,7 +462,6 @@ def test_with_redis_down_cash_out_and_placebet_are_unavailable_and_write_nothing
 
 
 def test_watchbets_shows_the_cash_out_and_the_wallet_lists_its_transaction(env: Env) -> None:
-    from livebet.betting.v1 import wallet_service_pb2 as ws
 
     env.send(fixture("c13"))
     priced(env, "c13")
@@ -610,3 +610,183 @@ def test_a_watched_accumulator_whose_leg_won_is_offered_from_its_return_without_
     _offers(stream, latest, lambda seen: seen[acca.bet_id].amount.minor_units == want)
     stream.cancel()
     assert _status(env, acca.bet_id) == "accepted"
+
+
+def _window() -> Any:
+    from google.protobuf.timestamp_pb2 import Timestamp
+
+    t = Timestamp()
+    t.GetCurrentTime()
+    return t
+
+
+def _bet_cancel(match_id: str, seq: int, start: Any, end: Any) -> Any:
+    from livebet.feed.v1 import event_pb2 as ev
+
+    e = ev.FeedEvent(event_id=f"push:{match_id}:cancel:{seq}", provider="push", match_id=match_id, sequence=seq)
+    e.bet_cancel.markets.add(match_id=match_id, market_type=ONE, market_key=ONE)
+    e.bet_cancel.start_time.CopyFrom(start)
+    e.bet_cancel.end_time.CopyFrom(end)
+    e.bet_cancel.void_reason = "goal reported late"
+    return e
+
+
+def _rollback_cancel(match_id: str, seq: int) -> Any:
+    from livebet.feed.v1 import event_pb2 as ev
+
+    e = ev.FeedEvent(event_id=f"push:{match_id}:rbc:{seq}", provider="push", match_id=match_id, sequence=seq)
+    e.rollback_bet_cancel.markets.add(match_id=match_id, market_type=ONE, market_key=ONE)
+    return e
+
+
+def _receivable(env: Env, account: str) -> int:
+    rows = env.sql("SELECT balance FROM betting.ledger_accounts WHERE account_id = %s", f"receivable:{account}:EUR")
+    return int(rows[0][0]) if rows else 0
+
+
+def test_a_bet_cancel_annuls_a_cash_out_and_its_rollback_restores_it(env: Env) -> None:
+    """The late-bet exploit: a bet placed on a goal the feed had not reported yet and cashed out at
+    once. The provider's bet_cancel voids it all the same: the cash-out is taken back, the stake
+    returned. Rolling the cancel back puts the cash-out back as it was."""
+    env.send(fixture("c30"))
+    priced(env, "c30")
+    deposit(env, "k30", 10_000, "k30-d")
+    odds, _ = env.price("c30", ONE, "home")
+    start_at = _window()
+    bet = place(env, "k30", "k30-b", [selection("c30", ONE, "home", odds)], 1_000)
+    end_at = _window()
+    time.sleep(0.05)
+    outside = place(env, "k30", "k30-out", [selection("c30", ONE, "home", odds)], 500)  # after the window
+    got = offer_of(env, "k30", bet.bet_id)
+    cash_out(env, "k30", "k30-co", bet.bet_id, got.amount)
+    c = got.amount.minor_units
+    assert balance(env, "k30") == (10_000 - 1_500 + c, 500)
+    house_before = env.sql("SELECT balance FROM betting.ledger_accounts WHERE account_id = 'house:EUR'")[0][0]
+
+    env.send(_bet_cancel("c30", 40, start_at, end_at))
+    wait_for(lambda: _status(env, bet.bet_id) == "settled", 30, what="the cashed-out bet voided")
+    b = env.bets.GetBet(bs.GetBetRequest(bet_id=bet.bet_id), metadata=md("k30"), timeout=10).bet
+    assert (b.result, b.payout.minor_units) == (bet_pb2.BET_RESULT_VOID, 1_000)  # the stake back, not the cash-out
+    assert balance(env, "k30") == (10_000 - 1_500 + 1_000, 500)
+    assert _status(env, outside.bet_id) == "accepted"
+    # the house gave back what the cash-out left it, and the void moved nothing of its own
+    house_after = env.sql("SELECT balance FROM betting.ledger_accounts WHERE account_id = 'house:EUR'")[0][0]
+    assert house_after - house_before == c - 1_000
+    assert env.sql("SELECT annulled_by FROM betting.cash_outs WHERE bet_id = %s", bet.bet_id) == [
+        ("push:c30:cancel:40:1x2",)
+    ]
+    moves = env.sql(
+        "SELECT account_id, amount FROM betting.postings p JOIN betting.transactions t USING (transaction_id)"
+        " WHERE p.bet_id = %s AND t.kind = 'correction' ORDER BY account_id",
+        bet.bet_id,
+    )
+    assert moves == [("held:k30:EUR", 1_000), ("player:k30:EUR", -c)]  # and the house's share, without a bet
+    history = env.wallet.ListTransactions(ws.ListTransactionsRequest(), metadata=md("k30"), timeout=10)
+    listed = [(t.kind, t.bet_id, t.amount.minor_units) for t in history.transactions[:2]]
+    assert listed == [  # the player's history: the stake back, the cash-out taken back, both naming the bet
+        (ws.TRANSACTION_KIND_SETTLEMENT, bet.bet_id, 1_000),
+        (ws.TRANSACTION_KIND_CORRECTION, bet.bet_id, -c),
+    ]
+    assert _liability(env, "c30", "home") == outside.potential_payout.minor_units  # the void released it again
+    events = env.published(f"bets.k30.{bet.bet_id}")
+    assert f"{bet.bet_id}:cash_out_annulled:push:c30:cancel:40:1x2" in events
+    assert f"{bet.bet_id}:settled:0" in events
+    # a second delivery of the same cancel changes nothing
+    before = env.counts()
+    env.send(_bet_cancel("c30", 40, start_at, end_at))
+    time.sleep(1)
+    assert env.counts() == before
+
+    env.send(_rollback_cancel("c30", 60))
+    wait_for(lambda: _status(env, bet.bet_id) == "cashed_out", 30, what="the cash-out restored")
+    b = env.bets.GetBet(bs.GetBetRequest(bet_id=bet.bet_id), metadata=md("k30"), timeout=10).bet
+    assert b.payout.minor_units == c
+    assert balance(env, "k30") == (10_000 - 1_500 + c, 500)
+    assert env.sql("SELECT annulled_by FROM betting.cash_outs WHERE bet_id = %s", bet.bet_id) == [(None,)]
+    assert _liability(env, "c30", "home") == outside.potential_payout.minor_units
+    assert f"{bet.bet_id}:cash_out_restored:push:c30:cancel:40:1x2" in env.published(f"bets.k30.{bet.bet_id}")
+    # full time settles the bet outside the window; the cashed-out one keeps its cash-out
+    env.send(final("c30", 90, 1, 0))
+    wait_for(lambda: _status(env, outside.bet_id) == "settled", 30, what="full time")
+    assert _status(env, bet.bet_id) == "cashed_out"
+
+
+def test_a_player_who_spent_the_cash_out_owes_it_when_a_cancel_annuls_it(env: Env) -> None:
+    env.send(fixture("c31"))
+    priced(env, "c31")
+    deposit(env, "k31", 1_000, "k31-d")
+    odds, _ = env.price("c31", ONE, "draw")
+    start_at = _window()
+    bet = place(env, "k31", "k31-b", [selection("c31", ONE, "draw", odds)], 1_000)
+    end_at = _window()
+    got = offer_of(env, "k31", bet.bet_id)
+    cash_out(env, "k31", "k31-co", bet.bet_id, got.amount)
+    c = got.amount.minor_units
+    env.wallet.Withdraw(ws.WithdrawRequest(request_id="k31-w", amount=eur(c)), metadata=md("k31"), timeout=10)
+    assert balance(env, "k31") == (0, 0)
+
+    env.send(_bet_cancel("c31", 40, start_at, end_at))
+    wait_for(lambda: _status(env, bet.bet_id) == "settled", 30, what="the cashed-out bet voided")
+    # the cash-out could not come back from a balance of 0: it is owed; the void paid the stake
+    assert balance(env, "k31") == (1_000, 0)
+    assert _receivable(env, "k31") == -c
+
+
+def test_a_trader_void_reopens_a_cashed_out_accumulator_on_its_other_legs(env: Env) -> None:
+    """An accumulator cashed out, one of whose legs a trader voids: it rides again on its other legs,
+    with its stake held; a leg whose match ended while it was cashed out is settled by that result,
+    and the bet may be cashed out again."""
+    from livebet.settlement.v1 import settlement_service_pb2 as ss
+    from livebet.settlement.v1 import settlement_service_pb2_grpc
+
+    from mesh import access
+
+    env.send(fixture("c32"), fixture("c33"), fixture("c34"))
+    for m in ("c32", "c33", "c34"):
+        priced(env, m)
+    deposit(env, "k32", 10_000, "k32-d")
+    o1, _ = env.price("c32", ONE, "home")
+    o2, _ = env.price("c33", ONE, "away")
+    o3, _ = env.price("c34", ONE, "draw")
+    legs = [selection("c32", ONE, "home", o1), selection("c33", ONE, "away", o2), selection("c34", ONE, "draw", o3)]
+    acca = place(env, "k32", "k32-acca", legs, 1_000)
+    got = offer_of(env, "k32", acca.bet_id)
+    cash_out(env, "k32", "k32-co", acca.bet_id, got.amount)
+    c = got.amount.minor_units
+    env.send(final("c33", 90, 0, 2))  # its second leg won while it was cashed out: nothing to settle
+    wait_for(lambda: env.sql("SELECT ended FROM settlement.matches WHERE match_id = 'c33'") == [(True,)], 30)
+    assert env.sql(
+        "SELECT count(*) FROM betting.selections WHERE bet_id = %s AND settled_version IS NOT NULL", acca.bet_id
+    ) == [(0,)]
+
+    admin = settlement_service_pb2_grpc.SettlementServiceStub(
+        access.channel(env.procs[3].spec.health_target, "trader-9", [access.ADMIN])
+    )
+    req = ss.VoidMarketRequest(
+        request_id="k32-void",
+        market={"match_id": "c32", "market_type": ONE, "market_key": ONE},  # type: ignore[arg-type]
+        reason="palpable error",
+    )
+    done = admin.VoidMarket(req, metadata=(("x-livebet-account", "trader-9"),), timeout=30).settlement
+    assert done.bets_affected == 0  # nothing it settled: the accumulator is open again
+    b = env.bets.GetBet(bs.GetBetRequest(bet_id=acca.bet_id), metadata=md("k32"), timeout=10).bet
+    assert b.status == bet_pb2.BET_STATUS_ACCEPTED
+    assert balance(env, "k32") == (9_000, 1_000)  # the cash-out back, the stake held again
+    legs_now = env.sql(
+        "SELECT match_id, result, return_per_unit FROM betting.selections WHERE bet_id = %s ORDER BY leg", acca.bet_id
+    )
+    assert legs_now == [("c32", 3, Decimal(1)), ("c33", 1, Decimal(o2)), ("c34", 0, None)]  # void, won, open
+    assert _liability(env, "c34", "draw") >= acca.potential_payout.minor_units
+
+    # cashed out again, now from the won leg and the open one
+    again = offer_of(env, "k32", acca.bet_id)
+    now, _ = env.price("c34", ONE, "draw")
+    assert again.amount.minor_units == expected(1_000, Decimal(o2) * Decimal(o3) / Decimal(now))
+    done_again = cash_out(env, "k32", "k32-co2", acca.bet_id, again.amount)
+    assert done_again.status == bet_pb2.BET_STATUS_CASHED_OUT
+    assert balance(env, "k32") == (9_000 + again.amount.minor_units, 0)
+    assert env.sql(
+        "SELECT request_id, annulled_by IS NOT NULL FROM betting.cash_outs WHERE bet_id = %s ORDER BY created_at",
+        acca.bet_id,
+    ) == [("k32-co", True), ("k32-co2", False)]
+    assert c > 0
