@@ -386,10 +386,18 @@ async function depositDemoMoney(): Promise<void> {
   void refreshBalance();
 }
 
-function upsertBet(b: Bet): void {
+// bets whose cash-out WatchBets has shown: a later event of theirs on the stream (which keeps each
+// bet's events in order), or the list read when the stream reconnects, is newer: e.g. the cash-out
+// annulled by a bet cancel. A call's own answer may be older than the stream's event.
+const cashedOutOnStream = new Set<string>();
+
+function upsertBet(b: Bet, fromStream = false): void {
   const old = bets.get(b.betId);
   if (old && old.status === BetStatus.SETTLED && b.status !== BetStatus.SETTLED && b.settlementVersion <= old.settlementVersion) return;
-  if (old && old.status === BetStatus.CASHED_OUT && b.status !== BetStatus.CASHED_OUT) return; // final
+  if (fromStream && b.status === BetStatus.CASHED_OUT) cashedOutOnStream.add(b.betId);
+  else if (fromStream && cashedOutOnStream.delete(b.betId)) {
+    // the cash-out was annulled after it was shown: take what the stream says now
+  } else if (old && old.status === BetStatus.CASHED_OUT && b.status !== BetStatus.CASHED_OUT) return; // an older answer
   bets.set(b.betId, b);
   renderBets();
 }
@@ -524,11 +532,11 @@ async function watchBets(): Promise<void> {
     ctrl,
     async (signal, live) => {
       const page = await betting.listBets({ pageSize: 20 }, { signal });
-      for (const b of page.bets) upsertBet(b);
+      for (const b of page.bets) upsertBet(b, true);
       for await (const res of betting.watchBets({ includeOpen: true }, { signal })) {
         live();
         const ev = res.event;
-        if (ev?.bet) upsertBet(ev.bet);
+        if (ev?.bet) upsertBet(ev.bet, true);
         if (ev?.balance && balance) {
           balance.available = ev.balance.minorUnits;
           void refreshBalance();
