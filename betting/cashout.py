@@ -19,6 +19,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass
 from decimal import Decimal
 from typing import Any, NoReturn
@@ -59,6 +60,8 @@ def not_open(status: str) -> Refusal:
 class CashOutDesk:
     def __init__(self, store: Store, odds: OddsView, config: Config, metrics: BetMetrics) -> None:
         self.store, self.odds, self.config, self.metrics = store, odds, config, metrics
+        #: called when SetAutoCashOut changed a rule here (the watcher then reads the rules at once)
+        self.on_auto_change: Callable[[], None] = lambda: None
 
     async def price(self, row: dict[str, Any], legs: list[dict[str, Any]]) -> Priced:
         """The bet's offer now, or a Refusal: not accepted, a leg lost, a leg's market not open."""
@@ -148,25 +151,17 @@ class CashOutDesk:
         if request.amount.currency_code != currency:
             await abort_bad_request(context, [("amount.currency_code", f"the bet is in {currency}")])
         try:
-            priced = await self._decide(account, request.bet_id, row, legs, asked)
+            outcome, bet = await self.execute(
+                account, request.bet_id, request.request_id, request_digest, row, legs, asked
+            )
         except Refusal as r:
             again = await self._earlier(account, request.request_id, request_digest, context)
             if again is not None:  # the same request, in flight twice: the other one cashed it out
                 return again
             await self._refuse(context, r)
-        try:
-            outcome, bet = await self.store.cash_out(
-                account, request.bet_id, request.request_id, request_digest, priced.amount, priced.open_legs
-            )
         except Conflict as err:
             await context.abort(grpc.StatusCode.ALREADY_EXISTS, str(err))
         if bet is not None:
-            if outcome == "cashed_out":
-                self.metrics.cash_outs.labels("cashed_out", "").inc()
-                log.info(
-                    "bet cashed out",
-                    extra={"bet_id": bet.bet_id, "account": account, "amount": format_minor(priced.amount, currency)},
-                )
             return bs.CashOutResponse(bet=bet)
         again = await self._earlier(account, request.request_id, request_digest, context)
         if again is not None:
@@ -178,6 +173,85 @@ class CashOutDesk:
             await self._refuse(context, not_open(outcome.partition(":")[2]))
         await context.abort(grpc.StatusCode.NOT_FOUND, f"no bet {request.bet_id} for this account")
         raise AssertionError("unreachable")
+
+    async def execute(
+        self,
+        account: str,
+        bet_id: str,
+        request_id: str,
+        request_digest: bytes,
+        row: dict[str, Any],
+        legs: list[dict[str, Any]],
+        asked: int,
+    ) -> tuple[str, bet_pb2.Bet | None]:
+        """Cash the bet out at its offer if that is at least ``asked`` (after the in-play delay):
+        (outcome, bet) as :meth:`Store.cash_out` gives them; a Refusal when the offer fell below or
+        a market was suspended in the delay; Conflict for a request id used for another request.
+        Both CashOut and the automatic cash-out (:mod:`betting.auto_cashout`) come through here."""
+        priced = await self._decide(account, bet_id, row, legs, asked)
+        outcome, bet = await self.store.cash_out(
+            account, bet_id, request_id, request_digest, priced.amount, priced.open_legs
+        )
+        if bet is not None and outcome == "cashed_out":
+            self.metrics.cash_outs.labels("cashed_out", "").inc()
+            log.info(
+                "bet cashed out",
+                extra={
+                    "bet_id": bet.bet_id,
+                    "account": account,
+                    "amount": format_minor(priced.amount, row["currency"]),
+                    "auto": request_id.startswith("auto:"),
+                },
+            )
+        return outcome, bet
+
+    async def set_auto(
+        self, account: str, request: bs.SetAutoCashOutRequest, context: grpc.aio.ServicerContext
+    ) -> bs.SetAutoCashOutResponse:
+        """``SetAutoCashOut``: validate, then store the rule (the watcher takes it from there)."""
+        bad: list[tuple[str, str]] = []
+        try:
+            uuid.UUID(request.bet_id)
+        except ValueError:
+            bad.append(("bet_id", f"{request.bet_id!r} is not a bet id"))
+        amount: int | None = None
+        if request.HasField("amount"):
+            try:
+                amount = to_minor(request.amount.currency_code, request.amount.minor_units, request.amount.decimal)
+            except MoneyError as err:
+                bad.append(("amount", str(err)))
+        if bad:
+            await abort_bad_request(context, bad)
+        found = await self.store.bet_rows(account, request.bet_id)
+        if found is None:
+            await context.abort(grpc.StatusCode.NOT_FOUND, f"no bet {request.bet_id} for this account")
+            raise AssertionError("unreachable")
+        currency = found[0]["currency"]
+        if amount is not None and request.amount.currency_code != currency:
+            await abort_bad_request(context, [("amount.currency_code", f"the bet is in {currency}")])
+        outcome, row, bet = await self.store.set_auto_cash_out(account, request.bet_id, amount)
+        if outcome.startswith("not_open:"):
+            await self._refuse(context, not_open(outcome.partition(":")[2]))
+        if outcome == "above_payout" and row is not None and amount is not None:
+            payout = format_minor(int(row["potential_payout"]), currency)
+            await abort_bad_request(
+                context,
+                [("amount", f"{format_minor(amount, currency)} {currency} is above the potential payout {payout}")],
+            )
+        if bet is None:
+            await context.abort(grpc.StatusCode.NOT_FOUND, f"no bet {request.bet_id} for this account")
+            raise AssertionError("unreachable")
+        if outcome == "set":
+            self.on_auto_change()
+            log.info(
+                "auto cash-out set",
+                extra={
+                    "bet_id": bet.bet_id,
+                    "account": account,
+                    "amount": "" if amount is None else format_minor(amount, currency),
+                },
+            )
+        return bs.SetAutoCashOutResponse(bet=bet)
 
     async def _earlier(
         self, account: str, request_id: str, request_digest: bytes, context: grpc.aio.ServicerContext

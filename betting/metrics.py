@@ -34,6 +34,19 @@ class BetMetrics:
             ["outcome", "reason"],
             registry=registry,
         )
+        self.auto_cash_outs = Counter(
+            "livebet_bets_auto_cash_outs_total",
+            "Automatic cash-outs tried, by what happened: cashed_out, exists (another replica did it), "
+            "refused (the offer fell back or a market was suspended in the delay: the rule stays), "
+            "bet_changed, failed.",
+            ["outcome"],
+            registry=registry,
+        )
+        self.auto_cash_out_rules = Gauge(
+            "livebet_bets_auto_cash_out_rules",
+            "Accepted bets with an automatic cash-out this process watches.",
+            registry=registry,
+        )
         self.offer_streams = Gauge(
             "livebet_bets_cash_out_offer_streams", "WatchCashOutOffers streams open.", registry=registry
         )

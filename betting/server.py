@@ -25,6 +25,7 @@ from redis.exceptions import RedisError
 from betting.adapters.odds import OddsView
 from betting.adapters.outbox import ensure_stream, run_relay
 from betting.adapters.store import STATUS_NAME, Store
+from betting.auto_cashout import AutoCashOuts
 from betting.domain.rules import Config
 from betting.metrics import BetMetrics
 from betting.player_admin import PlayerAdminApi
@@ -101,6 +102,8 @@ def build(app: ServiceApp) -> None:
 
     store.batcher.on_batch = batch_written
     bets = BettingApi(store, odds, config, nats_dep, metrics)
+    auto = AutoCashOuts(bets.cash_outs, store, metrics)
+    bets.cash_outs.on_auto_change = auto.changed
     wallet = WalletApi(store, config)
     decider = Decider(odds, config)
     app.add_service(
@@ -134,13 +137,23 @@ def build(app: ServiceApp) -> None:
                 wait = 1.0
             await asyncio.sleep(wait)
 
+    async def auto_loop() -> None:
+        while not app.stopping.is_set():
+            try:
+                await auto.run()
+            except asyncio.CancelledError:
+                raise
+            except Exception:
+                log.warning("watching automatic cash-outs failed; retrying", exc_info=True)
+                await asyncio.sleep(1.0)
+
     async def start() -> None:
         await pg.wait_ready()
         await redis_dep.wait_ready()
         await nats_dep.wait_ready()
         await ensure_stream(nats_dep.js)
         relay = run_relay(pg.pool, s.postgres_dsn, nats_dep, app.stopping, relay_wake, metrics)
-        tasks = [app.spawn(decide_loop()), app.spawn(relay)]
+        tasks = [app.spawn(decide_loop()), app.spawn(relay), app.spawn(auto_loop())]
 
         async def stop() -> None:
             await cancel_and_wait(*tasks)

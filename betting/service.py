@@ -305,6 +305,15 @@ class BettingApi(betting_service_pb2_grpc.BettingServiceServicer):
         except (psycopg.OperationalError, RedisError) as err:
             await _unavailable(context, "CashOut", err, "cash-out is")
 
+    async def SetAutoCashOut(
+        self, request: bs.SetAutoCashOutRequest, context: grpc.aio.ServicerContext
+    ) -> bs.SetAutoCashOutResponse:
+        account = await account_of(context)
+        try:
+            return await self.cash_outs.set_auto(account, request, context)
+        except psycopg.OperationalError as err:
+            await _unavailable(context, "SetAutoCashOut", err, "cash-out is")
+
 
 async def _unavailable(context: grpc.aio.ServicerContext, method: str, err: Exception, what: str) -> NoReturn:
     """PostgreSQL or Redis failed: UNAVAILABLE, which a client retries with the same request id."""

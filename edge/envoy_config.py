@@ -111,6 +111,7 @@ IDEMPOTENT = (
     "/livebet.betting.v1.BettingService/ListBets",
     "/livebet.betting.v1.BettingService/GetCashOutOffer",
     "/livebet.betting.v1.BettingService/CashOut",
+    "/livebet.betting.v1.BettingService/SetAutoCashOut",  # sets a value: the same again changes nothing
     "/livebet.betting.v1.WalletService/Deposit",
     "/livebet.betting.v1.WalletService/Withdraw",
     "/livebet.betting.v1.WalletService/GetBalance",

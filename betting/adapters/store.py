@@ -244,6 +244,8 @@ def bet_proto(row: dict[str, Any], legs: Sequence[dict[str, Any]]) -> bet_pb2.Be
     b.accepted_odds.decimal = f"{row['odds']:.2f}"
     _set_money(b.potential_payout, row["potential_payout"], cur)
     _set_money(b.payout, row["payout"], cur)
+    if row.get("auto_cash_out") is not None:
+        _set_money(b.auto_cash_out, row["auto_cash_out"], cur)
     for name in ("placed_at", "decided_at", "settled_at", "decide_at"):
         value = row.get(name)
         if value is not None:
@@ -843,6 +845,69 @@ class Store:
                 return outcome, await self._load(cur, bet)
         except psycopg.errors.UniqueViolation:  # the request id, at once on another bet
             raise Conflict(f"request_id {request_id!r} was used for a different request") from None
+
+    async def set_auto_cash_out(
+        self, account: str, bet_id: str, amount: int | None
+    ) -> tuple[str, dict[str, Any] | None, bet_pb2.Bet | None]:
+        """Set (or with None remove) the bet's automatic cash-out, if the bet is the account's and
+        still pending or accepted, and ``amount`` is at most its potential payout. Returns
+        (outcome, bet row, bet): ``set`` (an event goes to the outbox, for WatchBets) or
+        ``unchanged`` with the bet, ``not_found``, ``not_open:<status>`` or ``above_payout``
+        (with the row)."""
+        async with self.pool.connection() as conn, conn.transaction(), conn.cursor(row_factory=dict_row) as cur:
+            await cur.execute(
+                "SELECT * FROM betting.bets WHERE bet_id = %s AND account_id = %s FOR UPDATE",
+                (uuid.UUID(bet_id), account),
+            )
+            row = await cur.fetchone()
+            if row is None:
+                return "not_found", None, None
+            if row["status"] not in ("pending", "accepted"):
+                return f"not_open:{row['status']}", row, None
+            if amount is not None and amount > row["potential_payout"]:
+                return "above_payout", row, None
+            if row["auto_cash_out"] == amount:
+                return "unchanged", row, await self._load(cur, row)
+            await cur.execute(
+                "UPDATE betting.bets SET auto_cash_out = %s WHERE bet_id = %s RETURNING *", (amount, row["bet_id"])
+            )
+            row = await cur.fetchone()
+            assert row is not None
+            await cur.execute(
+                """INSERT INTO betting.outbox (subject, msg_id, payload, bet_id)
+                   VALUES (%s, %s || ':auto_cash_out:' || gen_random_uuid(), NULL, %s)""",
+                (f"bets.{token(account)}.{row['bet_id']}", str(row["bet_id"]), row["bet_id"]),
+            )
+            await cur.execute("SELECT pg_notify('betting_outbox', '')")
+            return "set", row, await self._load(cur, row)
+
+    async def auto_cash_out_rules(self, limit: int) -> dict[str, tuple[dict[str, Any], list[dict[str, Any]]]]:
+        """The accepted bets with an automatic cash-out (the oldest ``limit``), each with its legs."""
+        async with self.pool.connection() as conn, conn.cursor(row_factory=dict_row) as cur:
+            await cur.execute(
+                "SELECT * FROM betting.bets WHERE auto_cash_out IS NOT NULL AND status = 'accepted'"
+                " ORDER BY placed_at LIMIT %s",
+                (limit,),
+            )
+            found: dict[str, tuple[dict[str, Any], list[dict[str, Any]]]] = {
+                str(row["bet_id"]): (row, []) for row in await cur.fetchall()
+            }
+            if found:
+                await cur.execute(
+                    "SELECT * FROM betting.selections WHERE bet_id = ANY(%s) ORDER BY bet_id, leg",
+                    ([uuid.UUID(b) for b in found],),
+                )
+                for leg in await cur.fetchall():
+                    found[str(leg["bet_id"])][1].append(leg)
+            return found
+
+    async def clear_auto_cash_out(self, bet_id: str, amount: int) -> None:
+        """Remove the automatic cash-out carried out (unless the bettor changed it meanwhile)."""
+        async with self.pool.connection() as conn:
+            await conn.execute(
+                "UPDATE betting.bets SET auto_cash_out = NULL WHERE bet_id = %s AND auto_cash_out = %s",
+                (uuid.UUID(bet_id), amount),
+            )
 
     async def open_bets(self, account: str) -> list[bet_pb2.Bet]:
         return [b for s in ("pending", "accepted") for b in await self.list_bets(account, 1000, None, s)]

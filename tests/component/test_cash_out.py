@@ -790,3 +790,90 @@ def test_a_trader_void_reopens_a_cashed_out_accumulator_on_its_other_legs(env: E
         acca.bet_id,
     ) == [("k32-co", True), ("k32-co2", False)]
     assert c > 0
+
+
+def set_auto(env: Env, account: str, bet_id: str, amount: common_pb2.Money | None) -> bet_pb2.Bet:
+    req = bs.SetAutoCashOutRequest(bet_id=bet_id)
+    if amount is not None:
+        req.amount.CopyFrom(amount)
+    return env.bets.SetAutoCashOut(req, metadata=md(account), timeout=10).bet
+
+
+def test_an_automatic_cash_out_is_taken_once_the_offer_reaches_it(env: Env) -> None:
+    env.send(fixture("c40"))
+    priced(env, "c40")
+    deposit(env, "k40", 10_000, "k40-d")
+    odds, _ = env.price("c40", ONE, "home")
+    bet = place(env, "k40", "k40-b", [selection("c40", ONE, "home", odds)], 1_000)
+    other = place(env, "k40", "k40-b2", [selection("c40", ONE, "home", odds)], 500)
+    assert offer_of(env, "k40", bet.bet_id).amount.minor_units == expected(1_000, Decimal(1))  # 9.50
+
+    # bad rules: the field that is wrong, and nothing stored
+    payout = bet.potential_payout.minor_units
+    for amount, field, text in [
+        (eur(payout + 1), "amount", "above the potential payout"),
+        (eur(0), "amount", "positive"),
+        (common_pb2.Money(currency_code="USD", minor_units=960), "amount.currency_code", "EUR"),
+        (common_pb2.Money(currency_code="EUR", decimal="9.601"), "amount", "more decimals"),
+    ]:
+        code, msg, details = _refused(lambda a=amount: set_auto(env, "k40", bet.bet_id, a))  # type: ignore[misc]
+        fields = {v.field: v.description for d in details for v in getattr(d, "field_violations", [])}
+        assert code == grpc.StatusCode.INVALID_ARGUMENT and field in fields, (amount, code, msg, fields)
+        assert text in fields[field] or text in msg, (amount, fields)
+    code, _, _ = _refused(lambda: set_auto(env, "k40-other", bet.bet_id, eur(960)))
+    assert code == grpc.StatusCode.NOT_FOUND
+    code, _, _ = _refused(lambda: set_auto(env, "k40", "not-a-bet", eur(960)))
+    assert code == grpc.StatusCode.INVALID_ARGUMENT
+    assert env.sql("SELECT count(*) FROM betting.bets WHERE auto_cash_out IS NOT NULL AND account_id = 'k40'") == [(0,)]
+
+    # above the offer: stored, shown on the bet, and not taken while the offer stays below it
+    got = set_auto(env, "k40", bet.bet_id, eur(960))
+    assert got.auto_cash_out.minor_units == 960 and got.status == bet_pb2.BET_STATUS_ACCEPTED
+    assert set_auto(env, "k40", bet.bet_id, eur(960)) == got  # the same again: nothing changes
+    set_auto(env, "k40", other.bet_id, eur(900))
+    assert not set_auto(env, "k40", other.bet_id, None).HasField("auto_cash_out")  # removed
+    time.sleep(1.5)
+    assert _status(env, bet.bet_id) == "accepted" and _status(env, other.bet_id) == "accepted"
+
+    # the trader's margin moves the home price down: the offer rises past 9.60 and the service
+    # cashes the bet out by itself, at the offer then
+    env.trader.SetMargin(ts.SetMarginRequest(request_id="c40-m", match_id="c40", margin="0.15"), timeout=10)
+    wait_for(lambda: env.price("c40", ONE, "home")[0] != odds, 10, what="c40 repriced")
+    now, _ = env.price("c40", ONE, "home")
+    want = expected(1_000, Decimal(odds) / Decimal(now))
+    assert want >= 960
+    wait_for(lambda: _status(env, bet.bet_id) == "cashed_out", 20, what="the automatic cash-out")
+    done = env.bets.GetBet(bs.GetBetRequest(bet_id=bet.bet_id), metadata=md("k40"), timeout=10).bet
+    assert done.payout.minor_units == want and not done.HasField("auto_cash_out")  # the rule is gone
+    assert env.sql("SELECT request_id, amount FROM betting.cash_outs WHERE bet_id = %s", bet.bet_id) == [
+        (f"auto:{bet.bet_id}:960", want)
+    ]
+    assert balance(env, "k40") == (10_000 - 1_500 + want, 500)
+    assert _status(env, other.bet_id) == "accepted"  # its rule was removed
+    events = env.published(f"bets.k40.{bet.bet_id}")
+    assert any(":auto_cash_out:" in e for e in events) and f"{bet.bet_id}:cashed_out:0" in events
+    port = env.betting.spec.env["LIVEBET_METRICS_PORT"]
+    assert metric(port, 'livebet_bets_auto_cash_outs_total{outcome="cashed_out"}') >= 1
+    # a closed bet takes no rule
+    code, _, details = _refused(lambda: set_auto(env, "k40", bet.bet_id, eur(960)))
+    assert code == grpc.StatusCode.FAILED_PRECONDITION
+    assert details[0].reason == "REJECT_REASON_CASH_OUT_UNAVAILABLE"  # type: ignore[attr-defined]
+
+
+def test_an_automatic_cash_out_in_play_waits_the_delay_and_outlives_a_restart(env: Env) -> None:
+    bet = accepted_in_play(env, "c41", "k41", 10)
+    now = offer_of(env, "k41", bet.bet_id).amount.minor_units
+    set_auto(env, "k41", bet.bet_id, eur(now + 5))
+    env.betting.signal(signal.SIGKILL)  # the rule is in PostgreSQL: a new process takes it up
+    assert env.betting.popen is not None
+    env.betting.popen.wait(10)
+    env.betting.start()
+    assert _status(env, bet.bet_id) == "accepted"
+
+    (t0,) = env.sql("SELECT clock_timestamp()")[0]
+    env.trader.SetMargin(ts.SetMarginRequest(request_id="c41-m", match_id="c41", margin="0.15"), timeout=10)
+    wait_for(lambda: _status(env, bet.bet_id) == "cashed_out", 30, what="the automatic cash-out")
+    ((amount, created),) = env.sql("SELECT amount, created_at FROM betting.cash_outs WHERE bet_id = %s", bet.bet_id)
+    assert amount >= now + 5
+    assert (created - t0).total_seconds() >= IN_PLAY_DELAY - 0.05  # it waited the in-play delay
+    assert balance(env, "k41") == (9_000 + amount, 0)

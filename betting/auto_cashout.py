@@ -1,0 +1,140 @@
+"""Automatic cash-out: a bettor's rule "cash this bet out once its offer reaches X" (``SetAutoCashOut``),
+carried out by the betting service whether or not the bettor is connected.
+
+- **The rule** is a column of the bet (``betting.bets.auto_cash_out``, minor units): set, changed or
+  removed by its owner while the bet is pending or accepted; at most the bet's potential payout.
+- **Watching:** every betting process keeps the accepted bets that have a rule (read again from
+  PostgreSQL every ``reload`` seconds, and at once when this process set one), prices each one with
+  the code ``GetCashOutOffer`` uses (:meth:`betting.cashout.CashOutDesk.price`, the kept odds
+  snapshots), and looks again as soon as Valkey tells of a change of one of their matches' odds
+  (``CLIENT TRACKING``, as ``WatchCashOutOffers``), else every ``poll`` seconds.
+- **Cashing out:** an offer at or above the rule is taken through the same path as ``CashOut``,
+  asking for the rule's amount: the in-play delay, a suspension meanwhile refusing it, the offer
+  again at the end of the delay, one transaction. Its request id is ``auto:<bet>:<amount>``, the
+  same in every process, so replicas that see the same offer cash the bet out once (the others get
+  the first answer). A refusal leaves the rule in place: it is tried again at the next offer that
+  reaches it. Once the bet is cashed out the rule is removed.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from typing import Any
+
+from livebet.betting.v1 import betting_service_pb2 as bs
+
+from betting.adapters.store import Conflict, Store, digest, money
+from betting.cashout import CashOutDesk
+from betting.domain.rules import Refusal
+from betting.metrics import BetMetrics
+
+log = logging.getLogger("betting.auto_cashout")
+
+BACKOFF_SECONDS = 1.0  # after a failure, the bet is left alone this long
+RELOAD_SECONDS = 1.0  # the rules read again from PostgreSQL at least this often
+POLL_SECONDS = 0.25  # how often the offers are priced while Valkey does not tell of odds changes
+MAX_RULES = 10_000  # watched per process (the oldest bets first)
+
+
+def request_id(bet_id: str, target: int) -> str:
+    """The cash-out's idempotency key: the same for every replica acting on the same rule."""
+    return f"auto:{bet_id}:{target}"
+
+
+class AutoCashOuts:
+    def __init__(
+        self,
+        desk: CashOutDesk,
+        store: Store,
+        metrics: BetMetrics,
+        reload: float = RELOAD_SECONDS,
+        poll: float = POLL_SECONDS,
+    ) -> None:
+        self.desk, self.store, self.metrics = desk, store, metrics
+        self.reload, self.poll = reload, poll
+        self.wake = asyncio.Event()
+        self._busy: set[str] = set()
+        self._dirty = True
+        self._tasks: set[asyncio.Task[None]] = set()
+
+    def changed(self) -> None:
+        """A rule was set or removed here: read the rules again now."""
+        self._dirty = True
+        self.wake.set()
+
+    async def run(self) -> None:
+        loop = asyncio.get_running_loop()
+        rules: dict[str, tuple[dict[str, Any], list[dict[str, Any]]]] = {}
+        matches: set[str] = set()
+        loaded = -self.reload
+        try:
+            while True:
+                self.wake.clear()
+                if self._dirty or loop.time() - loaded >= self.reload:
+                    self._dirty = False
+                    with contextlib.suppress(Exception):
+                        rules = await self.store.auto_cash_out_rules(MAX_RULES)
+                        loaded = loop.time()
+                    now = {g["match_id"] for _, legs in rules.values() for g in legs if g["return_per_unit"] is None}
+                    self.desk.odds.stop_waiting(matches - now, self.wake)
+                    self.desk.odds.wait_for_changes(now - matches, self.wake)
+                    matches = now
+                    self.metrics.auto_cash_out_rules.set(len(rules))
+                for bet_id, (row, legs) in rules.items():
+                    if bet_id not in self._busy:
+                        await self._look(bet_id, row, legs)
+                timeout = max(0.0, loaded + self.reload - loop.time())
+                if not self.desk.odds.tells_changes():
+                    timeout = min(timeout, self.poll)
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self.wake.wait(), timeout)
+        finally:
+            self.desk.odds.stop_waiting(matches, self.wake)
+            for task in list(self._tasks):
+                task.cancel()
+
+    async def _look(self, bet_id: str, row: dict[str, Any], legs: list[dict[str, Any]]) -> None:
+        try:
+            priced = await self.desk.price(row, legs)
+        except Refusal:
+            return  # no offer now (a market suspended, a leg lost): nothing to do
+        except Exception:
+            log.warning("auto cash-out: pricing failed", extra={"bet_id": bet_id}, exc_info=True)
+            return
+        if priced.amount < int(row["auto_cash_out"]):
+            return
+        self._busy.add(bet_id)
+        task = asyncio.create_task(self._cash_out(bet_id, row, legs))
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def _cash_out(self, bet_id: str, row: dict[str, Any], legs: list[dict[str, Any]]) -> None:
+        target, account, currency = int(row["auto_cash_out"]), row["account_id"], row["currency"]
+        request = bs.CashOutRequest(
+            request_id=request_id(bet_id, target), bet_id=bet_id, amount=money(target, currency)
+        )
+        try:
+            outcome, _ = await self.desk.execute(
+                account, bet_id, request.request_id, digest(request.SerializeToString(deterministic=True)), row, legs,
+                target,
+            )  # fmt: skip
+            if outcome in ("cashed_out", "exists"):
+                await self.store.clear_auto_cash_out(bet_id, target)
+                self._dirty = True
+            self.metrics.auto_cash_outs.labels(outcome if outcome in ("cashed_out", "exists") else "bet_changed").inc()
+        except Refusal as r:  # the offer fell back, or a suspension in the delay: the rule stays
+            self.metrics.auto_cash_outs.labels("refused").inc()
+            log.info("auto cash-out refused", extra={"bet_id": bet_id, "why": r.message})
+        except Conflict:  # cannot happen: the request is the same for the same rule
+            self.metrics.auto_cash_outs.labels("failed").inc()
+            log.error("auto cash-out request id used for another request", extra={"bet_id": bet_id})
+            await asyncio.sleep(BACKOFF_SECONDS)
+        except Exception:
+            self.metrics.auto_cash_outs.labels("failed").inc()
+            log.warning("auto cash-out failed; tried again later", extra={"bet_id": bet_id}, exc_info=True)
+            await asyncio.sleep(BACKOFF_SECONDS)
+        finally:
+            self._busy.discard(bet_id)
+            self.wake.set()
