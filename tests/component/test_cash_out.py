@@ -877,3 +877,35 @@ def test_an_automatic_cash_out_in_play_waits_the_delay_and_outlives_a_restart(en
     assert amount >= now + 5
     assert (created - t0).total_seconds() >= IN_PLAY_DELAY - 0.05  # it waited the in-play delay
     assert balance(env, "k41") == (9_000 + amount, 0)
+
+
+def test_two_betting_replicas_watching_one_rule_cash_the_bet_out_once(env: Env, servers_root: Path) -> None:
+    from tests.helpers import Proc, service_spec
+
+    own = {k: v for k, v in env.betting.spec.env.items() if k.startswith("LIVEBET_")}
+    for k in ("LIVEBET_GRPC_PORT", "LIVEBET_METRICS_PORT"):
+        own.pop(k)
+    second = Proc(service_spec("betting", "betting.server", own), servers_root / "cash-betting-2.log").start()
+    try:
+        env.send(fixture("c42"))
+        priced(env, "c42")
+        deposit(env, "k42", 10_000, "k42-d")
+        odds, _ = env.price("c42", ONE, "home")
+        bet = place(env, "k42", "k42-b", [selection("c42", ONE, "home", odds)], 1_000)
+        set_auto(env, "k42", bet.bet_id, eur(960))
+        ports = [p.spec.env["LIVEBET_METRICS_PORT"] for p in (env.betting, second)]
+        rules = "livebet_bets_auto_cash_out_rules"
+        wait_for(lambda: all(metric(p, rules) >= 1 for p in ports), 10, what="both replicas watch the rule")
+        env.trader.SetMargin(ts.SetMarginRequest(request_id="c42-m", match_id="c42", margin="0.15"), timeout=10)
+        wait_for(lambda: _status(env, bet.bet_id) == "cashed_out", 20, what="the automatic cash-out")
+        time.sleep(1.0)  # the other replica's attempt, if it made one, is over
+        assert env.sql("SELECT count(*) FROM betting.cash_outs WHERE bet_id = %s", bet.bet_id) == [(1,)]
+        assert env.sql(
+            "SELECT count(*) FROM betting.transactions WHERE bet_id = %s AND kind = 'cash_out'", bet.bet_id
+        ) == [(1,)]
+        ((amount,),) = env.sql("SELECT amount FROM betting.cash_outs WHERE bet_id = %s", bet.bet_id)
+        assert balance(env, "k42") == (9_000 + amount, 0)
+        done = 'livebet_bets_auto_cash_outs_total{outcome="cashed_out"}'
+        assert sum(metric(p, done) for p in ports) == 1
+    finally:
+        second.stop()

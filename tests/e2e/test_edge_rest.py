@@ -128,6 +128,38 @@ def test_a_bet_cashed_out_over_rest(mesh: Mesh) -> None:
     assert int(bal["available"]["minorUnits"]) == 5000 - 500 + int(bet["payout"]["minorUnits"])
 
 
+def test_an_automatic_cash_out_set_over_rest_is_taken_by_the_service(mesh: Mesh) -> None:
+    t = token(mesh, f"rest-{uuid.uuid4().hex[:6]}")
+    assert call(mesh, "POST", "/v1/wallet/deposits", {"requestId": "d1", "amount": _eur(5000)}, t)[0] == 200
+    selection = json.loads(json_format.MessageToJson(open_selection(mesh)))
+    request = {"requestId": "b1", "selections": [selection], "stake": _eur(500)}
+    status, placed = call(mesh, "POST", "/v1/bets", {**request, "oddsChangePolicy": "ODDS_CHANGE_POLICY_ANY"}, t)
+    assert status == 200, placed
+    bet_id = placed["bet"]["betId"]
+    # more than the bet can ever pay: refused, with the field
+    too_much = int(placed["bet"]["potentialPayout"]["minorUnits"]) + 1
+    status, err = call(mesh, "PUT", f"/v1/bets/{bet_id}/auto-cash-out", {"amount": _eur(too_much)}, t)
+    assert status == 400 and err["code"] == 3 and "potential payout" in json.dumps(err), (status, err)
+    # one cent: any offer reaches it, so the service cashes the bet out by itself once it is accepted
+    # and its market open (a live match: the bet may be rejected in its delay; then nothing happens)
+    status, got = call(mesh, "PUT", f"/v1/bets/{bet_id}/auto-cash-out", {"amount": _eur(1)}, t)
+    assert status == 200 and got["bet"]["autoCashOut"]["minorUnits"] == "1", (status, got)
+
+    def closed() -> str | None:
+        s = call(mesh, "GET", f"/v1/bets/{bet_id}", token=t)[1]["bet"]["status"]
+        return s if s in ("BET_STATUS_CASHED_OUT", "BET_STATUS_REJECTED") else None
+
+    wait_for(closed, 60, interval=0.5, what="the bet cashed out (or rejected in its delay)")
+    bet = call(mesh, "GET", f"/v1/bets/{bet_id}", token=t)[1]["bet"]
+    if bet["status"] == "BET_STATUS_CASHED_OUT":
+        assert int(bet["payout"]["minorUnits"]) >= 1 and "autoCashOut" not in bet
+        status, bal = call(mesh, "GET", "/v1/wallet/balance/EUR", token=t)
+        assert int(bal["available"]["minorUnits"]) == 5000 - 500 + int(bet["payout"]["minorUnits"])
+    else:  # rejected in its delay: no rule is kept on a closed bet
+        status, err = call(mesh, "PUT", f"/v1/bets/{bet_id}/auto-cash-out", {"amount": _eur(1)}, t)
+        assert status == 400 and err["code"] == 9, (status, err)
+
+
 def test_rest_errors_are_http_statuses_with_a_reason(mesh: Mesh) -> None:
     t = token(mesh, f"rest-{uuid.uuid4().hex[:6]}")
     status, err = call(mesh, "POST", "/v1/bets", {"requestId": "x"})
