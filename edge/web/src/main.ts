@@ -418,7 +418,7 @@ function betStatusHtml(b: Bet): string {
         const wait = o.delayMs > 0 ? ` (${Math.round(o.delayMs / 1000)} s)` : "";
         action = `<button class="cash-out" data-cash-out="${esc(b.betId)}">cash out ${formatMinor(o.amount.minorUnits, o.amount.currencyCode)}${wait}</button>`;
       }
-      return `<span class="accepted">accepted</span> ${action}`;
+      return `<span class="accepted">accepted</span> ${action} ${autoHtml(b)}`;
     }
     case BetStatus.CASHED_OUT:
       return `<span class="cashed-out">cashed out · paid ${b.payout ? formatMinor(b.payout.minorUnits, b.payout.currencyCode) : "-"}</span>`;
@@ -428,6 +428,50 @@ function betStatusHtml(b: Bet): string {
       return `<span class="settled">settled: ${esc(BetResult[b.result] ?? "")} · paid ${b.payout ? formatMinor(b.payout.minorUnits, b.payout.currencyCode) : "-"}</span>`;
     default:
       return esc(BetStatus[b.status] ?? "");
+  }
+}
+
+/** The bet's automatic cash-out: the amount with a button to remove it, or a button to set one. */
+function autoHtml(b: Bet): string {
+  const id = esc(b.betId);
+  if (b.autoCashOut) {
+    const at = formatMinor(b.autoCashOut.minorUnits, b.autoCashOut.currencyCode);
+    return `<span class="auto">auto at ${at} <button class="auto-clear" data-auto-clear="${id}" title="remove">×</button></span>`;
+  }
+  return `<button class="auto" data-auto="${id}" title="cash out by itself at an amount">auto…</button>`;
+}
+
+let autoBet = "";
+
+/** Open the automatic cash-out form for a bet, offering 20 % over its offer now (at most its potential payout). */
+function openAuto(betId: string): void {
+  const b = bets.get(betId);
+  if (!b) return;
+  autoBet = betId;
+  const o = offers.get(betId);
+  const max = b.potentialPayout?.minorUnits ?? 0n;
+  let guess = o && typeof o !== "string" ? (o.amount.minorUnits * 12n) / 10n : max;
+  if (guess > max) guess = max;
+  $("auto-what").textContent = `bet ${betId.slice(0, 8)}: at most ${formatMinor(max, b.stake?.currencyCode ?? "EUR")}`;
+  ($("auto-amount") as HTMLInputElement).value = formatMinor(guess, "").trim();
+  $("auto-result").textContent = "";
+  $("auto-form").hidden = false;
+  ($("auto-amount") as HTMLInputElement).focus();
+}
+
+async function setAuto(betId: string, minor: bigint | null): Promise<void> {
+  const b = bets.get(betId);
+  const currencyCode = b?.stake?.currencyCode ?? "EUR";
+  try {
+    const res = await betting.setAutoCashOut({
+      betId,
+      amount: minor === null ? undefined : { currencyCode, minorUnits: minor },
+    });
+    if (res.bet) upsertBet(res.bet);
+    if (betId === autoBet) $("auto-form").hidden = true;
+  } catch (err) {
+    $("auto-result").textContent = ConnectError.from(err).rawMessage;
+    if (betId !== autoBet) $("auto-form").hidden = false;
   }
 }
 
@@ -592,8 +636,22 @@ function main(): void {
   $("stake").addEventListener("input", renderSlip);
   $("place").addEventListener("click", () => void placeBet());
   $("bets").addEventListener("click", (e) => {
-    const id = (e.target as HTMLElement).dataset.cashOut;
-    if (id) void cashOut(id);
+    const data = (e.target as HTMLElement).dataset;
+    if (data.cashOut) void cashOut(data.cashOut);
+    if (data.auto) openAuto(data.auto);
+    if (data.autoClear) void setAuto(data.autoClear, null);
+  });
+  $("auto-form").addEventListener("submit", (e) => {
+    e.preventDefault();
+    const minor = parseAmount(($("auto-amount") as HTMLInputElement).value);
+    if (minor === null || minor <= 0n) {
+      $("auto-result").textContent = "the amount must be such as 12 or 12.50";
+      return;
+    }
+    void setAuto(autoBet, minor);
+  });
+  $("auto-cancel").addEventListener("click", () => {
+    $("auto-form").hidden = true;
   });
   $("signin").addEventListener("submit", (e) => {
     e.preventDefault();
