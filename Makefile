@@ -103,6 +103,10 @@ bench-bets: gen ## PlaceBet throughput and p50/p99 vs raw grpc.aio unary and raw
 bench-offers: gen ## what WatchCashOutOffers streams cost the betting service, quiet and with the odds moving
 	$(PY) -m betting.bench_offers
 
+.PHONY: bench-auto
+bench-auto: gen ## what watching automatic cash-outs costs, and how soon a burst of them is taken
+	$(PY) -m betting.bench_auto
+
 .PHONY: bench-settle
 bench-settle: gen ## time to settle 100,000 open bets on one match (goal <= 10 s)
 	$(PY) -m settlement.bench

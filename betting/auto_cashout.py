@@ -13,7 +13,7 @@ carried out by the betting service whether or not the bettor is connected.
   again at the end of the delay, one transaction. Its request id is ``auto:<bet>:<amount>``, the
   same in every process, so replicas that see the same offer cash the bet out once (the others get
   the first answer). A refusal leaves the rule in place: it is tried again at the next offer that
-  reaches it. Once the bet is cashed out the rule is removed.
+  reaches it. The cash-out removes the rule in its own statement (a trigger, migration 0017).
 """
 
 from __future__ import annotations
@@ -120,8 +120,7 @@ class AutoCashOuts:
                 account, bet_id, request.request_id, digest(request.SerializeToString(deterministic=True)), row, legs,
                 target,
             )  # fmt: skip
-            if outcome in ("cashed_out", "exists"):
-                await self.store.clear_auto_cash_out(bet_id, target)
+            if outcome in ("cashed_out", "exists"):  # the rule went with the cash-out (migration 0017)
                 self._dirty = True
             self.metrics.auto_cash_outs.labels(outcome if outcome in ("cashed_out", "exists") else "bet_changed").inc()
         except Refusal as r:  # the offer fell back, or a suspension in the delay: the rule stays

@@ -70,6 +70,12 @@ BENCHES = [
         ["--players", "20", "--seconds", "2", "--matches", "10"],
         "cash-out offer streams",
     ),
+    Bench(
+        "auto",
+        ["betting.bench_auto", "--json"],
+        ["--bets", "200", "--players", "20", "--matches", "10", "--seconds", "2"],
+        "automatic cash-outs",
+    ),
     Bench("settle", ["settlement.bench", "--json"], ["--bets", "5000", "--players", "200"], "settlement"),
 ]
 
@@ -160,6 +166,18 @@ def _offers(d: dict[str, Any]) -> list[Figure]:
     ]
 
 
+def _auto(d: dict[str, Any]) -> list[Figure]:
+    s, base, watching, taken = d["setup"], d["baseline"], d["watching"], d["taken"]
+    return [
+        Figure("auto", f"betting CPU watching {s['bets']:,} rules, odds moving {s['moves']:g}/s per match",
+               watching["betting_cpu_pct"], "% of a core"),
+        Figure("auto", "betting CPU, the same odds and no rule", base["betting_cpu_pct"], "% of a core"),
+        Figure("auto", f"all {taken['of']:,} rules reached at once: odds written → cash-out committed, p99",
+               taken["p99_ms"], "ms"),
+        Figure("auto", "automatic cash-outs in that burst", taken["per_s"], "/s"),
+    ]  # fmt: skip
+
+
 def _settle(d: dict[str, Any]) -> list[Figure]:
     met = d["seconds"] <= d["goal_seconds"] and d["checks_ok"]
     return [
@@ -175,6 +193,7 @@ FIGURES: dict[str, Callable[[dict[str, Any]], list[Figure]]] = {
     "live": _live,
     "bets": _bets,
     "offers": _offers,
+    "auto": _auto,
     "settle": _settle,
 }
 

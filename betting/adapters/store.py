@@ -226,6 +226,21 @@ async def write(
     return [tuple(row[1:]) for row in sorted(rows, key=lambda row: row[0])]
 
 
+async def _with_legs(
+    cur: psycopg.AsyncCursor[Any], rows: list[dict[str, Any]]
+) -> dict[str, tuple[dict[str, Any], list[dict[str, Any]]]]:
+    """Bet rows by id, each with its legs (one more statement)."""
+    found: dict[str, tuple[dict[str, Any], list[dict[str, Any]]]] = {str(row["bet_id"]): (row, []) for row in rows}
+    if found:
+        await cur.execute(
+            "SELECT * FROM betting.selections WHERE bet_id = ANY(%s) ORDER BY bet_id, leg",
+            ([uuid.UUID(b) for b in found],),
+        )
+        for leg in await cur.fetchall():
+            found[str(leg["bet_id"])][1].append(leg)
+    return found
+
+
 def bet_proto(row: dict[str, Any], legs: Sequence[dict[str, Any]]) -> bet_pb2.Bet:
     cur = row["currency"]
     # fields set in place: a message handed to a constructor is copied, and PlaceBet builds one per bet
@@ -786,17 +801,7 @@ class Store:
                 await cur.execute(
                     "SELECT * FROM betting.bets WHERE account_id = %s AND bet_id = ANY(%s)", (account, list(bet_ids))
                 )
-            found: dict[str, tuple[dict[str, Any], list[dict[str, Any]]]] = {
-                str(row["bet_id"]): (row, []) for row in await cur.fetchall()
-            }
-            if found:
-                await cur.execute(
-                    "SELECT * FROM betting.selections WHERE bet_id = ANY(%s) ORDER BY bet_id, leg",
-                    ([uuid.UUID(b) for b in found],),
-                )
-                for leg in await cur.fetchall():
-                    found[str(leg["bet_id"])][1].append(leg)
-            return found
+            return await _with_legs(cur, await cur.fetchall())
 
     # --- cash-out -----------------------------------------------------------------------------
     async def cashed_out(self, account: str, request_id: str, request_digest: bytes) -> bet_pb2.Bet | None:
@@ -889,25 +894,7 @@ class Store:
                 " ORDER BY placed_at LIMIT %s",
                 (limit,),
             )
-            found: dict[str, tuple[dict[str, Any], list[dict[str, Any]]]] = {
-                str(row["bet_id"]): (row, []) for row in await cur.fetchall()
-            }
-            if found:
-                await cur.execute(
-                    "SELECT * FROM betting.selections WHERE bet_id = ANY(%s) ORDER BY bet_id, leg",
-                    ([uuid.UUID(b) for b in found],),
-                )
-                for leg in await cur.fetchall():
-                    found[str(leg["bet_id"])][1].append(leg)
-            return found
-
-    async def clear_auto_cash_out(self, bet_id: str, amount: int) -> None:
-        """Remove the automatic cash-out carried out (unless the bettor changed it meanwhile)."""
-        async with self.pool.connection() as conn:
-            await conn.execute(
-                "UPDATE betting.bets SET auto_cash_out = NULL WHERE bet_id = %s AND auto_cash_out = %s",
-                (uuid.UUID(bet_id), amount),
-            )
+            return await _with_legs(cur, await cur.fetchall())
 
     async def open_bets(self, account: str) -> list[bet_pb2.Bet]:
         return [b for s in ("pending", "accepted") for b in await self.list_bets(account, 1000, None, s)]

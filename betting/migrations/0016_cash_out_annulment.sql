@@ -20,14 +20,32 @@ ALTER TABLE betting.cash_outs DROP CONSTRAINT cash_outs_pkey;
 CREATE UNIQUE INDEX cash_outs_standing ON betting.cash_outs (bet_id) WHERE annulled_by IS NULL;
 CREATE INDEX cash_outs_annulled ON betting.cash_outs (annulled_by) WHERE annulled_by IS NOT NULL;
 
+-- the bets whose cash-out is annulled or restored, filled by the caller
+CREATE FUNCTION betting.new_cash_out_batch() RETURNS void LANGUAGE plpgsql AS $$
+BEGIN
+    CREATE TEMP TABLE IF NOT EXISTS cash_out_batch (
+        bet_id uuid PRIMARY KEY, account_id text, currency char(3), stake bigint, amount bigint,
+        potential_payout bigint, cancel_id text) ON COMMIT DROP;
+    TRUNCATE cash_out_batch;
+END $$;
+
 -- the money of annulled (p_sign = 1) or restored (p_sign = -1) cash-outs in cash_out_batch, one
 -- correction transaction: held +stake, player -amount (at most their balance, the rest owed on
--- receivable), house amount - stake; reversed for a restore (which never owes anything).
-CREATE FUNCTION betting.move_cash_outs(p_sign integer, p_reason text) RETURNS void
+-- receivable), house amount - stake; reversed for a restore (which never owes anything). Then
+-- the liability and a '<bet>:<p_event>:<cancel>' event per bet. Returns (bets, amount).
+CREATE FUNCTION betting.move_cash_outs(p_sign integer, p_reason text, p_event text)
+RETURNS TABLE (moved integer, moved_amount bigint)
 LANGUAGE plpgsql AS $$
 DECLARE
     v_txn uuid := gen_random_uuid();
+    v_count integer;
+    v_amount bigint;
 BEGIN
+    SELECT count(*), coalesce(sum(c.amount), 0) INTO v_count, v_amount FROM cash_out_batch c;
+    IF v_count = 0 THEN
+        RETURN QUERY SELECT 0, 0::bigint;
+        RETURN;
+    END IF;
     INSERT INTO betting.ledger_accounts (account_id, kind, owner, currency)
     SELECT DISTINCT 'receivable:' || account_id || ':' || currency, 'receivable', account_id, currency
       FROM cash_out_batch WHERE p_sign = 1
@@ -83,21 +101,21 @@ BEGIN
       FROM cash_out_batch c JOIN betting.selections s ON s.bet_id = c.bet_id
      GROUP BY 1, 2, 3, 4
     ON CONFLICT (match_id, market_key, outcome_id, currency) DO UPDATE SET amount = li.amount + excluded.amount;
+
+    INSERT INTO betting.outbox (subject, msg_id, payload, bet_id)
+    SELECT 'bets.' || regexp_replace(c.account_id, '[.\s*>]', '_', 'g') || '.' || c.bet_id,
+           c.bet_id || ':' || p_event || ':' || c.cancel_id, NULL, c.bet_id
+      FROM cash_out_batch c;
+    PERFORM pg_notify('betting_outbox', '');
+    RETURN QUERY SELECT v_count, v_amount;
 END $$;
 
 CREATE FUNCTION betting.annul_cash_outs(p_match text, p_market_key text, p_start timestamptz,
                                         p_end timestamptz, p_cancel text)
 RETURNS TABLE (bets_reopened integer, amount bigint)
 LANGUAGE plpgsql AS $$
-DECLARE
-    v_count integer;
-    v_amount bigint;
 BEGIN
-    CREATE TEMP TABLE IF NOT EXISTS cash_out_batch (
-        bet_id uuid PRIMARY KEY, account_id text, currency char(3), stake bigint, amount bigint,
-        potential_payout bigint, cancel_id text) ON COMMIT DROP;
-    TRUNCATE cash_out_batch;
-
+    PERFORM betting.new_cash_out_batch();
     WITH hit AS (
         UPDATE betting.bets b SET status = 'accepted', payout = 0, result = 0, settled_at = NULL
          WHERE b.status = 'cashed_out' AND b.placed_at >= p_start AND (p_end IS NULL OR b.placed_at < p_end)
@@ -108,56 +126,25 @@ BEGIN
     INSERT INTO cash_out_batch
     SELECT h.bet_id, h.account_id, h.currency, h.stake, c.amount, h.potential_payout, p_cancel
       FROM hit h JOIN betting.cash_outs c ON c.bet_id = h.bet_id AND c.annulled_by IS NULL;
-
-    SELECT count(*), coalesce(sum(c.amount), 0) INTO v_count, v_amount FROM cash_out_batch c;
-    IF v_count = 0 THEN
-        RETURN QUERY SELECT 0, 0::bigint;
-        RETURN;
-    END IF;
     UPDATE betting.cash_outs c SET annulled_by = p_cancel, annulled_at = now()
       FROM cash_out_batch x WHERE c.bet_id = x.bet_id AND c.annulled_by IS NULL;
-    PERFORM betting.move_cash_outs(1, 'cash-out annulled by cancel ' || p_cancel);
-
-    INSERT INTO betting.outbox (subject, msg_id, payload, bet_id)
-    SELECT 'bets.' || regexp_replace(account_id, '[.\s*>]', '_', 'g') || '.' || bet_id,
-           bet_id || ':cash_out_annulled:' || p_cancel, NULL, bet_id
-      FROM cash_out_batch;
-    PERFORM pg_notify('betting_outbox', '');
-    RETURN QUERY SELECT v_count, v_amount;
+    RETURN QUERY SELECT * FROM betting.move_cash_outs(1, 'cash-out annulled by cancel ' || p_cancel,
+                                                      'cash_out_annulled');
 END $$;
 
 CREATE FUNCTION betting.restore_cash_outs(p_cancels text[])
 RETURNS TABLE (bets_restored integer, amount bigint)
 LANGUAGE plpgsql AS $$
-DECLARE
-    v_count integer;
-    v_amount bigint;
 BEGIN
-    CREATE TEMP TABLE IF NOT EXISTS cash_out_batch (
-        bet_id uuid PRIMARY KEY, account_id text, currency char(3), stake bigint, amount bigint,
-        potential_payout bigint, cancel_id text) ON COMMIT DROP;
-    TRUNCATE cash_out_batch;
-
+    PERFORM betting.new_cash_out_batch();
     WITH back AS (
         UPDATE betting.bets b SET status = 'cashed_out', payout = c.amount, result = 0, settled_at = clock_timestamp()
           FROM betting.cash_outs c
          WHERE c.bet_id = b.bet_id AND c.annulled_by = ANY (p_cancels) AND b.status = 'accepted'
         RETURNING b.bet_id, b.account_id, b.currency, b.stake, c.amount, b.potential_payout, c.annulled_by)
     INSERT INTO cash_out_batch SELECT * FROM back;
-
-    SELECT count(*), coalesce(sum(c.amount), 0) INTO v_count, v_amount FROM cash_out_batch c;
-    IF v_count = 0 THEN
-        RETURN QUERY SELECT 0, 0::bigint;
-        RETURN;
-    END IF;
     UPDATE betting.cash_outs c SET annulled_by = NULL, annulled_at = NULL
       FROM cash_out_batch x WHERE c.bet_id = x.bet_id AND c.annulled_by = x.cancel_id;
-    PERFORM betting.move_cash_outs(-1, 'cash-out restored: its cancel rolled back');
-
-    INSERT INTO betting.outbox (subject, msg_id, payload, bet_id)
-    SELECT 'bets.' || regexp_replace(account_id, '[.\s*>]', '_', 'g') || '.' || bet_id,
-           bet_id || ':cash_out_restored:' || cancel_id, NULL, bet_id
-      FROM cash_out_batch;
-    PERFORM pg_notify('betting_outbox', '');
-    RETURN QUERY SELECT v_count, v_amount;
+    RETURN QUERY SELECT * FROM betting.move_cash_outs(-1, 'cash-out restored: its cancel rolled back',
+                                                      'cash_out_restored');
 END $$;

@@ -96,3 +96,21 @@ def test_live_bench_runs_the_real_processes_and_reports_latency() -> None:
     assert report["live"]["updates_per_s"] > 0
     assert 0 < report["live"]["p50_ms"] <= report["live"]["p99_ms"]
     assert report["raw_grpc_streaming_msgs_per_s"] > 0
+
+
+def test_auto_cash_out_bench_takes_every_rule_and_prints_figures() -> None:
+    """``make bench-auto``, small: real NATS, Valkey, PostgreSQL and a betting service."""
+    import json
+    import subprocess
+    import sys
+
+    out = subprocess.run(
+        [sys.executable, "-m", "betting.bench_auto", "--bets", "40", "--players", "4", "--matches", "4",
+         "--seconds", "1", "--json"],
+        capture_output=True, text=True, timeout=300, check=True,
+    )  # fmt: skip
+    got = json.loads(out.stdout)
+    taken = got["taken"]
+    assert (taken["cashed_out"], taken["of"]) == (40, 40), got  # every rule reached was taken, none twice
+    assert 0 < taken["p50_ms"] <= taken["p99_ms"] <= taken["max_ms"] and taken["per_s"] > 0
+    assert got["watching"]["snapshot_writes_per_s"] > 0 and got["baseline"]["betting_cpu_pct"] >= 0
