@@ -118,7 +118,7 @@ class AutoCashOuts:
         try:
             outcome, _ = await self.desk.execute(
                 account, bet_id, request.request_id, digest(request.SerializeToString(deterministic=True)), row, legs,
-                target,
+                target, rule=target,
             )  # fmt: skip
             if outcome in ("cashed_out", "exists"):  # the rule went with the cash-out (migration 0017)
                 self._dirty = True

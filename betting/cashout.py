@@ -183,12 +183,14 @@ class CashOutDesk:
         row: dict[str, Any],
         legs: list[dict[str, Any]],
         asked: int,
+        rule: int | None = None,
     ) -> tuple[str, bet_pb2.Bet | None]:
         """Cash the bet out at its offer if that is at least ``asked`` (after the in-play delay):
         (outcome, bet) as :meth:`Store.cash_out` gives them; a Refusal when the offer fell below or
         a market was suspended in the delay; Conflict for a request id used for another request.
-        Both CashOut and the automatic cash-out (:mod:`betting.auto_cashout`) come through here."""
-        priced = await self._decide(account, bet_id, row, legs, asked)
+        Both CashOut and the automatic cash-out (:mod:`betting.auto_cashout`, with its ``rule``,
+        which must still be the bet's at the end of the delay) come through here."""
+        priced = await self._decide(account, bet_id, row, legs, asked, rule)
         outcome, bet = await self.store.cash_out(
             account, bet_id, request_id, request_digest, priced.amount, priced.open_legs
         )
@@ -263,10 +265,17 @@ class CashOutDesk:
         return None if bet is None else bs.CashOutResponse(bet=bet)
 
     async def _decide(
-        self, account: str, bet_id: str, row: dict[str, Any], legs: list[dict[str, Any]], asked: int
+        self,
+        account: str,
+        bet_id: str,
+        row: dict[str, Any],
+        legs: list[dict[str, Any]],
+        asked: int,
+        rule: int | None = None,
     ) -> Priced:
         """The offer to pay, after the in-play delay when there is one; a Refusal when it falls
-        below the amount asked, a leg's market was suspended meanwhile, or the bet changed."""
+        below the amount asked, a leg's market was suspended meanwhile, or the bet changed (for an
+        automatic cash-out, ``rule``: its rule changed or removed meanwhile)."""
         priced = self.price_covers(await self.price(row, legs), asked, row["currency"])
         if priced.delay <= 0:
             return priced
@@ -280,6 +289,8 @@ class CashOutDesk:
         found = await self.store.bet_rows(account, bet_id)
         if found is None:  # cannot happen: bets are never deleted
             raise _unavailable("the bet is gone")
+        if rule is not None and found[0]["auto_cash_out"] != rule:
+            raise _unavailable("the automatic cash-out was changed or removed during the delay")
         return self.price_covers(await self.price(*found), asked, row["currency"])
 
     @staticmethod

@@ -915,3 +915,17 @@ def test_two_betting_replicas_watching_one_rule_cash_the_bet_out_once(env: Env, 
         assert sum(metric(p, done) for p in ports) - before == 1
     finally:
         second.stop()
+
+
+def test_an_automatic_cash_out_removed_during_its_delay_is_not_taken(env: Env) -> None:
+    bet = accepted_in_play(env, "c43", "k43", 10)
+    port = env.betting.spec.env["LIVEBET_METRICS_PORT"]
+    refused = 'livebet_bets_auto_cash_outs_total{outcome="refused"}'
+    before = metric(port, refused)
+    set_auto(env, "k43", bet.bet_id, eur(1))  # any offer reaches it: the service starts at once
+    time.sleep(IN_PLAY_DELAY / 3)  # it is waiting out the in-play delay
+    set_auto(env, "k43", bet.bet_id, None)  # the bettor changes their mind
+    wait_for(lambda: metric(port, refused) > before, 10, what="the attempt refused at the end of the delay")
+    assert _status(env, bet.bet_id) == "accepted"
+    assert env.sql("SELECT count(*) FROM betting.cash_outs WHERE bet_id = %s", bet.bet_id) == [(0,)]
+    assert balance(env, "k43") == (9_000, 1_000)
