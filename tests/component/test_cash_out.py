@@ -929,3 +929,18 @@ def test_an_automatic_cash_out_removed_during_its_delay_is_not_taken(env: Env) -
     assert _status(env, bet.bet_id) == "accepted"
     assert env.sql("SELECT count(*) FROM betting.cash_outs WHERE bet_id = %s", bet.bet_id) == [(0,)]
     assert balance(env, "k43") == (9_000, 1_000)
+
+
+def test_a_rule_goes_when_its_bet_is_settled(env: Env) -> None:
+    env.send(fixture("c44"))
+    priced(env, "c44")
+    deposit(env, "k44", 10_000, "k44-d")
+    odds, _ = env.price("c44", ONE, "away")
+    bet = place(env, "k44", "k44-b", [selection("c44", ONE, "away", odds)], 1_000)
+    top = bet.potential_payout.minor_units
+    assert set_auto(env, "k44", bet.bet_id, eur(top)).auto_cash_out.minor_units == top  # out of reach
+    env.send(final("c44", 90, 2, 0))
+    wait_for(lambda: _status(env, bet.bet_id) == "settled", 30, what="full time")
+    got = env.bets.GetBet(bs.GetBetRequest(bet_id=bet.bet_id), metadata=md("k44"), timeout=10).bet
+    assert got.result == bet_pb2.BET_RESULT_LOST and not got.HasField("auto_cash_out")
+    assert env.sql("SELECT auto_cash_out FROM betting.bets WHERE bet_id = %s", bet.bet_id) == [(None,)]
