@@ -73,18 +73,19 @@ class AutoCashOuts:
             while True:
                 self.wake.clear()
                 if self._dirty or loop.time() - loaded >= self.reload:
-                    self._dirty = False
-                    with contextlib.suppress(Exception):
+                    self._dirty, loaded = False, loop.time()  # a failed read is tried again a reload later
+                    try:
                         rules = await self.store.auto_cash_out_rules(MAX_RULES)
-                        loaded = loop.time()
+                    except Exception as err:
+                        log.warning("auto cash-out: reading the rules failed", extra={"error": str(err)})
                     now = {g["match_id"] for _, legs in rules.values() for g in legs if g["return_per_unit"] is None}
                     self.desk.odds.stop_waiting(matches - now, self.wake)
                     self.desk.odds.wait_for_changes(now - matches, self.wake)
                     matches = now
                     self.metrics.auto_cash_out_rules.set(len(rules))
                 for bet_id, (row, legs) in rules.items():
-                    if bet_id not in self._busy:
-                        await self._look(bet_id, row, legs)
+                    if bet_id not in self._busy and not await self._look(bet_id, row, legs):
+                        break  # pricing failed (Valkey down?): the next round tries again
                 timeout = max(0.0, loaded + self.reload - loop.time())
                 if not self.desk.odds.tells_changes():
                     timeout = min(timeout, self.poll)
@@ -95,20 +96,23 @@ class AutoCashOuts:
             for task in list(self._tasks):
                 task.cancel()
 
-    async def _look(self, bet_id: str, row: dict[str, Any], legs: list[dict[str, Any]]) -> None:
+    async def _look(self, bet_id: str, row: dict[str, Any], legs: list[dict[str, Any]]) -> bool:
+        """Price the bet and start its cash-out if the offer reaches the rule; False when pricing
+        failed (not a Refusal: no offer now is normal)."""
         try:
             priced = await self.desk.price(row, legs)
         except Refusal:
-            return  # no offer now (a market suspended, a leg lost): nothing to do
-        except Exception:
-            log.warning("auto cash-out: pricing failed", extra={"bet_id": bet_id}, exc_info=True)
-            return
+            return True  # no offer now (a market suspended, a leg lost): nothing to do
+        except Exception as err:
+            log.warning("auto cash-out: pricing failed", extra={"bet_id": bet_id, "error": str(err)})
+            return False
         if priced.amount < int(row["auto_cash_out"]):
-            return
+            return True
         self._busy.add(bet_id)
         task = asyncio.create_task(self._cash_out(bet_id, row, legs))
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
+        return True
 
     async def _cash_out(self, bet_id: str, row: dict[str, Any], legs: list[dict[str, Any]]) -> None:
         target, account, currency = int(row["auto_cash_out"]), row["account_id"], row["currency"]

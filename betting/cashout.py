@@ -277,20 +277,23 @@ class CashOutDesk:
         below the amount asked, a leg's market was suspended meanwhile, or the bet changed (for an
         automatic cash-out, ``rule``: its rule changed or removed meanwhile)."""
         priced = self.price_covers(await self.price(row, legs), asked, row["currency"])
-        if priced.delay <= 0:
+        if priced.delay > 0:
+            await asyncio.sleep(priced.delay)
+            for leg, version in priced.seen:
+                view = await self.odds.match(leg.match_id)
+                why = await self.odds.interrupted_since(leg, version, view.version)
+                if why:
+                    reason = bet_pb2.REJECT_REASON_SUSPENDED_DURING_DELAY
+                    raise Refusal(Kind.FAILED_PRECONDITION, reason, f"{leg.market_key}: {why}")
+        elif rule is None:
             return priced
-        await asyncio.sleep(priced.delay)
-        for leg, version in priced.seen:
-            view = await self.odds.match(leg.match_id)
-            why = await self.odds.interrupted_since(leg, version, view.version)
-            if why:
-                reason = bet_pb2.REJECT_REASON_SUSPENDED_DURING_DELAY
-                raise Refusal(Kind.FAILED_PRECONDITION, reason, f"{leg.market_key}: {why}")
+        # the bet read again: after the delay, or for a rule (which the watcher read up to a
+        # second ago: the bettor may have changed it since, on another replica)
         found = await self.store.bet_rows(account, bet_id)
         if found is None:  # cannot happen: bets are never deleted
             raise _unavailable("the bet is gone")
         if rule is not None and found[0]["auto_cash_out"] != rule:
-            raise _unavailable("the automatic cash-out was changed or removed during the delay")
+            raise _unavailable("the automatic cash-out was changed or removed")
         return self.price_covers(await self.price(*found), asked, row["currency"])
 
     @staticmethod
