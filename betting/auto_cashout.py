@@ -26,7 +26,7 @@ from typing import Any
 from livebet.betting.v1 import betting_service_pb2 as bs
 
 from betting.adapters.store import Conflict, Store, digest, money
-from betting.cashout import CashOutDesk
+from betting.cashout import CashOutDesk, open_matches, same_views
 from betting.domain.rules import Refusal
 from betting.metrics import BetMetrics
 
@@ -56,6 +56,8 @@ class AutoCashOuts:
         self.reload, self.poll = reload, poll
         self.wake = asyncio.Event()
         self._busy: set[str] = set()
+        #: per bet last priced below its rule: (its rule and legs' returns, the odds views)
+        self._below: dict[str, tuple[tuple[object, ...], tuple[object, ...]]] = {}
         self._dirty = True
         self._tasks: set[asyncio.Task[None]] = set()
 
@@ -76,9 +78,10 @@ class AutoCashOuts:
                     self._dirty, loaded = False, loop.time()  # a failed read is tried again a reload later
                     try:
                         rules = await self.store.auto_cash_out_rules(MAX_RULES)
+                        self._below = {b: v for b, v in self._below.items() if b in rules}
                     except Exception as err:
                         log.warning("auto cash-out: reading the rules failed", extra={"error": str(err)})
-                    now = {g["match_id"] for _, legs in rules.values() for g in legs if g["return_per_unit"] is None}
+                    now = open_matches(rules.values())
                     self.desk.odds.stop_waiting(matches - now, self.wake)
                     self.desk.odds.wait_for_changes(now - matches, self.wake)
                     matches = now
@@ -98,8 +101,14 @@ class AutoCashOuts:
 
     async def _look(self, bet_id: str, row: dict[str, Any], legs: list[dict[str, Any]]) -> bool:
         """Price the bet and start its cash-out if the offer reaches the rule; False when pricing
-        failed (not a Refusal: no offer now is normal)."""
+        failed (not a Refusal: no offer now is normal). A bet whose rule, legs and odds are as when
+        it was last priced below its rule is not priced again (as WatchCashOutOffers does)."""
         try:
+            views = await self.desk.views(legs)
+            key = (row["auto_cash_out"], tuple(g["return_per_unit"] for g in legs))
+            last = self._below.get(bet_id)
+            if views is not None and last is not None and last[0] == key and same_views(last[1], views):
+                return True
             priced = await self.desk.price(row, legs)
         except Refusal:
             return True  # no offer now (a market suspended, a leg lost): nothing to do
@@ -107,7 +116,10 @@ class AutoCashOuts:
             log.warning("auto cash-out: pricing failed", extra={"bet_id": bet_id, "error": str(err)})
             return False
         if priced.amount < int(row["auto_cash_out"]):
+            if views is not None:
+                self._below[bet_id] = (key, views)
             return True
+        self._below.pop(bet_id, None)
         self._busy.add(bet_id)
         task = asyncio.create_task(self._cash_out(bet_id, row, legs))
         self._tasks.add(task)

@@ -19,7 +19,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from decimal import Decimal
 from typing import Any, NoReturn
@@ -55,6 +55,16 @@ def _unavailable(message: str) -> Refusal:
 
 def not_open(status: str) -> Refusal:
     return _unavailable(f"the bet is {status.replace('_', ' ')}: only an accepted bet can be cashed out")
+
+
+def same_views(a: tuple[object, ...], b: tuple[object, ...]) -> bool:
+    """Whether two :meth:`CashOutDesk.views` are of the same snapshots (then the offer is the same)."""
+    return len(a) == len(b) and all(x is y for x, y in zip(a, b, strict=True))
+
+
+def open_matches(bets: Iterable[tuple[dict[str, Any], list[dict[str, Any]]]]) -> set[str]:
+    """The matches of the open (unsettled) legs of these bets (row, legs)."""
+    return {leg["match_id"] for _, legs in bets for leg in legs if leg["return_per_unit"] is None}
 
 
 class CashOutDesk:
@@ -93,6 +103,19 @@ class CashOutDesk:
             delay = max(delay, self.config.delay(view.sport, leg.market_type, view.in_play))
         amount = offer(int(row["stake"]), items, self.config.cash_out_margin, int(row["potential_payout"]))
         return Priced(amount, delay, open_legs, seen)
+
+    async def views(self, legs: list[dict[str, Any]]) -> tuple[object, ...] | None:
+        """The odds views the bet's open legs are priced from (None when one is missing). The odds
+        view returns the same object while a match's snapshot is unchanged, so the same objects as
+        last time mean the same offer."""
+        views: list[object] = []
+        for leg in legs:
+            if leg["return_per_unit"] is None:
+                try:
+                    views.append(self.odds.kept(leg["match_id"]) or await self.odds.match(leg["match_id"]))
+                except Refusal:
+                    return None
+        return tuple(views)
 
     async def _refuse(self, context: grpc.aio.ServicerContext, r: Refusal) -> NoReturn:
         self.metrics.cash_outs.labels("refused", bet_pb2.RejectReason.Name(r.reason)).inc()
@@ -224,14 +247,12 @@ class CashOutDesk:
                 bad.append(("amount", str(err)))
         if bad:
             await abort_bad_request(context, bad)
-        found = await self.store.bet_rows(account, request.bet_id)
-        if found is None:
-            await context.abort(grpc.StatusCode.NOT_FOUND, f"no bet {request.bet_id} for this account")
-            raise AssertionError("unreachable")
-        currency = found[0]["currency"]
-        if amount is not None and request.amount.currency_code != currency:
+        outcome, row, bet = await self.store.set_auto_cash_out(
+            account, request.bet_id, amount, request.amount.currency_code
+        )
+        currency = row["currency"] if row is not None else ""
+        if outcome == "currency":
             await abort_bad_request(context, [("amount.currency_code", f"the bet is in {currency}")])
-        outcome, row, bet = await self.store.set_auto_cash_out(account, request.bet_id, amount)
         if outcome.startswith("not_open:"):
             await self._refuse(context, not_open(outcome.partition(":")[2]))
         if outcome == "above_payout" and row is not None and amount is not None:

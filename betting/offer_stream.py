@@ -42,7 +42,7 @@ from nats.aio.client import Client as NatsClient
 from nats.aio.msg import Msg
 
 from betting.adapters.store import money
-from betting.cashout import CashOutDesk, not_open
+from betting.cashout import CashOutDesk, not_open, open_matches, same_views
 from betting.domain.rules import Refusal
 from feed.adapters.jetstream import token
 from mesh.errors import abort_bad_request, duration_seconds
@@ -103,28 +103,6 @@ async def _offer(desk: CashOutDesk, bet_id: str, row: dict[str, Any], legs: list
     return out
 
 
-async def _views(desk: CashOutDesk, legs: list[dict[str, Any]]) -> tuple[object, ...] | None:
-    """The odds views the bet's open legs are priced from (None when one is missing). The odds
-    view returns the same object while a match's snapshot is unchanged, so the same objects as last
-    time mean the same offer."""
-    views: list[object] = []
-    for leg in legs:
-        if leg["return_per_unit"] is None:
-            try:
-                views.append(desk.odds.kept(leg["match_id"]) or await desk.odds.match(leg["match_id"]))
-            except Refusal:
-                return None
-    return tuple(views)
-
-
-def _same(a: tuple[object, ...], b: tuple[object, ...]) -> bool:
-    return len(a) == len(b) and all(x is y for x, y in zip(a, b, strict=True))
-
-
-def _open_matches(bets: Rows) -> set[str]:
-    return {leg["match_id"] for row, legs in bets.values() for leg in legs if leg["return_per_unit"] is None}
-
-
 async def watch_offers(
     desk: CashOutDesk,
     nc: NatsClient,
@@ -154,7 +132,7 @@ async def watch_offers(
             if not named:  # every open bet: the ones followed so far, and any new one
                 more = await desk.store.bets_with_legs(account, None, MAX_BETS)
                 rows.update({b: r for b, r in more.items() if b not in rows})
-            matches = _open_matches(rows)  # told of their changes before they are read
+            matches = open_matches(rows.values())  # told of their changes before they are read
             desk.odds.stop_waiting(waiting_on - matches, wake)
             desk.odds.wait_for_changes(matches - waiting_on, wake)
             waiting_on = matches
@@ -171,9 +149,9 @@ async def watch_offers(
             wake.clear()  # a change from here on makes another round
             offers = []
             for bet_id, (row, legs) in bets.items():
-                views = () if row["status"] in CLOSED else await _views(desk, legs)
+                views = () if row["status"] in CLOSED else await desk.views(legs)
                 last = basis.get(bet_id)
-                if views is not None and last is not None and last[0] is row and _same(last[1], views):
+                if views is not None and last is not None and last[0] is row and same_views(last[1], views):
                     continue  # neither the bet nor its matches' odds changed: nor did its offer
                 offer = await _offer(desk, bet_id, row, legs)
                 if views is not None:

@@ -852,13 +852,13 @@ class Store:
             raise Conflict(f"request_id {request_id!r} was used for a different request") from None
 
     async def set_auto_cash_out(
-        self, account: str, bet_id: str, amount: int | None
+        self, account: str, bet_id: str, amount: int | None, currency: str
     ) -> tuple[str, dict[str, Any] | None, bet_pb2.Bet | None]:
-        """Set (or with None remove) the bet's automatic cash-out, if the bet is the account's and
-        still pending or accepted, and ``amount`` is at most its potential payout. Returns
-        (outcome, bet row, bet): ``set`` (an event goes to the outbox, for WatchBets) or
-        ``unchanged`` with the bet, ``not_found``, ``not_open:<status>`` or ``above_payout``
-        (with the row)."""
+        """Set (or with None remove) the bet's automatic cash-out, if the bet is the account's, in
+        ``currency`` (the amount's; ignored without one), still pending or accepted, and ``amount``
+        is at most its potential payout. Returns (outcome, bet row, bet): ``set`` (an event goes to
+        the outbox, for WatchBets) or ``unchanged`` with the bet, ``not_found``, or with the row
+        ``currency``, ``not_open:<status>`` or ``above_payout``."""
         async with self.pool.connection() as conn, conn.transaction(), conn.cursor(row_factory=dict_row) as cur:
             await cur.execute(
                 "SELECT * FROM betting.bets WHERE bet_id = %s AND account_id = %s FOR UPDATE",
@@ -867,6 +867,8 @@ class Store:
             row = await cur.fetchone()
             if row is None:
                 return "not_found", None, None
+            if amount is not None and row["currency"] != currency:
+                return "currency", row, None
             if row["status"] not in ("pending", "accepted"):
                 return f"not_open:{row['status']}", row, None
             if amount is not None and amount > row["potential_payout"]:
