@@ -71,7 +71,7 @@ class CashOutDesk:
     def __init__(self, store: Store, odds: OddsView, config: Config, metrics: BetMetrics) -> None:
         self.store, self.odds, self.config, self.metrics = store, odds, config, metrics
         #: called when SetAutoCashOut changed a rule here (the watcher then reads the rules at once)
-        self.on_auto_change: Callable[[], None] = lambda: None
+        self.on_auto_change: Callable[[str], None] = lambda bet_id: None
 
     async def price(self, row: dict[str, Any], legs: list[dict[str, Any]]) -> Priced:
         """The bet's offer now, or a Refusal: not accepted, a leg lost, a leg's market not open."""
@@ -265,7 +265,7 @@ class CashOutDesk:
             await context.abort(grpc.StatusCode.NOT_FOUND, f"no bet {request.bet_id} for this account")
             raise AssertionError("unreachable")
         if outcome == "set":
-            self.on_auto_change()
+            self.on_auto_change(bet.bet_id)
             log.info(
                 "auto cash-out set",
                 extra={

@@ -15,11 +15,12 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from collections.abc import Callable
 from datetime import UTC, datetime
 from pathlib import Path
 
 import psycopg
-from livebet.betting.v1 import betting_service_pb2_grpc, player_admin_service_pb2_grpc, wallet_service_pb2_grpc
+from livebet.betting.v1 import bet_pb2, betting_service_pb2_grpc, player_admin_service_pb2_grpc, wallet_service_pb2_grpc
 from redis.exceptions import RedisError
 
 from betting.adapters.odds import OddsView
@@ -42,11 +43,17 @@ RETRY_FAILED_SECONDS = 5.0  # a bet whose decision failed is tried again this mu
 MAX_REQUEST_BYTES = 64 * 1024  # a 20-leg bet slip is about 3 KiB
 
 
-async def decide_due(store: Store, decider: Decider, metrics: BetMetrics | None = None) -> int:
+async def decide_due(
+    store: Store,
+    decider: Decider,
+    metrics: BetMetrics | None = None,
+    with_rule: Callable[[str], None] = lambda bet_id: None,
+) -> int:
     """Decide the bets whose delay is over; how many. A bet whose decision fails for a reason of
     its own (not a dependency that is down) stays pending, is logged and tried again
     ``RETRY_FAILED_SECONDS`` later, and the bets behind it are decided: one bad bet (or a hundred,
-    a round's worth) must not hold every player's bet pending."""
+    a round's worth) must not hold every player's bet pending. ``with_rule`` is told of each bet
+    accepted with an automatic cash-out (the watchers take it from there)."""
     done = 0
     for bet_id in await store.due():
         try:
@@ -65,6 +72,8 @@ async def decide_due(store: Store, decider: Decider, metrics: BetMetrics | None 
             continue
         if bet is not None:
             done += 1
+            if bet.status == bet_pb2.BET_STATUS_ACCEPTED and bet.HasField("auto_cash_out"):
+                with_rule(bet.bet_id)
             if metrics is not None:
                 metrics.decided(bet)
             log.info(
@@ -102,7 +111,7 @@ def build(app: ServiceApp) -> None:
 
     store.batcher.on_batch = batch_written
     bets = BettingApi(store, odds, config, nats_dep, metrics)
-    auto = AutoCashOuts(bets.cash_outs, store, metrics)
+    auto = AutoCashOuts(bets.cash_outs, store, metrics, nats_dep)
     bets.cash_outs.on_auto_change = auto.changed
     wallet = WalletApi(store, config)
     decider = Decider(odds, config)
@@ -122,7 +131,7 @@ def build(app: ServiceApp) -> None:
         counted = 0.0  # the pending-bets gauge is refreshed once a second, not every round
         while not app.stopping.is_set():
             try:
-                await decide_due(store, decider, metrics)
+                await decide_due(store, decider, metrics, auto.changed)
                 nxt = await store.next_due()
                 if time.monotonic() - counted >= 1.0:
                     metrics.pending.set(await store.pending_count())

@@ -888,14 +888,18 @@ class Store:
             await cur.execute("SELECT pg_notify('betting_outbox', '')")
             return "set", row, await self._load(cur, row)
 
-    async def auto_cash_out_rules(self, limit: int) -> dict[str, tuple[dict[str, Any], list[dict[str, Any]]]]:
-        """The accepted bets with an automatic cash-out (the oldest ``limit``), each with its legs."""
+    async def auto_cash_out_rules(
+        self, limit: int, bet_ids: Sequence[str] | None = None
+    ) -> dict[str, tuple[dict[str, Any], list[dict[str, Any]]]]:
+        """The accepted bets with an automatic cash-out (the oldest ``limit``; of ``bet_ids`` only,
+        when given), each with its legs."""
+        query = "SELECT * FROM betting.bets WHERE auto_cash_out IS NOT NULL AND status = 'accepted'"
+        params: tuple[object, ...] = (limit,)
+        if bet_ids is not None:
+            query += " AND bet_id = ANY(%s::uuid[])"
+            params = (list(bet_ids), limit)
         async with self.pool.connection() as conn, conn.cursor(row_factory=dict_row) as cur:
-            await cur.execute(
-                "SELECT * FROM betting.bets WHERE auto_cash_out IS NOT NULL AND status = 'accepted'"
-                " ORDER BY placed_at LIMIT %s",
-                (limit,),
-            )
+            await cur.execute(query + " ORDER BY placed_at LIMIT %s", params)
             return await _with_legs(cur, await cur.fetchall())
 
     async def open_bets(self, account: str) -> list[bet_pb2.Bet]:

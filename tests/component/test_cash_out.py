@@ -890,8 +890,12 @@ def test_two_betting_replicas_watching_one_rule_cash_the_bet_out_once(env: Env, 
     own = {k: v for k, v in env.betting.spec.env.items() if k.startswith("LIVEBET_")}
     for k in ("LIVEBET_GRPC_PORT", "LIVEBET_METRICS_PORT"):
         own.pop(k)
-    second = Proc(service_spec("betting", "betting.server", own), servers_root / "cash-betting-2.log").start()
+    second_log = servers_root / "cash-betting-2.log"
+    second = Proc(service_spec("betting", "betting.server", own), second_log).start()
     try:
+        # the second replica has read the rules (none for k42): it learns of the new one from the
+        # first's hint, not from its next read of all of them, 30 s on
+        wait_for(lambda: "auto cash-out: watching the rules" in second_log.read_text(), 20, what="replica 2 watching")
         env.send(fixture("c42"))
         priced(env, "c42")
         deposit(env, "k42", 10_000, "k42-d")
@@ -929,6 +933,29 @@ def test_an_automatic_cash_out_removed_during_its_delay_is_not_taken(env: Env) -
     assert _status(env, bet.bet_id) == "accepted"
     assert env.sql("SELECT count(*) FROM betting.cash_outs WHERE bet_id = %s", bet.bet_id) == [(0,)]
     assert balance(env, "k43") == (9_000, 1_000)
+
+
+def test_a_rule_set_while_pending_is_watched_once_accepted_and_dropped_once_settled(env: Env) -> None:
+    """Not at the watcher's next read of every rule (30 s): the decider tells it of the bet it
+    accepted, and the bet's own event of its settlement drops it."""
+    port = env.betting.spec.env["LIVEBET_METRICS_PORT"]
+    rules = "livebet_bets_auto_cash_out_rules"
+    env.send(fixture("c45"), state_event("c45", 1, 10))
+    priced(env, "c45", 10)
+    deposit(env, "k45", 10_000, "k45-d")
+    odds, _ = env.price("c45", "btts", "no")
+    watched = metric(port, rules)
+    bet = place(env, "k45", "k45-b", [selection("c45", "btts", "no", odds)], 1_000, bet_pb2.ODDS_CHANGE_POLICY_ANY)
+    top = bet.potential_payout.minor_units
+    got = set_auto(env, "k45", bet.bet_id, eur(top))  # out of reach: watched, never taken
+    assert got.status == bet_pb2.BET_STATUS_PENDING and got.auto_cash_out.minor_units == top
+    assert metric(port, rules) == watched  # a pending bet is not priced
+    wait_for(lambda: _status(env, bet.bet_id) == "accepted", 20, what="accepted after the delay")
+    wait_for(lambda: metric(port, rules) == watched + 1, 10, what="the accepted bet's rule watched")
+    env.send(final("c45", 90, 0, 0))
+    wait_for(lambda: _status(env, bet.bet_id) == "settled", 30, what="full time")
+    wait_for(lambda: metric(port, rules) == watched, 10, what="the settled bet's rule dropped")
+    assert env.sql("SELECT auto_cash_out FROM betting.bets WHERE bet_id = %s", bet.bet_id) == [(None,)]
 
 
 def test_a_rule_goes_when_its_bet_is_settled(env: Env) -> None:
