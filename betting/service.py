@@ -38,6 +38,7 @@ from betting.adapters.store import (
     DailyLimitExceeded,
     InsufficientFunds,
     LiabilityExceeded,
+    LossLimitExceeded,
     Placement,
     Store,
     digest,
@@ -173,6 +174,8 @@ class BettingApi(betting_service_pb2_grpc.BettingServiceServicer):
             await self._refuse(context, bet_pb2.REJECT_REASON_LIABILITY_LIMIT, str(err))
         except DailyLimitExceeded as err:
             await self._refuse(context, bet_pb2.REJECT_REASON_ACCOUNT_LIMIT, str(err))
+        except LossLimitExceeded as err:
+            await self._refuse(context, bet_pb2.REJECT_REASON_LOSS_LIMIT, str(err))
         except OnBreak as err:
             await self._refuse(context, bet_pb2.REJECT_REASON_ACCOUNT_ON_BREAK, str(err))
         except Suspended as err:

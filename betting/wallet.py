@@ -18,8 +18,10 @@ from livebet.betting.v1 import wallet_service_pb2 as ws
 
 from betting.adapters.protection import (
     DEPOSIT,
+    LOSS,
     STAKE,
     DepositLimitExceeded,
+    Kind,
     OnBreak,
     Protection,
     ProtectionStore,
@@ -74,6 +76,7 @@ def limits_response(found: Protection, currency: str) -> ws.GetLimitsResponse:
     out = ws.GetLimitsResponse()
     _fill_set(out, ("stake", "stake_pending", "stake_pending_from"), STAKE.columns, found.stake, currency)
     _fill_set(out, ("deposit", "deposit_pending", "deposit_pending_from"), DEPOSIT.columns, found.deposit, currency)
+    _fill_set(out, ("loss", "loss_pending", "loss_pending_from"), LOSS.columns, found.loss, currency)
     if found.break_until is not None:
         timestamp(out.break_until, found.break_until)
     return out
@@ -185,16 +188,27 @@ class WalletApi(wallet_service_pb2_grpc.WalletServiceServicer):
         _fill_set(out, ("", "pending", "pending_from"), STAKE.columns, after, currency)
         return out
 
+    async def _set_period_limits(
+        self, kind: Kind, request: Any, out: Message, context: grpc.aio.ServicerContext
+    ) -> None:
+        """SetDepositLimits and SetLossLimits: ``request.limits`` over the three periods."""
+        account = await account_of(context)
+        currency, wanted = await self._amounts(context, request.limits, kind.columns, "limits.", request.currency_code)
+        after = await self.protection.set_limits(kind, account, currency, wanted, self.cooling_off)
+        _fill_set(out, ("limits", "pending", "pending_from"), kind.columns, after, currency)
+
     async def SetDepositLimits(
         self, request: ws.SetDepositLimitsRequest, context: grpc.aio.ServicerContext
     ) -> ws.SetDepositLimitsResponse:
-        account = await account_of(context)
-        currency, wanted = await self._amounts(
-            context, request.limits, DEPOSIT.columns, "limits.", request.currency_code
-        )
-        after = await self.protection.set_limits(DEPOSIT, account, currency, wanted, self.cooling_off)
         out = ws.SetDepositLimitsResponse()
-        _fill_set(out, ("limits", "pending", "pending_from"), DEPOSIT.columns, after, currency)
+        await self._set_period_limits(DEPOSIT, request, out, context)
+        return out
+
+    async def SetLossLimits(
+        self, request: ws.SetLossLimitsRequest, context: grpc.aio.ServicerContext
+    ) -> ws.SetLossLimitsResponse:
+        out = ws.SetLossLimitsResponse()
+        await self._set_period_limits(LOSS, request, out, context)
         return out
 
     async def GetLimits(self, request: ws.GetLimitsRequest, context: grpc.aio.ServicerContext) -> ws.GetLimitsResponse:

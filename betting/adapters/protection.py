@@ -1,5 +1,5 @@
-"""Player protection in PostgreSQL (migrations 0014, 0015): the player's own stake and deposit
-limits with their pending (cooling-off) sets, breaks, the operator's suspensions, and the
+"""Player protection in PostgreSQL (migrations 0014, 0015, 0020): the player's own stake, deposit
+and loss limits with their pending (cooling-off) sets, breaks, the operator's suspensions, and the
 append-only log of every change. The
 rules are :mod:`betting.domain.protection`'s; this module reads and writes rows.
 
@@ -32,6 +32,7 @@ class Kind:
 
 STAKE = Kind("stake_limits", "betting.account_limits", ("max_stake", "max_daily_stake"))
 DEPOSIT = Kind("deposit_limits", "betting.deposit_limits", ("max_daily", "max_weekly", "max_monthly"))
+LOSS = Kind("loss_limits", "betting.loss_limits", ("max_daily", "max_weekly", "max_monthly"))
 
 
 class OnBreak(Exception):
@@ -66,6 +67,7 @@ class Protection:
 
     stake: LimitSet
     deposit: LimitSet
+    loss: LimitSet
     break_until: datetime | None
 
 
@@ -176,10 +178,10 @@ class ProtectionStore:
         async with self.pool.connection() as conn, conn.cursor(row_factory=dict_row) as cur:
             now, until, _ = await _standing(cur, owner)
             sets = []
-            for kind in (STAKE, DEPOSIT):
+            for kind in (STAKE, DEPOSIT, LOSS):
                 await cur.execute(_select(kind, lock=False), (owner, currency))
                 sets.append(_limit_set(kind, await cur.fetchone()).at(now))
-        return Protection(sets[0], sets[1], until)
+        return Protection(sets[0], sets[1], sets[2], until)
 
     async def set_limits(
         self, kind: Kind, owner: str, currency: str, wanted: tuple[int | None, ...], cooling_off: timedelta

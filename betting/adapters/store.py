@@ -32,6 +32,7 @@ from psycopg_pool import AsyncConnectionPool
 
 from betting.adapters.protection import DepositLimitExceeded, OnBreak, Suspended, check_deposit
 from betting.domain.money import format_minor
+from betting.domain.protection import loss_refusal
 from betting.domain.rules import Leg, Ticket, specifiers_of
 from feed.adapters.jetstream import token
 from mesh import tracing
@@ -67,6 +68,10 @@ class LiabilityExceeded(Exception):
 
 class DailyLimitExceeded(Exception):
     pass
+
+
+class LossLimitExceeded(Exception):
+    """The bet, if lost, would take the player's net losses over a period above their limit."""
 
 
 class Conflict(Exception):
@@ -280,7 +285,7 @@ def bet_proto(row: dict[str, Any], legs: Sequence[dict[str, Any]]) -> bet_pb2.Be
 
 
 def _refusal(state: str | None, message: str, detail: str | None, t: Ticket) -> Exception | None:
-    """The refusal ``betting.place_bet`` raised (SQLSTATEs LB001-LB005), or None for another error."""
+    """The refusal ``betting.place_bet`` raised (SQLSTATEs LB001-LB006), or None for another error."""
     currency = t.currency
     if state == "LB001":
         return InsufficientFunds(
@@ -293,6 +298,10 @@ def _refusal(state: str | None, message: str, detail: str | None, t: Ticket) -> 
     if state == "LB004" and detail:
         with contextlib.suppress(ValueError):
             return OnBreak(datetime.fromtimestamp(float(detail), UTC))
+    if state == "LB006" and detail:
+        with contextlib.suppress(ValueError):
+            period, limit, lost = (int(x) for x in detail.split(":"))
+            return LossLimitExceeded(loss_refusal(period, limit, lost, t.stake, currency))
     if state == "LB003":
         if detail and detail.isdigit():
             message = f"stake is above your limit of {format_minor(int(detail), currency)} {currency} a bet"

@@ -1,7 +1,7 @@
 """Player protection rules (responsible gambling), pure: no I/O.
 
 A player's own limits come in sets (the stake limits: per bet and per 24 hours; the deposit
-limits: per 24 hours, 7 days and 30 days). Each amount is in minor units, or None for "no limit
+limits and the net loss limits: per 24 hours, 7 days and 30 days). Each amount is in minor units, or None for "no limit
 of the player's own". Changing a set follows one rule, the one regulators ask for:
 
 - **tighter at once**: a lower amount, or a limit where there was none, holds from the next bet
@@ -26,8 +26,9 @@ Amounts = tuple[int | None, ...]
 #: the shortest and the longest break a player can take
 MIN_BREAK = timedelta(days=1)
 MAX_BREAK = timedelta(days=1826)
-#: the deposit periods, in the order of a deposit limit set
+#: the deposit (and loss) periods, in the order of a deposit (or loss) limit set
 DEPOSIT_PERIODS = (("24 hours", timedelta(days=1)), ("7 days", timedelta(days=7)), ("30 days", timedelta(days=30)))
+LOSS_PERIODS = DEPOSIT_PERIODS
 
 
 def tighter(a: int | None, b: int | None) -> int | None:
@@ -78,6 +79,18 @@ def deposit_refusal(limits: Amounts, deposited: Sequence[int], amount: int, curr
                 f" (you can deposit up to {format_minor(room, currency)} {currency} now)"
             )
     return None
+
+
+def loss_refusal(period: int, limit: int, lost: int, stake: int, currency: str) -> str:
+    """Why a bet of ``stake`` is refused for the loss limit of ``LOSS_PERIODS[period]``, the
+    player's net loss over it being ``lost`` before this bet (negative when they are ahead)."""
+    name = LOSS_PERIODS[period][0]
+    room = max(0, limit - lost)
+    return (
+        f"net losses over {name} would be {format_minor(lost + stake, currency)} {currency} if this bet lost,"
+        f" above your limit of {format_minor(limit, currency)} {currency}"
+        f" (you can stake up to {format_minor(room, currency)} {currency} now)"
+    )
 
 
 def break_until(current: datetime | None, now: datetime, duration: timedelta) -> datetime:

@@ -8,7 +8,8 @@
 -- function only writes, and refuses with these SQLSTATEs:
 --   LB001 insufficient funds, LB002 liability limit (message: the leg), LB003 the player's own limit,
 --   LB004 the player is on a break (0014; detail: its end, as seconds since 1970), LB005 the
---   operator suspended the account (0015).
+--   operator suspended the account (0015), LB006 the player's own loss limit (0020; detail:
+--   "<period 0, 1, 2>:<limit>:<net loss before this bet>").
 -- When the (account, request id) exists already nothing is written and outcome = 'exists'.
 -- betting.place_bets (0010) calls it once per bet of a batch, each in its own subtransaction.
 --
@@ -17,7 +18,7 @@
 -- its own outbox relay when a batch commits, and PostgreSQL's CPU per bet fell by a tenth without
 -- the NOTIFY; settlement, rollbacks and bet cancels still notify). 0011 became this file;
 -- databases that applied 0011 keep its record. Breaks and pending (cooled-off) limits: 0014;
--- suspensions: 0015.
+-- suspensions: 0015; loss limits, and stake buckets kept 31 days instead of 24 hours: 0020.
 CREATE OR REPLACE FUNCTION betting.place_bet(
     p_bet_id uuid, p_account text, p_request_id text, p_digest bytea, p_currency char(3), p_stake bigint,
     p_policy smallint, p_status text, p_odds numeric, p_payout bigint, p_in_play boolean, p_delay float8,
@@ -37,6 +38,8 @@ DECLARE
     v_leg jsonb;
     v_break timestamptz;
     v_suspended boolean;
+    v_loss_limits bigint[];
+    v_lost bigint[];  -- the net loss over each period, this bet's stake included
 BEGIN
     INSERT INTO betting.bets AS b (bet_id, account_id, request_id, request_digest, currency, stake, policy, status,
                                    odds, potential_payout, in_play, placed_at, decide_at, decided_at)
@@ -85,11 +88,17 @@ BEGIN
            (v_txn, 'player:' || p_account || ':' || p_currency, -p_stake, p_bet_id);
     v_balance := v_balance - p_stake;
 
-    -- the player's own limits: the pending set once its cooling-off is over (0014)
+    -- the player's own limits: the pending set once its cooling-off is over (0014); their loss
+    -- limits (0020) in the same statement
     SELECT CASE WHEN l.pending_from <= v_now THEN l.pending_max_stake ELSE l.max_stake END,
-           CASE WHEN l.pending_from <= v_now THEN l.pending_max_daily_stake ELSE l.max_daily_stake END
-      INTO v_own_max, v_own_daily
-    FROM betting.account_limits l WHERE l.account_id = p_account AND l.currency = p_currency;
+           CASE WHEN l.pending_from <= v_now THEN l.pending_max_daily_stake ELSE l.max_daily_stake END,
+           (SELECT CASE WHEN x.pending_from <= v_now
+                        THEN ARRAY[x.pending_max_daily, x.pending_max_weekly, x.pending_max_monthly]
+                        ELSE ARRAY[x.max_daily, x.max_weekly, x.max_monthly] END
+            FROM betting.loss_limits x WHERE x.account_id = p_account AND x.currency = p_currency)
+      INTO v_own_max, v_own_daily, v_loss_limits
+    FROM (SELECT 1) AS one
+    LEFT JOIN betting.account_limits l ON l.account_id = p_account AND l.currency = p_currency;
     IF v_own_max IS NOT NULL AND p_stake > v_own_max THEN
         RAISE EXCEPTION 'stake is above your limit a bet' USING ERRCODE = 'LB003', DETAIL = v_own_max::text;
     END IF;
@@ -103,9 +112,31 @@ BEGIN
       AND sb.hour >= date_trunc('hour', v_now - interval '24 hours', 'UTC');
     DELETE FROM betting.stake_buckets sb
     WHERE sb.account_id = p_account AND sb.currency = p_currency
-      AND sb.hour < date_trunc('hour', v_now - interval '24 hours', 'UTC');
+      AND sb.hour < date_trunc('hour', v_now - interval '31 days', 'UTC');  -- the loss limits' 30 days
     IF v_staked > coalesce(v_own_daily, p_max_daily) THEN
         RAISE EXCEPTION 'stakes over 24 hours would exceed your limit' USING ERRCODE = 'LB003';
+    END IF;
+
+    -- the player's own loss limits (0020), only when they have one: the net loss of each period is
+    -- the stakes of the bets placed in it (this one's included, as if lost) less what they returned
+    IF v_loss_limits[1] IS NOT NULL OR v_loss_limits[2] IS NOT NULL OR v_loss_limits[3] IS NOT NULL THEN
+        SELECT ARRAY[coalesce(sum(n.amount) FILTER (WHERE n.hour >= date_trunc('hour', v_now - interval '24 hours', 'UTC')), 0),
+                     coalesce(sum(n.amount) FILTER (WHERE n.hour >= date_trunc('hour', v_now - interval '7 days', 'UTC')), 0),
+                     coalesce(sum(n.amount), 0)]
+          INTO v_lost
+        FROM (SELECT sb.hour, sb.staked AS amount FROM betting.stake_buckets sb
+              WHERE sb.account_id = p_account AND sb.currency = p_currency
+                AND sb.hour >= date_trunc('hour', v_now - interval '30 days', 'UTC')
+              UNION ALL
+              SELECT r.hour, -r.returned FROM betting.bet_returns r
+              WHERE r.account_id = p_account AND r.currency = p_currency
+                AND r.hour >= date_trunc('hour', v_now - interval '30 days', 'UTC')) AS n;
+        FOR i IN 1..3 LOOP
+            IF v_loss_limits[i] IS NOT NULL AND v_lost[i] > v_loss_limits[i] THEN
+                RAISE EXCEPTION 'net losses would exceed your limit' USING ERRCODE = 'LB006',
+                    DETAIL = (i - 1)::text || ':' || v_loss_limits[i]::text || ':' || (v_lost[i] - p_stake)::text;
+            END IF;
+        END LOOP;
     END IF;
 
     IF p_status = 'accepted' THEN

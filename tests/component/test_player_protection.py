@@ -1,6 +1,6 @@
-"""Player protection on the real betting service, PostgreSQL, NATS, Valkey, feed and pricing:
-a player's own stake and deposit limits (tighter at once, looser after the cooling-off, here
-2 s), breaks from betting, the log of changes, and bad input."""
+"""Player protection on the real betting service, PostgreSQL, NATS, Valkey, feed, pricing and
+settlement: a player's own stake, deposit and loss limits (tighter at once, looser after the
+cooling-off, here 2 s), breaks from betting, the log of changes, and bad input."""
 
 from __future__ import annotations
 
@@ -17,13 +17,16 @@ from google.protobuf.duration_pb2 import Duration
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from livebet.betting.v1 import bet_pb2
+from livebet.betting.v1 import betting_service_pb2 as bs
 from livebet.betting.v1 import wallet_service_pb2 as ws
 from livebet.common.v1 import common_pb2
 
+from betting.domain.money import format_minor
 from tests.component.betting_env import Env, balance, deposit, eur, md, place, priced, selection, start
 from tests.component.test_betting import _MONEY, _refused
 from tests.component.test_feed_service import fixture
-from tests.helpers import admin_channel
+from tests.component.test_settlement import final
+from tests.helpers import admin_channel, wait_for
 
 ONE = "1x2"
 COOLING_OFF = 2.0
@@ -31,7 +34,7 @@ COOLING_OFF = 2.0
 
 @pytest.fixture(scope="module")
 def env(servers_root: Path) -> Iterator[Env]:
-    yield from start(servers_root, "protect", {"LIVEBET_BETTING_LIMIT_COOLING_OFF": str(COOLING_OFF)})
+    yield from start(servers_root, "protect", {"LIVEBET_BETTING_LIMIT_COOLING_OFF": str(COOLING_OFF)}, settlement=True)
 
 
 @pytest.fixture(autouse=True)
@@ -48,6 +51,11 @@ def stake_limits(env: Env, account: str, **limits: int) -> ws.SetStakeLimitsResp
 def deposit_limits(env: Env, account: str, **limits: int) -> ws.SetDepositLimitsResponse:
     req = ws.SetDepositLimitsRequest(limits=ws.DepositLimits(**{k: eur(v) for k, v in limits.items()}))
     return env.wallet.SetDepositLimits(req, metadata=md(account), timeout=10)
+
+
+def loss_limits(env: Env, account: str, **limits: int) -> ws.SetLossLimitsResponse:
+    req = ws.SetLossLimitsRequest(limits=ws.LossLimits(**{k: eur(v) for k, v in limits.items()}))
+    return env.wallet.SetLossLimits(req, metadata=md(account), timeout=10)
 
 
 def limits_of(env: Env, account: str) -> ws.GetLimitsResponse:
@@ -217,6 +225,107 @@ def test_a_break_stops_bets_and_deposits_until_it_ends_and_cannot_be_shortened(e
     assert not limits_of(env, "rg4").HasField("break_until")
 
 
+def test_a_loss_limit_counts_open_bets_as_lost_and_gives_back_what_the_bets_return(env: Env) -> None:
+    env.send(fixture("rp7"), fixture("rp8"))
+    priced(env, "rp7")
+    priced(env, "rp8")
+    deposit(env, "rg7", 100_000, "rg7-d")
+    home, _ = env.price("rp7", ONE, "home")
+    away, _ = env.price("rp7", ONE, "away")
+    later, _ = env.price("rp8", ONE, "home")
+    on_rp8 = [selection("rp8", ONE, "home", later)]
+    tries = iter(range(100))
+
+    def get(bet_id: str) -> bet_pb2.Bet:
+        return env.bets.GetBet(bs.GetBetRequest(bet_id=bet_id), metadata=md("rg7"), timeout=10).bet
+
+    def refused(stake: int) -> str:
+        """The message of a bet of ``stake`` on rp8, which must be refused for the loss limit."""
+        before = (bets_of(env, "rg7"), balance(env, "rg7"))
+        _, msg, details = _refused(lambda: place(env, "rg7", f"rg7-x{next(tries)}", on_rp8, stake))
+        assert reason(details) == "REJECT_REASON_LOSS_LIMIT", msg
+        assert (bets_of(env, "rg7"), balance(env, "rg7")) == before  # nothing written
+        return msg
+
+    r = loss_limits(env, "rg7", max_daily=1_000, max_monthly=50_000)  # new limits hold at once
+    assert r.limits.max_daily.decimal == "10.00" and r.limits.max_monthly.decimal == "500.00"
+    assert not r.limits.HasField("max_weekly") and not r.HasField("pending")
+    got = limits_of(env, "rg7")
+    assert got.loss == r.limits and not got.HasField("loss_pending")
+
+    # open bets count as lost: 6.00 + 5.00 would pass 10.00, 6.00 + 4.00 is the limit
+    won = place(env, "rg7", "rg7-a", [selection("rp7", ONE, "home", home)], 600)
+    msg = refused(500)
+    assert "24 hours" in msg and "11.00" in msg and "10.00" in msg and "up to 4.00 EUR" in msg, msg
+    lost = place(env, "rg7", "rg7-b", [selection("rp7", ONE, "away", away)], 400)
+    assert lost.status == bet_pb2.BET_STATUS_ACCEPTED
+    assert "up to 0.00 EUR" in refused(10)  # the smallest stake
+
+    # full time 2-0: the 6.00 on home pays, and what it paid is room again (the day's net loss is
+    # 10.00 less the payout)
+    env.send(final("rp7", 90, 2, 0))
+    wait_for(lambda: get(won.bet_id).status == bet_pb2.BET_STATUS_SETTLED, 30, what="settled 2-0")
+    paid = get(won.bet_id).payout.minor_units
+    assert paid > 600
+    assert f"up to {format_minor(paid, 'EUR')} EUR" in refused(paid + 1)
+    third = place(env, "rg7", "rg7-c", on_rp8, paid)
+    assert third.status == bet_pb2.BET_STATUS_ACCEPTED
+
+    # the result is corrected to 0-2: the payout is taken back and the 4.00 on away pays instead
+    env.send(final("rp7", 91, 0, 2))
+    wait_for(lambda: get(lost.bet_id).result == bet_pb2.BET_RESULT_WON, 30, what="resettled 0-2")
+    assert get(won.bet_id).result == bet_pb2.BET_RESULT_LOST
+    net = 600 + 400 + paid - get(lost.bet_id).payout.minor_units
+    room = max(0, 1_000 - net)
+    assert f"up to {format_minor(room, 'EUR')} EUR" in refused(max(10, room + 1))
+
+    # a looser limit waits out the cooling-off, as the others do
+    r = loss_limits(env, "rg7", max_daily=100_000)
+    assert r.limits.max_daily.decimal == "10.00" and r.pending.max_daily.decimal == "1000.00"
+    assert not r.pending.HasField("max_monthly")  # the monthly one goes too, after the cooling-off
+    after_cooling_off(r.pending_from.ToDatetime(UTC))
+    assert place(env, "rg7", "rg7-d", on_rp8, 5_000).status == bet_pb2.BET_STATUS_ACCEPTED
+    with psycopg.connect(env.dsn) as conn:
+        logged = conn.execute(
+            "SELECT count(*) FROM betting.protection_log WHERE account_id = 'rg7' AND action = 'loss_limits'"
+        ).fetchone()
+    assert logged == (2,)
+
+
+def test_counting_returns_never_waits_for_another_settlements_lock(env: Env) -> None:
+    """Two transactions closing bets of one player placed in one hour (two markets settling at
+    once): the second does not wait for the first's row, it writes one of its own (rolled back
+    here: only the trigger is under test)."""
+    env.send(fixture("rp9"))
+    priced(env, "rp9")
+    deposit(env, "rg9", 10_000, "rg9-d")
+    odds, _ = env.price("rp9", ONE, "home")
+    bets = [place(env, "rg9", f"rg9-{i}", [selection("rp9", ONE, "home", odds)], 100).bet_id for i in range(2)]
+    count = "SELECT count(*), sum(returned) FROM betting.bet_returns WHERE account_id = 'rg9'"
+    close = "UPDATE betting.bets SET status = 'settled', payout = %s WHERE bet_id = %s"
+    # the hour's row, as an earlier settlement would have left it
+    env.sql(
+        """INSERT INTO betting.bet_returns (account_id, currency, hour, returned)
+           SELECT account_id, currency, date_trunc('hour', placed_at, 'UTC'), 0 FROM betting.bets WHERE bet_id = %s""",
+        bets[0],
+    )
+    hours = env.sql("SELECT count(DISTINCT date_trunc('hour', placed_at)) FROM betting.bets WHERE account_id = 'rg9'")
+    if hours != [(1,)]:  # placed either side of an hour's end, a few milliseconds apart
+        env.sql("DELETE FROM betting.bet_returns WHERE account_id = 'rg9'")
+        pytest.skip("the two bets were placed in different hours")
+    try:
+        with psycopg.connect(env.dsn) as first, psycopg.connect(env.dsn) as second:
+            first.execute(close, (150, bets[0]))
+            assert first.execute(count).fetchone() == (1, 150)  # added to the hour's row, which it now holds
+            second.execute("SET lock_timeout = '2s'")  # waiting would fail with LockNotAvailable
+            second.execute(close, (170, bets[1]))
+            assert second.execute(count).fetchone() == (2, 170)  # a row of its own
+            first.rollback()
+            second.rollback()
+    finally:
+        env.sql("DELETE FROM betting.bet_returns WHERE account_id = 'rg9'")
+
+
 def test_bad_protection_requests_are_refused_field_by_field(env: Env) -> None:
     def bad(call: object) -> str:
         code, _, details = _refused(call)
@@ -231,13 +340,15 @@ def test_bad_protection_requests_are_refused_field_by_field(env: Env) -> None:
     req = ws.SetStakeLimitsRequest(max_stake=eur(500), currency_code="GBP")
     assert bad(lambda: w.SetStakeLimits(req, metadata=md("rg5"), timeout=10)) == "max_stake"
     assert bad(lambda: deposit_limits(env, "rg5", max_weekly=-5)) == "limits.max_weekly"
+    assert bad(lambda: loss_limits(env, "rg5", max_monthly=0)) == "limits.max_monthly"
+    assert bad(lambda: loss_limits(env, "rg5")) == "currency_code"
     mixed = ws.DepositLimits(max_daily=eur(100), max_monthly=common_pb2.Money(currency_code="GBP", minor_units=5))
     assert bad(lambda: w.SetDepositLimits(ws.SetDepositLimitsRequest(limits=mixed), metadata=md("rg5"), timeout=10))
     assert bad(lambda: stake_limits(env, "rg5", max_stake=0)) == "max_stake"
     req = ws.GetLimitsRequest(currency_code="XXX")
     assert bad(lambda: w.GetLimits(req, metadata=md("rg5"), timeout=10)) == "currency_code"
     with psycopg.connect(env.dsn) as conn:
-        for table in ("deposit_limits", "account_limits", "breaks", "protection_log"):
+        for table in ("deposit_limits", "loss_limits", "account_limits", "breaks", "protection_log"):
             row = conn.execute(f"SELECT count(*) FROM betting.{table} WHERE account_id = 'rg5'").fetchone()
             assert row == (0,), table
 

@@ -221,9 +221,12 @@ def test_player_protection_over_rest(mesh: Mesh) -> None:
     assert call(mesh, "POST", "/v1/wallet/deposits", {"requestId": "d1", "amount": _eur(2000)}, t)[0] == 200
     status, err = call(mesh, "POST", "/v1/wallet/deposits", {"requestId": "d2", "amount": _eur(2000)}, t)
     assert status == 400 and err["code"] == 9 and "up to 10.00 EUR" in err["message"], (status, err)
+    status, got = call(mesh, "PUT", "/v1/wallet/loss-limits", {"limits": {"maxWeekly": _eur(5000)}}, t)
+    assert status == 200 and got["limits"]["maxWeekly"]["decimal"] == "50.00", (status, got)
     status, got = call(mesh, "POST", "/v1/wallet/breaks", {"duration": "86400s"}, t)
     assert status == 200 and got["until"], (status, got)
     status, got = call(mesh, "GET", "/v1/wallet/limits?currency_code=EUR", token=t)
     assert status == 200 and got["deposit"]["maxDaily"]["decimal"] == "30.00" and got["breakUntil"], got
+    assert got["loss"]["maxWeekly"]["decimal"] == "50.00", got
     status, err = call(mesh, "POST", "/v1/wallet/deposits", {"requestId": "d3", "amount": _eur(100)}, t)
     assert status == 400 and "break" in err["message"], (status, err)

@@ -5,7 +5,7 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 
-from betting.domain.protection import LimitSet, break_until, deposit_refusal, tighter
+from betting.domain.protection import LimitSet, break_until, deposit_refusal, loss_refusal, tighter
 
 NOW = datetime(2026, 11, 28, 12, 0, tzinfo=UTC)
 DAY = timedelta(days=1)
@@ -80,6 +80,18 @@ def test_a_deposit_is_refused_by_the_first_period_it_would_pass() -> None:
     assert deposit_refusal((None, None, None), [10**9] * 3, 10**9, "EUR") is None
     why = deposit_refusal((None, None, 100), [0, 0, 500], 1, "JPY")
     assert why is not None and "30 days" in why and "up to 0 JPY" in why
+
+
+def test_a_loss_refusal_names_the_period_the_loss_and_the_room_left() -> None:
+    why = loss_refusal(0, 1_000, 600, 500, "EUR")
+    assert why == (
+        "net losses over 24 hours would be 11.00 EUR if this bet lost, above your limit of 10.00 EUR"
+        " (you can stake up to 4.00 EUR now)"
+    )
+    # a player ahead (a negative net loss) has more room than the limit itself
+    assert "up to 13.80 EUR" in loss_refusal(2, 1_000, -380, 1_381, "EUR")
+    assert "30 days" in loss_refusal(2, 1, 0, 2, "EUR")
+    assert "up to 0.00 EUR" in loss_refusal(1, 1_000, 1_200, 10, "EUR")  # already over: none
 
 
 def test_a_break_only_gets_longer() -> None:
