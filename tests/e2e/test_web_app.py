@@ -252,7 +252,7 @@ def test_live_odds_suspension_bet_settlement_and_reconnect_in_chromium(mesh: Mes
     assert errors == [], errors
 
 
-def test_play_safe_deposit_limit_and_a_break_in_chromium(mesh: Mesh, browser: object) -> None:
+def test_play_safe_deposit_and_loss_limits_and_a_break_in_chromium(mesh: Mesh, browser: object) -> None:
     OUTPUT.mkdir(parents=True, exist_ok=True)
     account = f"web-safe-{uuid.uuid4().hex[:6]}"
     page = browser.new_page(viewport={"width": 1280, "height": 900})  # type: ignore[attr-defined]
@@ -276,6 +276,18 @@ def test_play_safe_deposit_limit_and_a_break_in_chromium(mesh: Mesh, browser: ob
     page.click("#deposit")  # 200 EUR in a day would pass the limit: refused, and said why
     shows("#deposit-error", "above your limit of 150.00 EUR")
     assert page.locator("#balance").inner_text().startswith("100.00 EUR")
+
+    shows("#safe-status", "Losses per week: no limit")
+    page.fill("#loss-limit", "abc")
+    page.click("#loss-limit-form button")
+    shows("#safe-result", "must be an amount")
+    page.fill("#loss-limit", "40")
+    page.click("#loss-limit-form button")
+    shows("#safe-status", "Losses per week: 40.00 EUR")
+    page.fill("#loss-limit", "")  # removing it is a loosening: it waits out the cooling-off
+    page.click("#loss-limit-form button")
+    shows("#safe-status", "… no limit from")
+    assert "Losses per week: 40.00 EUR" in page.locator("#safe-status").inner_text()
 
     page.select_option("#break-days", "7")
     page.click("#break-form button")

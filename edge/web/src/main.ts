@@ -318,7 +318,7 @@ async function refreshBalance(): Promise<void> {
   renderAccount();
 }
 
-// --- play safe: the player's own deposit limit and breaks (WalletService) ---------------------
+// --- play safe: the player's own deposit and loss limits and breaks (WalletService) ------------
 const when = (t: Parameters<typeof timestampDate>[0]) => timestampDate(t).toLocaleString();
 const amountText = (m: Money | undefined) => (m ? formatMinor(m.minorUnits, m.currencyCode) : "no limit");
 
@@ -326,6 +326,10 @@ function renderLimits(r: GetLimitsResponse): void {
   const lines = [`Deposits per day: ${amountText(r.deposit?.maxDaily)}`];
   if (r.depositPending && r.depositPendingFrom) {
     lines.push(`… ${amountText(r.depositPending.maxDaily)} from ${when(r.depositPendingFrom)}`);
+  }
+  lines.push(`Losses per week: ${amountText(r.loss?.maxWeekly)}`);
+  if (r.lossPending && r.lossPendingFrom) {
+    lines.push(`… ${amountText(r.lossPending.maxWeekly)} from ${when(r.lossPendingFrom)}`);
   }
   if (r.stake?.maxStake) lines.push(`Stake per bet: ${amountText(r.stake.maxStake)}`);
   if (r.breakUntil) lines.push(`On a break until ${when(r.breakUntil)}: no bets, no deposits.`);
@@ -352,21 +356,30 @@ async function safeCall(call: () => Promise<unknown>): Promise<void> {
   await refreshLimits();
 }
 
-function setDepositLimit(): Promise<void> {
-  const text = ($("deposit-limit") as HTMLInputElement).value.trim();
+/** The amount typed in ``input`` (none: no limit) handed to ``set``, or why it is not an amount. */
+function setLimit(input: string, set: (units: bigint | null) => Promise<unknown>): Promise<void> {
+  const text = ($(input) as HTMLInputElement).value.trim();
   const units = text ? parseAmount(text) : null;
   if (text && (units === null || units <= 0n)) {
     $("safe-result").textContent = "the limit must be an amount such as 50 or 50.00";
     return Promise.resolve();
   }
-  return safeCall(() =>
+  return safeCall(() => set(units));
+}
+
+const setDepositLimit = () =>
+  setLimit("deposit-limit", (units) =>
     wallet.setDepositLimits(
-      units === null
-        ? { currencyCode: "EUR" }
-        : { limits: { maxDaily: { currencyCode: "EUR", minorUnits: units } } },
+      units === null ? { currencyCode: "EUR" } : { limits: { maxDaily: { currencyCode: "EUR", minorUnits: units } } },
     ),
   );
-}
+
+const setLossLimit = () =>
+  setLimit("loss-limit", (units) =>
+    wallet.setLossLimits(
+      units === null ? { currencyCode: "EUR" } : { limits: { maxWeekly: { currencyCode: "EUR", minorUnits: units } } },
+    ),
+  );
 
 function takeBreak(): Promise<void> {
   const days = Number(($("break-days") as HTMLSelectElement).value);
@@ -662,6 +675,10 @@ function main(): void {
   $("deposit-limit-form").addEventListener("submit", (e) => {
     e.preventDefault();
     void setDepositLimit();
+  });
+  $("loss-limit-form").addEventListener("submit", (e) => {
+    e.preventDefault();
+    void setLossLimit();
   });
   $("break-form").addEventListener("submit", (e) => {
     e.preventDefault();
