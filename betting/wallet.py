@@ -79,7 +79,16 @@ def limits_response(found: Protection, currency: str) -> ws.GetLimitsResponse:
     _fill_set(out, ("loss", "loss_pending", "loss_pending_from"), LOSS.columns, found.loss, currency)
     if found.break_until is not None:
         timestamp(out.break_until, found.break_until)
+    if found.reality_check is not None:
+        out.reality_check_interval.FromTimedelta(found.reality_check)
     return out
+
+
+#: how often a reality check may come: every 15 minutes to every 24 hours
+REALITY_CHECK_BOUNDS = (900.0, 86400.0)
+#: how far back GetActivity reads, and how far ahead of the service's clock a client's may be
+ACTIVITY_WINDOW = timedelta(hours=24)
+CLOCK_SLACK = timedelta(minutes=5)
 
 
 class WalletApi(wallet_service_pb2_grpc.WalletServiceServicer):
@@ -228,6 +237,54 @@ class WalletApi(wallet_service_pb2_grpc.WalletServiceServicer):
         until = await self.protection.take_break(account, timedelta(seconds=seconds))
         out = ws.TakeBreakResponse()
         timestamp(out.until, until)
+        return out
+
+    async def SetRealityCheck(
+        self, request: ws.SetRealityCheckRequest, context: grpc.aio.ServicerContext
+    ) -> ws.SetRealityCheckResponse:
+        account = await account_of(context)
+        bad: list[tuple[str, str]] = []
+        seconds = duration_seconds(request, "interval", 0.0, REALITY_CHECK_BOUNDS, bad)
+        if seconds and not bad and seconds % 60:
+            bad.append(("interval", f"is {seconds:g} s: it must be whole minutes"))
+        if bad:
+            await abort_bad_request(context, bad)
+        every = timedelta(seconds=seconds) if seconds else None
+        await self.protection.set_reality_check(account, every)
+        out = ws.SetRealityCheckResponse()
+        if every is not None:
+            out.interval.FromTimedelta(every)
+        return out
+
+    async def GetActivity(
+        self, request: ws.GetActivityRequest, context: grpc.aio.ServicerContext
+    ) -> ws.GetActivityResponse:
+        account = await account_of(context)
+        now = datetime.now(UTC)
+        bad: list[tuple[str, str]] = []
+        since = now
+        if not request.HasField("since"):
+            bad.append(("since", "is required: at most 24 hours ago"))
+        else:
+            try:
+                since = request.since.ToDatetime(UTC)
+            except (ValueError, OverflowError):
+                bad.append(("since", "is not a valid time"))
+        if not bad and not now - ACTIVITY_WINDOW <= since <= now + CLOCK_SLACK:
+            bad.append(("since", f"is {since.isoformat(timespec='seconds')}: it must be within the last 24 hours"))
+        currency = await self._currency(account, request.currency_code, context)
+        if bad:
+            await abort_bad_request(context, bad)
+        found = await self.protection.activity(account, currency, since)
+        out = ws.GetActivityResponse(
+            staked=money(found.staked, currency),
+            returned=money(found.returned, currency),
+            net=money(found.returned - found.staked, currency),
+            open_stakes=money(found.open_stakes, currency),
+            bets_placed=found.bets,
+        )
+        timestamp(out.since, since)
+        timestamp(out.until, found.until)
         return out
 
     async def GetBalance(

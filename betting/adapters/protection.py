@@ -69,6 +69,18 @@ class Protection:
     deposit: LimitSet
     loss: LimitSet
     break_until: datetime | None
+    reality_check: timedelta | None = None
+
+
+@dataclass(frozen=True)
+class Activity:
+    """The player's bets placed since a time, as they stand (minor units)."""
+
+    until: datetime
+    staked: int
+    returned: int
+    open_stakes: int
+    bets: int
 
 
 def _limit_set(kind: Kind, row: dict[str, Any] | None) -> LimitSet:
@@ -181,7 +193,42 @@ class ProtectionStore:
             for kind in (STAKE, DEPOSIT, LOSS):
                 await cur.execute(_select(kind, lock=False), (owner, currency))
                 sets.append(_limit_set(kind, await cur.fetchone()).at(now))
-        return Protection(sets[0], sets[1], sets[2], until)
+            await cur.execute("SELECT interval_seconds FROM betting.reality_checks WHERE account_id = %s", (owner,))
+            row = await cur.fetchone()
+        every = timedelta(seconds=row["interval_seconds"]) if row else None
+        return Protection(sets[0], sets[1], sets[2], until, every)
+
+    async def set_reality_check(self, owner: str, every: timedelta | None) -> None:
+        """How often the player's reality checks come (None: never); logged."""
+        async with self.pool.connection() as conn, conn.transaction(), conn.cursor(row_factory=dict_row) as cur:
+            if every is None:
+                await cur.execute("DELETE FROM betting.reality_checks WHERE account_id = %s", (owner,))
+            else:
+                await cur.execute(
+                    """INSERT INTO betting.reality_checks (account_id, interval_seconds) VALUES (%s, %s)
+                       ON CONFLICT (account_id) DO UPDATE SET interval_seconds = excluded.interval_seconds,
+                                                              set_at = now()""",
+                    (owner, int(every.total_seconds())),
+                )
+            await _log(cur, owner, "reality_check", {"seconds": None if every is None else every.total_seconds()})
+
+    async def activity(self, owner: str, currency: str, since: datetime) -> Activity:
+        """The player's bets placed since ``since`` in ``currency``: staked (rejected ones not
+        counted), returned so far (``betting.bet_returned``, migration 0020), still open."""
+        async with self.pool.connection() as conn, conn.cursor(row_factory=dict_row) as cur:
+            await cur.execute(
+                """SELECT now() AS until,
+                          coalesce(sum(b.stake) FILTER (WHERE b.status <> 'rejected'), 0) AS staked,
+                          coalesce(sum(betting.bet_returned(b.status, b.stake, b.payout)), 0) AS returned,
+                          coalesce(sum(b.stake) FILTER (WHERE b.status IN ('pending', 'accepted')), 0) AS open,
+                          count(*) FILTER (WHERE b.status <> 'rejected') AS bets
+                   FROM betting.bets b
+                   WHERE b.account_id = %s AND b.currency = %s AND b.placed_at >= %s""",
+                (owner, currency, since),
+            )
+            row = await cur.fetchone()
+        assert row is not None
+        return Activity(row["until"], int(row["staked"]), int(row["returned"]), int(row["open"]), int(row["bets"]))
 
     async def set_limits(
         self, kind: Kind, owner: str, currency: str, wanted: tuple[int | None, ...], cooling_off: timedelta

@@ -14,6 +14,7 @@ import grpc
 import psycopg
 import pytest
 from google.protobuf.duration_pb2 import Duration
+from google.protobuf.timestamp_pb2 import Timestamp
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from livebet.betting.v1 import bet_pb2
@@ -326,6 +327,55 @@ def test_counting_returns_never_waits_for_another_settlements_lock(env: Env) -> 
         env.sql("DELETE FROM betting.bet_returns WHERE account_id = 'rg9'")
 
 
+def test_a_reality_check_is_kept_with_the_account_and_activity_shows_the_bets_since(env: Env) -> None:
+    env.send(fixture("rp10"))
+    priced(env, "rp10")
+    deposit(env, "rg10", 10_000, "rg10-d")
+    home, _ = env.price("rp10", ONE, "home")
+    away, _ = env.price("rp10", ONE, "away")
+    w = env.wallet
+
+    def activity(since: datetime) -> ws.GetActivityResponse:
+        req = ws.GetActivityRequest(since=Timestamp(seconds=int(since.timestamp()), nanos=since.microsecond * 1000))
+        return w.GetActivity(req, metadata=md("rg10"), timeout=10)
+
+    assert not limits_of(env, "rg10").HasField("reality_check_interval")  # never, until asked
+    r = w.SetRealityCheck(ws.SetRealityCheckRequest(interval=Duration(seconds=1800)), metadata=md("rg10"), timeout=10)
+    assert r.interval.seconds == 1800 and limits_of(env, "rg10").reality_check_interval.seconds == 1800
+
+    earlier = place(env, "rg10", "rg10-a", [selection("rp10", ONE, "home", home)], 1_000)  # before the session
+    time.sleep(0.05)
+    since = datetime.now(UTC)
+    won = place(env, "rg10", "rg10-b", [selection("rp10", ONE, "home", home)], 500)
+    place(env, "rg10", "rg10-c", [selection("rp10", ONE, "away", away)], 300)
+    a = activity(since)
+    assert (a.staked.decimal, a.returned.decimal, a.net.decimal, a.open_stakes.decimal, a.bets_placed) == (
+        "8.00",
+        "0.00",
+        "-8.00",
+        "8.00",
+        2,
+    )
+    assert a.since.ToDatetime(UTC) == since and a.until.ToDatetime(UTC) >= since
+
+    env.send(final("rp10", 90, 1, 0))
+    wait_for(lambda: balance(env, "rg10")[1] == 0, 30, what="settled")
+    paid = env.bets.GetBet(bs.GetBetRequest(bet_id=won.bet_id), metadata=md("rg10"), timeout=10).bet.payout.minor_units
+    a = activity(since)  # the earlier bet's winnings are not the session's
+    assert (a.staked.minor_units, a.returned.minor_units, a.net.minor_units, a.open_stakes.minor_units) == (
+        800,
+        paid,
+        paid - 800,
+        0,
+    )
+    assert activity(since - timedelta(minutes=1)).bets_placed == 3 and earlier.bet_id
+
+    r = w.SetRealityCheck(ws.SetRealityCheckRequest(), metadata=md("rg10"), timeout=10)  # never again
+    assert not r.HasField("interval") and not limits_of(env, "rg10").HasField("reality_check_interval")
+    log = "SELECT count(*) FROM betting.protection_log WHERE account_id = 'rg10' AND action = 'reality_check'"
+    assert env.sql(log) == [(2,)]
+
+
 def test_bad_protection_requests_are_refused_field_by_field(env: Env) -> None:
     def bad(call: object) -> str:
         code, _, details = _refused(call)
@@ -342,13 +392,20 @@ def test_bad_protection_requests_are_refused_field_by_field(env: Env) -> None:
     assert bad(lambda: deposit_limits(env, "rg5", max_weekly=-5)) == "limits.max_weekly"
     assert bad(lambda: loss_limits(env, "rg5", max_monthly=0)) == "limits.max_monthly"
     assert bad(lambda: loss_limits(env, "rg5")) == "currency_code"
+    for seconds in (60, 901, 90_000):  # under 15 minutes, not whole minutes, over a day
+        req = ws.SetRealityCheckRequest(interval=Duration(seconds=seconds))
+        assert bad(lambda r=req: w.SetRealityCheck(r, metadata=md("rg5"), timeout=10)) == "interval"
+    now = int(time.time())
+    for since in (None, now - 2 * 86400, now + 3600):
+        req = ws.GetActivityRequest() if since is None else ws.GetActivityRequest(since=Timestamp(seconds=since))
+        assert bad(lambda r=req: w.GetActivity(r, metadata=md("rg5"), timeout=10)) == "since"
     mixed = ws.DepositLimits(max_daily=eur(100), max_monthly=common_pb2.Money(currency_code="GBP", minor_units=5))
     assert bad(lambda: w.SetDepositLimits(ws.SetDepositLimitsRequest(limits=mixed), metadata=md("rg5"), timeout=10))
     assert bad(lambda: stake_limits(env, "rg5", max_stake=0)) == "max_stake"
     req = ws.GetLimitsRequest(currency_code="XXX")
     assert bad(lambda: w.GetLimits(req, metadata=md("rg5"), timeout=10)) == "currency_code"
     with psycopg.connect(env.dsn) as conn:
-        for table in ("deposit_limits", "loss_limits", "account_limits", "breaks", "protection_log"):
+        for table in ("deposit_limits", "loss_limits", "account_limits", "breaks", "reality_checks", "protection_log"):
             row = conn.execute(f"SELECT count(*) FROM betting.{table} WHERE account_id = 'rg5'").fetchone()
             assert row == (0,), table
 
@@ -368,13 +425,15 @@ def test_no_protection_request_is_an_internal_error(
         limits.max_daily.CopyFrom(common_pb2.Money(**daily))  # type: ignore[arg-type]
     if weekly is not None:
         limits.max_weekly.CopyFrom(common_pb2.Money(**weekly))  # type: ignore[arg-type]
+    loss = ws.LossLimits.FromString(limits.SerializeToString())  # the same fields
+    duration = Duration(seconds=seconds, nanos=nanos if seconds >= 0 else -abs(nanos))
+    since = Timestamp(seconds=seconds, nanos=abs(nanos))
     calls = [
         lambda: env.wallet.SetDepositLimits(ws.SetDepositLimitsRequest(limits=limits), metadata=md("rgf"), timeout=10),
-        lambda: env.wallet.TakeBreak(
-            ws.TakeBreakRequest(duration=Duration(seconds=seconds, nanos=nanos if seconds >= 0 else -abs(nanos))),
-            metadata=md("rgf"),
-            timeout=10,
-        ),
+        lambda: env.wallet.SetLossLimits(ws.SetLossLimitsRequest(limits=loss), metadata=md("rgf"), timeout=10),
+        lambda: env.wallet.TakeBreak(ws.TakeBreakRequest(duration=duration), metadata=md("rgf"), timeout=10),
+        lambda: env.wallet.SetRealityCheck(ws.SetRealityCheckRequest(interval=duration), metadata=md("rgf"), timeout=9),
+        lambda: env.wallet.GetActivity(ws.GetActivityRequest(since=since), metadata=md("rgf"), timeout=10),
     ]
     for call in calls:
         try:
