@@ -297,3 +297,65 @@ def test_play_safe_deposit_and_loss_limits_and_a_break_in_chromium(mesh: Mesh, b
     shows("#deposit-error", "on a break")
     page.screenshot(path=str(OUTPUT / "web-app-play-safe.png"), full_page=True)
     assert errors == [], errors
+
+
+def test_a_reality_check_covers_the_page_until_answered_in_chromium(mesh: Mesh, browser: object) -> None:
+    """The page's clock is Playwright's: 16 minutes pass in a moment."""
+    OUTPUT.mkdir(parents=True, exist_ok=True)
+    feed = Provider(mesh)
+    feed.send(fixture(feed.match_id))  # pre-match: a bet is accepted at once
+    odds = odds_service_pb2_grpc.OddsServiceStub(grpc.insecure_channel(mesh.edge))
+
+    def priced() -> bool:
+        try:
+            snap = odds.GetOddsSnapshot(odds_service_pb2.GetOddsSnapshotRequest(match_id=feed.match_id), timeout=5)
+        except grpc.RpcError:
+            return False
+        return bool(snap.odds.markets)
+
+    wait_for(priced, 30, interval=0.3, what="the test's match priced")
+    t = token(mesh, f"web-rc-{uuid.uuid4().hex[:6]}")
+    wallet = wallet_service_pb2_grpc.WalletServiceStub(grpc.insecure_channel(mesh.edge))
+    deposit = ws.DepositRequest(request_id="w1", amount=common_pb2.Money(currency_code="EUR", minor_units=10_000))
+    wallet.Deposit(deposit, metadata=bearer(t), timeout=10)
+
+    page = browser.new_page(viewport={"width": 1280, "height": 900})  # type: ignore[attr-defined]
+    errors: list[str] = []
+    page.on("pageerror", lambda e: errors.append(str(e)))
+    page.clock.install()
+    page.goto(f"http://{mesh.edge}/#token={t}")
+
+    def shows(selector: str, text: str) -> None:
+        page.wait_for_function(
+            "([s, t]) => document.querySelector(s)?.textContent.includes(t)", arg=[selector, text], timeout=15_000
+        )
+
+    shows("#safe-status", "Reality check: never")
+    page.select_option("#reality-every", "900")
+    page.click("#reality-form button")
+    shows("#safe-status", "Reality check: every 15 minutes")
+    page.locator(f'button.price[data-k="{feed.match_id}|1x2|home"]').click()
+    page.fill("#stake", "4.00")
+    page.click("#place")
+    page.locator('#bets li.bet[data-status="ACCEPTED"]').wait_for(timeout=20_000)
+    assert page.locator("#reality").is_hidden()
+
+    page.clock.fast_forward("16:00")
+    page.locator("#reality").wait_for(state="visible", timeout=10_000)
+    shows("#reality-what", "playing for 16 minutes")
+    shows("#reality-figures", "Bets placed: 1. Staked 4.00 EUR, returned 0.00 EUR: net -4.00 EUR")
+    shows("#reality-figures", "(4.00 EUR still on open bets)")
+    page.screenshot(path=str(OUTPUT / "web-app-reality-check.png"), full_page=True)
+    page.click("#reality-continue")
+    assert page.locator("#reality").is_hidden()
+
+    page.clock.fast_forward("10:00")  # 10 minutes after the answer: not yet
+    page.wait_for_timeout(1_500)
+    assert page.locator("#reality").is_hidden()
+    page.clock.fast_forward("06:00")
+    page.locator("#reality").wait_for(state="visible", timeout=10_000)
+    shows("#reality-what", "playing for 32 minutes")
+    page.click("#reality-stop")
+    shows("#signin-error", "you stopped at a reality check")
+    assert page.locator("#reality").is_hidden() and page.locator("#signed-out").is_visible()
+    assert errors == [], errors

@@ -3,7 +3,7 @@
 // The page never reloads: a dropped stream reconnects with backoff and resumes from the last
 // version it saw, so nothing is missed.
 import { ConnectError, Code } from "@connectrpc/connect";
-import { timestampDate } from "@bufbuild/protobuf/wkt";
+import { timestampDate, timestampFromDate } from "@bufbuild/protobuf/wkt";
 import { betting, odds, session, wallet } from "./api";
 import { combine, formatMinor, parseAmount, potentialReturn } from "./money";
 import { BetStatus, OddsChangePolicy, RejectReason, BetResult, type Bet } from "./gen/livebet/betting/v1/bet_pb";
@@ -332,6 +332,9 @@ function renderLimits(r: GetLimitsResponse): void {
     lines.push(`… ${amountText(r.lossPending.maxWeekly)} from ${when(r.lossPendingFrom)}`);
   }
   if (r.stake?.maxStake) lines.push(`Stake per bet: ${amountText(r.stake.maxStake)}`);
+  realityEveryMs = r.realityCheckInterval ? Number(r.realityCheckInterval.seconds) * 1000 : 0;
+  lines.push(`Reality check: ${realityEveryMs ? `every ${realityEveryMs / 60000} minutes` : "never"}`);
+  ($("reality-every") as HTMLSelectElement).value = String(realityEveryMs / 1000);
   if (r.breakUntil) lines.push(`On a break until ${when(r.breakUntil)}: no bets, no deposits.`);
   $("safe-status").innerHTML = lines.map((l) => `<div>${esc(l)}</div>`).join("");
   $("safe-status").classList.toggle("on-break", !!r.breakUntil);
@@ -380,6 +383,53 @@ const setLossLimit = () =>
       units === null ? { currencyCode: "EUR" } : { limits: { maxWeekly: { currencyCode: "EUR", minorUnits: units } } },
     ),
   );
+
+function setRealityCheck(): Promise<void> {
+  const seconds = BigInt(($("reality-every") as HTMLSelectElement).value);
+  return safeCall(() => wallet.setRealityCheck(seconds ? { interval: { seconds, nanos: 0 } } : {}));
+}
+
+// --- reality check: every so often (the player's choice, kept with the account) how long they
+// have been playing since they signed in, and how the bets placed since stand (GetActivity);
+// the page stays covered until they answer
+const SINCE_KEY = "livebet.playingSince";
+let realityEveryMs = 0; // 0: never
+let lastReality = 0;
+
+function playingSince(): number {
+  const kept = Number(sessionStorage.getItem(SINCE_KEY)); // a reload in this tab keeps the session
+  if (kept) return kept;
+  const now = Date.now();
+  sessionStorage.setItem(SINCE_KEY, String(now));
+  return now;
+}
+
+async function realityCheck(): Promise<void> {
+  if (!session.token || !realityEveryMs || !$("reality").hidden) return;
+  const now = Date.now();
+  if (!lastReality) lastReality = playingSince();
+  if (now - lastReality < realityEveryMs) return;
+  const since = new Date(Math.max(playingSince(), now - 24 * 3600_000 + 60_000)); // GetActivity reads 24 hours back
+  $("reality-what").textContent =
+    `You have been playing for ${Math.round((now - playingSince()) / 60000)} minutes, since ${since.toLocaleTimeString()}.`;
+  $("reality-figures").textContent = "";
+  $("reality").hidden = false;
+  try {
+    const a = await wallet.getActivity({ since: timestampFromDate(since), currencyCode: "EUR" });
+    const open = a.openStakes && a.openStakes.minorUnits > 0n ? ` (${amountText(a.openStakes)} still on open bets)` : "";
+    $("reality-figures").textContent =
+      `Bets placed: ${a.betsPlaced}. Staked ${amountText(a.staked)}, returned ${amountText(a.returned)}: ` +
+      `net ${amountText(a.net)}${open}.`;
+  } catch (err) {
+    $("reality-figures").textContent = ConnectError.from(err).rawMessage;
+  }
+}
+
+function answerReality(keepPlaying: boolean): void {
+  $("reality").hidden = true;
+  lastReality = Date.now();
+  if (!keepPlaying) signOut("you stopped at a reality check");
+}
 
 function takeBreak(): Promise<void> {
   const days = Number(($("break-days") as HTMLSelectElement).value);
@@ -617,6 +667,8 @@ function signIn(token: string): void {
 
 function signOut(why = ""): void {
   session.token = "";
+  sessionStorage.removeItem(SINCE_KEY);
+  lastReality = 0;
   betsStream?.abort();
   offersStream?.abort();
   offers.clear();
@@ -684,6 +736,13 @@ function main(): void {
     e.preventDefault();
     void takeBreak();
   });
+  $("reality-form").addEventListener("submit", (e) => {
+    e.preventDefault();
+    void setRealityCheck();
+  });
+  $("reality-continue").addEventListener("click", () => answerReality(true));
+  $("reality-stop").addEventListener("click", () => answerReality(false));
+  setInterval(() => void realityCheck(), 1000);
   setInterval(() => {
     for (const el of document.querySelectorAll<HTMLElement>(".countdown")) {
       el.textContent = `${Math.max(0, Math.ceil((Number(el.dataset.due) - Date.now()) / 1000))}s`;
