@@ -158,11 +158,13 @@ def open_selection(mesh: Mesh):  # type: ignore[no-untyped-def]
         for m in odds.ListLiveMatches(odds_service_pb2.ListLiveMatchesRequest(page_size=20), timeout=5).matches:
             snap = odds.GetOddsSnapshot(odds_service_pb2.GetOddsSnapshotRequest(match_id=m.match_id), timeout=5)
             for market in snap.odds.markets:
-                if market.status == market_pb2.MARKET_STATUS_OPEN and market.outcomes:
+                # an open market may have outcomes without a price (one already impossible)
+                priced = [o for o in market.outcomes if o.odds.decimal]
+                if market.status == market_pb2.MARKET_STATUS_OPEN and priced:
                     s = bet_pb2.Selection(market_version=market.version)
                     s.outcome.market.CopyFrom(market.ref)
-                    s.outcome.outcome_id = market.outcomes[0].outcome_id
-                    s.requested_odds.CopyFrom(market.outcomes[0].odds)
+                    s.outcome.outcome_id = priced[0].outcome_id
+                    s.requested_odds.CopyFrom(priced[0].odds)
                     found.append(s)
                     return True
         return False
