@@ -107,6 +107,10 @@ bench-offers: gen ## what WatchCashOutOffers streams cost the betting service, q
 bench-auto: gen ## what watching automatic cash-outs costs, and how soon a burst of them is taken
 	$(PY) -m betting.bench_auto
 
+.PHONY: bench-wallet
+bench-wallet: gen ## deposits per second, alone and beside a settlement holding some players' rows
+	$(PY) -m betting.bench_wallet
+
 .PHONY: bench-settle
 bench-settle: gen ## time to settle 100,000 open bets on one match (goal <= 10 s)
 	$(PY) -m settlement.bench

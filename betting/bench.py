@@ -38,6 +38,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import gc
 import itertools
 import json
@@ -129,6 +130,24 @@ def start_servers(root: Path, procs: list[Process]) -> dict[str, str]:
         "LIVEBET_POSTGRES_DSN": infra.postgres_dsn(pg_port),
         "LIVEBET_LOG_LEVEL": "WARNING",
     }
+
+
+@contextlib.contextmanager
+def one_betting_service(prefix: str) -> Iterator[tuple[dict[str, str], Process, list[Process]]]:
+    """NATS, Valkey, a durable PostgreSQL (:func:`start_servers`) and one betting service under a
+    new temporary folder, stopped in reverse order on the way out: the environment, the betting
+    process, and every process (PostgreSQL third)."""
+    root = Path(tempfile.mkdtemp(prefix=prefix))
+    root.chmod(0o755)
+    procs: list[Process] = []
+    try:
+        env = start_servers(root, procs)
+        betting = Process(service_spec("betting", "betting.server", env), root / "betting.log").start()
+        procs.append(betting)
+        yield env, betting, procs
+    finally:
+        for p in reversed(procs):
+            p.stop()
 
 
 def postgres_pids(postmaster: int) -> list[int]:

@@ -22,9 +22,7 @@ import argparse
 import asyncio
 import json
 import sys
-import tempfile
 import time
-from pathlib import Path
 from typing import Any
 
 import grpc
@@ -37,9 +35,9 @@ from livebet.betting.v1 import wallet_service_pb2 as ws
 from livebet.common.v1 import common_pb2
 from livebet.feed.v1 import event_pb2 as ev
 
-from betting.bench import postgres_pids, start_servers
+from betting.bench import one_betting_service, postgres_pids
 from mesh import eventloop
-from mesh.process import Process, cpu_seconds, service_spec
+from mesh.process import cpu_seconds
 from pricing.live import codec
 from pricing.live.engine import Engine
 
@@ -184,13 +182,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--seconds", type=float, default=10.0, help="per phase (baseline, watching)")
     ap.add_argument("--json", action="store_true", help="print the figures as JSON")
     args = ap.parse_args(argv)
-    root = Path(tempfile.mkdtemp(prefix="livebet-bench-auto-"))
-    root.chmod(0o755)
-    procs: list[Process] = []
-    try:
-        env = start_servers(root, procs)
-        betting = Process(service_spec("betting", "betting.server", env), root / "betting.log").start()
-        procs.append(betting)
+    with one_betting_service("livebet-bench-auto-") as (env, betting, procs):
         print(
             f"{args.bets} bets with automatic cash-outs on {args.matches} matches,"
             f" {args.moves:g} odds changes per match per second, {args.seconds:.0f} s per phase ...",
@@ -206,9 +198,6 @@ def main(argv: list[str] | None = None) -> int:
                 args,
             )
         )
-    finally:
-        for p in reversed(procs):
-            p.stop()
     setup = {k: getattr(args, k) for k in ("bets", "players", "matches", "moves", "seconds")}
     if args.json:
         print(json.dumps({"setup": setup, **got}, indent=2))

@@ -22,9 +22,7 @@ import argparse
 import asyncio
 import json
 import sys
-import tempfile
 import time
-from pathlib import Path
 from typing import Any
 
 import grpc
@@ -38,9 +36,9 @@ from livebet.betting.v1 import wallet_service_pb2 as ws
 from livebet.common.v1 import common_pb2
 from livebet.feed.v1 import event_pb2 as ev
 
-from betting.bench import _request, start_servers
+from betting.bench import _request, one_betting_service
 from mesh import eventloop
-from mesh.process import Process, cpu_seconds, service_spec
+from mesh.process import cpu_seconds
 from pricing.live import codec
 from pricing.live.engine import Engine
 
@@ -170,23 +168,13 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--seconds", type=float, default=10.0, help="per phase")
     ap.add_argument("--json", action="store_true", help="print the figures as JSON")
     args = ap.parse_args(argv)
-    root = Path(tempfile.mkdtemp(prefix="livebet-bench-offers-"))
-    root.chmod(0o755)
-    procs: list[Process] = []
-    try:
-        env = start_servers(root, procs)
-        redis_url = env["LIVEBET_REDIS_URL"]
-        betting = Process(service_spec("betting", "betting.server", env), root / "betting.log").start()
-        procs.append(betting)
+    with one_betting_service("livebet-bench-offers-") as (env, betting, _):
         print(
             f"{args.players} streams x {args.bets} bets on {args.matches} matches, {args.interval_ms} ms,"
             f" {args.seconds:.0f} s per phase ...",
             file=sys.stderr,
         )
-        got = eventloop.run(_run(betting.spec.health_target, redis_url, betting.pid, args))
-    finally:
-        for p in reversed(procs):
-            p.stop()
+        got = eventloop.run(_run(betting.spec.health_target, env["LIVEBET_REDIS_URL"], betting.pid, args))
     setup = {k: getattr(args, k) for k in ("players", "bets", "matches", "interval_ms", "moves", "seconds")}
     if args.json:
         print(json.dumps({"setup": setup, **got}, indent=2))

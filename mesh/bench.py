@@ -76,6 +76,12 @@ BENCHES = [
         ["--bets", "200", "--players", "20", "--matches", "10", "--seconds", "2"],
         "automatic cash-outs",
     ),
+    Bench(
+        "wallet",
+        ["betting.bench_wallet", "--json"],
+        ["--clients", "4", "--players", "50", "--seconds", "2"],
+        "deposits",
+    ),
     Bench("settle", ["settlement.bench", "--json"], ["--bets", "5000", "--players", "200"], "settlement"),
 ]
 
@@ -178,6 +184,16 @@ def _auto(d: dict[str, Any]) -> list[Figure]:
     ]  # fmt: skip
 
 
+def _wallet(d: dict[str, Any]) -> list[Figure]:
+    s, alone, beside = d["setup"], d["alone"], d["beside_a_settlement"]
+    return [
+        Figure("wallet", f"deposits, {s['clients']} clients", alone["per_s"], "/s"),
+        Figure("wallet", "deposit p99", alone["p99_ms"], "ms"),
+        Figure("wallet", f"deposits beside a settlement holding {s['locked']} players' rows", beside["per_s"], "/s"),
+        Figure("wallet", "deposit p99 beside it", beside["p99_ms"], "ms"),
+    ]
+
+
 def _settle(d: dict[str, Any]) -> list[Figure]:
     met = d["seconds"] <= d["goal_seconds"] and d["checks_ok"]
     return [
@@ -194,6 +210,7 @@ FIGURES: dict[str, Callable[[dict[str, Any]], list[Figure]]] = {
     "bets": _bets,
     "offers": _offers,
     "auto": _auto,
+    "wallet": _wallet,
     "settle": _settle,
 }
 

@@ -15,6 +15,7 @@ import hashlib
 import logging
 import random
 import uuid
+import zlib
 from collections import deque
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -86,6 +87,24 @@ def money(units: int, currency: str) -> common_pb2.Money:
     m = common_pb2.Money()
     _set_money(m, units, currency)
     return m
+
+
+#: deposits and withdrawals post against one of this many cash accounts per currency
+CASH_SHARDS = 16
+
+
+def cash_account(owner: str, currency: str) -> str:
+    """The cash account of a player's deposits and withdrawals: one of :data:`CASH_SHARDS` per
+    currency, by a stable hash of the player, so that deposits of different players do not queue
+    for one row until each commits. The reports and the reconciliation add the cash up by kind."""
+    return f"cash:{currency}:{zlib.crc32(owner.encode()) % CASH_SHARDS}"
+
+
+def lock_order(move: tuple[str, int]) -> tuple[bool, str]:
+    """The order a movement's accounts are locked in: by name, cash accounts last. Only deposits
+    and withdrawals touch cash, and a deposit waiting for its player's row (a settlement may hold
+    it until it commits) must not hold a cash row meanwhile, or every other deposit waits too."""
+    return move[0].startswith("cash:"), move[0]
 
 
 def subject(account: str, bet_id: str) -> str:
@@ -363,6 +382,8 @@ class Store:
     # --- wallet -------------------------------------------------------------------------------
     @staticmethod
     async def _ensure_accounts(cur: psycopg.AsyncCursor[Any], owner: str, currency: str) -> None:
+        """The player's accounts in ``currency``, their cash account (:func:`cash_account`) and
+        the house's, created if new."""
         await cur.execute(
             """INSERT INTO betting.ledger_accounts (account_id, kind, owner, currency) VALUES
                (%(p)s, 'player', %(o)s, %(c)s), (%(h)s, 'held', %(o)s, %(c)s),
@@ -372,7 +393,7 @@ class Store:
                 "p": f"player:{owner}:{currency}",
                 "h": f"held:{owner}:{currency}",
                 "house": f"house:{currency}",
-                "cash": f"cash:{currency}",
+                "cash": cash_account(owner, currency),
                 "o": owner,
                 "c": currency,
             },
@@ -399,7 +420,7 @@ class Store:
             (txn, kind, owner, currency, bet_id, request_id, request_digest, reason),
         )
         player = f"player:{owner}:{currency}"
-        ordered = sorted(moves)  # accounts locked in one order by every movement: no deadlock cycles
+        ordered = sorted(moves, key=lock_order)  # accounts locked in one order by every movement: no deadlock cycles
         rows = ", ".join(["(%s, %s, %s, %s)"] * len(ordered))
         await cur.execute(
             f"INSERT INTO betting.postings (transaction_id, account_id, amount, bet_id) VALUES {rows}"
@@ -432,7 +453,7 @@ class Store:
                     kind,
                     owner,
                     currency,
-                    [(f"player:{owner}:{currency}", sign * amount), (f"cash:{currency}", -sign * amount)],
+                    [(f"player:{owner}:{currency}", sign * amount), (cash_account(owner, currency), -sign * amount)],
                     request_id=request_id,
                     request_digest=request_digest,
                 )

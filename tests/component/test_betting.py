@@ -31,7 +31,7 @@ from livebet.odds.v1 import market_pb2
 from livebet.odds.v1 import trader_service_pb2 as ts
 from psycopg_pool import AsyncConnectionPool
 
-from betting.adapters.store import InsufficientFunds, Placement, Pooled, Store, digest
+from betting.adapters.store import InsufficientFunds, Placement, Pooled, Store, cash_account, digest
 from betting.domain.rules import Leg, Ticket
 from mesh.resp import Pipelined
 from tests.component.betting_env import (
@@ -110,6 +110,34 @@ def test_deposit_withdraw_and_balance_are_ledger_transactions(env: Env) -> None:
     assert [t.kind for t in rest.transactions] == [ws.TRANSACTION_KIND_DEPOSIT] and not rest.next_page_token
 
 
+def test_a_deposit_waiting_for_its_players_row_holds_up_no_other_deposit(env: Env) -> None:
+    """A settlement holds a player's balance row until it commits; that player's deposit waits.
+    Another player's deposit, on the same cash account, must not wait behind it."""
+    a = "wq-a"
+    b = next(f"wq-b{i}" for i in range(1000) if cash_account(f"wq-b{i}", "EUR") == cash_account(a, "EUR"))
+    deposit(env, a, 1_000, "wq-a-1")
+    deposit(env, b, 1_000, "wq-b-1")
+    assert env.sql("SELECT balance FROM betting.ledger_accounts WHERE account_id = %s", cash_account(a, "EUR"))
+    with psycopg.connect(env.dsn) as settlement, ThreadPoolExecutor(1) as pool:
+        settlement.execute("SELECT 1 FROM betting.ledger_accounts WHERE account_id = 'player:wq-a:EUR' FOR UPDATE")
+        waiting = pool.submit(deposit, env, a, 500, "wq-a-2")
+        wait_for(
+            lambda: (
+                env.sql(
+                    "SELECT count(*) FROM pg_stat_activity WHERE wait_event_type = 'Lock' AND query LIKE '%%postings%%'"
+                )
+                == [(1,)]
+            ),
+            10,
+            what="a's deposit waiting for its row",
+        )
+        r = env.wallet.Deposit(ws.DepositRequest(request_id="wq-b-2", amount=eur(500)), metadata=md(b), timeout=5)
+        assert r.balance.minor_units == 1_500 and not waiting.done()
+        settlement.rollback()
+        assert waiting.result(10).balance.minor_units == 1_500
+    assert env.sql("SELECT count(DISTINCT account_id) FROM betting.ledger_accounts WHERE kind = 'cash'")[0][0] > 1
+
+
 def test_no_account_header_is_unauthenticated(env: Env) -> None:
     with pytest.raises(grpc.RpcError) as err:
         env.wallet.GetBalance(ws.GetBalanceRequest(), timeout=10)
@@ -127,7 +155,8 @@ def test_the_ledger_itself_refuses_edits_and_overdrafts(env: Env) -> None:
             """WITH t AS (INSERT INTO betting.transactions (transaction_id, kind, owner, currency)
                           VALUES (gen_random_uuid(), 'correction', 'w2', 'EUR') RETURNING transaction_id)
                INSERT INTO betting.postings (transaction_id, account_id, amount)
-               SELECT transaction_id, a, v FROM t, (VALUES ('player:w2:EUR', -1001), ('cash:EUR', 1001)) x(a, v)"""
+               SELECT transaction_id, a, v FROM t, (VALUES ('player:w2:EUR', -1001), (%s, 1001)) x(a, v)""",
+            cash_account("w2", "EUR"),
         )
     with pytest.raises(psycopg.errors.CheckViolation):  # an unbalanced transaction fails at commit
         env.sql(

@@ -114,3 +114,20 @@ def test_auto_cash_out_bench_takes_every_rule_and_prints_figures() -> None:
     assert (taken["cashed_out"], taken["of"]) == (40, 40), got  # every rule reached was taken, none twice
     assert 0 < taken["p50_ms"] <= taken["p99_ms"] <= taken["max_ms"] and taken["per_s"] > 0
     assert got["watching"]["snapshot_writes_per_s"] > 0 and got["baseline"]["betting_cpu_pct"] >= 0
+
+
+def test_bench_wallet_prints_deposit_figures_alone_and_beside_a_settlement() -> None:
+    import json
+    import subprocess
+    import sys
+
+    out = subprocess.run(
+        [sys.executable, "-m", "betting.bench_wallet", "--clients", "4", "--players", "20", "--seconds", "1",
+         "--locked", "2", "--json"],
+        capture_output=True, text=True, timeout=300, check=True,
+    )  # fmt: skip
+    got = json.loads(out.stdout)
+    for phase in ("alone", "beside_a_settlement"):
+        f = got[phase]
+        assert f["deposits"] > 0 and f["failed"] == 0 and 0 < f["p50_ms"] <= f["p99_ms"] <= f["max_ms"], got
+    assert got["alone"]["for_locked_players"] == 0 and got["beside_a_settlement"]["locks_taken"] > 0, got
