@@ -20,7 +20,7 @@ MAX_REASON = 500
 
 
 def _suspension(out: pa.Suspension, s: Suspension) -> None:
-    out.reason, out.suspended_by = s.reason, s.suspended_by
+    out.reason, out.suspended_by, out.withdrawals_frozen = s.reason, s.suspended_by, s.withdrawals_frozen
     timestamp(out.since, s.since)
 
 
@@ -67,7 +67,9 @@ class PlayerAdminApi(player_admin_service_pb2_grpc.PlayerAdminServiceServicer):
         self, request: pa.SuspendPlayerRequest, context: grpc.aio.ServicerContext
     ) -> pa.SuspendPlayerResponse:
         by = await _request(context, request.account_id, request.reason)
-        suspension = await self.protection.suspend(request.account_id, request.reason.strip(), by)
+        suspension = await self.protection.suspend(
+            request.account_id, request.reason.strip(), by, request.freeze_withdrawals
+        )
         out = pa.SuspendPlayerResponse()
         _suspension(out.suspension, suspension)
         return out

@@ -54,11 +54,19 @@ class Suspended(Exception):
         super().__init__("your account is suspended: contact customer support")
 
 
+class WithdrawalsFrozen(Suspended):
+    """The operator's suspension freezes withdrawals too."""
+
+    def __init__(self) -> None:
+        Exception.__init__(self, "withdrawals from your account are on hold: contact customer support")
+
+
 @dataclass(frozen=True)
 class Suspension:
     reason: str
     suspended_by: str
     since: datetime
+    withdrawals_frozen: bool = False
 
 
 @dataclass(frozen=True)
@@ -116,7 +124,7 @@ async def _standing(cur: psycopg.AsyncCursor[Any], owner: str) -> tuple[datetime
     """In one statement: the transaction's time, the end of the player's break (None when they
     are not on one) and the operator's suspension (None when there is none)."""
     await cur.execute(
-        """SELECT now() AS now, k.until, s.reason, s.suspended_by, s.since
+        """SELECT now() AS now, k.until, s.reason, s.suspended_by, s.since, s.withdrawals_frozen
            FROM (SELECT 1) AS one
            LEFT JOIN betting.breaks k ON k.account_id = %s AND k.until > now()
            LEFT JOIN betting.suspensions s ON s.account_id = %s""",
@@ -124,14 +132,29 @@ async def _standing(cur: psycopg.AsyncCursor[Any], owner: str) -> tuple[datetime
     )
     row = await cur.fetchone()
     assert row is not None
-    suspension = Suspension(row["reason"], row["suspended_by"], row["since"]) if row["since"] else None
-    return row["now"], row["until"], suspension
+    return row["now"], row["until"], _suspension_of(row) if row["since"] else None
+
+
+def _suspension_of(row: dict[str, Any]) -> Suspension:
+    return Suspension(row["reason"], row["suspended_by"], row["since"], row["withdrawals_frozen"])
 
 
 async def _suspension(cur: psycopg.AsyncCursor[Any], owner: str) -> Suspension | None:
-    await cur.execute("SELECT reason, suspended_by, since FROM betting.suspensions WHERE account_id = %s", (owner,))
+    await cur.execute(
+        "SELECT reason, suspended_by, since, withdrawals_frozen FROM betting.suspensions WHERE account_id = %s",
+        (owner,),
+    )
     row = await cur.fetchone()
-    return Suspension(row["reason"], row["suspended_by"], row["since"]) if row else None
+    return _suspension_of(row) if row else None
+
+
+async def check_withdrawal(cur: psycopg.AsyncCursor[Any], owner: str) -> None:
+    """Raise :class:`WithdrawalsFrozen` if the operator froze the player's withdrawals. Called
+    after the withdrawal's postings, which hold the player's balance row: a freeze takes that row
+    before it commits, so either this withdrawal committed first or this read sees the freeze."""
+    await cur.execute("SELECT 1 FROM betting.suspensions WHERE account_id = %s AND withdrawals_frozen", (owner,))
+    if await cur.fetchone() is not None:
+        raise WithdrawalsFrozen()
 
 
 async def _log(cur: psycopg.AsyncCursor[Any], owner: str, action: str, detail: dict[str, Any]) -> None:
@@ -295,17 +318,30 @@ class ProtectionStore:
             log = list(await cur.fetchall())
         return until, suspension, log
 
-    async def suspend(self, owner: str, reason: str, by: str) -> Suspension:
-        """Suspend the account (a suspended one keeps its first suspension); returns it."""
+    async def suspend(self, owner: str, reason: str, by: str, freeze_withdrawals: bool = False) -> Suspension:
+        """Suspend the account (a suspended one keeps its first suspension, and gains the freeze
+        when asked); returns it. A freeze first waits for the player's withdrawals in flight: it
+        locks the player's balance rows, which a withdrawal holds until it commits."""
         async with self.pool.connection() as conn, conn.transaction(), conn.cursor(row_factory=dict_row) as cur:
+            if freeze_withdrawals:
+                await cur.execute(
+                    """SELECT 1 FROM betting.ledger_accounts WHERE owner = %s AND kind = 'player'
+                       ORDER BY account_id FOR UPDATE""",
+                    (owner,),
+                )
             await cur.execute(
-                """INSERT INTO betting.suspensions (account_id, reason, suspended_by) VALUES (%s, %s, %s)
-                   ON CONFLICT (account_id) DO NOTHING""",
-                (owner, reason, by),
+                """INSERT INTO betting.suspensions (account_id, reason, suspended_by, withdrawals_frozen)
+                   VALUES (%s, %s, %s, %s)
+                   ON CONFLICT (account_id) DO UPDATE
+                   SET withdrawals_frozen = suspensions.withdrawals_frozen OR excluded.withdrawals_frozen""",
+                (owner, reason, by, freeze_withdrawals),
             )
             suspension = await _suspension(cur, owner)
             assert suspension is not None
-            await _log(cur, owner, "suspend", {"reason": reason, "by": by})
+            detail: dict[str, Any] = {"reason": reason, "by": by}
+            if freeze_withdrawals:
+                detail["freeze_withdrawals"] = True
+            await _log(cur, owner, "suspend", detail)
         return suspension
 
     async def resume(self, owner: str, reason: str, by: str) -> bool:

@@ -31,7 +31,7 @@ from livebet.common.v1 import common_pb2
 from psycopg.rows import dict_row
 from psycopg_pool import AsyncConnectionPool
 
-from betting.adapters.protection import DepositLimitExceeded, OnBreak, Suspended, check_deposit
+from betting.adapters.protection import DepositLimitExceeded, OnBreak, Suspended, check_deposit, check_withdrawal
 from betting.domain.money import format_minor
 from betting.domain.protection import loss_refusal
 from betting.domain.rules import Leg, Ticket, specifiers_of
@@ -457,6 +457,8 @@ class Store:
                     request_id=request_id,
                     request_digest=request_digest,
                 )
+                if withdraw:
+                    await check_withdrawal(cur, owner)
                 return str(txn), balance
         except psycopg.errors.CheckViolation as err:
             raise InsufficientFunds(f"balance is below {format_minor(amount, currency)} {currency}") from err
