@@ -31,8 +31,8 @@ from livebet.betting.v1 import betting_service_pb2 as bs
 
 from betting.adapters.odds import OddsView
 from betting.adapters.store import Conflict, Store, digest, money
-from betting.domain.cashout import CashOutLeg, offer
-from betting.domain.money import MoneyError, format_minor, to_minor
+from betting.domain.cashout import CashOutLeg, Part, offer, part_problem, split
+from betting.domain.money import MoneyError, format_minor, major_to_minor, to_minor
 from betting.domain.rules import MAX_ID, Config, Kind, Leg, Refusal
 from betting.errors import abort_refused
 from betting.metrics import BetMetrics
@@ -47,6 +47,8 @@ class Priced:
     delay: float  # seconds: the longest in-play delay of the open legs
     open_legs: list[int]  # the legs priced from the live odds (not settled yet)
     seen: list[tuple[Leg, int]]  # each open leg with the match version it was priced at
+    stake: int  # the bet's stake it was priced on
+    part: Part | None = None  # a partial cash-out's part; None: the whole bet
 
 
 def _unavailable(message: str) -> Refusal:
@@ -73,10 +75,15 @@ class CashOutDesk:
         #: called when SetAutoCashOut changed a rule here (the watcher then reads the rules at once)
         self.on_auto_change: Callable[[str], None] = lambda bet_id: None
 
-    async def price(self, row: dict[str, Any], legs: list[dict[str, Any]]) -> Priced:
-        """The bet's offer now, or a Refusal: not accepted, a leg lost, a leg's market not open."""
+    async def price(self, row: dict[str, Any], legs: list[dict[str, Any]], part: int | None = None) -> Priced:
+        """The bet's offer now (for ``part`` of its stake: a partial cash-out), or a Refusal: not
+        accepted, a leg lost, a leg's market not open, a part no longer less than the stake."""
         if row["status"] != "accepted":
             raise not_open(row["status"])
+        stake = int(row["stake"])
+        if part is not None and part >= stake:
+            message = f"the bet's stake is now {format_minor(stake, row['currency'])}: ask for a new offer"
+            raise Refusal(Kind.FAILED_PRECONDITION, bet_pb2.REJECT_REASON_ODDS_CHANGED, message)
         items: list[CashOutLeg] = []
         open_legs: list[int] = []
         seen: list[tuple[Leg, int]] = []
@@ -101,8 +108,41 @@ class CashOutDesk:
             open_legs.append(int(g["leg"]))
             seen.append((leg, view.version))
             delay = max(delay, self.config.delay(view.sport, leg.market_type, view.in_play))
-        amount = offer(int(row["stake"]), items, self.config.cash_out_margin, int(row["potential_payout"]))
-        return Priced(amount, delay, open_legs, seen)
+        if part is None:
+            amount = offer(stake, items, self.config.cash_out_margin, int(row["potential_payout"]))
+            return Priced(amount, delay, open_legs, seen, stake)
+        closed = split(stake, int(row["potential_payout"]), Decimal(row["odds"]), part)
+        amount = offer(part, items, self.config.cash_out_margin, closed.released)
+        return Priced(amount, delay, open_legs, seen, stake, closed)
+
+    async def _part(
+        self,
+        request: bs.GetCashOutOfferRequest | bs.CashOutRequest,
+        row: dict[str, Any],
+        context: grpc.aio.ServicerContext,
+    ) -> int | None:
+        """The part of the stake asked for (None: the whole bet); INVALID_ARGUMENT when it is not
+        an amount in the bet's currency, or not one that can be cashed out of this bet."""
+        if not request.HasField("stake"):
+            return None
+        currency = row["currency"]
+        problem = None
+        if request.stake.currency_code != currency:
+            problem = f"the bet is in {currency}"
+        else:
+            try:
+                part = to_minor(currency, request.stake.minor_units, request.stake.decimal)
+            except MoneyError as err:
+                problem = str(err)
+            else:
+                stake = int(row["stake"])
+                if row["status"] != "accepted":
+                    return None  # refused below as not open, whatever the part
+                problem = part_problem(stake, part, major_to_minor(self.config.min_stake, currency), currency)
+                if problem is None:
+                    return None if part == stake else part
+        await abort_bad_request(context, [("stake", problem)])
+        raise AssertionError("unreachable")
 
     async def views(self, legs: list[dict[str, Any]]) -> tuple[object, ...] | None:
         """The odds views the bet's open legs are priced from (None when one is missing). The odds
@@ -125,8 +165,9 @@ class CashOutDesk:
         self, account: str, request: bs.GetCashOutOfferRequest, context: grpc.aio.ServicerContext
     ) -> bs.GetCashOutOfferResponse:
         row, legs = await self._bet(account, request.bet_id, context)
+        part = await self._part(request, row, context)
         try:
-            priced = await self.price(row, legs)
+            priced = await self.price(row, legs, part)
         except Refusal as r:
             await self._refuse(context, r)
         delay = Duration()
@@ -173,9 +214,10 @@ class CashOutDesk:
         currency = row["currency"]
         if request.amount.currency_code != currency:
             await abort_bad_request(context, [("amount.currency_code", f"the bet is in {currency}")])
+        part = await self._part(request, row, context)
         try:
             outcome, bet = await self.execute(
-                account, request.bet_id, request.request_id, request_digest, row, legs, asked
+                account, request.bet_id, request.request_id, request_digest, row, legs, asked, part=part
             )
         except Refusal as r:
             again = await self._earlier(account, request.request_id, request_digest, context)
@@ -190,7 +232,7 @@ class CashOutDesk:
         if again is not None:
             return again
         if outcome == "changed":
-            message = "a leg of the bet was settled meanwhile: ask for a new offer"
+            message = "the bet changed meanwhile (a leg settled or a part cashed out): ask for a new offer"
             await self._refuse(context, Refusal(Kind.FAILED_PRECONDITION, bet_pb2.REJECT_REASON_ODDS_CHANGED, message))
         if outcome.startswith("not_open:"):
             await self._refuse(context, not_open(outcome.partition(":")[2]))
@@ -207,15 +249,17 @@ class CashOutDesk:
         legs: list[dict[str, Any]],
         asked: int,
         rule: int | None = None,
+        part: int | None = None,
     ) -> tuple[str, bet_pb2.Bet | None]:
         """Cash the bet out at its offer if that is at least ``asked`` (after the in-play delay):
         (outcome, bet) as :meth:`Store.cash_out` gives them; a Refusal when the offer fell below or
         a market was suspended in the delay; Conflict for a request id used for another request.
         Both CashOut and the automatic cash-out (:mod:`betting.auto_cashout`, with its ``rule``,
-        which must still be the bet's at the end of the delay) come through here."""
-        priced = await self._decide(account, bet_id, row, legs, asked, rule)
+        which must still be the bet's at the end of the delay) come through here; ``part``: a
+        partial cash-out of that much of the stake."""
+        priced = await self._decide(account, bet_id, row, legs, asked, rule, part)
         outcome, bet = await self.store.cash_out(
-            account, bet_id, request_id, request_digest, priced.amount, priced.open_legs
+            account, bet_id, request_id, request_digest, priced.amount, priced.open_legs, priced.stake, priced.part
         )
         if bet is not None and outcome == "cashed_out":
             self.metrics.cash_outs.labels("cashed_out", "").inc()
@@ -225,6 +269,7 @@ class CashOutDesk:
                     "bet_id": bet.bet_id,
                     "account": account,
                     "amount": format_minor(priced.amount, row["currency"]),
+                    "part": "" if priced.part is None else format_minor(priced.part.stake, row["currency"]),
                     "auto": request_id.startswith("auto:"),
                 },
             )
@@ -293,11 +338,12 @@ class CashOutDesk:
         legs: list[dict[str, Any]],
         asked: int,
         rule: int | None = None,
+        part: int | None = None,
     ) -> Priced:
         """The offer to pay, after the in-play delay when there is one; a Refusal when it falls
         below the amount asked, a leg's market was suspended meanwhile, or the bet changed (for an
         automatic cash-out, ``rule``: its rule changed or removed meanwhile)."""
-        priced = self.price_covers(await self.price(row, legs), asked, row["currency"])
+        priced = self.price_covers(await self.price(row, legs, part), asked, row["currency"])
         if priced.delay > 0:
             await asyncio.sleep(priced.delay)
             for leg, version in priced.seen:
@@ -315,7 +361,7 @@ class CashOutDesk:
             raise _unavailable("the bet is gone")
         if rule is not None and found[0]["auto_cash_out"] != rule:
             raise _unavailable("the automatic cash-out was changed or removed")
-        return self.price_covers(await self.price(*found), asked, row["currency"])
+        return self.price_covers(await self.price(*found, part), asked, row["currency"])
 
     @staticmethod
     def price_covers(priced: Priced, asked: int, currency: str) -> Priced:

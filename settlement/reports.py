@@ -5,9 +5,10 @@ Definitions (per currency): **turnover** = stakes of bets placed in the window t
 rejected; **payouts** = what those bets paid once settled (a void returns its stake, so it counts
 as a payout); **GGR** = turnover - payouts over the *settled* bets (open bets have no result yet,
 so they are in turnover and ``bets`` but not in GGR). A cashed-out bet counts as settled, its
-cash-out amount as its payout. Per market an accumulator counts once for
-each of its legs' markets; per match and per day it counts once. The house ledger account holds
-exactly the settled GGR (a test reconciles them).
+cash-out amount as its payout; a part closed by a partial cash-out counts as settled at once (its
+stake in turnover and settled stakes, its amount in payouts) while the rest of its bet is open.
+Per market an accumulator counts once for each of its legs' markets; per match and per day it
+counts once. The house ledger account holds exactly the settled GGR (a test reconciles them).
 """
 
 from __future__ import annotations
@@ -55,10 +56,15 @@ class ReportApi(report_service_pb2_grpc.ReportServiceServicer):
         key = _KEY[grouping]
         # per market, a bet counts once per market it has a leg in; per match and day, once
         done = "status IN ('settled', 'cashed_out')"  # a cash-out settled the bet
+        # a part closed by a partial cash-out is settled at once, whatever the rest of its bet does
+        figures = f"""sum(stake + cashed_out_stake),
+                      coalesce(sum(payout) FILTER (WHERE {done}), 0) + sum(cashed_out_amount),
+                      coalesce(sum(stake) FILTER (WHERE {done}), 0) + sum(cashed_out_stake),
+                      count(*), count(*) FILTER (WHERE {done})"""
         query = f"""
-            SELECT key, sum(stake), sum(payout) FILTER (WHERE {done}),
-                   sum(stake) FILTER (WHERE {done}), count(*), count(*) FILTER (WHERE {done})
-            FROM (SELECT DISTINCT {key} AS key, b.bet_id, b.stake, b.payout, b.status
+            SELECT key, {figures}
+            FROM (SELECT DISTINCT {key} AS key, b.bet_id, b.stake, b.payout, b.status, b.cashed_out_stake,
+                         b.cashed_out_amount
                     FROM betting.bets b JOIN betting.selections s ON s.bet_id = b.bet_id
                    WHERE b.currency = %s AND b.placed_at >= %s AND b.placed_at < %s
                      AND b.status <> 'rejected') x
@@ -67,8 +73,7 @@ class ReportApi(report_service_pb2_grpc.ReportServiceServicer):
             await cur.execute(query, (currency, start, end))
             rows = await cur.fetchall()
             await cur.execute(
-                f"""SELECT coalesce(sum(stake), 0), coalesce(sum(payout) FILTER (WHERE {done}), 0),
-                          coalesce(sum(stake) FILTER (WHERE {done}), 0), count(*), count(*) FILTER (WHERE {done})
+                f"""SELECT {figures}
                    FROM betting.bets WHERE currency = %s AND placed_at >= %s AND placed_at < %s
                      AND status <> 'rejected'""",
                 (currency, start, end),

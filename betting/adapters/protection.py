@@ -237,12 +237,15 @@ class ProtectionStore:
 
     async def activity(self, owner: str, currency: str, since: datetime) -> Activity:
         """The player's bets placed since ``since`` in ``currency``: staked (rejected ones not
-        counted), returned so far (``betting.bet_returned``, migration 0020), still open."""
+        counted; with the parts closed by partial cash-outs), returned so far (``betting.bet_returned``,
+        migration 0020, and what partial cash-outs paid, 0023), still open (what is left at risk)."""
         async with self.pool.connection() as conn, conn.cursor(row_factory=dict_row) as cur:
             await cur.execute(
                 """SELECT now() AS until,
-                          coalesce(sum(b.stake) FILTER (WHERE b.status <> 'rejected'), 0) AS staked,
-                          coalesce(sum(betting.bet_returned(b.status, b.stake, b.payout)), 0) AS returned,
+                          coalesce(sum(b.stake + b.cashed_out_stake) FILTER (WHERE b.status <> 'rejected'), 0)
+                            AS staked,
+                          coalesce(sum(betting.bet_returned(b.status, b.stake, b.payout) + b.cashed_out_amount), 0)
+                            AS returned,
                           coalesce(sum(b.stake) FILTER (WHERE b.status IN ('pending', 'accepted')), 0) AS open,
                           count(*) FILTER (WHERE b.status <> 'rejected') AS bets
                    FROM betting.bets b

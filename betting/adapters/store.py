@@ -32,6 +32,7 @@ from psycopg.rows import dict_row
 from psycopg_pool import AsyncConnectionPool
 
 from betting.adapters.protection import DepositLimitExceeded, OnBreak, Suspended, check_deposit, check_withdrawal
+from betting.domain.cashout import Part
 from betting.domain.money import format_minor
 from betting.domain.protection import loss_refusal
 from betting.domain.rules import Leg, Ticket, specifiers_of
@@ -285,6 +286,9 @@ def bet_proto(row: dict[str, Any], legs: Sequence[dict[str, Any]]) -> bet_pb2.Be
     _set_money(b.payout, row["payout"], cur)
     if row.get("auto_cash_out") is not None:
         _set_money(b.auto_cash_out, row["auto_cash_out"], cur)
+    if row.get("cashed_out_stake"):
+        _set_money(b.cashed_out_stake, row["cashed_out_stake"], cur)
+        _set_money(b.cashed_out_amount, row["cashed_out_amount"], cur)
     for name in ("placed_at", "decided_at", "settled_at", "decide_at"):
         value = row.get(name)
         if value is not None:
@@ -854,19 +858,38 @@ class Store:
             return await self._load(cur, row)
 
     async def cash_out(
-        self, account: str, bet_id: str, request_id: str, request_digest: bytes, amount: int, open_legs: list[int]
+        self,
+        account: str,
+        bet_id: str,
+        request_id: str,
+        request_digest: bytes,
+        amount: int,
+        open_legs: list[int],
+        stake: int,
+        part: Part | None = None,
     ) -> tuple[str, bet_pb2.Bet | None]:
-        """Cash the bet out for ``amount`` (``betting.cash_out``, one transaction) if it is still
-        accepted and the legs priced as open (``open_legs``) are still unsettled. Returns
-        (outcome, bet): ``cashed_out`` or ``exists`` (this request id did it before) with the bet,
-        ``not_found``, ``not_open:<status>`` or ``changed`` (a leg was settled since) without one;
-        Conflict when the request id was used for another request."""
+        """Cash the bet out for ``amount`` (``betting.cash_out``, one transaction; with ``part``,
+        that part of its stake) if it is still accepted, its stake still ``stake`` and the legs
+        priced as open (``open_legs``) still unsettled. Returns (outcome, bet): ``cashed_out`` or
+        ``exists`` (this request id did it before) with the bet, ``not_found``,
+        ``not_open:<status>`` or ``changed`` (a leg settled or a part cashed out since) without
+        one; Conflict when the request id was used for another request."""
         try:
             async with self.pool.connection() as conn, conn.transaction(), conn.cursor(row_factory=dict_row) as cur:
                 await trace_transaction(cur)
                 await cur.execute(
-                    "SELECT * FROM betting.cash_out(%s, %s, %s, %s, %s, %s::smallint[])",
-                    (uuid.UUID(bet_id), account, request_id, request_digest, amount, open_legs),
+                    "SELECT * FROM betting.cash_out(%s, %s, %s, %s, %s, %s::smallint[], %s, %s, %s)",
+                    (
+                        uuid.UUID(bet_id),
+                        account,
+                        request_id,
+                        request_digest,
+                        amount,
+                        open_legs,
+                        stake,
+                        None if part is None else part.stake,
+                        None if part is None else part.left_payout,
+                    ),
                 )
                 row = await cur.fetchone()
                 assert row is not None

@@ -21,7 +21,8 @@ from decimal import ROUND_DOWN, Decimal
 
 from livebet.betting.v1 import bet_pb2
 
-from betting.domain.rules import Kind, Refusal
+from betting.domain.money import format_minor
+from betting.domain.rules import Kind, Refusal, payout
 
 
 @dataclass(frozen=True)
@@ -52,3 +53,39 @@ def offer(stake: int, legs: Sequence[CashOutLeg], margin: Decimal, potential_pay
     if amount <= 0:
         raise Refusal(Kind.FAILED_PRECONDITION, bet_pb2.REJECT_REASON_CASH_OUT_UNAVAILABLE, "the bet is worth nothing")
     return amount
+
+
+@dataclass(frozen=True)
+class Part:
+    """A partial cash-out of ``stake`` minor units of a bet's stake."""
+
+    stake: int  # the part closed
+    left_payout: int  # the potential payout of the stake left
+    released: int  # the potential payout the part takes with it (the most its offer can be)
+
+
+def split(stake: int, potential_payout: int, odds: Decimal, part: int) -> Part:
+    """Close ``part`` of a bet of ``stake`` at combined ``odds``: the stake left has the potential
+    payout it would have had if placed so (``rules.payout``), the part takes the rest."""
+    if not 0 < part < stake:
+        raise ValueError(f"a part must be more than 0 and less than the stake {stake}, got {part}")
+    left = min(payout(stake - part, odds), potential_payout)
+    return Part(part, left, potential_payout - left)
+
+
+def part_problem(stake: int, part: int, min_stake: int, currency: str) -> str | None:
+    """Why ``part`` cannot be cashed out of a bet staking ``stake`` (None: it can). The part and
+    what is left must each be at least the minimum stake; the whole stake is a whole cash-out."""
+
+    def m(amount: int) -> str:
+        return f"{format_minor(amount, currency)} {currency}"
+
+    if part <= 0:
+        return "must be more than 0"
+    if part > stake:
+        return f"{m(part)} is more than the bet's stake {m(stake)}"
+    if part < min_stake:
+        return f"{m(part)} is below the minimum stake {m(min_stake)}"
+    if part < stake and stake - part < min_stake:
+        return f"{m(part)} would leave {m(stake - part)} on the bet, below the minimum stake {m(min_stake)}"
+    return None

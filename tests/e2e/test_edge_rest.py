@@ -74,7 +74,7 @@ def test_a_bet_over_rest_from_deposit_to_reading_it_back(mesh: Mesh) -> None:
     assert status == 200 and int(bal["available"]["minorUnits"]) + int(bal["held"]["minorUnits"]) == 5000
 
 
-def test_a_bet_cashed_out_over_rest(mesh: Mesh) -> None:
+def test_a_bet_cashed_out_in_two_parts_over_rest(mesh: Mesh) -> None:
     t = token(mesh, f"rest-{uuid.uuid4().hex[:6]}")
     assert call(mesh, "POST", "/v1/wallet/deposits", {"requestId": "d1", "amount": _eur(5000)}, t)[0] == 200
     bets: list[str] = []
@@ -99,12 +99,14 @@ def test_a_bet_cashed_out_over_rest(mesh: Mesh) -> None:
             return False
         assert offer["amount"]["currencyCode"] == "EUR" and int(offer["amount"]["minorUnits"]) > 0
         body = {"requestId": uuid.uuid4().hex, "amount": _eur(1)}
+        if not got:  # first 2.00 of the 5.00 (a partial cash-out), then the rest
+            body["stake"] = _eur(200)
         status, done = call(mesh, "POST", f"/v1/bets/{bets[-1]}:cashOut", body, t)
         if status != 200:
             assert status == 400 and done["code"] == 9, (status, done)
             return False
         got.append(done["bet"])
-        return True
+        return len(got) == 2
 
     wait_for(accepted, 60, interval=0.5, what="a bet accepted")
     # its offer, streamed: newline-delimited JSON, the first line with the bet's offer (or why none)
@@ -120,12 +122,16 @@ def test_a_bet_cashed_out_over_rest(mesh: Mesh) -> None:
     amount = int(offer.get("amount", {}).get("minorUnits", 0))
     assert amount > 0 or offer["unavailableReason"] == "REJECT_REASON_MARKET_NOT_OPEN", offer
     wait_for(cashed_out, 60, interval=0.5, what="a cash-out through REST")
-    (bet,) = got
+    part, bet = got
+    assert part["status"] == "BET_STATUS_ACCEPTED" and part["stake"]["minorUnits"] == "300"
+    assert part["cashedOutStake"]["minorUnits"] == "200"
+    part_paid = int(part["cashedOutAmount"]["minorUnits"])
     assert bet["status"] == "BET_STATUS_CASHED_OUT" and int(bet["payout"]["minorUnits"]) > 0
+    assert bet["cashedOutAmount"]["minorUnits"] == str(part_paid)
     status, bal = call(mesh, "GET", "/v1/wallet/balance/EUR", token=t)
     # bets rejected in their delay gave their stakes back; the cashed-out one holds nothing
     assert status == 200 and int(bal["held"].get("minorUnits", "0")) == 0
-    assert int(bal["available"]["minorUnits"]) == 5000 - 500 + int(bet["payout"]["minorUnits"])
+    assert int(bal["available"]["minorUnits"]) == 5000 - 500 + part_paid + int(bet["payout"]["minorUnits"])
 
 
 def test_an_automatic_cash_out_set_over_rest_is_taken_by_the_service(mesh: Mesh) -> None:

@@ -5,7 +5,7 @@ from decimal import Decimal
 import pytest
 from livebet.betting.v1 import bet_pb2
 
-from betting.domain.cashout import CashOutLeg, offer
+from betting.domain.cashout import CashOutLeg, offer, part_problem, split
 from betting.domain.rules import Config, Refusal
 
 D = Decimal
@@ -66,3 +66,29 @@ def test_the_cash_out_margin_is_configurable_and_checked() -> None:
     for bad in ("-0.1", "0.9", "NaN", "lots"):
         with pytest.raises(ValueError, match="CASH_OUT_MARGIN"):
             Config.from_env({"LIVEBET_BETTING_CASH_OUT_MARGIN": bad})
+
+
+def test_a_part_leaves_the_payout_its_rest_would_have_had_and_releases_the_remainder() -> None:
+    # 10.00 at 2.35 (potential payout 23.50); 3.00 closed: 7.00 left pays 16.45, the part took 7.05
+    part = split(1_000, 2_350, D("2.35"), 300)
+    assert (part.stake, part.left_payout, part.released) == (300, 1_645, 705)
+    # rounding down stays with the bet left: 0.33 at 3.33 (1.09) of 1.00 at 3.33 (3.33)
+    part = split(100, 333, D("3.33"), 67)
+    assert (part.left_payout, part.released) == (109, 224)
+    # the part's offer is priced on its own stake and capped at what it released
+    assert offer(300, [CashOutLeg(D("2.35"), current=D("1.01"))], NO_MARGIN, part.released) == part.released
+    for bad in (0, 1_000, 1_001, -1):
+        with pytest.raises(ValueError):
+            split(1_000, 2_350, D("2.35"), bad)
+
+
+def test_a_part_and_what_it_leaves_must_each_be_at_least_the_minimum_stake() -> None:
+    assert part_problem(1_000, 300, 10, "EUR") is None
+    assert part_problem(1_000, 1_000, 10, "EUR") is None  # the whole stake: a whole cash-out
+    assert part_problem(1_000, 5, 10, "EUR") == "0.05 EUR is below the minimum stake 0.10 EUR"
+    assert part_problem(1_000, 995, 10, "EUR") == (
+        "9.95 EUR would leave 0.05 EUR on the bet, below the minimum stake 0.10 EUR"
+    )
+    assert part_problem(1_000, 1_001, 10, "EUR") == "10.01 EUR is more than the bet's stake 10.00 EUR"
+    assert part_problem(1_000, 0, 10, "EUR") == "must be more than 0"
+    assert part_problem(500, 250, 1, "JPY") is None

@@ -480,6 +480,7 @@ function betStatusHtml(b: Bet): string {
       else if (o) {
         const wait = o.delayMs > 0 ? ` (${Math.round(o.delayMs / 1000)} s)` : "";
         action = `<button class="cash-out" data-cash-out="${esc(b.betId)}">cash out ${formatMinor(o.amount.minorUnits, o.amount.currencyCode)}${wait}</button>`;
+        action += ` <button class="cash-out-half" data-cash-out-half="${esc(b.betId)}" title="cash out half the stake; the other half rides on">half</button>`;
       }
       return `<span class="accepted">accepted</span> ${action} ${autoHtml(b)}`;
     }
@@ -547,7 +548,12 @@ function renderBets(): void {
       const legs = b.selections
         .map((s) => `${esc(s.outcome?.market?.marketKey ?? "")} ${esc(s.outcome?.outcomeId ?? "")}`)
         .join(" × ");
-      const stake = b.stake ? formatMinor(b.stake.minorUnits, b.stake.currencyCode) : "";
+      let stake = b.stake ? formatMinor(b.stake.minorUnits, b.stake.currencyCode) : "";
+      if (b.cashedOutStake && b.cashedOutAmount) {
+        const part = formatMinor(b.cashedOutStake.minorUnits, b.cashedOutStake.currencyCode);
+        const paid = formatMinor(b.cashedOutAmount.minorUnits, b.cashedOutAmount.currencyCode);
+        stake += ` <span class="partly">(${part} cashed out for ${paid})</span>`;
+      }
       return `<li class="bet" data-bet="${esc(b.betId)}" data-status="${esc(BetStatus[b.status] ?? "")}">
         <div>${legs} @ <b>${esc(b.acceptedOdds?.decimal ?? "")}</b> · ${stake}</div><div>${betStatusHtml(b)}</div></li>`;
     })
@@ -612,14 +618,19 @@ async function watchOffers(): Promise<void> {
   );
 }
 
-async function cashOut(betId: string): Promise<void> {
+/** Cash the bet out at its offer; with half, half its stake (priced first: the offer shown is the
+ * whole bet's), the other half riding on. */
+async function cashOut(betId: string, half = false): Promise<void> {
   const o = offers.get(betId);
-  if (!o || typeof o === "string" || cashing.has(betId)) return;
+  const b = bets.get(betId);
+  if (!o || typeof o === "string" || !b?.stake || cashing.has(betId)) return;
   cashing.add(betId);
   renderBets();
   try {
+    const stake = half ? { currencyCode: b.stake.currencyCode, minorUnits: b.stake.minorUnits / 2n } : undefined;
+    const amount = stake ? (await betting.getCashOutOffer({ betId, stake })).amount : o.amount;
     // the offer as shown: the bet is cashed out at the offer when decided, never less than this
-    const res = await betting.cashOut({ requestId: crypto.randomUUID(), betId, amount: o.amount });
+    const res = await betting.cashOut({ requestId: crypto.randomUUID(), betId, amount, stake });
     if (res.bet) upsertBet(res.bet);
     void refreshBalance();
   } catch (err) {
@@ -703,6 +714,7 @@ function main(): void {
   $("bets").addEventListener("click", (e) => {
     const data = (e.target as HTMLElement).dataset;
     if (data.cashOut) void cashOut(data.cashOut);
+    if (data.cashOutHalf) void cashOut(data.cashOutHalf, true);
     if (data.auto) openAuto(data.auto);
     if (data.autoClear) void setAuto(data.autoClear, null);
   });
