@@ -12,7 +12,7 @@ from livebet.feed.v1 import event_pb2 as ev
 from betting.domain.rules import ref_key
 from mesh.settings import seconds
 from settlement.adapters.store import Store
-from settlement.domain.results import parse_market_key, provider_results, results_by_market
+from settlement.domain.results import OpenLeg, parse_market_key, provider_results, results_by_market
 
 log = logging.getLogger("settlement")
 _ENDED = (ev.MATCH_STATUS_ENDED, ev.MATCH_STATUS_CLOSED)
@@ -93,6 +93,7 @@ class Settler:
                 reopened = await self.store.rollback_cancels(e.match_id, key, start, end)
                 log.info("cancel rolled back", extra={"match_id": e.match_id, "market": key, "bets": reopened})
             await self.settle_match(e.match_id)  # a result already known settles them now
+            await self.settle_provider_again(e.match_id)
         elif kind == "rollback_bet_settlement":
             for ref in e.rollback_bet_settlement.markets:
                 key = ref_key(ref)
@@ -126,6 +127,7 @@ class Settler:
         )
         for other in done.matches:
             await self.settle_match(other)
+            await self.settle_provider_again(other)
         return done.settled
 
     async def provider_settlement(self, e: ev.FeedEvent) -> int:
@@ -136,24 +138,42 @@ class Settler:
         if bs.certainty < self.certainty:
             return 0
         legs = await self.store.open_legs(e.match_id)
+        when = _when(e, produced=False)
         total = 0
         for m in bs.markets:
             key = ref_key(m.market)
-            outcomes = [(o.outcome_id, o.result, o.void_factor, o.dead_heat_factor) for o in m.outcomes]
-            results = provider_results(outcomes, legs, key)
-            if not results:
-                continue
-            version, count, _, conflict = await self.store.settle_provider(
-                e.match_id, key, results, _when(e, produced=False)
-            )
-            if conflict:
-                log.warning(
-                    "provider settlement differs from the settled result; left for a rollback",
-                    extra={"match_id": e.match_id, "market": key, "version": version},
-                )
-            total += count
+            outcomes = [(o.outcome_id, int(o.result), o.void_factor, o.dead_heat_factor) for o in m.outcomes]
+            await self.store.keep_provider_outcomes(e.match_id, key, outcomes, when)
+            total += await self._settle_provider(e.match_id, key, outcomes, legs, when)
         self.settled_bets += total
         return total
+
+    async def settle_provider_again(self, match_id: str) -> int:
+        """Settle the legs open now by the provider's settlements kept for the match: legs that
+        opened again since those came (a reopened accumulator, a cancel rolled back)."""
+        kept = await self.store.provider_outcomes(match_id)
+        if not kept:
+            return 0
+        legs = await self.store.open_legs(match_id)
+        total = 0
+        for key, outcomes, when in kept:
+            total += await self._settle_provider(match_id, key, outcomes, legs, when)
+        self.settled_bets += total
+        return total
+
+    async def _settle_provider(
+        self, match_id: str, key: str, outcomes: list[tuple[str, int, str, str]], legs: list[OpenLeg], when: datetime
+    ) -> int:
+        results = provider_results(outcomes, legs, key)
+        if not results:
+            return 0
+        version, count, _, conflict = await self.store.settle_provider(match_id, key, results, when)
+        if conflict:
+            log.warning(
+                "provider settlement differs from the settled result; left for a rollback",
+                extra={"match_id": match_id, "market": key, "version": version},
+            )
+        return count
 
     async def settle_match(self, match_id: str) -> int:
         """Settle every market of the match whose result is known and has open bets."""

@@ -185,6 +185,29 @@ class Store:
             )
             return [OpenLeg(k, o, Decimal(odds)) for k, o, odds in await cur.fetchall()]
 
+    async def keep_provider_outcomes(
+        self, match_id: str, market_key: str, outcomes: list[tuple[str, int, str, str]], decided_at: datetime
+    ) -> None:
+        """Keep a provider's settlement of a market as it came (the latest replaces the one before)."""
+        async with self.pool.connection() as conn, conn.cursor() as cur:
+            await cur.execute(
+                """INSERT INTO settlement.provider_outcomes (match_id, market_key, outcomes, decided_at)
+                   VALUES (%s, %s, %s, %s)
+                   ON CONFLICT (match_id, market_key) DO UPDATE
+                   SET outcomes = excluded.outcomes, decided_at = excluded.decided_at, received_at = now()""",
+                (match_id, market_key, Jsonb(outcomes), decided_at),
+            )
+
+    async def provider_outcomes(self, match_id: str) -> list[tuple[str, list[tuple[str, int, str, str]], datetime]]:
+        """The provider's settlements kept for the match: (market key, outcomes, decided at)."""
+        async with self.pool.connection() as conn, conn.cursor() as cur:
+            await cur.execute(
+                "SELECT market_key, outcomes, decided_at FROM settlement.provider_outcomes WHERE match_id = %s"
+                " ORDER BY market_key",
+                (match_id,),
+            )
+            return [(k, [tuple(o) for o in outcomes], when) for k, outcomes, when in await cur.fetchall()]
+
     async def settle_provider(
         self, match_id: str, market_key: str, results: list[dict[str, Any]], decided_at: datetime
     ) -> tuple[int, int, int, bool]:
@@ -323,6 +346,11 @@ class Store:
             row = await cur.fetchone()
             if row is None:
                 return 0, 0
+            # a provider's settlement kept for legs that open again goes with it
+            await cur.execute(
+                "DELETE FROM settlement.provider_outcomes WHERE match_id = %s AND market_key = %s",
+                (match_id, market_key),
+            )
             return int(row[0]), await self._rollback(cur, match_id, market_key, int(row[0]), reason, actor)
 
     async def cancel(

@@ -1001,24 +1001,24 @@ def test_a_part_of_a_bet_is_cashed_out_and_the_rest_rides_on_to_its_settlement(e
 
     from betting.domain.rules import payout
 
-    env.send(fixture("c40"))
-    priced(env, "c40")
-    deposit(env, "k40", 10_000, "k40-d")
+    env.send(fixture("c60"))
+    priced(env, "c60")
+    deposit(env, "k60", 10_000, "k60-d")
     since = Timestamp()
     since.GetCurrentTime()
-    odds, _ = env.price("c40", ONE, "home")
-    bet = place(env, "k40", "k40-b", [selection("c40", ONE, "home", odds)], 2_000)
+    odds, _ = env.price("c60", ONE, "home")
+    bet = place(env, "k60", "k60-b", [selection("c60", ONE, "home", odds)], 2_000)
     pp = payout(2_000, Decimal(odds))
     assert bet.potential_payout.minor_units == pp
     env.bets.SetAutoCashOut(
-        bs.SetAutoCashOutRequest(bet_id=bet.bet_id, amount=eur(pp - 1)), metadata=md("k40"), timeout=10
+        bs.SetAutoCashOutRequest(bet_id=bet.bet_id, amount=eur(pp - 1)), metadata=md("k60"), timeout=10
     )
 
-    now, _ = env.price("c40", ONE, "home")
-    p = part_offer(env, "k40", bet.bet_id, 500)
+    now, _ = env.price("c60", ONE, "home")
+    p = part_offer(env, "k60", bet.bet_id, 500)
     assert p == expected(500, Decimal(odds) / Decimal(now))  # the offer for the part
-    assert p < offer_of(env, "k40", bet.bet_id).amount.minor_units
-    done = cash_out_part(env, "k40", "k40-p1", bet.bet_id, 500, p)
+    assert p < offer_of(env, "k60", bet.bet_id).amount.minor_units
+    done = cash_out_part(env, "k60", "k60-p1", bet.bet_id, 500, p)
     assert done.status == bet_pb2.BET_STATUS_ACCEPTED and done.payout.minor_units == 0
     assert (done.stake.minor_units, done.cashed_out_stake.minor_units, done.cashed_out_amount.minor_units) == (
         1_500,
@@ -1027,35 +1027,35 @@ def test_a_part_of_a_bet_is_cashed_out_and_the_rest_rides_on_to_its_settlement(e
     )
     left = payout(1_500, Decimal(odds))
     assert done.potential_payout.minor_units == left and not done.HasField("auto_cash_out")  # the rule was for 20.00
-    assert balance(env, "k40") == (8_000 + p, 1_500)
-    assert _liability(env, "c40", "home") == left
+    assert balance(env, "k60") == (8_000 + p, 1_500)
+    assert _liability(env, "c60", "home") == left
     moves = env.sql(
         "SELECT account_id, amount FROM betting.postings p JOIN betting.transactions t USING (transaction_id)"
         " WHERE t.bet_id = %s AND t.kind = 'cash_out' ORDER BY account_id",
         bet.bet_id,
     )
     (shard,) = env.sql("SELECT abs(hashtext(%s)) %% 16", bet.bet_id)[0]
-    assert moves == [("held:k40:EUR", -500), (f"house:EUR:{shard}", 500 - p), ("player:k40:EUR", p)]
+    assert moves == [("held:k60:EUR", -500), (f"house:EUR:{shard}", 500 - p), ("player:k60:EUR", p)]
     assert env.sql("SELECT stake, amount, released, partial FROM betting.cash_outs WHERE bet_id = %s", bet.bet_id) == [
         (500, p, pp - left, True)
     ]
-    assert f"{bet.bet_id}:cashed_out_part:0" in env.published(f"bets.k40.{bet.bet_id}")
+    assert f"{bet.bet_id}:cashed_out_part:0" in env.published(f"bets.k60.{bet.bet_id}")
     # the same request again: its first answer, nothing moves
     before = env.counts()
-    assert cash_out_part(env, "k40", "k40-p1", bet.bet_id, 500, p).cashed_out_amount.minor_units == p
+    assert cash_out_part(env, "k60", "k60-p1", bet.bet_id, 500, p).cashed_out_amount.minor_units == p
     assert env.counts() == before
 
     # what the player staked and got back counts the part: the activity, the loss limits, the reports
-    activity = env.wallet.GetActivity(ws.GetActivityRequest(since=since), metadata=md("k40"), timeout=10)
+    activity = env.wallet.GetActivity(ws.GetActivityRequest(since=since), metadata=md("k60"), timeout=10)
     assert (activity.staked.minor_units, activity.returned.minor_units, activity.open_stakes.minor_units) == (
         2_000,
         p,
         1_500,
     )
-    assert _returned(env, "k40") == p
+    assert _returned(env, "k60") == p
     reports = report_service_pb2_grpc.ReportServiceStub(admin_channel(env.procs[3].spec.health_target))
     by_match = reports.GetTurnoverReport(rs.GetTurnoverReportRequest(grouping=rs.REPORT_GROUPING_MATCH), timeout=10)
-    (row,) = [r for r in by_match.rows if r.key == "c40"]
+    (row,) = [r for r in by_match.rows if r.key == "c60"]
     assert (row.bets, row.settled_bets, row.turnover.minor_units) == (1, 0, 2_000)
     assert (row.payouts.minor_units, row.ggr.minor_units) == (p, 500 - p)
     house = "SELECT coalesce(sum(balance), 0) FROM betting.ledger_accounts WHERE kind = 'house'"
@@ -1073,12 +1073,12 @@ def test_a_part_of_a_bet_is_cashed_out_and_the_rest_rides_on_to_its_settlement(e
     ):
         for call in (
             lambda part=part: env.bets.CashOut(
-                bs.CashOutRequest(request_id="k40-bad", bet_id=bet.bet_id, amount=eur(1), stake=part),
-                metadata=md("k40"),
+                bs.CashOutRequest(request_id="k60-bad", bet_id=bet.bet_id, amount=eur(1), stake=part),
+                metadata=md("k60"),
                 timeout=10,
             ),
             lambda part=part: env.bets.GetCashOutOffer(
-                bs.GetCashOutOfferRequest(bet_id=bet.bet_id, stake=part), metadata=md("k40"), timeout=10
+                bs.GetCashOutOfferRequest(bet_id=bet.bet_id, stake=part), metadata=md("k60"), timeout=10
             ),
         ):
             code, msg, details = _refused(call)
@@ -1087,74 +1087,105 @@ def test_a_part_of_a_bet_is_cashed_out_and_the_rest_rides_on_to_its_settlement(e
     assert env.counts() == before
 
     # full time: the rest is settled at the bet's odds
-    env.send(final("c40", 90, 2, 0))
+    env.send(final("c60", 90, 2, 0))
     wait_for(lambda: _status(env, bet.bet_id) == "settled", 30, what="full time settled")
-    b = env.bets.GetBet(bs.GetBetRequest(bet_id=bet.bet_id), metadata=md("k40"), timeout=10).bet
+    b = env.bets.GetBet(bs.GetBetRequest(bet_id=bet.bet_id), metadata=md("k60"), timeout=10).bet
     assert b.result == bet_pb2.BET_RESULT_WON and b.payout.minor_units == left
     assert b.cashed_out_amount.minor_units == p and b.stake.minor_units == 1_500
-    assert balance(env, "k40") == (8_000 + p + left, 0)
-    assert _returned(env, "k40") == p + left
+    assert balance(env, "k60") == (8_000 + p + left, 0)
+    assert _returned(env, "k60") == p + left
     by_match = reports.GetTurnoverReport(rs.GetTurnoverReportRequest(grouping=rs.REPORT_GROUPING_MATCH), timeout=10)
-    (row,) = [r for r in by_match.rows if r.key == "c40"]
+    (row,) = [r for r in by_match.rows if r.key == "c60"]
     assert (row.settled_bets, row.payouts.minor_units, row.ggr.minor_units) == (1, p + left, 2_000 - p - left)
     assert by_match.total.ggr.minor_units == env.sql(house)[0][0]
 
 
 def test_a_bet_cancel_annuls_every_part_cashed_out_and_its_rollback_restores_them(env: Env) -> None:
-    env.send(fixture("c41"))
-    priced(env, "c41")
-    deposit(env, "k41", 10_000, "k41-d")
-    odds, _ = env.price("c41", ONE, "home")
+    env.send(fixture("c61"))
+    priced(env, "c61")
+    deposit(env, "k61", 10_000, "k61-d")
+    odds, _ = env.price("c61", ONE, "home")
     start_at = _window()
-    bet = place(env, "k41", "k41-b", [selection("c41", ONE, "home", odds)], 2_000)
+    bet = place(env, "k61", "k61-b", [selection("c61", ONE, "home", odds)], 2_000)
     end_at = _window()
-    p = part_offer(env, "k41", bet.bet_id, 800)
-    part = cash_out_part(env, "k41", "k41-p", bet.bet_id, 800, p)
-    c = offer_of(env, "k41", bet.bet_id).amount.minor_units
-    whole = cash_out(env, "k41", "k41-w", bet.bet_id, eur(c))
+    p = part_offer(env, "k61", bet.bet_id, 800)
+    part = cash_out_part(env, "k61", "k61-p", bet.bet_id, 800, p)
+    c = offer_of(env, "k61", bet.bet_id).amount.minor_units
+    whole = cash_out(env, "k61", "k61-w", bet.bet_id, eur(c))
     assert whole.status == bet_pb2.BET_STATUS_CASHED_OUT and whole.payout.minor_units == c
     assert whole.stake.minor_units == 1_200 and whole.cashed_out_amount.minor_units == p
-    assert balance(env, "k41") == (8_000 + p + c, 0) and _returned(env, "k41") == p + c
-    assert f"{bet.bet_id}:cashed_out:1" in env.published(f"bets.k41.{bet.bet_id}")  # the bet's second cash-out
+    assert balance(env, "k61") == (8_000 + p + c, 0) and _returned(env, "k61") == p + c
+    assert f"{bet.bet_id}:cashed_out:1" in env.published(f"bets.k61.{bet.bet_id}")  # the bet's second cash-out
 
-    env.send(_bet_cancel("c41", 40, start_at, end_at))
+    env.send(_bet_cancel("c61", 40, start_at, end_at))
     wait_for(lambda: _status(env, bet.bet_id) == "settled", 30, what="the bet voided")
-    b = env.bets.GetBet(bs.GetBetRequest(bet_id=bet.bet_id), metadata=md("k41"), timeout=10).bet
+    b = env.bets.GetBet(bs.GetBetRequest(bet_id=bet.bet_id), metadata=md("k61"), timeout=10).bet
     assert (b.result, b.stake.minor_units, b.payout.minor_units) == (bet_pb2.BET_RESULT_VOID, 2_000, 2_000)
     assert not b.HasField("cashed_out_stake") and b.potential_payout == bet.potential_payout
-    assert balance(env, "k41") == (10_000, 0) and _returned(env, "k41") == 2_000  # the whole stake back, no more
+    assert balance(env, "k61") == (10_000, 0) and _returned(env, "k61") == 2_000  # the whole stake back, no more
     assert env.sql("SELECT count(*) FROM betting.cash_outs WHERE bet_id = %s AND annulled_by IS NULL", bet.bet_id) == [
         (0,)
     ]
-    assert _liability(env, "c41", "home") == 0
+    assert _liability(env, "c61", "home") == 0
 
-    env.send(_rollback_cancel("c41", 60))
+    env.send(_rollback_cancel("c61", 60))
     wait_for(lambda: _status(env, bet.bet_id) == "cashed_out", 30, what="the cash-outs restored")
-    b = env.bets.GetBet(bs.GetBetRequest(bet_id=bet.bet_id), metadata=md("k41"), timeout=10).bet
+    b = env.bets.GetBet(bs.GetBetRequest(bet_id=bet.bet_id), metadata=md("k61"), timeout=10).bet
     assert (b.stake.minor_units, b.potential_payout, b.payout.minor_units) == (1_200, part.potential_payout, c)
     assert (b.cashed_out_stake.minor_units, b.cashed_out_amount.minor_units) == (800, p)
-    assert balance(env, "k41") == (8_000 + p + c, 0) and _returned(env, "k41") == p + c
-    assert _liability(env, "c41", "home") == 0
+    assert balance(env, "k61") == (8_000 + p + c, 0) and _returned(env, "k61") == p + c
+    assert _liability(env, "c61", "home") == 0
 
 
 def test_a_cash_out_priced_on_a_stake_a_part_has_since_changed_writes_nothing(env: Env) -> None:
     """betting.cash_out answers 'changed' when the bet's stake is not the one the offer was priced
     on: two partial cash-outs priced at once would otherwise both be paid on the whole stake."""
-    env.send(fixture("c42"))
-    priced(env, "c42")
-    deposit(env, "k42", 10_000, "k42-d")
-    odds, _ = env.price("c42", ONE, "home")
-    bet = place(env, "k42", "k42-b", [selection("c42", ONE, "home", odds)], 2_000)
-    cash_out_part(env, "k42", "k42-p", bet.bet_id, 1_000, 1)
+    env.send(fixture("c62"))
+    priced(env, "c62")
+    deposit(env, "k62", 10_000, "k62-d")
+    odds, _ = env.price("c62", ONE, "home")
+    bet = place(env, "k62", "k62-b", [selection("c62", ONE, "home", odds)], 2_000)
+    cash_out_part(env, "k62", "k62-p", bet.bet_id, 1_000, 1)
     before = env.counts()
     pp = bet.potential_payout.minor_units
     for part, left in ((500, pp // 2), (None, None)):  # priced on the whole 20.00: a part, or the whole bet
         (row,) = env.sql(
-            "SELECT outcome FROM betting.cash_out(%s, 'k42', %s, '\\x00', 100, '{}'::smallint[], 2000, %s, %s)",
+            "SELECT outcome FROM betting.cash_out(%s, 'k62', %s, '\\x00', 100, '{}'::smallint[], 2000, %s, %s)",
             bet.bet_id,
-            f"k42-stale-{part}",
+            f"k62-stale-{part}",
             part,
             left,
         )
         assert row == ("changed",)
-    assert env.counts() == before and balance(env, "k42")[1] == 1_000
+    assert env.counts() == before and balance(env, "k62")[1] == 1_000
+
+
+def test_a_reopened_accumulator_leg_is_settled_by_the_providers_settlement_of_its_market(env: Env) -> None:
+    """An accumulator cashed out; the provider settles one leg's market by a bet_settlement (no
+    score for it). A bet cancel on the other leg annuls the cash-out: the leg reopened is settled by
+    the provider's settlement, kept for it, and the bet with it (it stayed open before)."""
+    from livebet.feed.v1 import event_pb2 as ev
+
+    from tests.component.test_settlement import _provider_settlement
+
+    env.send(fixture("c63"), fixture("c64"))
+    priced(env, "c63")
+    priced(env, "c64")
+    deposit(env, "k63", 10_000, "k63-d")
+    o1, _ = env.price("c63", ONE, "home")
+    o2, _ = env.price("c64", "btts", "yes")
+    start_at = _window()
+    acca = place(env, "k63", "k63-b", [selection("c63", ONE, "home", o1), selection("c64", "btts", "yes", o2)], 1_000)
+    end_at = _window()
+    cash_out(env, "k63", "k63-co", acca.bet_id, offer_of(env, "k63", acca.bet_id).amount)
+    win, lose = ev.OUTCOME_RESULT_WIN, ev.OUTCOME_RESULT_LOSE
+    env.send(_provider_settlement("c64", 10, ev.SETTLEMENT_CERTAINTY_CONFIRMED, [("yes", win, ""), ("no", lose, "")]))
+    kept = "SELECT count(*) FROM settlement.provider_outcomes WHERE match_id = 'c64'"
+    wait_for(lambda: env.sql(kept) == [(1,)], 30, what="the provider's settlement kept")
+
+    env.send(_bet_cancel("c63", 40, start_at, end_at))
+    wait_for(lambda: _status(env, acca.bet_id) == "settled", 30, what="the reopened accumulator settled")
+    b = env.bets.GetBet(bs.GetBetRequest(bet_id=acca.bet_id), metadata=md("k63"), timeout=10).bet
+    paid = int(Decimal(1_000) * Decimal(o2))  # the void leg returns 1, the won one its odds
+    assert (b.result, b.payout.minor_units) == (bet_pb2.BET_RESULT_WON, paid)
+    assert balance(env, "k63") == (9_000 + paid, 0)

@@ -519,39 +519,39 @@ def test_a_suspension_may_freeze_withdrawals_until_the_account_is_resumed(env: E
     from livebet.betting.v1 import player_admin_service_pb2_grpc
 
     admin = player_admin_service_pb2_grpc.PlayerAdminServiceStub(admin_channel(env.target))
-    deposit(env, "rg10", 10_000, "rg10-d")
-    first = withdraw(env, "rg10", 1_000, "rg10-w1")
-    r = admin.SuspendPlayer(pa.SuspendPlayerRequest(account_id="rg10", reason="source of funds"), timeout=10)
+    deposit(env, "rg20", 10_000, "rg20-d")
+    first = withdraw(env, "rg20", 1_000, "rg20-w1")
+    r = admin.SuspendPlayer(pa.SuspendPlayerRequest(account_id="rg20", reason="source of funds"), timeout=10)
     assert not r.suspension.withdrawals_frozen
-    assert withdraw(env, "rg10", 1_000, "rg10-w2").balance.minor_units == 8_000  # a plain suspension lets them out
+    assert withdraw(env, "rg20", 1_000, "rg20-w2").balance.minor_units == 8_000  # a plain suspension lets them out
 
     # the freeze is added to the suspension in force, which keeps its reason and time
     frozen = admin.SuspendPlayer(
-        pa.SuspendPlayerRequest(account_id="rg10", reason="AML review", freeze_withdrawals=True), timeout=10
+        pa.SuspendPlayerRequest(account_id="rg20", reason="AML review", freeze_withdrawals=True), timeout=10
     )
     assert frozen.suspension.withdrawals_frozen and frozen.suspension.reason == "source of funds"
     assert frozen.suspension.since == r.suspension.since
-    rows = env.sql("SELECT count(*) FROM betting.transactions WHERE owner = 'rg10'")
-    code, msg, details = _refused(lambda: withdraw(env, "rg10", 1_000, "rg10-w3"))
+    rows = env.sql("SELECT count(*) FROM betting.transactions WHERE owner = 'rg20'")
+    code, msg, details = _refused(lambda: withdraw(env, "rg20", 1_000, "rg20-w3"))
     assert code == grpc.StatusCode.FAILED_PRECONDITION and "on hold" in msg
     assert reason(details) == "REJECT_REASON_ACCOUNT_SUSPENDED"
-    assert balance(env, "rg10") == (8_000, 0)
-    assert env.sql("SELECT count(*) FROM betting.transactions WHERE owner = 'rg10'") == rows  # nothing written
+    assert balance(env, "rg20") == (8_000, 0)
+    assert env.sql("SELECT count(*) FROM betting.transactions WHERE owner = 'rg20'") == rows  # nothing written
     # a repeated request still gets its first answer
-    assert withdraw(env, "rg10", 1_000, "rg10-w1").transaction_id == first.transaction_id
+    assert withdraw(env, "rg20", 1_000, "rg20-w1").transaction_id == first.transaction_id
     # suspending again without the freeze does not lift it
-    again = admin.SuspendPlayer(pa.SuspendPlayerRequest(account_id="rg10", reason="note"), timeout=10)
+    again = admin.SuspendPlayer(pa.SuspendPlayerRequest(account_id="rg20", reason="note"), timeout=10)
     assert again.suspension.withdrawals_frozen
 
-    got = admin.GetPlayer(pa.GetPlayerRequest(account_id="rg10"), timeout=10)
+    got = admin.GetPlayer(pa.GetPlayerRequest(account_id="rg20"), timeout=10)
     assert got.suspension.withdrawals_frozen
     assert [e.action for e in got.log][:3] == ["suspend", "suspend", "suspend"]
     assert '"freeze_withdrawals":true' in got.log[1].detail_json
     assert "freeze_withdrawals" not in got.log[0].detail_json
 
-    assert admin.ResumePlayer(pa.ResumePlayerRequest(account_id="rg10", reason="cleared"), timeout=10).was_suspended
-    assert withdraw(env, "rg10", 1_000, "rg10-w3").balance.minor_units == 7_000
-    assert not admin.GetPlayer(pa.GetPlayerRequest(account_id="rg10"), timeout=10).HasField("suspension")
+    assert admin.ResumePlayer(pa.ResumePlayerRequest(account_id="rg20", reason="cleared"), timeout=10).was_suspended
+    assert withdraw(env, "rg20", 1_000, "rg20-w3").balance.minor_units == 7_000
+    assert not admin.GetPlayer(pa.GetPlayerRequest(account_id="rg20"), timeout=10).HasField("suspension")
 
 
 def test_no_withdrawal_commits_after_the_freeze_has_returned(env: Env) -> None:
@@ -563,9 +563,9 @@ def test_no_withdrawal_commits_after_the_freeze_has_returned(env: Env) -> None:
     from livebet.betting.v1 import player_admin_service_pb2_grpc
 
     admin = player_admin_service_pb2_grpc.PlayerAdminServiceStub(admin_channel(env.target))
-    deposit(env, "rg11", 10_000, "rg11-d")
-    withdrawals = "SELECT count(*) FROM betting.transactions WHERE owner = 'rg11' AND kind = 'withdrawal'"
-    freeze = pa.SuspendPlayerRequest(account_id="rg11", reason="AML review", freeze_withdrawals=True)
+    deposit(env, "rg21", 10_000, "rg21-d")
+    withdrawals = "SELECT count(*) FROM betting.transactions WHERE owner = 'rg21' AND kind = 'withdrawal'"
+    freeze = pa.SuspendPlayerRequest(account_id="rg21", reason="AML review", freeze_withdrawals=True)
 
     def queued(n: int) -> None:
         waiting = """SELECT count(*) FROM pg_stat_activity WHERE wait_event_type = 'Lock'
@@ -573,12 +573,12 @@ def test_no_withdrawal_commits_after_the_freeze_has_returned(env: Env) -> None:
         wait_for(lambda: env.sql(waiting) == [(n,)], 10, what=f"{n} waiting for the row")
 
     with psycopg.connect(env.dsn) as settlement, ThreadPoolExecutor(3) as pool:
-        settlement.execute("SELECT 1 FROM betting.ledger_accounts WHERE account_id = 'player:rg11:EUR' FOR UPDATE")
-        before = pool.submit(withdraw, env, "rg11", 1_000, "rg11-w1")
+        settlement.execute("SELECT 1 FROM betting.ledger_accounts WHERE account_id = 'player:rg21:EUR' FOR UPDATE")
+        before = pool.submit(withdraw, env, "rg21", 1_000, "rg21-w1")
         queued(1)
         frozen = pool.submit(lambda: admin.SuspendPlayer(freeze, timeout=20))
         queued(2)
-        after = pool.submit(withdraw, env, "rg11", 1_000, "rg11-w2")
+        after = pool.submit(withdraw, env, "rg21", 1_000, "rg21-w2")
         queued(3)
         settlement.rollback()
         assert frozen.result(20).suspension.withdrawals_frozen
@@ -586,5 +586,5 @@ def test_no_withdrawal_commits_after_the_freeze_has_returned(env: Env) -> None:
         assert before.result(10).balance.minor_units == 9_000
         _, msg, _ = _refused(lambda: after.result(10))
         assert "on hold" in msg
-    assert env.sql(withdrawals) == [(1,)] and balance(env, "rg11") == (9_000, 0)
-    admin.ResumePlayer(pa.ResumePlayerRequest(account_id="rg11", reason="cleared"), timeout=10)
+    assert env.sql(withdrawals) == [(1,)] and balance(env, "rg21") == (9_000, 0)
+    admin.ResumePlayer(pa.ResumePlayerRequest(account_id="rg21", reason="cleared"), timeout=10)

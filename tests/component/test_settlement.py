@@ -260,8 +260,11 @@ def test_provider_settlements_apply_their_factors_at_the_configured_certainty(en
     env.send(_provider_settlement("s7", 10, ev.SETTLEMENT_CERTAINTY_LIVE, [("yes", win, "0.5"), ("no", lose, "")]))
     wait_for(lambda: _caught_up(env), 10, what="live settlement consumed")
     assert _bet(env, "q5", bet.bet_id).status == bet_pb2.BET_STATUS_ACCEPTED  # live certainty: not acted on
+    kept = "SELECT outcomes FROM settlement.provider_outcomes WHERE match_id = 's7'"
+    assert env.sql(kept) == []  # nor kept
     env.send(_provider_settlement("s7", 11, ev.SETTLEMENT_CERTAINTY_CONFIRMED, [("yes", win, "0.5"), ("no", lose, "")]))
     wait_for(lambda: _bet(env, "q5", bet.bet_id).status == bet_pb2.BET_STATUS_SETTLED, 30, what="provider settled")
+    assert env.sql(kept) == [([["yes", win, "0.5", ""], ["no", lose, "", ""]],)]  # for legs that open again
     b = _bet(env, "q5", bet.bet_id)
     assert b.payout.minor_units == _payout(1_000, str(Decimal("0.5") + Decimal("0.5") * Decimal(odds)))
     # a later full time that disagrees (0-0: btts no) does not pay twice or take back: a rollback's job
@@ -269,6 +272,12 @@ def test_provider_settlements_apply_their_factors_at_the_configured_certainty(en
     env.send(final("s7", 50, 0, 0))
     wait_for(lambda: _caught_up(env), 10, what="full time consumed")
     assert env.counts() == before and _bet(env, "q5", bet.bet_id).payout == b.payout
+    # the provider rolls its settlement back: the bet is open again, and the settlement is not kept
+    e = ev.FeedEvent(event_id="push:s7:rb:60", provider="push", match_id="s7", sequence=60)
+    e.rollback_bet_settlement.markets.add(match_id="s7", market_type="btts", market_key="btts")
+    env.send(e)
+    wait_for(lambda: _bet(env, "q5", bet.bet_id).status == bet_pb2.BET_STATUS_ACCEPTED, 30, what="reopened")
+    assert env.sql(kept) == []
 
 
 def test_a_corrected_result_rolls_back_with_new_entries_and_resettles(env: Env) -> None:
