@@ -238,12 +238,22 @@ def test_live_odds_suspension_bet_settlement_and_reconnect_in_chromium(mesh: Mes
     assert page.locator("#auto-form").is_hidden()
     page.screenshot(path=str(OUTPUT / "web-app-auto-cash-out.png"), full_page=True)
 
+    # half of the first bet cashed out: it stays accepted on the other half, and says what was taken
+    first = page.locator('#bets li.bet[data-status="ACCEPTED"]')
+    before_half = page.locator("#balance").inner_text()
+    first.locator("button.cash-out-half").click()
+    first.locator(".partly", has_text="2.50 EUR cashed out for").wait_for(timeout=20_000)
+    assert first.get_attribute("data-status") == "ACCEPTED" and "· 2.50 EUR" in first.inner_text()
+    page.wait_for_function(
+        "(old) => document.querySelector('#balance').textContent !== old", arg=before_half, timeout=10_000
+    )
     before_full_time = page.locator("#balance").inner_text()
 
     # full time 1-0: the first bet is settled as won and paid; the cashed-out one stays as it was
     feed.full_time(1, 0)
     page.locator('#bets li.bet[data-status="SETTLED"]').wait_for(timeout=30_000)
     assert "WON" in page.locator('#bets li.bet[data-status="SETTLED"]').inner_text()
+    assert "2.50 EUR cashed out for" in page.locator('#bets li.bet[data-status="SETTLED"]').inner_text()
     page.wait_for_function(
         "(old) => document.querySelector('#balance').textContent !== old", arg=before_full_time, timeout=10_000
     )
