@@ -667,6 +667,7 @@ async function watchBets(): Promise<void> {
 
 function signIn(token: string): void {
   session.token = token.trim();
+  playingSince(); // the session starts now (kept across a reload in this tab), not at the first reality-check tick
   bets.clear();
   renderBets();
   renderAccount();
