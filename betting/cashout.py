@@ -126,23 +126,20 @@ class CashOutDesk:
         if not request.HasField("stake"):
             return None
         currency = row["currency"]
-        problem = None
-        if request.stake.currency_code != currency:
-            problem = f"the bet is in {currency}"
-        else:
-            try:
-                part = to_minor(currency, request.stake.minor_units, request.stake.decimal)
-            except MoneyError as err:
-                problem = str(err)
-            else:
-                stake = int(row["stake"])
-                if row["status"] != "accepted":
-                    return None  # refused below as not open, whatever the part
-                problem = part_problem(stake, part, major_to_minor(self.config.min_stake, currency), currency)
-                if problem is None:
-                    return None if part == stake else part
-        await abort_bad_request(context, [("stake", problem)])
-        raise AssertionError("unreachable")
+        try:
+            if request.stake.currency_code != currency:
+                raise MoneyError(f"the bet is in {currency}")
+            part = to_minor(currency, request.stake.minor_units, request.stake.decimal)
+        except MoneyError as err:
+            await abort_bad_request(context, [("stake", str(err))])
+            raise AssertionError("unreachable") from None
+        if row["status"] != "accepted":
+            return None  # refused as not open, whatever the part
+        stake = int(row["stake"])
+        problem = part_problem(stake, part, major_to_minor(self.config.min_stake, currency), currency)
+        if problem is not None:
+            await abort_bad_request(context, [("stake", problem)])
+        return None if part == stake else part
 
     async def views(self, legs: list[dict[str, Any]]) -> tuple[object, ...] | None:
         """The odds views the bet's open legs are priced from (None when one is missing). The odds

@@ -50,15 +50,15 @@ class DepositLimitExceeded(Exception):
 class Suspended(Exception):
     """The operator suspended the account."""
 
-    def __init__(self) -> None:
-        super().__init__("your account is suspended: contact customer support")
+    def __init__(self, message: str = "your account is suspended: contact customer support") -> None:
+        super().__init__(message)
 
 
 class WithdrawalsFrozen(Suspended):
     """The operator's suspension freezes withdrawals too."""
 
     def __init__(self) -> None:
-        Exception.__init__(self, "withdrawals from your account are on hold: contact customer support")
+        super().__init__("withdrawals from your account are on hold: contact customer support")
 
 
 @dataclass(frozen=True)
