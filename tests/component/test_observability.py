@@ -44,12 +44,15 @@ def test_rpc_latency_and_errors_are_counted_per_method_and_code(feed: tuple[Proc
             feed_service_pb2.GetMatchStateRequest(match_id="m"), timeout=2
         )
     assert err.value.code() == grpc.StatusCode.NOT_FOUND
-    m = _metrics(spec)
-    ok = 'livebet_rpc_duration_seconds_count{code="OK",method="/grpc.health.v1.Health/Check",service="feed"}'
-    assert m[ok] >= 3
     err_key = (
         'livebet_rpc_errors_total{code="NOT_FOUND",method="/livebet.feed.v1.FeedService/GetMatchState",service="feed"}'
     )
+    # context.abort() sends the status before it raises, so the client can hear NOT_FOUND a
+    # moment before the interceptor's finally block counts it: wait for the count, then check it
+    wait_for(lambda: err_key in _metrics(spec), timeout=5, what="the NOT_FOUND counted")
+    m = _metrics(spec)
+    ok = 'livebet_rpc_duration_seconds_count{code="OK",method="/grpc.health.v1.Health/Check",service="feed"}'
+    assert m[ok] >= 3
     assert m[err_key] == 1
     assert m['livebet_health_serving{service="feed"}'] == 1
 
