@@ -31,12 +31,13 @@ from livebet.betting.v1 import betting_service_pb2 as bs
 
 from betting.adapters.odds import OddsView
 from betting.adapters.store import Conflict, Store, digest, money
-from betting.domain.cashout import CashOutLeg, Part, offer, part_problem, split
+from betting.domain.cashout import CashOutLeg, Part, builder_offer, offer, part_problem, split
 from betting.domain.money import MoneyError, format_minor, major_to_minor, to_minor
-from betting.domain.rules import MAX_ID, Config, Kind, Leg, Refusal
+from betting.domain.rules import MAX_ID, Config, Kind, Leg, Refusal, is_builder
 from betting.errors import abort_refused
 from betting.metrics import BetMetrics
 from mesh.errors import abort_bad_request
+from pricing import builder as bb
 
 log = logging.getLogger("betting.cashout")
 
@@ -88,7 +89,15 @@ class CashOutDesk:
         open_legs: list[int] = []
         seen: list[tuple[Leg, int]] = []
         delay = 0.0
+        builder = is_builder(legs)
+        model: bb.ModelInputs | None = None
         for g in legs:
+            if builder and g["return_per_unit"] is not None:
+                if g["return_per_unit"] == 0:
+                    raise _unavailable("a leg has lost")
+                if g["result"] != bet_pb2.BET_RESULT_WON or g["return_per_unit"] != g["odds"]:
+                    raise _unavailable("a leg is void: the bet builder is settled void, its stake returned")
+                continue  # won: certain
             accepted = Decimal(g["odds"])
             if g["return_per_unit"] is not None:
                 items.append(CashOutLeg(accepted, settled_return=Decimal(g["return_per_unit"])))
@@ -108,12 +117,39 @@ class CashOutDesk:
             open_legs.append(int(g["leg"]))
             seen.append((leg, view.version))
             delay = max(delay, self.config.delay(view.sport, leg.market_type, view.in_play))
+            model = view.model
+        if builder:
+            return self._price_builder(row, [s[0] for s in seen], model, part, (delay, open_legs, seen, stake))
         if part is None:
             amount = offer(stake, items, self.config.cash_out_margin, int(row["potential_payout"]))
             return Priced(amount, delay, open_legs, seen, stake)
         closed = split(stake, int(row["potential_payout"]), Decimal(row["odds"]), part)
         amount = offer(part, items, self.config.cash_out_margin, closed.released)
         return Priced(amount, delay, open_legs, seen, stake, closed)
+
+    def _price_builder(
+        self,
+        row: dict[str, Any],
+        open_legs: list[Leg],
+        model: bb.ModelInputs | None,
+        part: int | None,
+        rest: tuple[float, list[int], list[tuple[Leg, int]], int],
+    ) -> Priced:
+        """A bet builder's offer: its payout times the model's probability now that its open legs
+        all win (betting.domain.cashout.builder_offer)."""
+        delay, legs_open, seen, stake = rest
+        if model is None:
+            raise _unavailable("the match is priced from a provider's odds now: no bet builder cash-out")
+        try:
+            p = bb.joint_probability(model.score_model(), [bb.Pick(g.market_key, g.outcome_id) for g in open_legs])
+        except bb.NotCombinable as err:  # cannot happen for a bet PlaceBet took
+            raise _unavailable(str(err)) from None
+        margin = self.config.cash_out_margin
+        if part is None:
+            amount = builder_offer(int(row["potential_payout"]), p, margin)
+            return Priced(amount, delay, legs_open, seen, stake)
+        closed = split(stake, int(row["potential_payout"]), Decimal(row["odds"]), part)
+        return Priced(builder_offer(closed.released, p, margin), delay, legs_open, seen, stake, closed)
 
     async def _part(
         self,

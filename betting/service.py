@@ -55,7 +55,10 @@ from betting.domain.rules import (
     Refusal,
     Ticket,
     check_ticket,
+    is_builder,
+    parse_quote,
     parse_request,
+    price_builder,
     price_leg,
 )
 from betting.errors import abort_refused
@@ -85,6 +88,9 @@ class Decider:
 
     async def __call__(self, row: dict[str, Any], legs: list[dict[str, Any]]) -> tuple[Any, ...]:
         prices: list[Decimal] = []
+        builder = is_builder(legs)  # its legs carry the builder's requested odds
+        quoted: list[tuple[Leg, Any]] = []
+        view: MatchView | None = None
         for g in legs:
             leg = Leg(g["match_id"], g["market_key"], g["market_type"], g["outcome_id"], g["requested_odds"], 0)
             try:
@@ -92,12 +98,29 @@ class Decider:
                 why = await self.odds.interrupted_since(leg, g["seen_version"], view.version)
                 if why:
                     return ("rejected", bet_pb2.REJECT_REASON_SUSPENDED_DURING_DELAY, f"{leg.market_key}: {why}")
-                prices.append(price_leg(leg, view.quote(leg), row["policy"], self.config))
+                if builder:
+                    quoted.append((leg, view.quote(leg)))
+                else:
+                    prices.append(price_leg(leg, view.quote(leg), row["policy"], self.config))
             except Refusal as r:
                 return ("rejected", r.reason or bet_pb2.REJECT_REASON_MARKET_NOT_OPEN, r.message)
+        combined_at: list[Decimal] | None = None
+        if builder and view is not None:
+            try:
+                prices, odds = price_builder(
+                    [q[0] for q in quoted],
+                    [q[1] for q in quoted],
+                    view.model,
+                    Decimal(legs[0]["requested_odds"]),
+                    row["policy"],
+                    self.config,
+                )
+            except Refusal as r:
+                return ("rejected", r.reason or bet_pb2.REJECT_REASON_MARKET_NOT_OPEN, r.message)
+            combined_at = [odds]
         ticket = Ticket(row["request_id"], (), row["currency"], row["stake"], row["policy"])
         try:
-            combined, win = check_ticket(ticket, prices, self.config)
+            combined, win = check_ticket(ticket, combined_at or prices, self.config)
         except Refusal as r:
             return ("rejected", r.reason, r.message)
         return ("accepted", prices, combined, win, major_to_minor(self.config.max_liability, row["currency"]))
@@ -133,11 +156,18 @@ class BettingApi(betting_service_pb2_grpc.BettingServiceServicer):
     ) -> bs.PlaceBetResponse:
         try:
             views: list[MatchView] = [await self.odds.match(leg.match_id) for leg in ticket.legs]
-            prices = [
-                price_leg(leg, v.quote(leg), ticket.policy, self.config)
-                for leg, v in zip(ticket.legs, views, strict=True)
-            ]
-            combined, win = check_ticket(ticket, prices, self.config)
+            if ticket.builder is None:
+                prices = [
+                    price_leg(leg, v.quote(leg), ticket.policy, self.config)
+                    for leg, v in zip(ticket.legs, views, strict=True)
+                ]
+                combined, win = check_ticket(ticket, prices, self.config)
+            else:  # one match: its legs priced together
+                quotes = [v.quote(leg) for leg, v in zip(ticket.legs, views, strict=True)]
+                prices, odds = price_builder(
+                    ticket.legs, quotes, views[0].model, ticket.builder, ticket.policy, self.config
+                )
+                combined, win = check_ticket(ticket, [odds], self.config)
         except Refusal as r:
             # a retry of a bet that was placed must get the first answer, whatever the price is now
             try:
@@ -190,6 +220,32 @@ class BettingApi(betting_service_pb2_grpc.BettingServiceServicer):
                 extra={"bet_id": bet.bet_id, "account": account, "status": STATUS_NAME[bet.status], "delay": delay},
             )
         return bs.PlaceBetResponse(bet=bet)
+
+    async def QuoteBetBuilder(
+        self, request: bs.QuoteBetBuilderRequest, context: grpc.aio.ServicerContext
+    ) -> bs.QuoteBetBuilderResponse:
+        await account_of(context)
+        try:
+            legs = parse_quote(request.outcomes)
+        except BadRequest as err:
+            await abort_bad_request(context, err.violations)
+        try:
+            view = await self.odds.match(legs[0].match_id)
+            quotes = [view.quote(leg) for leg in legs]
+            singles, odds = price_builder(
+                legs, quotes, view.model, Decimal(0), bet_pb2.ODDS_CHANGE_POLICY_ANY, self.config
+            )
+        except Refusal as r:
+            if r.kind is Kind.NOT_FOUND:
+                await context.abort(grpc.StatusCode.NOT_FOUND, r.message)
+            await self._refuse(context, r.reason, r.message)
+        except RedisError as err:
+            await _unavailable(context, "QuoteBetBuilder", err, "bet builder prices are")
+        out = bs.QuoteBetBuilderResponse(match_version=view.version, market_versions=[q.market_version for q in quotes])
+        out.odds.decimal = f"{odds:.2f}"
+        for price in singles:
+            out.single_odds.add(decimal=f"{price:.2f}")
+        return out
 
     async def GetBet(self, request: bs.GetBetRequest, context: grpc.aio.ServicerContext) -> bs.GetBetResponse:
         account = await account_of(context)

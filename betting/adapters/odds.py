@@ -30,7 +30,8 @@ from redis.asyncio import Redis
 
 from betting.domain.rules import Kind, Leg, Quote, Refusal, parse_odds
 from mesh.resp import Pipelined
-from pricing.live.codec import LOG_KEY, SNAP_KEY
+from pricing.builder import ModelInputs
+from pricing.live.codec import LOG_KEY, SNAP_KEY, model_inputs
 
 #: a kept snapshot is used while its tracking connection answered a command sent this recently
 FRESH_SECONDS = 0.1
@@ -44,6 +45,7 @@ class MatchView:
     in_play: bool
     sport: str
     markets: dict[str, market_pb2.Market]
+    model: ModelInputs | None = None  # what the own model priced this version from (None: a provider)
 
     def quote(self, leg: Leg) -> Quote:
         market = self.markets.get(leg.market_key)
@@ -167,6 +169,7 @@ class OddsView:
                 snap.in_play,
                 _sport(snap.sport),
                 {m.ref.market_key: m for m in snap.markets},
+                model_inputs(snap),
             )
         # tracked only if no invalidation of it (or of everything) came while it was being read
         tracked = pipelined.fresh() and seen == (self._resets, self._changes.get(match_id, 0))

@@ -35,7 +35,7 @@ from betting.adapters.protection import DepositLimitExceeded, OnBreak, Suspended
 from betting.domain.cashout import Part
 from betting.domain.money import format_minor
 from betting.domain.protection import loss_refusal
-from betting.domain.rules import Leg, Ticket, specifiers_of
+from betting.domain.rules import Leg, Ticket, is_builder, specifiers_of
 from feed.adapters.jetstream import token
 from mesh import tracing
 
@@ -295,6 +295,7 @@ def bet_proto(row: dict[str, Any], legs: Sequence[dict[str, Any]]) -> bet_pb2.Be
             d = value - EPOCH
             t = getattr(b, name)
             t.seconds, t.nanos = d.days * 86400 + d.seconds, d.microseconds * 1000
+    b.bet_builder = is_builder(legs)
     for leg in legs:
         s = b.selections.add(market_version=leg["market_version"], result=leg["result"])
         s.requested_odds.decimal = f"{leg['requested_odds']:.2f}"

@@ -89,3 +89,23 @@ def part_problem(stake: int, part: int, min_stake: int, currency: str) -> str | 
     if part < stake and stake - part < min_stake:
         return f"{m(part)} would leave {m(stake - part)} on the bet, below the minimum stake {m(min_stake)}"
     return None
+
+
+def builder_offer(payout_if_won: int, probability: float, margin: Decimal) -> int:
+    """A bet builder's cash-out amount in minor units. It pays ``payout_if_won`` if every leg
+    wins, which the match's model puts at ``probability`` now (the open legs together, counting how
+    they depend on each other; the legs already won are certain). It is worth that payout times the
+    probability; the offer is that less the cash-out margin, rounded down, and never more than the
+    payout. A :class:`Refusal` (CASH_OUT_UNAVAILABLE) when it is worth nothing.
+
+    A leg's own price cannot be used as for an accumulator: the legs of one match are not
+    independent, so the product of ``accepted / current`` would misprice the bet."""
+    if not 0 <= margin < 1:
+        raise ValueError(f"cash-out margin must be in [0, 1), got {margin}")
+    if not 0 <= probability <= 1:
+        raise ValueError(f"a probability is in [0, 1], got {probability}")
+    value = Decimal(payout_if_won) * Decimal(repr(probability))
+    amount = min(int((value * (1 - margin)).to_integral_value(rounding=ROUND_DOWN)), payout_if_won)
+    if amount <= 0:
+        raise Refusal(Kind.FAILED_PRECONDITION, bet_pb2.REJECT_REASON_CASH_OUT_UNAVAILABLE, "the bet is worth nothing")
+    return amount

@@ -14,16 +14,18 @@ from __future__ import annotations
 
 import os
 import re
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from decimal import ROUND_DOWN, Decimal
 from enum import Enum
+from typing import Any
 
 from livebet.betting.v1 import bet_pb2
 from livebet.betting.v1 import betting_service_pb2 as bs
 from livebet.common.v1 import common_pb2
 
 from betting.domain.money import MoneyError, major_to_minor, to_minor
+from pricing import builder as bb
 
 MAX_LEGS = 20
 MAX_ID = 128
@@ -65,6 +67,7 @@ class Config:
     in_play_delay: Mapping[tuple[str, str], float] = field(default_factory=lambda: {("football", ""): 5.0})
     pre_match_delay: Mapping[tuple[str, str], float] = field(default_factory=lambda: {("football", ""): 0.0})
     cash_out_margin: Decimal = Decimal("0.05")  # taken off a cash-out's value (betting.domain.cashout)
+    builder_margin: Decimal = Decimal("0.10")  # on a bet builder's fair odds (pricing.builder)
     # seconds before a player's own limit that they loosened takes over (betting.domain.protection)
     limit_cooling_off: Decimal = Decimal("86400")
 
@@ -76,7 +79,8 @@ class Config:
     def from_env(cls, env: Mapping[str, str] | None = None) -> Config:
         """``LIVEBET_BETTING_<LIMIT>`` (e.g. ``LIVEBET_BETTING_MAX_STAKE=500``) and
         ``LIVEBET_BETTING_IN_PLAY_DELAY`` / ``..._PRE_MATCH_DELAY`` as ``football=5,football/next_goal=8``,
-        ``LIVEBET_BETTING_CASH_OUT_MARGIN`` (e.g. ``0.05``), ``LIVEBET_BETTING_LIMIT_COOLING_OFF``
+        ``LIVEBET_BETTING_CASH_OUT_MARGIN`` (e.g. ``0.05``), ``LIVEBET_BETTING_BUILDER_MARGIN`` (e.g.
+        ``0.10``, on a bet builder's fair odds), ``LIVEBET_BETTING_LIMIT_COOLING_OFF``
         (seconds, default 86400)."""
         e = os.environ if env is None else env
         values: dict[str, object] = {}
@@ -90,15 +94,16 @@ class Config:
                 if not value.is_finite() or value <= 0:
                     raise ValueError(f"LIVEBET_BETTING_{name.upper()} must be positive, got {raw!r}")
                 values[name] = value
-        raw = e.get("LIVEBET_BETTING_CASH_OUT_MARGIN")
-        if raw:
-            try:
-                margin = Decimal(raw)
-            except ArithmeticError:
-                margin = Decimal(-1)
-            if not margin.is_finite() or not 0 <= margin <= Decimal("0.5"):
-                raise ValueError(f"LIVEBET_BETTING_CASH_OUT_MARGIN must be a decimal in [0, 0.5], got {raw!r}")
-            values["cash_out_margin"] = margin
+        for name in ("cash_out_margin", "builder_margin"):
+            raw = e.get(f"LIVEBET_BETTING_{name.upper()}")
+            if raw:
+                try:
+                    margin = Decimal(raw)
+                except ArithmeticError:
+                    margin = Decimal(-1)
+                if not margin.is_finite() or not 0 <= margin <= Decimal("0.5"):
+                    raise ValueError(f"LIVEBET_BETTING_{name.upper()} must be a decimal in [0, 0.5], got {raw!r}")
+                values[name] = margin
         for name in ("in_play_delay", "pre_match_delay"):
             raw = e.get(f"LIVEBET_BETTING_{name.upper()}")
             if raw:
@@ -166,6 +171,13 @@ class Ticket:
     currency: str
     stake: int  # minor units
     policy: int  # OddsChangePolicy (UNSPECIFIED made NONE)
+    builder: Decimal | None = None  # a bet builder's requested odds (its legs carry them too)
+
+
+def is_builder(legs: Sequence[Mapping[str, Any]]) -> bool:
+    """Whether stored legs are a bet builder's: more than one, all on one match (an accumulator's
+    legs are on different matches)."""
+    return len(legs) > 1 and len({g["match_id"] for g in legs}) == 1
 
 
 def parse_odds(text: str) -> Decimal | None:
@@ -205,6 +217,15 @@ def parse_request(req: bs.PlaceBetRequest, config: Config) -> Ticket:
         bad.append(("selections", f"at most {MAX_LEGS} selections, got {n}"))
     if req.odds_change_policy not in _POLICIES:
         bad.append(("odds_change_policy", f"unknown policy {req.odds_change_policy}"))
+    builder: Decimal | None = None
+    if req.HasField("bet_builder_odds"):
+        builder = parse_odds(req.bet_builder_odds.decimal)
+        if builder is None:
+            bad.append(("bet_builder_odds", f"{req.bet_builder_odds.decimal!r} is not decimal odds like 3.10"))
+        elif builder < config.min_odds:
+            bad.append(("bet_builder_odds", f"odds {builder} are below the minimum {config.min_odds}"))
+        if not bb.MIN_LEGS <= n <= bb.MAX_LEGS:
+            bad.append(("selections", f"a bet builder has {bb.MIN_LEGS}-{bb.MAX_LEGS} selections, got {n}"))
     legs: list[Leg] = []
     for i, s in enumerate(req.selections[:MAX_LEGS]):
         where = f"selections[{i}]"
@@ -220,21 +241,20 @@ def parse_request(req: bs.PlaceBetRequest, config: Config) -> Ticket:
                 bad.append((f"{where}.{name}", "is required"))
             elif len(value) > MAX_ID:
                 bad.append((f"{where}.{name}", f"is longer than {MAX_ID} characters"))
-        odds = parse_odds(s.requested_odds.decimal)
-        if odds is None:
-            bad.append((f"{where}.requested_odds", f"{s.requested_odds.decimal!r} is not decimal odds like 2.10"))
-        elif odds < config.min_odds:
-            bad.append((f"{where}.requested_odds", f"odds {odds} are below the minimum {config.min_odds}"))
+        if req.HasField("bet_builder_odds"):  # the legs are priced together: they carry its odds
+            odds = builder
+            try:
+                bb.check_combinable(bb.Pick(key, s.outcome.outcome_id))
+            except bb.NotCombinable as err:
+                bad.append((where, str(err)))
+        else:
+            odds = parse_odds(s.requested_odds.decimal)
+            if odds is None:
+                bad.append((f"{where}.requested_odds", f"{s.requested_odds.decimal!r} is not decimal odds like 2.10"))
+            elif odds < config.min_odds:
+                bad.append((f"{where}.requested_odds", f"odds {odds} are below the minimum {config.min_odds}"))
         legs.append(Leg(ref.match_id, key, market_type, s.outcome.outcome_id, odds or Decimal(0), s.market_version))
-    seen_outcomes = set()
-    matches = set()
-    for i, leg in enumerate(legs):
-        if (leg.match_id, leg.market_key, leg.outcome_id) in seen_outcomes:
-            bad.append((f"selections[{i}]", "the same outcome appears twice"))
-        elif n > 1 and leg.match_id in matches:
-            bad.append((f"selections[{i}]", f"legs on the same match ({leg.match_id}) cannot be combined"))
-        seen_outcomes.add((leg.match_id, leg.market_key, leg.outcome_id))
-        matches.add(leg.match_id)
+    bad.extend(_combination_problems(legs, req.HasField("bet_builder_odds")))
     currency = req.stake.currency_code
     stake = 0
     try:
@@ -243,7 +263,37 @@ def parse_request(req: bs.PlaceBetRequest, config: Config) -> Ticket:
         bad.append(("stake", str(err)))
     if bad:
         raise BadRequest(bad)
-    return Ticket(req.request_id, tuple(legs), currency, stake, _POLICIES[req.odds_change_policy])
+    return Ticket(req.request_id, tuple(legs), currency, stake, _POLICIES[req.odds_change_policy], builder)
+
+
+def _combination_problems(legs: Sequence[Leg], builder: bool) -> list[tuple[str, str]]:
+    """An accumulator's legs are on different matches; a bet builder's all on one, one per market."""
+    bad: list[tuple[str, str]] = []
+    seen_outcomes: set[tuple[str, str, str]] = set()
+    matches: set[str] = set()
+    markets: set[str] = set()
+    for i, leg in enumerate(legs):
+        if (leg.match_id, leg.market_key, leg.outcome_id) in seen_outcomes:
+            bad.append((f"selections[{i}]", "the same outcome appears twice"))
+        elif builder and matches and leg.match_id not in matches:
+            bad.append((f"selections[{i}]", f"a bet builder's selections are all on one match, not {leg.match_id}"))
+        elif builder and leg.market_key in markets:
+            bad.append((f"selections[{i}]", f"a bet builder takes one outcome of each market ({leg.market_key})"))
+        elif not builder and len(legs) > 1 and leg.match_id in matches:
+            message = f"legs on the same match ({leg.match_id}) cannot be combined, except in a bet builder"
+            bad.append((f"selections[{i}]", message))
+        seen_outcomes.add((leg.match_id, leg.market_key, leg.outcome_id))
+        matches.add(leg.match_id)
+        markets.add(leg.market_key)
+    return bad
+
+
+def apply_policy(where: str, current: Decimal, asked: Decimal, policy: int) -> None:
+    """Refuse (ODDS_CHANGED) a price the bettor's odds-change policy does not take."""
+    if policy == bet_pb2.ODDS_CHANGE_POLICY_NONE and current != asked:
+        raise _refuse(bet_pb2.REJECT_REASON_ODDS_CHANGED, f"{where}: odds are {current}, not {asked}")
+    if policy == bet_pb2.ODDS_CHANGE_POLICY_HIGHER and current < asked:
+        raise _refuse(bet_pb2.REJECT_REASON_ODDS_CHANGED, f"{where}: odds fell to {current} from {asked}")
 
 
 # --- pricing ----------------------------------------------------------------------------------
@@ -268,11 +318,8 @@ def price_leg(leg: Leg, quote: Quote, policy: int, config: Config) -> Decimal:
             bet_pb2.REJECT_REASON_ODDS_CHANGED,
             f"{where}: market version {leg.market_version} was never published (current {quote.market_version})",
         )
-    current, asked = quote.odds, leg.requested_odds
-    if policy == bet_pb2.ODDS_CHANGE_POLICY_NONE and current != asked:
-        raise _refuse(bet_pb2.REJECT_REASON_ODDS_CHANGED, f"{where}: odds are {current}, not {asked}")
-    if policy == bet_pb2.ODDS_CHANGE_POLICY_HIGHER and current < asked:
-        raise _refuse(bet_pb2.REJECT_REASON_ODDS_CHANGED, f"{where}: odds fell to {current} from {asked}")
+    current = quote.odds
+    apply_policy(where, current, leg.requested_odds, policy)
     if current > config.max_odds:
         message = f"{where}: odds {current} are above the maximum {config.max_odds}"
         raise _refuse(bet_pb2.REJECT_REASON_ODDS_LIMIT, message)
@@ -309,3 +356,55 @@ def check_ticket(ticket: Ticket, odds: list[Decimal], config: Config) -> tuple[D
         message = f"potential payout is above the maximum {config.max_payout} {cur}"
         raise _refuse(bet_pb2.REJECT_REASON_PAYOUT_LIMIT, message)
     return total, win
+
+
+def price_builder(
+    legs: Sequence[Leg],
+    quotes: Sequence[Quote],
+    inputs: bb.ModelInputs | None,
+    asked: Decimal,
+    policy: int,
+    config: Config,
+) -> tuple[list[Decimal], Decimal]:
+    """A bet builder now: each leg's own price (its market must be open, its version one that was
+    published) and the builder's odds, which the bettor's policy must take against ``asked``; a
+    Refusal otherwise (INVALID_COMBINATION: no model prices the match, or the outcomes are not
+    offered together)."""
+    match = legs[0].match_id
+    singles = [price_leg(leg, q, bet_pb2.ODDS_CHANGE_POLICY_ANY, config) for leg, q in zip(legs, quotes, strict=True)]
+    if inputs is None:
+        message = f"match {match} is priced from a provider's odds: no bet builder on it"
+        raise _refuse(bet_pb2.REJECT_REASON_INVALID_COMBINATION, message)
+    picks = [bb.Pick(leg.market_key, leg.outcome_id) for leg in legs]
+    try:
+        odds, _ = bb.price(inputs, picks, config.builder_margin)
+    except (bb.NotCombinable, bb.NotOffered) as err:
+        raise _refuse(bet_pb2.REJECT_REASON_INVALID_COMBINATION, f"bet builder on {match}: {err}") from None
+    apply_policy(f"bet builder on {match}", odds, asked, policy)
+    return singles, odds
+
+
+def parse_quote(outcomes: Sequence[common_pb2.OutcomeRef]) -> list[Leg]:
+    """The legs of a ``QuoteBetBuilderRequest``, or BadRequest."""
+    bad: list[tuple[str, str]] = []
+    if not bb.MIN_LEGS <= len(outcomes) <= bb.MAX_LEGS:
+        bad.append(("outcomes", f"a bet builder has {bb.MIN_LEGS}-{bb.MAX_LEGS} outcomes, got {len(outcomes)}"))
+    legs: list[Leg] = []
+    for i, o in enumerate(outcomes[: bb.MAX_LEGS]):
+        key = ref_key(o.market)
+        named = (("market.match_id", o.market.match_id), ("market.market_key", key), ("outcome_id", o.outcome_id))
+        for name, value in named:
+            if not value:
+                bad.append((f"outcomes[{i}].{name}", "is required"))
+            elif len(value) > MAX_ID:
+                bad.append((f"outcomes[{i}].{name}", f"is longer than {MAX_ID} characters"))
+        try:
+            bb.check_combinable(bb.Pick(key, o.outcome_id))
+        except bb.NotCombinable as err:
+            bad.append((f"outcomes[{i}]", str(err)))
+        market_type = o.market.market_type or key.split("|", 1)[0]
+        legs.append(Leg(o.market.match_id, key, market_type, o.outcome_id, Decimal(0), 0))
+    bad.extend((f.replace("selections", "outcomes"), d) for f, d in _combination_problems(legs, True))
+    if bad:
+        raise BadRequest(bad)
+    return legs

@@ -17,6 +17,8 @@ from livebet.odds.v1 import market_pb2, odds_service_pb2
 
 from feed.adapters.jetstream import token
 from pricing import ladder
+from pricing.builder import PERIODS, ModelInputs
+from pricing.football import MatchState
 from pricing.live.book import Delta, LiveMatch, MarketQuote, Status
 
 SUBJECT_ROOT = "odds"
@@ -247,4 +249,34 @@ def snapshot(m: LiveMatch, published: Timestamp, cache: MarketCache | None = Non
         sport=m.sport or common_pb2.SPORT_FOOTBALL,  # type: ignore[arg-type]
     )
     tail.published_at.CopyFrom(published)
+    if m.mode == "model":
+        _set_model(tail.model, m)
     return head.SerializeToString() + _repeated(3, cache.markets(m.match_id)) + tail.SerializeToString()
+
+
+def _set_model(out: market_pb2.MatchModel, m: LiveMatch) -> None:
+    """The model inputs of ``m`` as the engine prices it now (``LiveMatch.model_state``)."""
+    s = m.model_state()
+    out.home_expected_goals, out.away_expected_goals, out.minute = m.home_xg, m.away_xg, s.minute
+    out.period = PERIODS.index(s.period)  # type: ignore[assignment]
+    out.home_goals, out.away_goals = s.home_goals, s.away_goals
+    out.home_red_cards, out.away_red_cards = s.home_red_cards, s.away_red_cards
+    if s.stoppage_announced is not None:
+        out.stoppage_announced = s.stoppage_announced
+
+
+def model_inputs(snap: market_pb2.MatchOdds) -> ModelInputs | None:
+    """What the engine priced this snapshot from (None: not priced by the own model)."""
+    if snap.source != market_pb2.PRICE_SOURCE_MODEL or not snap.HasField("model"):
+        return None
+    x = snap.model
+    state = MatchState(
+        minute=x.minute,
+        home_goals=x.home_goals,
+        away_goals=x.away_goals,
+        home_red_cards=x.home_red_cards,
+        away_red_cards=x.away_red_cards,
+        period=PERIODS[x.period] if 0 <= x.period < len(PERIODS) else None,
+        stoppage_announced=x.stoppage_announced if x.HasField("stoppage_announced") else None,
+    )
+    return ModelInputs(x.home_expected_goals, x.away_expected_goals, state)
