@@ -37,7 +37,11 @@ def test_the_joint_probability_is_the_grid_over_the_scores_where_every_pick_wins
     assert joint > home * over  # they go together
     anti = bb.joint_probability(sm, [bb.Pick("1x2", "home"), bb.Pick("btts", "no")])
     assert anti == pytest.approx(_brute(sm.grid, (_I > _J) & ((_I == 0) | (_J == 0))))
-    three = [bb.Pick("double_chance", "x2"), bb.Pick("team_total|team=away|total=1.5", "over"), bb.Pick("odd_even", "odd")]
+    three = [
+        bb.Pick("double_chance", "x2"),
+        bb.Pick("team_total|team=away|total=1.5", "over"),
+        bb.Pick("odd_even", "odd"),
+    ]
     expected = (_I <= _J) & (_J > 1.5) & ((_I + _J) % 2 == 1)
     assert bb.joint_probability(sm, three) == pytest.approx(_brute(sm.grid, expected))
     hcp = [bb.Pick("asian_handicap|hcp=-1.5", "home"), bb.Pick("exact_goals", "3")]
