@@ -323,3 +323,48 @@ def test_a_bet_builder_is_cashed_out_at_the_model_probability_that_it_still_wins
     assert done.status == bet_pb2.BET_STATUS_CASHED_OUT and done.payout.minor_units == got.amount.minor_units
     assert balance(env, "ba7") == (9_000 + got.amount.minor_units, 0)
     assert _liability(env, "bb7", "1x2", "home") == 0
+
+
+def test_two_legs_settled_at_the_same_moment_settle_the_bet(env: Env) -> None:
+    """At full time a bet builder's markets are settled in parallel. The second settlement must see
+    the first's leg: it waits for the bet (locked by the first) and then reads after its commit.
+    Without that lock each left the bet open, seeing only its own leg settled."""
+    import json
+    import threading
+
+    import psycopg
+
+    env.send(fixture("bb8"))
+    priced(env, "bb8")
+    deposit(env, "ba8", 10_000, "ba8-d")
+    picks = [("1x2", "home"), ("btts", "yes")]
+    q = quote(env, "ba8", "bb8", picks)
+    bet = place_builder(env, "ba8", "ba8-b", "bb8", picks, 1_000, q.odds.decimal)
+    home, yes = (s.accepted_odds.decimal for s in bet.selections)
+
+    def results(outcome: str, odds: str) -> str:
+        return json.dumps([{"outcome_id": outcome, "odds": odds, "result": 1, "rpu": odds}])
+
+    call = "SELECT * FROM betting.settle_market(%s, %s, 1, %s::jsonb, now())"
+    first = psycopg.connect(env.dsn)  # a transaction left open: its settlement not committed yet
+    first.execute(call, ("bb8", "1x2", results("home", home)))
+    done: dict[str, object] = {}
+
+    def second() -> None:
+        with psycopg.connect(env.dsn, autocommit=True) as conn:
+            done["row"] = conn.execute(call, ("bb8", "btts", results("yes", yes))).fetchone()
+
+    t = threading.Thread(target=second)
+    t.start()
+    try:
+        waiting = "SELECT 1 FROM pg_stat_activity WHERE wait_event_type = 'Lock' AND query LIKE '%%settle_market%%'"
+        wait_for(lambda: bool(env.sql(waiting)), 10, what="the second settlement waiting for the bet")
+        assert _status(env, bet.bet_id) == "accepted"
+    finally:
+        first.commit()
+        first.close()
+        t.join(10)
+    assert done["row"] == (1, bet.potential_payout.minor_units)  # the second settled it, as won
+    b = _bet(env, "ba8", bet.bet_id)
+    assert (b.status, b.result) == (bet_pb2.BET_STATUS_SETTLED, bet_pb2.BET_RESULT_WON)
+    assert balance(env, "ba8") == (9_000 + bet.potential_payout.minor_units, 0)
