@@ -12,6 +12,8 @@ from pathlib import Path
 import grpc
 import pytest
 from google.rpc import error_details_pb2
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 from livebet.betting.v1 import bet_pb2
 from livebet.betting.v1 import betting_service_pb2 as bs
 from livebet.common.v1 import common_pb2
@@ -31,7 +33,7 @@ from tests.component.betting_env import (
     start,
     state_event,
 )
-from tests.component.test_betting import _refused
+from tests.component.test_betting import _KEYS, _OUTCOMES, _TEXT, _refused
 from tests.component.test_cash_out import _bet_cancel, _window
 from tests.component.test_feed_service import fixture
 from tests.component.test_live_odds import goal
@@ -368,3 +370,24 @@ def test_two_legs_settled_at_the_same_moment_settle_the_bet(env: Env) -> None:
     b = _bet(env, "ba8", bet.bet_id)
     assert (b.status, b.result) == (bet_pb2.BET_STATUS_SETTLED, bet_pb2.BET_RESULT_WON)
     assert balance(env, "ba8") == (9_000 + bet.potential_payout.minor_units, 0)
+
+
+@st.composite
+def _quotes(draw: st.DrawFn) -> bs.QuoteBetBuilderRequest:
+    outcomes = [
+        _outcome(draw(st.sampled_from(["bb9", "nope", ""]) | _TEXT), draw(_KEYS), draw(_OUTCOMES))
+        for _ in range(draw(st.integers(0, 12)))
+    ]
+    return bs.QuoteBetBuilderRequest(outcomes=outcomes)
+
+
+@settings(max_examples=80, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(req=_quotes())
+def test_no_quote_request_yields_internal_or_unknown(env: Env, req: bs.QuoteBetBuilderRequest) -> None:
+    if env.snapshot("bb9") is None:
+        env.send(fixture("bb9"))
+        priced(env, "bb9")
+    try:
+        env.bets.QuoteBetBuilder(req, metadata=md("fuzz"), timeout=10)
+    except grpc.RpcError as err:
+        assert err.code() not in (grpc.StatusCode.INTERNAL, grpc.StatusCode.UNKNOWN), err.details()

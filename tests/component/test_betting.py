@@ -768,24 +768,31 @@ _MONEY = st.builds(
 )
 
 
+_KEYS = st.sampled_from([ONE, "total|total=2.5", "btts", "", "correct_score", "total|total=2", "next_goal"]) | _TEXT
+_OUTCOMES = st.sampled_from(["home", "draw", "over", "yes", "", "0-0", "1-1|x"]) | _TEXT
+
+
 @st.composite
 def _requests(draw: st.DrawFn) -> bs.PlaceBetRequest:
     sels = []
     for _ in range(draw(st.integers(0, 22))):
         s = selection(
             draw(st.sampled_from(["b1", "b2", "nope", ""]) | _TEXT),
-            draw(st.sampled_from([ONE, "total|total=2.5", "btts", ""]) | _TEXT),
-            draw(st.sampled_from(["home", "draw", "over", "yes", ""]) | _TEXT),
+            draw(_KEYS),
+            draw(_OUTCOMES),
             draw(_ODDS),
             draw(st.integers(0, 2**64 - 1)),
         )
         sels.append(s)
-    return bs.PlaceBetRequest(
+    req = bs.PlaceBetRequest(
         request_id=draw(st.sampled_from(["fz1", "fz2", ""]) | _TEXT),
         selections=sels,
         stake=draw(_MONEY),  # type: ignore[arg-type]
         odds_change_policy=draw(st.integers(0, 6)),  # type: ignore[arg-type]
     )
+    if draw(st.booleans()):  # a bet builder
+        req.bet_builder_odds.decimal = draw(_ODDS)
+    return req
 
 
 @settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
