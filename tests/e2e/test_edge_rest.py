@@ -236,3 +236,71 @@ def test_player_protection_over_rest(mesh: Mesh) -> None:
     assert got["loss"]["maxWeekly"]["decimal"] == "50.00", got
     status, err = call(mesh, "POST", "/v1/wallet/deposits", {"requestId": "d3", "amount": _eur(100)}, t)
     assert status == 400 and "break" in err["message"], (status, err)
+
+
+_COMBINABLE = ("1x2", "btts", "odd_even", "double_chance")
+
+
+def _builder_outcomes(mesh: Mesh) -> list[dict[str, Any]]:
+    """Two priced outcomes of open, combinable markets of one live simulated match (empty if none)."""
+    status, page = call(mesh, "GET", "/v1/matches?page_size=50")
+    assert status == 200, page
+    for m in page["matches"]:
+        status, snap = call(mesh, "GET", f"/v1/matches/{m['matchId']}/odds")
+        if status != 200:
+            continue
+        picked = []
+        for market in snap["odds"].get("markets", []):
+            priced = [o for o in market.get("outcomes", []) if o.get("odds", {}).get("decimal")]
+            if market.get("status") == "MARKET_STATUS_OPEN" and market["ref"]["marketType"] in _COMBINABLE and priced:
+                ref = {"matchId": m["matchId"], "marketKey": market["ref"]["marketKey"]}
+                picked.append({"market": ref, "outcomeId": priced[0]["outcomeId"]})
+        if len(picked) >= 2:
+            return picked[:2]
+    return []
+
+
+def test_a_bet_builder_quoted_and_placed_over_rest(mesh: Mesh) -> None:
+    account = f"rest-bb-{uuid.uuid4().hex[:6]}"
+    t = token(mesh, account)
+    assert call(mesh, "POST", "/v1/wallet/deposits", {"requestId": "d1", "amount": _eur(5000)}, t)[0] == 200
+    placed: list[dict[str, Any]] = []
+    quotes: list[dict[str, Any]] = []
+
+    def attempt() -> bool:  # a goal may suspend the markets between the snapshot and the calls
+        outcomes = _builder_outcomes(mesh)
+        if not outcomes:
+            return False
+        status, quote = call(mesh, "POST", "/v1/bet-builder:quote", {"outcomes": outcomes}, t)
+        if status != 200:
+            assert status == 400, quote  # FAILED_PRECONDITION: not open, or not offered together
+            return False
+        selections = [
+            {"outcome": o, "marketVersion": v} for o, v in zip(outcomes, quote["marketVersions"], strict=True)
+        ]
+        body = {
+            "requestId": uuid.uuid4().hex,
+            "selections": selections,
+            "stake": _eur(200),
+            "oddsChangePolicy": "ODDS_CHANGE_POLICY_ANY",
+            "betBuilderOdds": quote["odds"],
+        }
+        status, got = call(mesh, "POST", "/v1/bets", body, t)
+        if status != 200:
+            assert status == 400, got
+            return False
+        quotes.append(quote)
+        placed.append(got["bet"])
+        return True
+
+    wait_for(attempt, 60, interval=0.5, what="a bet builder quoted and placed")
+    bet, quote = placed[0], quotes[0]
+    assert bet["betBuilder"] is True and len(bet["selections"]) == 2
+    assert bet["status"] in ("BET_STATUS_PENDING", "BET_STATUS_ACCEPTED")
+    assert [s["requestedOdds"]["decimal"] for s in bet["selections"]] == [quote["odds"]["decimal"]] * 2
+    assert len(quote["singleOdds"]) == 2 and int(quote["matchVersion"]) > 0
+    status, got = call(mesh, "GET", f"/v1/bets/{bet['betId']}", token=t)
+    assert status == 200 and got["bet"]["betBuilder"] is True
+    # one outcome is not a bet builder: a 400 naming the field
+    status, err = call(mesh, "POST", "/v1/bet-builder:quote", {"outcomes": _builder_outcomes(mesh)[:1]}, t)
+    assert status == 400 and "2-10 outcomes" in err["message"], err
