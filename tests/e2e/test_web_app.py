@@ -372,3 +372,50 @@ def test_a_reality_check_covers_the_page_until_answered_in_chromium(mesh: Mesh, 
     shows("#signin-error", "you stopped at a reality check")
     assert page.locator("#reality").is_hidden() and page.locator("#signed-out").is_visible()
     assert errors == [], errors
+
+
+def test_a_bet_builder_in_chromium(mesh: Mesh, browser: object) -> None:
+    """Two outcomes of one match in the slip become a bet builder priced by the server; a leg of
+    another match beside them cannot be placed; the bet is accepted and settled as won."""
+    feed, other = Provider(mesh), Provider(mesh)
+    feed.send(fixture(feed.match_id))
+    other.send(fixture(other.match_id))
+    account = f"web-bb-{uuid.uuid4().hex[:6]}"
+    t = token(mesh, account)
+    wallet = wallet_service_pb2_grpc.WalletServiceStub(grpc.insecure_channel(mesh.edge))
+    deposit = ws.DepositRequest(request_id="w1", amount=common_pb2.Money(currency_code="EUR", minor_units=10_000))
+    wallet.Deposit(deposit, metadata=bearer(t), timeout=10)
+
+    page = browser.new_page(viewport={"width": 1280, "height": 900})  # type: ignore[attr-defined]
+    errors: list[str] = []
+    page.on("pageerror", lambda e: errors.append(str(e)))
+    page.goto(f"http://{mesh.edge}/#token={t}")
+    button = 'button.price[data-k="{}"]'
+    home = page.locator(button.format(f"{feed.match_id}|1x2|home"))
+    home.wait_for(timeout=30_000)
+    home.click()
+    page.locator(button.format(f"{feed.match_id}|btts|yes")).click()
+    page.wait_for_function(
+        "() => document.querySelector('#slip-kind').textContent.startsWith('Bet builder (2 legs')"
+        " && /^[0-9]+[.][0-9]{2}$/.test(document.querySelector('#slip-odds').textContent)",
+        timeout=10_000,
+    )
+    odds = page.locator("#slip-odds").inner_text()
+    page.locator(button.format(f"{other.match_id}|1x2|home")).click()
+    assert "combine only with each other" in page.locator("#slip-kind").inner_text()
+    assert page.locator("#place").is_disabled()
+    page.locator(button.format(f"{other.match_id}|1x2|home")).click()  # off the slip again
+    page.wait_for_function("() => !document.querySelector('#place').disabled", timeout=10_000)
+    page.fill("#stake", "3.00")
+    page.click("#place")
+    page.locator("#slip-result.ok").wait_for(timeout=10_000)
+    placed = page.locator('#bets li.bet[data-status="ACCEPTED"]', has_text="Bet builder:")
+    placed.wait_for(timeout=10_000)
+    assert f"@ {odds}" in placed.inner_text() and "1x2 home + btts yes" in placed.inner_text()
+    page.screenshot(path=str(OUTPUT / "web-app-bet-builder.png"), full_page=False)
+
+    feed.full_time(2, 1)
+    won = page.locator('#bets li.bet[data-status="SETTLED"]', has_text="Bet builder:")
+    won.wait_for(timeout=30_000)
+    assert "WON" in won.inner_text()
+    assert errors == [], errors

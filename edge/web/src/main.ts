@@ -1,5 +1,6 @@
 // livebet web app: live matches and prices over a gRPC-web stream (WatchOdds), a bet slip for
-// singles and accumulators, the wallet balance and the player's bets with their live status.
+// singles, accumulators and bet builders (outcomes of one match priced together by
+// QuoteBetBuilder), the wallet balance and the player's bets with their live status.
 // The page never reloads: a dropped stream reconnects with backoff and resumes from the last
 // version it saw, so nothing is missed.
 import { ConnectError, Code } from "@connectrpc/connect";
@@ -27,7 +28,11 @@ interface Leg {
 }
 
 const matches = new Map<string, MatchView>();
-const slip = new Map<string, Leg>(); // by match id: one leg per match
+const slip = new Map<string, Leg>(); // by slipKey: one leg per market
+const slipKey = (matchId: string, marketKey: string) => `${matchId}|${marketKey}`;
+// a bet builder's price, from QuoteBetBuilder, for the legs and market versions in `key`
+let quote: { key: string; odds?: string; versions?: bigint[]; error?: string } | null = null;
+let quoting = false;
 const bets = new Map<string, Bet>();
 // cash-out: the offer per accepted bet (or why there is none), and the bets being cashed out
 const offers = new Map<string, { amount: Money; delayMs: number } | string>();
@@ -163,7 +168,7 @@ function marketRank(m: Market): number {
 function marketHtml(matchId: string, m: Market): string {
   const key = m.ref?.marketKey ?? "";
   const open = m.status === MarketStatus.OPEN;
-  const leg = slip.get(matchId);
+  const leg = slip.get(slipKey(matchId, key));
   const buttons = m.outcomes
     .map((o) => {
       const k = outcomeKey(matchId, key, o.outcomeId);
@@ -211,10 +216,11 @@ function pick(k: string): void {
   const market = view?.markets.get(marketKey);
   const outcome = market?.outcomes.find((o) => o.outcomeId === outcomeId);
   if (!view || !market || !outcome) return;
-  const current = slip.get(matchId);
-  if (current && current.marketKey === marketKey && current.outcomeId === outcomeId) slip.delete(matchId);
+  const at = slipKey(matchId, marketKey);
+  const current = slip.get(at);
+  if (current && current.outcomeId === outcomeId) slip.delete(at);
   else
-    slip.set(matchId, {
+    slip.set(at, {
       matchId,
       marketKey,
       marketType: market.ref?.marketType ?? "",
@@ -232,24 +238,84 @@ function legNow(leg: Leg): { market?: Market; odds?: string; open: boolean } {
   return { market, odds: o?.odds?.decimal, open: !!market && market.status === MarketStatus.OPEN && !!o?.active };
 }
 
+/** What the slip holds: a single, an accumulator (one leg per match), a bet builder (2+ legs, one
+ * match) or a mix that cannot be placed (a match with several legs beside other matches). */
+function slipKind(legs: Leg[]): "single" | "accumulator" | "builder" | "mixed" {
+  const matchIds = new Set(legs.map((l) => l.matchId));
+  if (legs.length <= 1) return "single";
+  if (matchIds.size === 1) return "builder";
+  return matchIds.size === legs.length ? "accumulator" : "mixed";
+}
+
+const quoteKeyOf = (legs: Leg[]) =>
+  legs.map((l) => `${l.matchId}|${l.marketKey}|${l.outcomeId}@${legNow(l).market?.version ?? 0n}`).join(",");
+
+/** Price the bet builder in the slip (one call at a time; renderSlip asks again when the legs or
+ * their market versions changed meanwhile). */
+async function requestQuote(legs: Leg[], key: string): Promise<void> {
+  quoting = true;
+  try {
+    const r = await betting.quoteBetBuilder({
+      outcomes: legs.map((l) => ({
+        market: { matchId: l.matchId, marketType: l.marketType, marketKey: l.marketKey },
+        outcomeId: l.outcomeId,
+      })),
+    });
+    quote = { key, odds: r.odds?.decimal, versions: r.marketVersions };
+  } catch (err) {
+    const e = ConnectError.from(err);
+    quote = { key, error: e.rawMessage };
+  } finally {
+    quoting = false;
+    renderSlip();
+  }
+}
+
 function renderSlip(): void {
   const legs = [...slip.values()];
+  const kind = slipKind(legs);
   $("slip-empty").hidden = legs.length > 0;
   $("slip-form").hidden = legs.length === 0;
-  $("slip-kind").textContent = legs.length > 1 ? `Accumulator (${legs.length} legs)` : "Single";
+  $("slip-kind").textContent = {
+    single: "Single",
+    accumulator: `Accumulator (${legs.length} legs)`,
+    builder: `Bet builder (${legs.length} legs, priced together)`,
+    mixed: "Legs on one match combine only with each other (a bet builder): remove the others",
+  }[kind];
   $("slip-legs").innerHTML = legs
     .map((leg) => {
       const now = legNow(leg);
+      const at = slipKey(leg.matchId, leg.marketKey);
       return `<li class="${now.open ? "" : "suspended"}">${esc(leg.label)} <b>${esc(now.odds ?? "-")}</b>
-        ${now.open ? "" : "<em>suspended</em>"}<button class="remove" data-remove="${esc(leg.matchId)}">×</button></li>`;
+        ${now.open ? "" : "<em>suspended</em>"}<button class="remove" data-remove="${esc(at)}">×</button></li>`;
     })
     .join("");
-  const combined = combine(legs.map((l) => legNow(l).odds ?? "0"));
+  let combined: string | null = null;
+  let note = "";
+  if (kind === "builder") {
+    const key = quoteKeyOf(legs);
+    if (!session.token) note = "sign in to price a bet builder";
+    else if (quote?.key !== key) {
+      if (!quoting) void requestQuote(legs, key);
+      note = "pricing…";
+    }
+    if (quote?.key === key) {
+      combined = quote.odds ?? null;
+      note = quote.error ?? "";
+    }
+  } else if (kind !== "mixed") combined = combine(legs.map((l) => legNow(l).odds ?? "0"));
   const stake = parseAmount(($("stake") as HTMLInputElement).value);
   const ret = stake !== null && combined ? potentialReturn(stake, combined) : null;
   $("slip-odds").textContent = combined ?? "-";
   $("slip-return").textContent = ret !== null ? formatMinor(ret) : "-";
-  const canPlace = !!session.token && legs.length > 0 && stake !== null && legs.every((l) => legNow(l).open);
+  $("slip-note").textContent = note;
+  const canPlace =
+    !!session.token &&
+    legs.length > 0 &&
+    kind !== "mixed" &&
+    combined !== null &&
+    stake !== null &&
+    legs.every((l) => legNow(l).open);
   ($("place") as HTMLButtonElement).disabled = !canPlace;
 }
 
@@ -257,15 +323,18 @@ async function placeBet(): Promise<void> {
   const stake = parseAmount(($("stake") as HTMLInputElement).value);
   if (stake === null) return;
   const policy = Number(($("policy") as HTMLSelectElement).value) as OddsChangePolicy;
-  const selections = [...slip.values()].map((leg) => {
+  const legs = [...slip.values()];
+  const builder = slipKind(legs) === "builder" ? quote : null;
+  if (builder && (builder.key !== quoteKeyOf(legs) || !builder.odds)) return; // priced again first
+  const selections = legs.map((leg, i) => {
     const now = legNow(leg);
     return {
       outcome: {
         market: { matchId: leg.matchId, marketType: leg.marketType, marketKey: leg.marketKey },
         outcomeId: leg.outcomeId,
       },
-      requestedOdds: { decimal: now.odds ?? "" },
-      marketVersion: now.market?.version ?? 0n,
+      requestedOdds: { decimal: builder ? "" : (now.odds ?? "") },
+      marketVersion: builder ? (builder.versions?.[i] ?? 0n) : (now.market?.version ?? 0n),
     };
   });
   const out = $("slip-result");
@@ -277,12 +346,13 @@ async function placeBet(): Promise<void> {
       selections,
       stake: { currencyCode: "EUR", minorUnits: stake },
       oddsChangePolicy: policy,
+      betBuilderOdds: builder ? { decimal: builder.odds ?? "" } : undefined,
     });
     if (res.bet) upsertBet(res.bet);
     out.textContent = `bet placed: ${BetStatus[res.bet?.status ?? 0]}`;
     out.className = "ok";
-    for (const leg of [...slip.values()]) {
-      slip.delete(leg.matchId);
+    for (const [at, leg] of [...slip.entries()]) {
+      slip.delete(at);
       renderMatch(leg.matchId);
     }
     renderSlip();
@@ -545,9 +615,11 @@ function renderBets(): void {
   );
   $("bets").innerHTML = list
     .map((b) => {
-      const legs = b.selections
-        .map((s) => `${esc(s.outcome?.market?.marketKey ?? "")} ${esc(s.outcome?.outcomeId ?? "")}`)
-        .join(" × ");
+      const legs =
+        (b.betBuilder ? "Bet builder: " : "") +
+        b.selections
+          .map((s) => `${esc(s.outcome?.market?.marketKey ?? "")} ${esc(s.outcome?.outcomeId ?? "")}`)
+          .join(b.betBuilder ? " + " : " × ");
       let stake = b.stake ? formatMinor(b.stake.minorUnits, b.stake.currencyCode) : "";
       if (b.cashedOutStake && b.cashedOutAmount) {
         const part = formatMinor(b.cashedOutStake.minorUnits, b.cashedOutStake.currencyCode);
@@ -703,10 +775,11 @@ function main(): void {
     if (b && !b.disabled && b.dataset.k) pick(b.dataset.k);
   });
   $("slip-legs").addEventListener("click", (e) => {
-    const id = (e.target as HTMLElement).dataset.remove;
-    if (id) {
-      slip.delete(id);
-      renderMatch(id);
+    const at = (e.target as HTMLElement).dataset.remove;
+    const leg = at ? slip.get(at) : undefined;
+    if (at && leg) {
+      slip.delete(at);
+      renderMatch(leg.matchId);
       renderSlip();
     }
   });
