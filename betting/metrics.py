@@ -34,6 +34,13 @@ class BetMetrics:
             ["outcome", "reason"],
             registry=registry,
         )
+        self.builders = Counter(
+            "livebet_bets_builders_total",
+            "Bet builders: quoted (QuoteBetBuilder answered), quote_refused (with the reject reason), "
+            "placed (a new bet builder written, pending or accepted).",
+            ["outcome", "reason"],
+            registry=registry,
+        )
         self.auto_cash_outs = Counter(
             "livebet_bets_auto_cash_outs_total",
             "Automatic cash-outs tried, by what happened: cashed_out, exists (another replica did it), "
@@ -69,6 +76,8 @@ class BetMetrics:
     def placed(self, bet: bet_pb2.Bet) -> None:
         outcome = "placed_pending" if bet.status == bet_pb2.BET_STATUS_PENDING else "placed_accepted"
         self.bets.labels(outcome, "").inc()
+        if bet.bet_builder:
+            self.builders.labels("placed", "").inc()
 
     def refused(self, reason: int) -> None:
         self.bets.labels("refused", bet_pb2.RejectReason.Name(reason)).inc()

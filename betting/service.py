@@ -236,11 +236,13 @@ class BettingApi(betting_service_pb2_grpc.BettingServiceServicer):
                 legs, quotes, view.model, Decimal(0), bet_pb2.ODDS_CHANGE_POLICY_ANY, self.config
             )
         except Refusal as r:
+            self.metrics.builders.labels("quote_refused", bet_pb2.RejectReason.Name(r.reason)).inc()
             if r.kind is Kind.NOT_FOUND:
                 await context.abort(grpc.StatusCode.NOT_FOUND, r.message)
-            await self._refuse(context, r.reason, r.message)
+            await abort_refused(context, r.reason, r.message)
         except RedisError as err:
             await _unavailable(context, "QuoteBetBuilder", err, "bet builder prices are")
+        self.metrics.builders.labels("quoted", "").inc()
         out = bs.QuoteBetBuilderResponse(match_version=view.version, market_versions=[q.market_version for q in quotes])
         out.odds.decimal = f"{odds:.2f}"
         for price in singles:

@@ -38,7 +38,7 @@ from tests.component.test_cash_out import _bet_cancel, _window
 from tests.component.test_feed_service import fixture
 from tests.component.test_live_odds import goal
 from tests.component.test_settlement import final
-from tests.helpers import wait_for
+from tests.helpers import metric, wait_for
 
 HOME_AND_OVER = [("1x2", "home"), ("total|total=2.5", "over")]
 MARGIN = Decimal("0.10")  # the betting service's default bet builder margin
@@ -120,7 +120,13 @@ def _fields(details: list[object]) -> list[str]:
     return [v.field for d in details if isinstance(d, error_details_pb2.BadRequest) for v in d.field_violations]
 
 
+def _builders(env: Env, outcome: str, reason: str = "") -> float:
+    port = env.betting.spec.env["LIVEBET_METRICS_PORT"]
+    return metric(port, f'livebet_bets_builders_total{{outcome="{outcome}",reason="{reason}"}}')
+
+
 def test_a_bet_builder_is_priced_together_placed_and_settled_as_won(env: Env) -> None:
+    quoted, placed = _builders(env, "quoted"), _builders(env, "placed")
     env.send(fixture("bb1"))
     priced(env, "bb1")
     deposit(env, "ba1", 10_000, "ba1-d")
@@ -152,6 +158,7 @@ def test_a_bet_builder_is_priced_together_placed_and_settled_as_won(env: Env) ->
     again = place_builder(env, "ba1", "ba1-b", "bb1", HOME_AND_OVER, 1_000, q.odds.decimal, list(q.market_versions))
     assert again.bet_id == bet.bet_id  # idempotent, as any bet
     assert _bet(env, "ba1", bet.bet_id).bet_builder
+    assert (_builders(env, "quoted"), _builders(env, "placed")) == (quoted + 1, placed + 1)
 
     env.send(final("bb1", 90, 2, 1))
     wait_for(lambda: _status(env, bet.bet_id) == "settled", 30, what="the bet builder settled")
@@ -252,7 +259,9 @@ def test_bad_bet_builders_are_refused_with_nothing_written(env: Env) -> None:
     assert (code, _reason(details)) == (grpc.StatusCode.FAILED_PRECONDITION, "REJECT_REASON_ODDS_CHANGED")
     assert "bet builder on bb4: odds are" in msg
     impossible = [("1x2", "home"), ("correct_score", "0-0")]
+    refused = _builders(env, "quote_refused", "REJECT_REASON_INVALID_COMBINATION")
     code, msg, details = _refused(lambda: quote(env, "ba4", "bb4", impossible))
+    assert _builders(env, "quote_refused", "REJECT_REASON_INVALID_COMBINATION") == refused + 1
     assert (code, _reason(details)) == (grpc.StatusCode.FAILED_PRECONDITION, "REJECT_REASON_INVALID_COMBINATION")
     assert "cannot all win together" in msg
     code, msg, details = _refused(lambda: place_builder(env, "ba4", "ba4-imp", "bb4", impossible, 1_000, "50.00"))
