@@ -165,6 +165,15 @@ def rules(config: sla.Config) -> dict[str, Any]:
             },
         },
         {
+            "alert": "DecidedBetsLeftOpen",
+            "expr": "sum(increase(livebet_settlement_swept_bets_total[1h])) > 0",
+            "labels": {"severity": "ticket"},
+            "annotations": {
+                "summary": "the settlement sweep found bets of several legs decided yet left open and settled "
+                "them (settlement logs: 'settled by the sweep'): a settlement path leaves bets open; look into it"
+            },
+        },
+        {
             "alert": "BetDecisionsFailing",
             "expr": "sum(increase(livebet_bets_decide_failures_total[5m])) > 0",
             "for": "5m",

@@ -15,6 +15,7 @@ import asyncio
 import contextlib
 import dataclasses
 import logging
+import os
 import time
 from pathlib import Path
 
@@ -32,6 +33,7 @@ from mesh import tracing
 from mesh.deps import NatsDependency, PostgresDependency, Readiness
 from mesh.metrics import LATENCY_BUCKETS
 from mesh.service import ServiceApp, run
+from mesh.settings import seconds
 from mesh.tasks import cancel_and_wait
 from settlement.adapters.store import Store
 from settlement.admin import SettlementApi
@@ -92,7 +94,14 @@ def build(app: ServiceApp) -> None:
         "Matches with such bets (see livebet_settlement_stale_open_bets).",
         registry=registry,
     )
+    swept = Counter(
+        "livebet_settlement_swept_bets_total",
+        "Bets of several legs found decided yet open and settled by the sweep (Store.settle_decided): "
+        "should stay 0; anything else is a bug to look into.",
+        registry=registry,
+    )
     stale_after = stale_match_seconds()
+    sweep_every = seconds(os.environ, "LIVEBET_SETTLEMENT_SWEEP_SECONDS", STALE_CHECK_SECONDS)
     settle = SettlementApi(settler, pg)
     reports = ReportApi(pg)
     app.add_service(
@@ -188,10 +197,24 @@ def build(app: ServiceApp) -> None:
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(app.stopping.wait(), STALE_CHECK_SECONDS)
 
+    async def sweep_decided() -> None:
+        """Every ``LIVEBET_SETTLEMENT_SWEEP_SECONDS`` (default a minute): bets decided yet open."""
+        while not app.stopping.is_set():
+            try:
+                n = await settler.store.settle_decided()
+                if n:
+                    swept.inc(n)
+                    log.warning("bets decided but left open were settled by the sweep", extra={"bets": n})
+            except psycopg.Error as err:
+                log.warning("could not sweep decided bets", extra={"error": str(err)})
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(app.stopping.wait(), sweep_every)
+
     async def start() -> None:
         await pg.wait_ready()
         await nats_dep.wait_ready()
         app.spawn(watch_stale())
+        app.spawn(sweep_decided())
         task = app.spawn(supervise())
         app.spawn(app.metrics.watch_consumers(lambda: nats_dep.js, STREAM, lambda: [DURABLE], app.stopping))
 

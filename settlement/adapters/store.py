@@ -464,6 +464,38 @@ class Store:
             row = await cur.fetchone()
         return (int(row[0]), int(row[1])) if row else (0, 0)
 
+    async def settle_decided(self) -> int:
+        """Accepted bets of more than one leg that are decided (every leg known, or one lost) and yet
+        open, settled now: ``betting.settle_market`` with no new result, on the market of each one's
+        last settled leg, at that leg's version. Nothing should leave such a bet (betting migration
+        0024 locks multi-leg bets while their legs are settled), but one left by the race that lock
+        closes, or by anything unforeseen, is settled here instead of holding its stake for ever.
+        Returns the bets settled."""
+        async with self.pool.connection() as conn, conn.cursor() as cur:
+            await cur.execute(
+                """SELECT DISTINCT x.match_id, x.market_key, x.settled_version FROM (
+                     SELECT DISTINCT ON (s.bet_id) s.match_id, s.market_key, s.settled_version
+                       FROM betting.bets b JOIN betting.selections s ON s.bet_id = b.bet_id
+                      WHERE b.status = 'accepted' AND s.return_per_unit IS NOT NULL
+                        AND b.bet_id IN (SELECT o.bet_id FROM betting.selections o
+                                          JOIN betting.bets ob ON ob.bet_id = o.bet_id AND ob.status = 'accepted'
+                                         GROUP BY o.bet_id
+                                         HAVING count(*) > 1 AND (bool_and(o.return_per_unit IS NOT NULL)
+                                                                  OR bool_or(o.return_per_unit = 0)))
+                      ORDER BY s.bet_id, s.settled_version DESC) x"""
+            )
+            markets = await cur.fetchall()
+        settled = 0
+        for match_id, market_key, version in markets:
+            async with self.pool.connection() as conn, conn.transaction(), conn.cursor() as cur:
+                await cur.execute(
+                    "SELECT * FROM betting.settle_market(%s, %s, %s, '[]'::jsonb, now())",
+                    (match_id, market_key, version),
+                )
+                row = await cur.fetchone()
+                settled += int(row[0]) if row else 0
+        return settled
+
     # --- events the settler could not apply (migrations/0006_failed_events.sql) ---------------
     async def park(
         self, seq: int, subject: str, payload: bytes, error: str, attempts: int, match_id: str, event_id: str, kind: str

@@ -61,6 +61,11 @@ class Env:
                         return o.odds.decimal, m.version
         raise AssertionError(f"{match_id} has no {market_key} {outcome}")
 
+    def settlement_metrics_port(self) -> str:
+        """The settlement process's /metrics port (when the environment has one)."""
+        (proc,) = [p for p in self.procs if p.spec.name == "settlement"]
+        return proc.spec.env["LIVEBET_METRICS_PORT"]
+
     def sql(self, query: str, *args: Any) -> list[tuple[Any, ...]]:
         with psycopg.connect(self.dsn, autocommit=True) as conn:
             cur = conn.execute(query, args)  # type: ignore[arg-type]

@@ -46,7 +46,8 @@ MARGIN = Decimal("0.10")  # the betting service's default bet builder margin
 
 @pytest.fixture(scope="module")
 def env(servers_root: Path) -> Iterator[Env]:
-    yield from start(servers_root, "builder", settlement=True)
+    # the sweep of bets decided yet open runs each second here (a minute by default)
+    yield from start(servers_root, "builder", {"LIVEBET_SETTLEMENT_SWEEP_SECONDS": "1"}, settlement=True)
 
 
 @pytest.fixture(autouse=True)
@@ -379,6 +380,32 @@ def test_two_legs_settled_at_the_same_moment_settle_the_bet(env: Env) -> None:
     b = _bet(env, "ba8", bet.bet_id)
     assert (b.status, b.result) == (bet_pb2.BET_STATUS_SETTLED, bet_pb2.BET_RESULT_WON)
     assert balance(env, "ba8") == (9_000 + bet.potential_payout.minor_units, 0)
+
+
+def test_a_bet_left_open_with_every_leg_settled_is_settled_by_the_sweep(env: Env) -> None:
+    """What the race above left behind before the lock (and anything unforeseen would): every leg
+    settled, the bet still accepted. The settlement service's sweep settles it."""
+    env.send(fixture("bb10"))
+    priced(env, "bb10")
+    deposit(env, "ba10", 10_000, "ba10-d")
+    picks = [("1x2", "away"), ("odd_even", "odd")]
+    q = quote(env, "ba10", "bb10", picks)
+    bet = place_builder(env, "ba10", "ba10-b", "bb10", picks, 1_000, q.odds.decimal)
+    port = env.settlement_metrics_port()
+    before = metric(port, "livebet_settlement_swept_bets_total")
+    env.sql(
+        "UPDATE betting.selections SET result = 1, return_per_unit = odds, settled_version = 1 WHERE bet_id = %s",
+        bet.bet_id,
+    )
+    wait_for(lambda: _status(env, bet.bet_id) == "settled", 20, what="the sweep settling the bet")
+    b = _bet(env, "ba10", bet.bet_id)
+    assert (b.result, b.payout.minor_units, b.settlement_version) == (
+        bet_pb2.BET_RESULT_WON,
+        bet.potential_payout.minor_units,
+        1,
+    )
+    assert balance(env, "ba10") == (9_000 + bet.potential_payout.minor_units, 0)
+    assert metric(port, "livebet_settlement_swept_bets_total") == before + 1
 
 
 @st.composite
