@@ -167,3 +167,11 @@ def test_a_builder_cash_out_is_its_payout_times_the_probability_less_the_margin(
         builder_offer(3_100, 0.0, Decimal("0.05"))
     with pytest.raises(ValueError):
         builder_offer(3_100, 1.5, Decimal("0.05"))
+
+
+def test_the_builder_margin_is_a_setting() -> None:
+    assert Config.from_env({}).builder_margin == Decimal("0.10")
+    assert Config.from_env({"LIVEBET_BETTING_BUILDER_MARGIN": "0.15"}).builder_margin == Decimal("0.15")
+    for bad in ("0.6", "-0.1", "abc", "NaN"):
+        with pytest.raises(ValueError, match="LIVEBET_BETTING_BUILDER_MARGIN"):
+            Config.from_env({"LIVEBET_BETTING_BUILDER_MARGIN": bad})
