@@ -11,6 +11,7 @@ from pathlib import Path
 
 import grpc
 import pytest
+from google.protobuf.duration_pb2 import Duration
 from google.rpc import error_details_pb2
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
@@ -330,11 +331,27 @@ def test_a_bet_builder_is_cashed_out_at_the_model_probability_that_it_still_wins
         bs.GetCashOutOfferRequest(bet_id=bet.bet_id, stake=eur(400)), metadata=md("ba7"), timeout=10
     )
     assert 0 < part.amount.minor_units < got.amount.minor_units
+    # the stream of offers prices it the same way
+    watch = bs.WatchCashOutOffersRequest(bet_ids=[bet.bet_id], interval=Duration(nanos=100_000_000))
+    stream = env.bets.WatchCashOutOffers(watch, metadata=md("ba7"), timeout=30)
+    try:
+        first = next(stream)
+    finally:
+        stream.cancel()
+    assert [(o.bet_id, o.amount.minor_units) for o in first.offers] == [(bet.bet_id, got.amount.minor_units)]
     req = bs.CashOutRequest(request_id="ba7-co", bet_id=bet.bet_id, amount=got.amount)
     done = env.bets.CashOut(req, metadata=md("ba7"), timeout=30).bet
     assert done.status == bet_pb2.BET_STATUS_CASHED_OUT and done.payout.minor_units == got.amount.minor_units
     assert balance(env, "ba7") == (9_000 + got.amount.minor_units, 0)
     assert _liability(env, "bb7", "1x2", "home") == 0
+
+    # an automatic cash-out at or below the offer now is taken at once, at the model's price
+    auto = place_builder(env, "ba7", "ba7-auto", "bb7", HOME_AND_OVER, 500, q.odds.decimal)
+    now = env.bets.GetCashOutOffer(bs.GetCashOutOfferRequest(bet_id=auto.bet_id), metadata=md("ba7"), timeout=10)
+    rule = bs.SetAutoCashOutRequest(bet_id=auto.bet_id, amount=eur(now.amount.minor_units))
+    env.bets.SetAutoCashOut(rule, metadata=md("ba7"), timeout=10)
+    wait_for(lambda: _status(env, auto.bet_id) == "cashed_out", 20, what="the automatic cash-out taken")
+    assert _bet(env, "ba7", auto.bet_id).payout.minor_units == now.amount.minor_units
 
 
 def test_two_legs_settled_at_the_same_moment_settle_the_bet(env: Env) -> None:
