@@ -270,7 +270,17 @@ def model_inputs(snap: market_pb2.MatchOdds) -> ModelInputs | None:
     if snap.source != market_pb2.PRICE_SOURCE_MODEL or not snap.HasField("model"):
         return None
     x = snap.model
-    state = MatchState(
+    if not all(0 < g < 20 for g in (x.home_expected_goals, x.away_expected_goals)):  # NaN fails too
+        return None
+    try:
+        state = _state_of(x)
+    except ValueError:  # not a state the model prices (a writer's mistake): no bet builder on it
+        return None
+    return ModelInputs(x.home_expected_goals, x.away_expected_goals, state)
+
+
+def _state_of(x: market_pb2.MatchModel) -> MatchState:
+    return MatchState(
         minute=x.minute,
         home_goals=x.home_goals,
         away_goals=x.away_goals,
@@ -279,4 +289,3 @@ def model_inputs(snap: market_pb2.MatchOdds) -> ModelInputs | None:
         period=PERIODS[x.period] if 0 <= x.period < len(PERIODS) else None,
         stoppage_announced=x.stoppage_announced if x.HasField("stoppage_announced") else None,
     )
-    return ModelInputs(x.home_expected_goals, x.away_expected_goals, state)

@@ -114,6 +114,13 @@ def test_the_snapshot_carries_the_model_the_engine_priced_from() -> None:
     m.ended = True
     ended = codec.model_inputs(market_pb2.MatchOdds.FromString(codec.snapshot(m, Timestamp())))
     assert ended is not None and ended.state.period is Period.FULL_TIME
+    bad = market_pb2.MatchOdds.FromString(codec.snapshot(m, Timestamp()))
+    bad.model.minute = 130.0  # not a state the model prices: no inputs, rather than an error per bet
+    assert codec.model_inputs(bad) is None
+    for xg in (0.0, -1.0, float("nan"), float("inf")):
+        odd = market_pb2.MatchOdds.FromString(codec.snapshot(m, Timestamp()))
+        odd.model.home_expected_goals = xg
+        assert codec.model_inputs(odd) is None
     m.mode = "provider"
     assert codec.model_inputs(market_pb2.MatchOdds.FromString(codec.snapshot(m, Timestamp()))) is None
 
