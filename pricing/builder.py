@@ -122,7 +122,7 @@ def builder_odds(probability: float, margin: Decimal = DEFAULT_MARGIN) -> Decima
     under :data:`MIN_PROBABILITY`). The betting service's odds limit applies on top."""
     if not 0 <= margin < 1:
         raise ValueError(f"bet builder margin must be in [0, 1), got {margin}")
-    if probability < MIN_PROBABILITY:
+    if not probability >= MIN_PROBABILITY:  # NaN too
         raise NotOffered("these selections cannot all win together (or almost never do): not offered")
     fair_with_margin = 1.0 / (probability * (1.0 + float(margin)))
     if fair_with_margin * 100 < ladder.MIN_ODDS_CENTS:
