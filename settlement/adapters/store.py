@@ -467,9 +467,10 @@ class Store:
     async def settle_decided(self) -> int:
         """Accepted bets of more than one leg that are decided (every leg known, or one lost) and yet
         open, settled now: ``betting.settle_market`` with no new result, on the market of each one's
-        last settled leg, at that leg's version. Nothing should leave such a bet (betting migration
-        0024 locks multi-leg bets while their legs are settled), but one left by the race that lock
-        closes, or by anything unforeseen, is settled here instead of holding its stake for ever.
+        last settled leg, at that leg's version. Nothing should leave such a bet (betting's
+        R_settle_market.sql locks multi-leg bets while their legs are settled), but one left by the
+        race that lock closes, or by anything unforeseen, is settled here instead of holding its
+        stake for ever.
         Returns the bets settled."""
         async with self.pool.connection() as conn, conn.cursor() as cur:
             await cur.execute(

@@ -1,6 +1,14 @@
--- Bet builders (PlaceBetRequest.bet_builder_odds): 2-10 legs on one match, priced together by the
--- own model (pricing.builder). The bet stands at its own odds, not the product of its legs' odds, so
--- betting.settle_market settles it by its own rule once every leg is known or one has lost:
+-- betting.settle_market: the current definition (a repeatable file, see mesh/migrate.py: edit it in
+-- place; it is applied again whenever its content is new).
+--
+-- Settling a market, set-based (created by 0004, which explains the steps: legs, decided bets,
+-- one ledger transaction with bulk postings, liability, outbox). The settlement service decides
+-- each outcome's result and return per unit; this function moves the money. Calling it again at the
+-- same version changes nothing.
+--
+-- Bet builders (PlaceBetRequest.bet_builder_odds, session 19): 2-10 legs on one match, priced
+-- together by the own model (pricing.builder). The bet stands at its own odds, not the product of
+-- its legs' odds, so it is settled by its own rule once every leg is known or one has lost:
 --   * a leg lost: lost, as an accumulator;
 --   * every leg won outright (return per unit = its odds): won, paying its potential payout (the
 --     stake left times the builder's odds, rounded down, as placed);
@@ -9,10 +17,13 @@
 -- A bet builder is told from its legs: more than one, all on one match (an accumulator's legs are on
 -- different matches, and PlaceBet refuses same-match legs that are not a bet builder).
 --
--- Fixed at the same time: a bet with legs on two markets settled at the same moment stayed open
--- (see the lock below). A bet builder's legs are all settled at full time, in parallel; before, it
--- was left open in about half the runs of its test. An accumulator whose matches end together could
--- meet it too. The function is otherwise the one of 0004.
+-- Multi-leg bets are locked first (session 19): a bet with legs on two markets settled at the same
+-- moment stayed open (see the lock below). A bet builder's legs are all settled at full time, in
+-- parallel; before, it was left open in about half the runs of its test. An accumulator whose
+-- matches end together could meet it too.
+--
+-- History: 0004 (this function); this file (bet builders, the lock). A database that applied what
+-- was briefly 0024_bet_builder.sql keeps its record.
 
 CREATE OR REPLACE FUNCTION betting.settle_market(
     p_match text, p_market_key text, p_version integer, p_results jsonb, p_decided_at timestamptz)
