@@ -218,7 +218,8 @@ def parse_request(req: bs.PlaceBetRequest, config: Config) -> Ticket:
     if req.odds_change_policy not in _POLICIES:
         bad.append(("odds_change_policy", f"unknown policy {req.odds_change_policy}"))
     builder: Decimal | None = None
-    if req.HasField("bet_builder_odds"):
+    is_builder_slip = req.HasField("bet_builder_odds")
+    if is_builder_slip:
         builder = parse_odds(req.bet_builder_odds.decimal)
         if builder is None:
             bad.append(("bet_builder_odds", f"{req.bet_builder_odds.decimal!r} is not decimal odds like 3.10"))
@@ -229,32 +230,19 @@ def parse_request(req: bs.PlaceBetRequest, config: Config) -> Ticket:
     legs: list[Leg] = []
     for i, s in enumerate(req.selections[:MAX_LEGS]):
         where = f"selections[{i}]"
-        ref = s.outcome.market
-        key = ref_key(ref)
-        market_type = ref.market_type or key.split("|", 1)[0]
-        for name, value in (
-            ("outcome.market.match_id", ref.match_id),
-            ("outcome.market.market_key", key),
-            ("outcome.outcome_id", s.outcome.outcome_id),
-        ):
-            if not value:
-                bad.append((f"{where}.{name}", "is required"))
-            elif len(value) > MAX_ID:
-                bad.append((f"{where}.{name}", f"is longer than {MAX_ID} characters"))
-        if req.HasField("bet_builder_odds"):  # the legs are priced together: they carry its odds
+        key, market_type = _parse_outcome(s.outcome, where, "outcome.", is_builder_slip, bad)
+        if is_builder_slip:  # the legs are priced together: they carry its odds
             odds = builder
-            try:
-                bb.check_combinable(bb.Pick(key, s.outcome.outcome_id))
-            except bb.NotCombinable as err:
-                bad.append((where, str(err)))
         else:
             odds = parse_odds(s.requested_odds.decimal)
             if odds is None:
                 bad.append((f"{where}.requested_odds", f"{s.requested_odds.decimal!r} is not decimal odds like 2.10"))
             elif odds < config.min_odds:
                 bad.append((f"{where}.requested_odds", f"odds {odds} are below the minimum {config.min_odds}"))
-        legs.append(Leg(ref.match_id, key, market_type, s.outcome.outcome_id, odds or Decimal(0), s.market_version))
-    bad.extend(_combination_problems(legs, req.HasField("bet_builder_odds")))
+        legs.append(
+            Leg(s.outcome.market.match_id, key, market_type, s.outcome.outcome_id, odds or Decimal(0), s.market_version)
+        )
+    bad.extend(_combination_problems(legs, is_builder_slip, "selections"))
     currency = req.stake.currency_code
     stake = 0
     try:
@@ -266,22 +254,44 @@ def parse_request(req: bs.PlaceBetRequest, config: Config) -> Ticket:
     return Ticket(req.request_id, tuple(legs), currency, stake, _POLICIES[req.odds_change_policy], builder)
 
 
-def _combination_problems(legs: Sequence[Leg], builder: bool) -> list[tuple[str, str]]:
-    """An accumulator's legs are on different matches; a bet builder's all on one, one per market."""
+def _parse_outcome(
+    o: common_pb2.OutcomeRef, where: str, path: str, builder: bool, bad: list[tuple[str, str]]
+) -> tuple[str, str]:
+    """The canonical market key and the market type of an outcome reference at ``where`` (its
+    fields at ``where.path...``); what is wrong with it goes into ``bad`` (a bet builder's outcome
+    must also be combinable)."""
+    key = ref_key(o.market)
+    named = (("market.match_id", o.market.match_id), ("market.market_key", key), ("outcome_id", o.outcome_id))
+    for name, value in named:
+        if not value:
+            bad.append((f"{where}.{path}{name}", "is required"))
+        elif len(value) > MAX_ID:
+            bad.append((f"{where}.{path}{name}", f"is longer than {MAX_ID} characters"))
+    if builder:
+        try:
+            bb.check_combinable(bb.Pick(key, o.outcome_id))
+        except bb.NotCombinable as err:
+            bad.append((where, str(err)))
+    return key, o.market.market_type or key.split("|", 1)[0]
+
+
+def _combination_problems(legs: Sequence[Leg], builder: bool, field: str) -> list[tuple[str, str]]:
+    """An accumulator's legs are on different matches; a bet builder's all on one, one per market
+    (``field``: the request's list of them)."""
     bad: list[tuple[str, str]] = []
     seen_outcomes: set[tuple[str, str, str]] = set()
     matches: set[str] = set()
     markets: set[str] = set()
     for i, leg in enumerate(legs):
         if (leg.match_id, leg.market_key, leg.outcome_id) in seen_outcomes:
-            bad.append((f"selections[{i}]", "the same outcome appears twice"))
+            bad.append((f"{field}[{i}]", "the same outcome appears twice"))
         elif builder and matches and leg.match_id not in matches:
-            bad.append((f"selections[{i}]", f"a bet builder's selections are all on one match, not {leg.match_id}"))
+            bad.append((f"{field}[{i}]", f"a bet builder's {field} are all on one match, not {leg.match_id}"))
         elif builder and leg.market_key in markets:
-            bad.append((f"selections[{i}]", f"a bet builder takes one outcome of each market ({leg.market_key})"))
+            bad.append((f"{field}[{i}]", f"a bet builder takes one outcome of each market ({leg.market_key})"))
         elif not builder and len(legs) > 1 and leg.match_id in matches:
             message = f"legs on the same match ({leg.match_id}) cannot be combined, except in a bet builder"
-            bad.append((f"selections[{i}]", message))
+            bad.append((f"{field}[{i}]", message))
         seen_outcomes.add((leg.match_id, leg.market_key, leg.outcome_id))
         matches.add(leg.match_id)
         markets.add(leg.market_key)
@@ -391,20 +401,9 @@ def parse_quote(outcomes: Sequence[common_pb2.OutcomeRef]) -> list[Leg]:
         bad.append(("outcomes", f"a bet builder has {bb.MIN_LEGS}-{bb.MAX_LEGS} outcomes, got {len(outcomes)}"))
     legs: list[Leg] = []
     for i, o in enumerate(outcomes[: bb.MAX_LEGS]):
-        key = ref_key(o.market)
-        named = (("market.match_id", o.market.match_id), ("market.market_key", key), ("outcome_id", o.outcome_id))
-        for name, value in named:
-            if not value:
-                bad.append((f"outcomes[{i}].{name}", "is required"))
-            elif len(value) > MAX_ID:
-                bad.append((f"outcomes[{i}].{name}", f"is longer than {MAX_ID} characters"))
-        try:
-            bb.check_combinable(bb.Pick(key, o.outcome_id))
-        except bb.NotCombinable as err:
-            bad.append((f"outcomes[{i}]", str(err)))
-        market_type = o.market.market_type or key.split("|", 1)[0]
+        key, market_type = _parse_outcome(o, f"outcomes[{i}]", "", True, bad)
         legs.append(Leg(o.market.match_id, key, market_type, o.outcome_id, Decimal(0), 0))
-    bad.extend((f.replace("selections", "outcomes"), d) for f, d in _combination_problems(legs, True))
+    bad.extend(_combination_problems(legs, True, "outcomes"))
     if bad:
         raise BadRequest(bad)
     return legs
