@@ -29,7 +29,7 @@ from google.protobuf.duration_pb2 import Duration
 from livebet.betting.v1 import bet_pb2
 from livebet.betting.v1 import betting_service_pb2 as bs
 
-from betting.adapters.odds import OddsView
+from betting.adapters.odds import MatchView, OddsView
 from betting.adapters.store import Conflict, Store, digest, money
 from betting.domain.cashout import CashOutLeg, Part, builder_offer, offer, part_problem, split
 from betting.domain.money import MoneyError, format_minor, major_to_minor, to_minor
@@ -91,6 +91,7 @@ class CashOutDesk:
         delay = 0.0
         builder = is_builder(legs)
         model: bb.ModelInputs | None = None
+        views: dict[str, MatchView] = {}  # one snapshot per match: a bet builder is priced from one
         for g in legs:
             if builder and g["return_per_unit"] is not None:
                 if g["return_per_unit"] == 0:
@@ -105,7 +106,8 @@ class CashOutDesk:
             leg = Leg(g["match_id"], g["market_key"], g["market_type"], g["outcome_id"], accepted, 0)
             where = f"{leg.match_id} {leg.market_key} {leg.outcome_id}"
             try:
-                view = await self.odds.match(leg.match_id)
+                view = views.get(leg.match_id) or await self.odds.match(leg.match_id)
+                views[leg.match_id] = view
                 quote = view.quote(leg)
             except Refusal as r:  # the match or market is no longer priced
                 raise Refusal(Kind.FAILED_PRECONDITION, bet_pb2.REJECT_REASON_MARKET_NOT_OPEN, r.message) from None
@@ -118,38 +120,33 @@ class CashOutDesk:
             seen.append((leg, view.version))
             delay = max(delay, self.config.delay(view.sport, leg.market_type, view.in_play))
             model = view.model
+        margin = self.config.cash_out_margin
         if builder:
-            return self._price_builder(row, [s[0] for s in seen], model, part, (delay, open_legs, seen, stake))
-        if part is None:
-            amount = offer(stake, items, self.config.cash_out_margin, int(row["potential_payout"]))
-            return Priced(amount, delay, open_legs, seen, stake)
-        closed = split(stake, int(row["potential_payout"]), Decimal(row["odds"]), part)
-        amount = offer(part, items, self.config.cash_out_margin, closed.released)
-        return Priced(amount, delay, open_legs, seen, stake, closed)
+            p = self._builder_probability([leg for leg, _ in seen], model)
 
-    def _price_builder(
-        self,
-        row: dict[str, Any],
-        open_legs: list[Leg],
-        model: bb.ModelInputs | None,
-        part: int | None,
-        rest: tuple[float, list[int], list[tuple[Leg, int]], int],
-    ) -> Priced:
-        """A bet builder's offer: its payout times the model's probability now that its open legs
-        all win (betting.domain.cashout.builder_offer)."""
-        delay, legs_open, seen, stake = rest
+            def worth(stake_part: int, payout: int) -> int:  # the part's payout if every leg wins, now
+                return builder_offer(payout, p, margin)
+        else:
+
+            def worth(stake_part: int, payout: int) -> int:
+                return offer(stake_part, items, margin, payout)
+
+        payout = int(row["potential_payout"])
+        if part is None:
+            return Priced(worth(stake, payout), delay, open_legs, seen, stake)
+        closed = split(stake, payout, Decimal(row["odds"]), part)
+        return Priced(worth(part, closed.released), delay, open_legs, seen, stake, closed)
+
+    @staticmethod
+    def _builder_probability(open_legs: list[Leg], model: bb.ModelInputs | None) -> float:
+        """The model's probability now that a bet builder's open legs all win (its won legs are
+        certain): what betting.domain.cashout.builder_offer prices it from."""
         if model is None:
             raise _unavailable("the match is priced from a provider's odds now: no bet builder cash-out")
         try:
-            p = bb.joint_probability(model.score_model(), [bb.Pick(g.market_key, g.outcome_id) for g in open_legs])
+            return bb.joint_probability(model.score_model(), [bb.Pick(g.market_key, g.outcome_id) for g in open_legs])
         except bb.NotCombinable as err:  # cannot happen for a bet PlaceBet took
             raise _unavailable(str(err)) from None
-        margin = self.config.cash_out_margin
-        if part is None:
-            amount = builder_offer(int(row["potential_payout"]), p, margin)
-            return Priced(amount, delay, legs_open, seen, stake)
-        closed = split(stake, int(row["potential_payout"]), Decimal(row["odds"]), part)
-        return Priced(builder_offer(closed.released, p, margin), delay, legs_open, seen, stake, closed)
 
     async def _part(
         self,
@@ -379,9 +376,12 @@ class CashOutDesk:
         priced = self.price_covers(await self.price(row, legs, part), asked, row["currency"])
         if priced.delay > 0:
             await asyncio.sleep(priced.delay)
+            current: dict[str, int] = {}  # each match's version now, and its price history, read once
+            histories: dict[str, list[Any]] = {}
             for leg, version in priced.seen:
-                view = await self.odds.match(leg.match_id)
-                why = await self.odds.interrupted_since(leg, version, view.version)
+                if leg.match_id not in current:
+                    current[leg.match_id] = (await self.odds.match(leg.match_id)).version
+                why = await self.odds.interrupted_since(leg, version, current[leg.match_id], histories)
                 if why:
                     reason = bet_pb2.REJECT_REASON_SUSPENDED_DURING_DELAY
                     raise Refusal(Kind.FAILED_PRECONDITION, reason, f"{leg.market_key}: {why}")

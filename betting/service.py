@@ -91,11 +91,14 @@ class Decider:
         builder = is_builder(legs)  # its legs carry the builder's requested odds
         quoted: list[tuple[Leg, Any]] = []
         view: MatchView | None = None
+        views: dict[str, MatchView] = {}  # one snapshot per match: a bet builder is priced from one
+        histories: dict[str, list[Any]] = {}
         for g in legs:
             leg = Leg(g["match_id"], g["market_key"], g["market_type"], g["outcome_id"], g["requested_odds"], 0)
             try:
-                view = await self.odds.match(leg.match_id)
-                why = await self.odds.interrupted_since(leg, g["seen_version"], view.version)
+                view = views.get(leg.match_id) or await self.odds.match(leg.match_id)
+                views[leg.match_id] = view
+                why = await self.odds.interrupted_since(leg, g["seen_version"], view.version, histories)
                 if why:
                     return ("rejected", bet_pb2.REJECT_REASON_SUSPENDED_DURING_DELAY, f"{leg.market_key}: {why}")
                 if builder:
@@ -104,23 +107,18 @@ class Decider:
                     prices.append(price_leg(leg, view.quote(leg), row["policy"], self.config))
             except Refusal as r:
                 return ("rejected", r.reason or bet_pb2.REJECT_REASON_MARKET_NOT_OPEN, r.message)
-        combined_at: list[Decimal] | None = None
+        standing = prices  # the odds the bet stands at: the legs', or the builder's own
         if builder and view is not None:
+            legs_now, quotes = zip(*quoted, strict=True)
+            asked = Decimal(legs[0]["requested_odds"])
             try:
-                prices, odds = price_builder(
-                    [q[0] for q in quoted],
-                    [q[1] for q in quoted],
-                    view.model,
-                    Decimal(legs[0]["requested_odds"]),
-                    row["policy"],
-                    self.config,
-                )
+                prices, odds = price_builder(legs_now, quotes, view.model, asked, row["policy"], self.config)
             except Refusal as r:
                 return ("rejected", r.reason or bet_pb2.REJECT_REASON_MARKET_NOT_OPEN, r.message)
-            combined_at = [odds]
+            standing = [odds]
         ticket = Ticket(row["request_id"], (), row["currency"], row["stake"], row["policy"])
         try:
-            combined, win = check_ticket(ticket, combined_at or prices, self.config)
+            combined, win = check_ticket(ticket, standing, self.config)
         except Refusal as r:
             return ("rejected", r.reason, r.message)
         return ("accepted", prices, combined, win, major_to_minor(self.config.max_liability, row["currency"]))
@@ -155,7 +153,11 @@ class BettingApi(betting_service_pb2_grpc.BettingServiceServicer):
         self, account: str, ticket: Ticket, request_digest: bytes, context: grpc.aio.ServicerContext
     ) -> bs.PlaceBetResponse:
         try:
-            views: list[MatchView] = [await self.odds.match(leg.match_id) for leg in ticket.legs]
+            by_match: dict[str, MatchView] = {}  # one snapshot per match: a bet builder is priced from one
+            for leg in ticket.legs:
+                if leg.match_id not in by_match:
+                    by_match[leg.match_id] = await self.odds.match(leg.match_id)
+            views = [by_match[leg.match_id] for leg in ticket.legs]
             if ticket.builder is None:
                 prices = [
                     price_leg(leg, v.quote(leg), ticket.policy, self.config)

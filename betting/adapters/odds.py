@@ -21,7 +21,7 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
-from typing import Protocol
+from typing import Any, Protocol
 
 from livebet.betting.v1 import bet_pb2
 from livebet.common.v1 import common_pb2
@@ -178,13 +178,20 @@ class OddsView:
         self._cache[match_id] = (raw, view, tracked)
         return view
 
-    async def interrupted_since(self, leg: Leg, version: int, current: int) -> str:
+    async def interrupted_since(
+        self, leg: Leg, version: int, current: int, histories: dict[str, list[Any]] | None = None
+    ) -> str:
         """Why the leg's market was not open at some version in (``version``, ``current``] (a
         suspension, a closure), or ``""`` when it stayed open; when the kept history does not reach
-        back that far, that is a reason too."""
+        back that far, that is a reason too. ``histories``: the price histories read so far, by
+        match, for a caller checking several legs of one match (a bet builder) to read each once."""
         if current <= version:
             return ""  # nothing was published since
-        raw = await self.redis.lrange(LOG_KEY + leg.match_id, 0, -1)
+        raw = histories.get(leg.match_id) if histories is not None else None
+        if raw is None:
+            raw = await self.redis.lrange(LOG_KEY + leg.match_id, 0, -1)
+            if histories is not None:
+                histories[leg.match_id] = raw
         reached = False
         for data in raw:  # newest first
             d = market_pb2.OddsDelta.FromString(data)
