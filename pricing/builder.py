@@ -28,7 +28,7 @@ import numpy as np
 from numpy.typing import NDArray
 
 from pricing import ladder
-from pricing.football import MAX_GOALS, MatchState, Period, ScoreModel, score_model
+from pricing.football import MAX_GOALS, MatchState, ScoreModel, score_model
 from pricing.settlement import Result, SettlementError, settle
 
 #: market types a bet builder can hold (and, for the line markets, only on half lines)
@@ -143,16 +143,6 @@ class ModelInputs:
 
     def score_model(self) -> ScoreModel:
         return score_model(self.home_xg, self.away_xg, self.state)
-
-
-PERIODS = (
-    None,
-    Period.NOT_STARTED,
-    Period.FIRST_HALF,
-    Period.HALF_TIME,
-    Period.SECOND_HALF,
-    Period.FULL_TIME,
-)  # by MatchPeriod number
 
 
 def price(inputs: ModelInputs, picks: Sequence[Pick], margin: Decimal = DEFAULT_MARGIN) -> tuple[Decimal, float]:

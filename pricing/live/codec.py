@@ -17,8 +17,8 @@ from livebet.odds.v1 import market_pb2, odds_service_pb2
 
 from feed.adapters.jetstream import token
 from pricing import ladder
-from pricing.builder import PERIODS, ModelInputs
-from pricing.football import MatchState
+from pricing.builder import ModelInputs
+from pricing.football import MatchState, Period
 from pricing.live.book import Delta, LiveMatch, MarketQuote, Status
 
 SUBJECT_ROOT = "odds"
@@ -27,6 +27,15 @@ SNAP_KEY = "odds:snap:"
 LOG_KEY = "odds:log:"
 LIVE_KEY = "odds:live"
 ENDED_TTL_SECONDS = 7 * 24 * 3600  # a match's keys stay this long after it ended
+
+_PERIODS = (
+    None,
+    Period.NOT_STARTED,
+    Period.FIRST_HALF,
+    Period.HALF_TIME,
+    Period.SECOND_HALF,
+    Period.FULL_TIME,
+)  # by livebet.odds.v1.MatchPeriod number
 
 _STATUS = {
     Status.OPEN: market_pb2.MARKET_STATUS_OPEN,
@@ -258,7 +267,7 @@ def _set_model(out: market_pb2.MatchModel, m: LiveMatch) -> None:
     """The model inputs of ``m`` as the engine prices it now (``LiveMatch.model_state``)."""
     s = m.model_state()
     out.home_expected_goals, out.away_expected_goals, out.minute = m.home_xg, m.away_xg, s.minute
-    out.period = PERIODS.index(s.period)  # type: ignore[assignment]
+    out.period = _PERIODS.index(s.period)  # type: ignore[assignment]
     out.home_goals, out.away_goals = s.home_goals, s.away_goals
     out.home_red_cards, out.away_red_cards = s.home_red_cards, s.away_red_cards
     if s.stoppage_announced is not None:
@@ -286,6 +295,6 @@ def _state_of(x: market_pb2.MatchModel) -> MatchState:
         away_goals=x.away_goals,
         home_red_cards=x.home_red_cards,
         away_red_cards=x.away_red_cards,
-        period=PERIODS[x.period] if 0 <= x.period < len(PERIODS) else None,
+        period=_PERIODS[x.period] if 0 <= x.period < len(_PERIODS) else None,
         stoppage_announced=x.stoppage_announced if x.HasField("stoppage_announced") else None,
     )
