@@ -17,6 +17,7 @@ import dataclasses
 import logging
 import os
 import time
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 
 import nats.errors
@@ -185,36 +186,35 @@ def build(app: ServiceApp) -> None:
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, 5.0)
 
-    async def watch_stale() -> None:
-        """Every minute: the open bets nothing will settle (``Store.stale_open_bets``)."""
+    async def every(seconds: float, what: str, step: Callable[[], Awaitable[None]]) -> None:
+        """``step`` now and then every ``seconds`` until shutdown; a PostgreSQL error is logged (health
+        says PostgreSQL is down) and the next round tries again."""
         while not app.stopping.is_set():
             try:
-                bets, matches = await settler.store.stale_open_bets(stale_after)
-                stale_bets.set(bets)
-                stale_matches.set(matches)
-            except psycopg.Error as err:  # PostgreSQL down: health says so; try again next time
-                log.warning("could not count stale open bets", extra={"error": str(err)})
+                await step()
+            except psycopg.Error as err:
+                log.warning(f"could not {what}", extra={"error": str(err)})
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(app.stopping.wait(), STALE_CHECK_SECONDS)
+                await asyncio.wait_for(app.stopping.wait(), seconds)
+
+    async def count_stale() -> None:
+        """The open bets nothing will settle (``Store.stale_open_bets``)."""
+        bets, matches = await settler.store.stale_open_bets(stale_after)
+        stale_bets.set(bets)
+        stale_matches.set(matches)
 
     async def sweep_decided() -> None:
-        """Every ``LIVEBET_SETTLEMENT_SWEEP_SECONDS`` (default a minute): bets decided yet open."""
-        while not app.stopping.is_set():
-            try:
-                n = await settler.store.settle_decided()
-                if n:
-                    swept.inc(n)
-                    log.warning("bets decided but left open were settled by the sweep", extra={"bets": n})
-            except psycopg.Error as err:
-                log.warning("could not sweep decided bets", extra={"error": str(err)})
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(app.stopping.wait(), sweep_every)
+        """Bets decided yet open, settled (``Store.settle_decided``)."""
+        n = await settler.store.settle_decided()
+        if n:
+            swept.inc(n)
+            log.warning("bets decided but left open were settled by the sweep", extra={"bets": n})
 
     async def start() -> None:
         await pg.wait_ready()
         await nats_dep.wait_ready()
-        app.spawn(watch_stale())
-        app.spawn(sweep_decided())
+        app.spawn(every(STALE_CHECK_SECONDS, "count stale open bets", count_stale))
+        app.spawn(every(sweep_every, "sweep decided bets", sweep_decided))
         task = app.spawn(supervise())
         app.spawn(app.metrics.watch_consumers(lambda: nats_dep.js, STREAM, lambda: [DURABLE], app.stopping))
 
