@@ -113,6 +113,12 @@ def _liability(env: Env, match_id: str, market_key: str, outcome: str) -> int:
     return int(rows[0][0]) if rows else 0
 
 
+def _wait_first_leg_void(env: Env, bet_id: str) -> None:
+    """Until the bet's first leg (its 1x2 one) is settled void (a bet cancel)."""
+    leg0 = "SELECT result FROM betting.selections WHERE bet_id = %s AND leg = 0"
+    wait_for(lambda: env.sql(leg0, bet_id) == [(bet_pb2.BET_RESULT_VOID,)], 30, what=f"{bet_id}'s 1x2 leg voided")
+
+
 def _reason(details: list[object]) -> str:
     infos = [d for d in details if isinstance(d, error_details_pb2.ErrorInfo)]
     return infos[0].reason if infos else ""
@@ -186,11 +192,7 @@ def test_a_bet_builder_is_lost_when_one_leg_loses_and_void_when_one_is_voided(en
     # the provider voids the 1x2 market for the time the second bet was placed in (and the first,
     # placed before, stands): its other leg still decides whether it lost
     env.send(_bet_cancel("bb2", 40, start_at, end_at))
-    wait_for(
-        lambda: env.sql("SELECT result FROM betting.selections WHERE bet_id = %s AND leg = 0", voided.bet_id) == [(3,)],
-        30,
-        what="the voided bet's 1x2 leg voided",
-    )
+    _wait_first_leg_void(env, voided.bet_id)
     assert _status(env, voided.bet_id) == "accepted"  # btts is not known yet
     env.send(final("bb2", 90, 1, 1))  # a draw: the first bet's home leg lost; both scored
     wait_for(lambda: _status(env, lost.bet_id) == "settled", 30, what="the first bet settled")
@@ -211,11 +213,7 @@ def test_a_void_leg_does_not_save_a_bet_builder_whose_other_leg_lost(env: Env) -
     bet = place_builder(env, "ba3", "ba3-b", "bb3", picks, 1_000, q.odds.decimal)
     end_at = _window()
     env.send(_bet_cancel("bb3", 40, start_at, end_at))
-    wait_for(
-        lambda: env.sql("SELECT result FROM betting.selections WHERE bet_id = %s AND leg = 0", bet.bet_id) == [(3,)],
-        30,
-        what="the 1x2 leg voided",
-    )
+    _wait_first_leg_void(env, bet.bet_id)
     env.send(final("bb3", 90, 2, 0))  # btts no: lost, whatever the void leg
     wait_for(lambda: _status(env, bet.bet_id) == "settled", 30, what="settled")
     b = _bet(env, "ba3", bet.bet_id)

@@ -97,6 +97,15 @@ class Provider:
         self.send(e)
 
 
+def funded(mesh: Mesh, account: str) -> str:
+    """A token for ``account``, with 100.00 EUR deposited through Envoy."""
+    t = token(mesh, account)
+    wallet = wallet_service_pb2_grpc.WalletServiceStub(grpc.insecure_channel(mesh.edge))
+    deposit = ws.DepositRequest(request_id="w1", amount=common_pb2.Money(currency_code="EUR", minor_units=10_000))
+    wallet.Deposit(deposit, metadata=bearer(t), timeout=10)
+    return t
+
+
 def test_live_odds_suspension_bet_settlement_and_reconnect_in_chromium(mesh: Mesh, browser: object) -> None:
     OUTPUT.mkdir(parents=True, exist_ok=True)
     feed = Provider(mesh)
@@ -114,13 +123,7 @@ def test_live_odds_suspension_bet_settlement_and_reconnect_in_chromium(mesh: Mes
     wait_for(priced, 30, interval=0.3, what="the test's match priced")
 
     account = f"web-{uuid.uuid4().hex[:6]}"
-    t = token(mesh, account)
-    wallet = wallet_service_pb2_grpc.WalletServiceStub(grpc.insecure_channel(mesh.edge))
-    wallet.Deposit(
-        ws.DepositRequest(request_id="w1", amount=common_pb2.Money(currency_code="EUR", minor_units=10_000)),
-        metadata=bearer(t),
-        timeout=10,
-    )
+    t = funded(mesh, account)
 
     page = browser.new_page(viewport={"width": 1280, "height": 900})  # type: ignore[attr-defined]
     errors: list[str] = []
@@ -325,10 +328,7 @@ def test_a_reality_check_covers_the_page_until_answered_in_chromium(mesh: Mesh, 
         return bool(snap.odds.markets)
 
     wait_for(priced, 30, interval=0.3, what="the test's match priced")
-    t = token(mesh, f"web-rc-{uuid.uuid4().hex[:6]}")
-    wallet = wallet_service_pb2_grpc.WalletServiceStub(grpc.insecure_channel(mesh.edge))
-    deposit = ws.DepositRequest(request_id="w1", amount=common_pb2.Money(currency_code="EUR", minor_units=10_000))
-    wallet.Deposit(deposit, metadata=bearer(t), timeout=10)
+    t = funded(mesh, f"web-rc-{uuid.uuid4().hex[:6]}")
 
     page = browser.new_page(viewport={"width": 1280, "height": 900})  # type: ignore[attr-defined]
     errors: list[str] = []
@@ -380,11 +380,7 @@ def test_a_bet_builder_in_chromium(mesh: Mesh, browser: object) -> None:
     feed, other = Provider(mesh), Provider(mesh)
     feed.send(fixture(feed.match_id))
     other.send(fixture(other.match_id))
-    account = f"web-bb-{uuid.uuid4().hex[:6]}"
-    t = token(mesh, account)
-    wallet = wallet_service_pb2_grpc.WalletServiceStub(grpc.insecure_channel(mesh.edge))
-    deposit = ws.DepositRequest(request_id="w1", amount=common_pb2.Money(currency_code="EUR", minor_units=10_000))
-    wallet.Deposit(deposit, metadata=bearer(t), timeout=10)
+    t = funded(mesh, f"web-bb-{uuid.uuid4().hex[:6]}")
 
     page = browser.new_page(viewport={"width": 1280, "height": 900})  # type: ignore[attr-defined]
     errors: list[str] = []
